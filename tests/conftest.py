@@ -1,0 +1,20 @@
+"""Shared test setup: run from the repository root so ``trainers``/``datasets`` import, keep torch
+to one thread (CI has 2 cores), and restore stdout after runs that install the log tee."""
+import os
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _restore_stdout():
+    yield
+    from vlprompt.utils import restore_stdout
+    restore_stdout()

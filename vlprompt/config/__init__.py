@@ -1,0 +1,180 @@
+"""Configuration: yacs ``CfgNode`` with Dassl's default tree, checked merges, trainer extensions.
+
+Typical use (what ``train.py`` does)::
+
+    cfg = get_cfg_default()
+    extend_cfg(cfg)                      # every imported trainer's TRAINER.<X> node
+    merge_from_file(cfg, dataset_yaml)   # unknown keys -> error naming key, file, closest keys
+    merge_from_file(cfg, method_yaml)
+    merge_from_list(cfg, opts)
+"""
+import difflib
+import hashlib
+import os.path as osp
+
+import yaml
+from yacs.config import CfgNode as CN
+
+from .defaults import _C
+
+__all__ = [
+    "CN",
+    "get_cfg_default",
+    "clean_cfg",
+    "register_cfg_extension",
+    "extend_cfg",
+    "merge_from_file",
+    "merge_from_list",
+    "config_digest",
+    "ConfigError",
+]
+
+_EXTENSIONS = []
+
+
+class ConfigError(ValueError):
+    """A config file or option that cannot be merged."""
+
+
+def get_cfg_default():
+    """A clone of the default config tree."""
+    return _C.clone()
+
+
+def clean_cfg(cfg, trainer):
+    """Remove every ``TRAINER.<X>`` node except ``NAME`` and the given trainer's node."""
+    keys = list(cfg.TRAINER.keys())
+    for key in keys:
+        if key == "NAME" or key == trainer.upper():
+            continue
+        cfg.TRAINER.pop(key, None)
+
+
+def register_cfg_extension(fn):
+    """Register ``fn(cfg)`` to add a trainer's config node; usable as a decorator.
+
+    Trainer modules call this at import so that ``extend_cfg`` knows their keys before any merge.
+    """
+    if fn not in _EXTENSIONS:
+        _EXTENSIONS.append(fn)
+    return fn
+
+
+def extend_cfg(cfg):
+    """Apply every registered extension (idempotent per node: existing keys are kept)."""
+    for fn in _EXTENSIONS:
+        fn(cfg)
+    return cfg
+
+
+def _all_keys(node, prefix=""):
+    out = []
+    for k, v in node.items():
+        full = f"{prefix}{k}"
+        out.append(full)
+        if isinstance(v, CN):
+            out.extend(_all_keys(v, full + "."))
+    return out
+
+
+def _unknown_key_error(cfg, full_key, source):
+    valid = _all_keys(cfg)
+    close = difflib.get_close_matches(full_key, valid, n=3, cutoff=0.5)
+    if not close:  # fall back to keys sharing the last component
+        last = full_key.split(".")[-1]
+        close = difflib.get_close_matches(last, [v.split(".")[-1] for v in valid], n=3, cutoff=0.6)
+        close = [v for v in valid if v.split(".")[-1] in close][:3]
+    hint = f" Closest valid keys: {', '.join(close)}." if close else ""
+    extra = ""
+    if full_key.startswith("TRAINER."):
+        nodes = [k for k in cfg.TRAINER.keys() if k != "NAME"]
+        extra = f" Known trainer nodes: {nodes} (a trainer's node exists once its module is imported)."
+    return ConfigError(f"Unknown config key {full_key} in {source}.{hint}{extra}")
+
+
+def _check_keys(cfg, other, source, prefix=""):
+    for k, v in other.items():
+        full = f"{prefix}{k}"
+        if k not in cfg:
+            raise _unknown_key_error(_root_of(cfg), full, source)
+        if isinstance(v, dict):
+            if not isinstance(cfg[k], CN):
+                raise ConfigError(f"Config key {full} in {source} is a value, not a section")
+            _check_keys(cfg[k], v, source, full + ".")
+
+
+def _root_of(cfg):
+    return _ROOT_STACK[-1] if _ROOT_STACK else cfg
+
+
+_ROOT_STACK = []
+
+
+def merge_from_file(cfg, path):
+    """Merge a YAML file with precise errors (missing file, bad YAML, unknown key, wrong type)."""
+    if not path:
+        return cfg
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'Config file not found: "{path}"')
+    with open(path, "r") as f:
+        try:
+            loaded = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f", line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+            raise ConfigError(f"Malformed YAML in {path}{where}: {e}") from e
+    if loaded is None:
+        return cfg
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"Config file {path} must hold a mapping of keys, got {type(loaded).__name__}")
+    _ROOT_STACK.append(cfg)
+    try:
+        _check_keys(cfg, loaded, f'config file "{path}"')
+    finally:
+        _ROOT_STACK.pop()
+    try:
+        cfg.merge_from_other_cfg(CN(loaded))
+    except (ValueError, KeyError, AssertionError) as e:
+        raise ConfigError(f"Cannot merge {path}: {e}") from e
+    return cfg
+
+
+def merge_from_list(cfg, opts):
+    """Merge ``KEY VALUE`` pairs with precise errors."""
+    if not opts:
+        return cfg
+    if len(opts) % 2 != 0:
+        raise ConfigError(
+            f"Options must be KEY VALUE pairs, got an odd number ({len(opts)}): {list(opts)}. "
+            "Trailing options must come after all --flags."
+        )
+    for full_key in opts[0::2]:
+        node = cfg
+        parts = full_key.split(".")
+        for i, part in enumerate(parts):
+            if not isinstance(node, CN) or part not in node:
+                raise _unknown_key_error(cfg, full_key, "the command-line options")
+            node = node[part]
+        if isinstance(node, CN):
+            raise ConfigError(f"Command-line option {full_key} names a section, not a key")
+    try:
+        cfg.merge_from_list(list(opts))
+    except (ValueError, KeyError, AssertionError) as e:
+        raise ConfigError(f"Cannot merge command-line options: {e}") from e
+    return cfg
+
+
+def config_digest(cfg):
+    """A short sha256 of the config that defines a run's *method and data*, not its location.
+
+    OUTPUT_DIR, RESUME, DATASET.ROOT, SEED and VERBOSE are left out so that the seeds of one setting
+    share a digest.
+    """
+    c = cfg.clone()
+    c.defrost()
+    c.OUTPUT_DIR = ""
+    c.RESUME = ""
+    c.DATASET.ROOT = ""
+    c.SEED = -1
+    c.VERBOSE = True
+    return hashlib.sha256(c.dump().encode()).hexdigest()[:16]

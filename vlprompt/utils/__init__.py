@@ -1,0 +1,24 @@
+from .registry import Registry, check_availability
+from .meters import AverageMeter, MetricMeter
+from .logger import Logger, setup_logger, restore_stdout
+from .tools import (
+    atomic_write,
+    check_isfile,
+    collect_env_info,
+    listdir_nohidden,
+    mkdir_if_missing,
+    package_versions,
+    read_image,
+    read_json,
+    set_random_seed,
+    tolist_if_not,
+    write_json,
+)
+from .torchtools import (
+    count_num_param,
+    load_checkpoint,
+    load_pretrained_weights,
+    resume_from_checkpoint,
+    save_checkpoint,
+    strip_module_prefix,
+)

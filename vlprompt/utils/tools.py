@@ -1,0 +1,129 @@
+"""Small file, seeding and environment helpers (Dassl's ``dassl.utils.tools``)."""
+import contextlib
+import errno
+import json
+import os
+import os.path as osp
+import random
+import sys
+import tempfile
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def mkdir_if_missing(dirname):
+    """Create ``dirname`` (and parents) if it does not exist."""
+    if not osp.exists(dirname):
+        try:
+            os.makedirs(dirname)
+        except OSError as e:
+            if e.errno != errno.EEXIST:
+                raise
+
+
+def check_isfile(fpath):
+    """Return True if ``fpath`` is a file; warn and return False otherwise."""
+    isfile = osp.isfile(fpath)
+    if not isfile:
+        warnings.warn(f'No file found at "{fpath}"')
+    return isfile
+
+
+@contextlib.contextmanager
+def atomic_write(fpath, mode="w", **kwargs):
+    """Write to a temporary file next to ``fpath`` and rename it into place on success.
+
+    Readers never see a half-written file; an exception leaves the old file untouched.
+    """
+    fpath = osp.abspath(fpath)
+    dirname = osp.dirname(fpath)
+    mkdir_if_missing(dirname)
+    fd, tmp = tempfile.mkstemp(prefix="." + osp.basename(fpath) + ".", suffix=".tmp", dir=dirname)
+    try:
+        with os.fdopen(fd, mode, **kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, fpath)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def read_json(fpath):
+    """Read a JSON file; a malformed file raises ``ValueError`` naming the file and line."""
+    with open(fpath, "r") as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"Malformed JSON in {fpath}, line {e.lineno} column {e.colno}: {e.msg}") from e
+
+
+def write_json(obj, fpath):
+    """Write ``obj`` as JSON (indent 4, Dassl's separators) atomically."""
+    with atomic_write(fpath, "w") as f:
+        json.dump(obj, f, indent=4, separators=(",", ": "))
+
+
+def listdir_nohidden(path, sort=False):
+    """List non-hidden entries of a directory."""
+    items = [f for f in os.listdir(path) if not f.startswith(".")]
+    if sort:
+        items.sort()
+    return items
+
+
+def read_image(path):
+    """Read an image as RGB PIL image; errors name the file."""
+    if not osp.exists(path):
+        raise FileNotFoundError(f'Image file not found: "{path}"')
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except Exception as e:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError)
+        raise OSError(f'Cannot read image "{path}": {e}') from e
+
+
+def set_random_seed(seed):
+    """Seed python ``random``, numpy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def collect_env_info():
+    """torch's pretty env info plus the Pillow version (may be slow; used once per run)."""
+    try:
+        from torch.utils.collect_env import get_pretty_env_info
+        env_str = get_pretty_env_info()
+    except Exception as e:  # collect_env shells out; never let it kill a run
+        env_str = f"(torch env info unavailable: {e})"
+    import PIL
+    env_str += f"\n        Pillow ({PIL.__version__})"
+    return env_str
+
+
+def package_versions():
+    """Versions of the packages that determine numerical results."""
+    out = {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": np.__version__}
+    from vlprompt import __version__
+    out["vlprompt"] = __version__
+    for mod in ("open_clip", "torchvision", "PIL", "yacs"):
+        try:
+            m = __import__(mod)
+            out[mod] = getattr(m, "__version__", "unknown")
+        except Exception:
+            out[mod] = None
+    return out
+
+
+def tolist_if_not(x):
+    """Wrap a non-list into a list."""
+    if not isinstance(x, list):
+        x = [x]
+    return x
