@@ -169,6 +169,9 @@ def _model_from_state_dict(sd, oc_name, fpath):
     try:
         model = build_model_from_openai_state_dict(dict(sd))
         model.float()
+        # open_clip's builder rounds weights to fp16; reload the file's own values at full precision.
+        own = {k: v for k, v in sd.items() if k in model.state_dict()}
+        model.load_state_dict(own, strict=False)
         return model
     except (KeyError, AttributeError, IndexError, RuntimeError):
         pass
