@@ -1,0 +1,160 @@
+"""Test helpers: fabricated image-folder datasets, configs, and a minimal trainable trainer."""
+import os
+import os.path as osp
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+from vlprompt.config import get_cfg_default, merge_from_list
+
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+COLORS = [(220, 30, 30), (30, 200, 40), (30, 60, 220), (230, 220, 30), (200, 40, 210),
+          (20, 210, 210), (250, 140, 20), (120, 60, 20), (128, 128, 128), (250, 250, 250)]
+
+
+def make_image_folder(root, n_classes=5, n_per_class=10, size=32, seed=0, class_prefix="class"):
+    """``root/<class_prefix>_<i>/img_<j>.jpg``: class i is a noisy image of colour i."""
+    rng = np.random.RandomState(seed)
+    os.makedirs(root, exist_ok=True)
+    names = []
+    for c in range(n_classes):
+        name = f"{class_prefix}_{c}"
+        names.append(name)
+        d = osp.join(root, name)
+        os.makedirs(d, exist_ok=True)
+        base = np.array(COLORS[c % len(COLORS)], dtype=np.float32)
+        for j in range(n_per_class):
+            arr = base + rng.normal(0, 25, size=(size, size, 3))
+            Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(osp.join(d, f"img_{j}.jpg"), quality=90)
+    return names
+
+
+def make_cfg(root, trainer="", folder="", output_dir="", opts=None, backbone="test-vit-tiny"):
+    """A config for the ImageFolder dataset with CoOp-like settings, small and fast."""
+    cfg = get_cfg_default()
+    from vlprompt.config import extend_cfg
+
+    extend_cfg(cfg)
+    cfg.DATASET.NAME = "ImageFolder"
+    cfg.DATASET.ROOT = str(root)
+    cfg.DATASET.FOLDER = folder
+    cfg.OUTPUT_DIR = str(output_dir)
+    cfg.TRAINER.NAME = trainer
+    cfg.MODEL.BACKBONE.NAME = backbone
+    cfg.SEED = 1
+    cfg.USE_CUDA = False
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.DATALOADER.TRAIN_X.BATCH_SIZE = 4
+    cfg.DATALOADER.TEST.BATCH_SIZE = 16
+    cfg.INPUT.INTERPOLATION = "bicubic"
+    cfg.INPUT.TRANSFORMS = ("random_resized_crop", "random_flip", "normalize")
+    cfg.INPUT.PIXEL_MEAN = CLIP_MEAN
+    cfg.INPUT.PIXEL_STD = CLIP_STD
+    cfg.OPTIM.NAME = "sgd"
+    cfg.OPTIM.LR = 0.01
+    cfg.OPTIM.MAX_EPOCH = 2
+    cfg.OPTIM.LR_SCHEDULER = "cosine"
+    cfg.OPTIM.WARMUP_EPOCH = 1
+    cfg.OPTIM.WARMUP_TYPE = "constant"
+    cfg.OPTIM.WARMUP_CONS_LR = 1e-5
+    cfg.TRAIN.PRINT_FREQ = 1
+    if opts:
+        merge_from_list(cfg, opts)
+    return cfg
+
+
+def write_method_yaml(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+    return str(path)
+
+
+METHOD_YAML = """\
+DATALOADER:
+  TRAIN_X:
+    BATCH_SIZE: 4
+  TEST:
+    BATCH_SIZE: 16
+  NUM_WORKERS: 0
+INPUT:
+  SIZE: (224, 224)
+  INTERPOLATION: "bicubic"
+  PIXEL_MEAN: [0.48145466, 0.4578275, 0.40821073]
+  PIXEL_STD: [0.26862954, 0.26130258, 0.27577711]
+  TRANSFORMS: ["random_resized_crop", "random_flip", "normalize"]
+OPTIM:
+  NAME: "sgd"
+  LR: 0.05
+  MAX_EPOCH: 3
+  LR_SCHEDULER: "cosine"
+  WARMUP_EPOCH: 1
+  WARMUP_TYPE: "constant"
+  WARMUP_CONS_LR: 1e-5
+TRAIN:
+  PRINT_FREQ: 1
+MODEL:
+  BACKBONE:
+    NAME: "test-vit-tiny"
+USE_CUDA: False
+"""
+
+
+def register_linear_probe():
+    """Register ``TestLinearProbe``: a linear head on frozen CLIP image features (idempotent)."""
+    from vlprompt.clip import build_clip_from_cfg
+    from vlprompt.engine import TRAINER_REGISTRY, TrainerX
+    from vlprompt.metrics import compute_accuracy
+    from vlprompt.optim import build_lr_scheduler, build_optimizer
+
+    if "TestLinearProbe" in TRAINER_REGISTRY:
+        return TRAINER_REGISTRY.get("TestLinearProbe")
+
+    class Head(nn.Module):
+        def __init__(self, d, k):
+            super().__init__()
+            self.fc = nn.Linear(d, k)
+
+        def forward(self, x):
+            return self.fc(x)
+
+    class TestLinearProbe(TrainerX):
+        fail_at = None  # (epoch, batch) at which to raise, to simulate a crash
+        nan_at = None
+
+        def build_model(self):
+            self.clip = build_clip_from_cfg(self.cfg).to(self.device)
+            for p in self.clip.parameters():
+                p.requires_grad_(False)
+            d = self.clip.text_projection.shape[1]
+            self.head = Head(d, self.num_classes).to(self.device)
+            self.optim = build_optimizer(self.head, self.cfg.OPTIM)
+            self.sched = build_lr_scheduler(self.optim, self.cfg.OPTIM)
+            self.register_model("head", self.head, self.optim, self.sched)
+
+        def features(self, x):
+            with torch.no_grad():
+                return F.normalize(self.clip.encode_image(x), dim=-1)
+
+        def forward_backward(self, batch):
+            if type(self).fail_at == (self.epoch, self.batch_idx):
+                raise KeyboardInterrupt("simulated crash")
+            x, y = self.parse_batch_train(batch)[:2]
+            out = self.head(self.features(x) * 10)
+            loss = F.cross_entropy(out, y)
+            if type(self).nan_at == (self.epoch, self.batch_idx):
+                loss = loss * float("nan")
+            self.model_backward_and_update(loss)
+            if (self.batch_idx + 1) == self.num_batches:
+                self.update_lr()
+            return {"loss": loss.item(), "acc": compute_accuracy(out, y)[0].item()}
+
+        def model_inference(self, x):
+            return self.head(self.features(x) * 10)
+
+    TRAINER_REGISTRY.register(TestLinearProbe)
+    return TestLinearProbe

@@ -1,0 +1,63 @@
+"""Zero-shot CLIP baselines (CoOp's ``ZeroshotCLIP`` and ``ZeroshotCLIP2``), run with ``--eval-only``.
+
+* ``ZeroshotCLIP``: one hand-crafted template per dataset (``vlprompt.clip.CUSTOM_TEMPLATES``).
+* ``ZeroshotCLIP2``: prompt ensembling over CLIP's 7 selected ImageNet templates plus the dataset's
+  template (except for ImageNet). Unlike CoOp's file, the template list is a local copy, so it does
+  not grow across instantiations.
+
+Both register no model: the engine tolerates an empty registry in eval-only runs. Text features
+are computed once at build time. Precision follows ``TRAINER.COOP.PREC`` semantics: fp16 weights on
+GPU when PREC is fp16, fp32 on CPU.
+"""
+import torch
+import torch.nn.functional as F
+
+from vlprompt.clip import IMAGENET_TEMPLATES_SELECT, build_clip_from_cfg, encode_class_texts, get_template
+from vlprompt.engine import TRAINER_REGISTRY, TrainerX
+
+
+def _maybe_half(clip_model, cfg, device):
+    prec = cfg.TRAINER.COOP.PREC if "COOP" in cfg.TRAINER else "fp16"
+    if device.type == "cuda" and prec == "fp16":
+        from open_clip.model import convert_weights_to_lp
+
+        convert_weights_to_lp(clip_model, torch.float16)
+    return clip_model
+
+
+@TRAINER_REGISTRY.register()
+class ZeroshotCLIP(TrainerX):
+    def templates(self):
+        return [get_template(self.cfg.DATASET.NAME)]
+
+    def build_model(self):
+        cfg = self.cfg
+        classnames = self.dm.dataset.classnames
+        clip_model = build_clip_from_cfg(cfg)
+        clip_model = _maybe_half(clip_model, cfg, self.device).to(self.device)
+        for p in clip_model.parameters():
+            p.requires_grad_(False)
+        templates = self.templates()
+        print(f"Prompts ({len(templates)} template(s)): {[t.format(classnames[0].replace('_', ' ')) for t in templates]} ...")
+        self.text_features = encode_class_texts(clip_model, classnames, templates, device=self.device)
+        self.clip_model = clip_model
+
+    def model_inference(self, image):
+        image = image.to(next(self.clip_model.parameters()).dtype)
+        image_features = F.normalize(self.clip_model.encode_image(image).float(), dim=-1)
+        logit_scale = self.clip_model.logit_scale.exp().float()
+        return logit_scale * image_features @ self.text_features.t()
+
+    def forward_backward(self, batch):
+        raise RuntimeError(f"{type(self).__name__} has nothing to train: run it with --eval-only")
+
+
+@TRAINER_REGISTRY.register()
+class ZeroshotCLIP2(ZeroshotCLIP):
+    """Prompt ensembling (CLIP's 7 selected templates + the dataset template)."""
+
+    def templates(self):
+        templates = list(IMAGENET_TEMPLATES_SELECT)
+        if self.cfg.DATASET.NAME != "ImageNet":
+            templates.append(get_template(self.cfg.DATASET.NAME))
+        return templates

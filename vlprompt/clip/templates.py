@@ -1,0 +1,77 @@
+"""Hand-crafted prompt templates keyed by ``DATASET.NAME`` (methods.md §5.2, §6; engine.md §5)."""
+
+# CoOp's zero-shot templates (ZeroshotCLIP, and the CoOp family's zero-shot baseline).
+CUSTOM_TEMPLATES = {
+    "OxfordPets": "a photo of a {}, a type of pet.",
+    "OxfordFlowers": "a photo of a {}, a type of flower.",
+    "FGVCAircraft": "a photo of a {}, a type of aircraft.",
+    "DescribableTextures": "{} texture.",
+    "EuroSAT": "a centered satellite photo of {}.",
+    "StanfordCars": "a photo of a {}.",
+    "Food101": "a photo of {}, a type of food.",
+    "SUN397": "a photo of a {}.",
+    "Caltech101": "a photo of a {}.",
+    "UCF101": "a photo of a person doing {}.",
+    "ImageNet": "a photo of a {}.",
+    "ImageNetSketch": "a photo of a {}.",
+    "ImageNetV2": "a photo of a {}.",
+    "ImageNetA": "a photo of a {}.",
+    "ImageNetR": "a photo of a {}.",
+}
+
+# APLe's own teacher templates (they differ from CoOp's for several datasets).
+APLE_TEMPLATES = {
+    "OxfordPets": "a type of pet, a photo of a {}.",
+    "OxfordFlowers": "a type of flower, a photo of a {}.",
+    "FGVCAircraft": "a type of aircraft, a photo of a {}.",
+    "DescribableTextures": "a texture of {}.",
+    "EuroSAT": "a centered satellite photo of {}.",
+    "StanfordCars": "a photo of a {}.",
+    "Food101": "a type of food, a photo of {}.",
+    "SUN397": "a photo of a {}.",
+    "Caltech101": "a photo of a {}.",
+    "UCF101": "a photo of a person doing {}.",
+    "ImageNet": "a photo of a {}.",
+    "ImageNetSketch": "a photo of a {}.",
+    "ImageNetV2": "a photo of a {}.",
+    "ImageNetA": "a photo of a {}.",
+    "ImageNetR": "a photo of a {}.",
+}
+
+# The 7 ImageNet templates CLIP selected for prompt ensembling (ZeroshotCLIP2).
+IMAGENET_TEMPLATES_SELECT = [
+    "itap of a {}.",
+    "a bad photo of the {}.",
+    "a origami {}.",
+    "a photo of the large {}.",
+    "a {} in a video game.",
+    "art of the {}.",
+    "a photo of the small {}.",
+]
+
+DEFAULT_TEMPLATE = "a photo of a {}."
+
+
+def _extra_templates():
+    """Templates contributed by optional modules (the toy world)."""
+    try:
+        from vlprompt.toy.templates import TOY_TEMPLATES
+    except ImportError:
+        return {}
+    return dict(TOY_TEMPLATES)
+
+
+def get_template(dataset_name, family="coop"):
+    """The single template for ``dataset_name``; ``family`` is "coop" or "aple".
+
+    Unknown datasets (e.g. a user's ImageFolder) get ``"a photo of a {}."``.
+    """
+    table = APLE_TEMPLATES if family == "aple" else CUSTOM_TEMPLATES
+    if dataset_name in table:
+        return table[dataset_name]
+    return _extra_templates().get(dataset_name, DEFAULT_TEMPLATE)
+
+
+def format_classnames(classnames):
+    """Class names as used in prompts: ``_`` replaced by a space."""
+    return [c.replace("_", " ") for c in classnames]
