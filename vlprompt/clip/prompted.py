@@ -1,0 +1,320 @@
+"""Prompted CLIP encoders: prompt insertion around a frozen open_clip ``CLIP`` model.
+
+The encoders walk the frozen open_clip modules (token/positional embeddings, residual blocks, final
+norms, projections); no CLIP model file is forked. They own **no parameters of their own**: the
+frozen modules they reference belong to the CLIP model, and every learnable prompt is passed in by the
+caller (a prompt learner), so a trainer that registers only its prompt learner checkpoints only the
+learned state.
+
+Conventions (see ``docs/METHODS.md`` and ``specs/methods.md`` §0, §3.2):
+
+* **Depth** ``J`` counts the input layer: prompts for layer 0 enter with the input, ``deep_prompts[i-1]``
+  replaces the prompt tokens at the *input* of transformer block ``i`` for ``i = 1..J-1``; blocks
+  ``>= J`` let the previous block's prompt outputs flow on.
+* **Text** prompts occupy token positions ``1..N`` (right after SOS) unless another slice is given.
+* **Vision** prompts are appended *after* the patch tokens (after class and positional embedding,
+  before ``ln_pre``; no positional embedding on prompts); deep prompts replace the *last* ``N`` tokens.
+* Prompts are cast to the activation dtype at insertion, so fp32 master copies work with an fp16 CLIP.
+"""
+import contextlib
+import itertools
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .backbone import model_dims
+
+__all__ = [
+    "PromptedTextEncoder",
+    "PromptedVisionEncoder",
+    "TextFeatureCache",
+    "check_prompt_config",
+]
+
+
+def check_prompt_config(n_prompts, depth, n_layers, where, allow_zero_depth=True):
+    """Validate a prompt length ``N`` and depth ``J`` against an encoder with ``n_layers`` blocks.
+
+    ``depth == 0`` means "no prompts at all" (then ``n_prompts`` is ignored) when ``allow_zero_depth``;
+    otherwise ``1 <= depth <= n_layers`` and ``n_prompts >= 1`` are required. Raises ``ValueError``
+    naming ``where`` (e.g. ``"TRAINER.MAPLE.PROMPT_DEPTH"``) on a bad value.
+    """
+    depth = int(depth)
+    n_prompts = int(n_prompts)
+    if depth < 0 or (depth == 0 and not allow_zero_depth):
+        lo = 0 if allow_zero_depth else 1
+        raise ValueError(f"{where}: prompt depth must be between {lo} and {n_layers}, got {depth}")
+    if depth > n_layers:
+        raise ValueError(
+            f"{where}: prompt depth {depth} is larger than the number of transformer layers ({n_layers}) "
+            f"of this backbone; use a depth between 1 and {n_layers}"
+        )
+    if depth > 0 and n_prompts < 1:
+        raise ValueError(f"{where}: the number of prompt tokens must be >= 1 when prompts are used, got {n_prompts}")
+    return n_prompts, depth
+
+
+def _as_batched(p, batch, width, what):
+    """(N, d) -> (batch, N, d) view; (batch, N, d) passes through. Checks the width."""
+    if p.dim() == 2:
+        p = p.unsqueeze(0).expand(batch, -1, -1)
+    elif p.dim() != 3 or p.shape[0] != batch:
+        raise ValueError(f"{what}: expected shape (N, {width}) or ({batch}, N, {width}), got {tuple(p.shape)}")
+    if p.shape[-1] != width:
+        raise ValueError(f"{what}: expected width {width}, got {p.shape[-1]} (text/vision width mix-up?)")
+    return p
+
+
+def _run_block(block, x, attn_mask, batch_first):
+    if batch_first:
+        return block(x, attn_mask=attn_mask)
+    return block(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
+
+
+class PromptedTextEncoder(nn.Module):
+    """CLIP text tower that encodes prompt *embeddings* (with optional deep prompts).
+
+    Args:
+        clip_model: an open_clip ``CLIP`` (built-in text transformer, causal mask, argmax pooling).
+        n_prompts: number ``N`` of prompt slots replaced by deep prompts (0: no deep prompts).
+        depth: prompt depth ``J`` (input layer included); deep prompts may be given for blocks
+            ``1..J-1``. ``J <= 1`` means no deep prompts.
+
+    Forward: ``prompts`` (K, T, d_t) token embeddings (SOS, ..., EOT, padding; ``T <= 77``),
+    ``eot_idx`` (K,) long positions of EOT, optional ``deep_prompts`` (a sequence of ``J-1`` entries,
+    each (N, d_t) broadcast over K, or (K, N, d_t), or None to skip a block) and ``prompt_slice``
+    (positions replaced, default ``1..N``). Returns (K, d_embed) text features (not normalised).
+
+    Only positions ``0..max(eot_idx)`` are run through the transformer: with the causal mask no
+    position attends to a later one, so this is exact (tested against the full 77-token pass).
+    """
+
+    def __init__(self, clip_model, n_prompts=0, depth=0):
+        super().__init__()
+        if not hasattr(clip_model, "transformer") or not hasattr(clip_model, "token_embedding"):
+            raise TypeError(
+                f"{type(clip_model).__name__} has no built-in text transformer; prompted encoders need an "
+                "open_clip CLIP model (CustomTextCLIP / Hugging Face text towers are not supported)"
+            )
+        pool = getattr(clip_model, "text_pool_type", "argmax")
+        if pool not in ("argmax", "eos"):
+            raise ValueError(f"Text pooling '{pool}' is not supported by prompted encoders (need EOT pooling)")
+        if getattr(clip_model, "attn_mask", None) is None:
+            raise ValueError("The text tower has no causal attention mask; prompted text encoding needs one")
+        dims = model_dims(clip_model)
+        self.width = dims["d_text"]
+        self.n_layers = dims["text_layers"]
+        self.context_length = dims["context_length"]
+        self.n_prompts, self.depth = check_prompt_config(n_prompts, depth, self.n_layers, "text prompt depth")
+        self.token_embedding = clip_model.token_embedding
+        self.positional_embedding = clip_model.positional_embedding
+        self.transformer = clip_model.transformer
+        self.ln_final = clip_model.ln_final
+        self.text_projection = clip_model.text_projection
+        # The (T, T) float causal mask lives on the CLIP model as a non-persistent buffer; keep a
+        # reference to the owner to follow device moves without copying it into our state.
+        object.__setattr__(self, "_clip", clip_model)
+
+    @property
+    def dtype(self):
+        """dtype of the frozen transformer weights (fp16 for an fp16 CLIP)."""
+        return self.transformer.get_cast_dtype()
+
+    def embed(self, token_ids):
+        """Token ids (K, T) -> token embeddings (K, T, d_t) (fp32, no positional embedding)."""
+        return self.token_embedding(token_ids.to(self.token_embedding.weight.device))
+
+    def encode_tokens(self, token_ids):
+        """Encode tokenized texts (K, T) with no prompts; equals open_clip ``encode_text``."""
+        token_ids = token_ids.to(self.token_embedding.weight.device)
+        return self.forward(self.embed(token_ids), token_ids.argmax(dim=-1))
+
+    def forward(self, prompts, eot_idx, deep_prompts=None, prompt_slice=None, truncate=True):
+        if prompts.dim() != 3 or prompts.shape[-1] != self.width:
+            raise ValueError(f"prompts: expected (K, T, {self.width}), got {tuple(prompts.shape)}")
+        K, T, _ = prompts.shape
+        if T > self.context_length:
+            raise ValueError(f"prompts have {T} tokens, more than the context length {self.context_length}")
+        eot_idx = eot_idx.to(prompts.device).long()
+        if eot_idx.shape != (K,):
+            raise ValueError(f"eot_idx: expected shape ({K},), got {tuple(eot_idx.shape)}")
+        L = int(eot_idx.max().item()) + 1 if truncate else T
+        if L > T:
+            raise ValueError(f"EOT position {L - 1} lies beyond the {T} prompt tokens given")
+        deep_prompts = list(deep_prompts) if deep_prompts is not None else []
+        if len(deep_prompts) > max(self.depth - 1, 0):
+            raise ValueError(
+                f"{len(deep_prompts)} deep text prompts given, but this encoder was built for depth "
+                f"{self.depth} (at most {max(self.depth - 1, 0)} deep prompt sets)"
+            )
+        if prompt_slice is None:
+            prompt_slice = slice(1, 1 + self.n_prompts)
+        if deep_prompts and prompt_slice.stop > L:
+            raise ValueError(f"prompt slots {prompt_slice} reach beyond the EOT token (position {L - 1})")
+
+        dtype = self.dtype
+        x = prompts[:, :L].to(dtype) + self.positional_embedding[:L].to(dtype)
+        mask = self._clip.attn_mask[:L, :L].to(device=x.device)
+        batch_first = getattr(self.transformer, "batch_first", True)
+        for i, block in enumerate(self.transformer.resblocks):
+            if 1 <= i <= len(deep_prompts) and deep_prompts[i - 1] is not None:
+                p = _as_batched(deep_prompts[i - 1], K, self.width, f"deep text prompt for block {i}")
+                x = torch.cat([x[:, : prompt_slice.start], p.to(x.dtype), x[:, prompt_slice.stop:]], dim=1)
+            x = _run_block(block, x, mask, batch_first)
+        x = x[torch.arange(K, device=x.device), eot_idx]
+        x = self.ln_final(x)
+        if isinstance(self.text_projection, nn.Linear):
+            return self.text_projection(x)
+        if self.text_projection is None:
+            return x
+        return x @ self.text_projection
+
+
+class PromptedVisionEncoder(nn.Module):
+    """CLIP image tower with appended (and optionally deep) vision prompts.
+
+    Args:
+        clip_model: an open_clip ``CLIP``. With prompts (``depth >= 1``) its ``visual`` must be a
+            ``VisionTransformer`` with class-token pooling; a ModifiedResNet (RN50, ...) is accepted
+            only without prompts (then this is exactly ``clip_model.encode_image``).
+        n_prompts: number ``N`` of vision prompt tokens.
+        depth: prompt depth ``J`` (0: no prompts; 1: shallow, appended at the input only; ``J``: also
+            blocks ``1..J-1``).
+
+    Forward: ``images`` (B, 3, H, W); ``prompts`` (N, d_v) or per-image (B, N, d_v), required iff
+    ``depth >= 1``; ``deep_prompts`` sequence of ``<= J-1`` entries, each (N, d_v), (B, N, d_v) or None.
+    Returns (B, d_embed) image features (not normalised).
+    """
+
+    def __init__(self, clip_model, n_prompts=0, depth=0):
+        super().__init__()
+        visual = clip_model.visual
+        self.visual = visual
+        dims = model_dims(clip_model)
+        self.is_vit = dims["is_vit"]
+        if not self.is_vit:
+            if int(depth) > 0:
+                raise ValueError(
+                    f"Vision prompts need a ViT image tower, but this backbone's is a "
+                    f"{type(visual).__name__} (e.g. RN50). Use a ViT backbone (ViT-B/16, ...) or disable "
+                    "vision prompts (depth 0)."
+                )
+            self.n_prompts, self.depth = 0, 0
+            self.width = None
+            return
+        if getattr(visual, "attn_pool", None) is not None:
+            raise ValueError("Vision towers with an attentional pooler are not supported by prompted encoders")
+        if getattr(visual, "pool_type", "tok") != "tok":
+            raise ValueError(
+                f"Vision pooling '{visual.pool_type}' is not supported by prompted encoders (class-token pooling only)"
+            )
+        self.width = dims["d_vision"]
+        self.n_layers = dims["vision_layers"]
+        self.n_prompts, self.depth = check_prompt_config(n_prompts, depth, self.n_layers, "vision prompt depth")
+
+    @property
+    def dtype(self):
+        """dtype of the frozen image-tower weights (fp16 for an fp16 CLIP)."""
+        conv = getattr(self.visual, "conv1", None)
+        return conv.weight.dtype if conv is not None else next(self.visual.parameters()).dtype
+
+    def forward(self, images, prompts=None, deep_prompts=None):
+        if not self.is_vit:
+            if prompts is not None or deep_prompts:
+                raise ValueError("This image tower is not a ViT and takes no prompts")
+            return self.visual(images.to(self.dtype))
+        if self.depth >= 1 and prompts is None:
+            raise ValueError("This vision encoder was built with prompts (depth >= 1) but none were given")
+        if self.depth == 0 and (prompts is not None or deep_prompts):
+            raise ValueError("This vision encoder was built without prompts (depth 0) but prompts were given")
+        deep_prompts = list(deep_prompts) if deep_prompts is not None else []
+        if len(deep_prompts) > max(self.depth - 1, 0):
+            raise ValueError(
+                f"{len(deep_prompts)} deep vision prompts given, but this encoder was built for depth "
+                f"{self.depth} (at most {max(self.depth - 1, 0)} deep prompt sets)"
+            )
+        v = self.visual
+        B = images.shape[0]
+        x = v.conv1(images.to(self.dtype))
+        x = x.reshape(B, x.shape[1], -1).permute(0, 2, 1)
+        cls = v.class_embedding.to(x.dtype).view(1, 1, -1).expand(B, -1, -1)
+        x = torch.cat([cls, x], dim=1)
+        x = x + v.positional_embedding.to(x.dtype)
+        x = v.patch_dropout(x)
+        n = 0
+        if prompts is not None:
+            p = _as_batched(prompts, B, self.width, "vision prompts")
+            if p.shape[1] != self.n_prompts:
+                raise ValueError(f"vision prompts: expected {self.n_prompts} tokens, got {p.shape[1]}")
+            n = p.shape[1]
+            x = torch.cat([x, p.to(x.dtype)], dim=1)
+        x = v.ln_pre(x)
+        batch_first = getattr(v.transformer, "batch_first", True)
+        for i, block in enumerate(v.transformer.resblocks):
+            if 1 <= i <= len(deep_prompts) and deep_prompts[i - 1] is not None:
+                p = _as_batched(deep_prompts[i - 1], B, self.width, f"deep vision prompt for block {i}")
+                if p.shape[1] != n:
+                    raise ValueError(f"deep vision prompt for block {i}: expected {n} tokens, got {p.shape[1]}")
+                x = torch.cat([x[:, : x.shape[1] - n], p.to(x.dtype)], dim=1)
+            x = _run_block(block, x, None, batch_first)
+        pooled = v.ln_post(x[:, 0])
+        if v.proj is not None:
+            pooled = pooled @ v.proj
+        return pooled
+
+
+class TextFeatureCache:
+    """Caches image-independent text features during evaluation (computed once per evaluation).
+
+    ``get(owner, compute)`` returns ``compute()`` unchanged while ``owner`` (the module holding the
+    learnable prompts and class buffers) is in train mode or gradients are enabled, and clears the
+    cache. In eval mode under ``torch.no_grad()`` the first call computes and stores the features;
+    later calls reuse them as long as no parameter or buffer of ``owner`` changed (checked through
+    tensor identity, storage and autograd version counters, which optimizer steps, ``load_state_dict``
+    and class-list swaps all bump) and the autocast state is the same. In-place writes through
+    ``.data`` bypass version counters: call :meth:`clear` after such edits.
+    """
+
+    def __init__(self):
+        self._key = None
+        self._value = None
+
+    def clear(self):
+        self._key = None
+        self._value = None
+
+    @staticmethod
+    def _state_key(owner):
+        parts = []
+        for t in itertools.chain(owner.parameters(), owner.buffers()):
+            parts.append((id(t), t.data_ptr(), t._version, t.dtype, str(t.device)))
+        autocast = []
+        for dev in ("cuda", "cpu"):
+            with contextlib.suppress(Exception):
+                autocast.append((torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev)))
+        return tuple(parts), tuple(autocast)
+
+    def get(self, owner, compute):
+        if owner.training or torch.is_grad_enabled():
+            self.clear()
+            return compute()
+        key = self._state_key(owner)
+        if self._value is None or key != self._key:
+            self._value = compute()
+            self._key = key
+        return self._value
+
+
+def normalized_logits(image_features, text_features, logit_scale):
+    """``exp(logit_scale) * <f/|f|, t/|t|>`` in fp32: (B, d) x (K, d) -> (B, K), or with per-image text
+    features (B, K, d) -> (B, K)."""
+    f = F.normalize(image_features.float(), dim=-1)
+    t = F.normalize(text_features.float(), dim=-1)
+    scale = logit_scale.exp().float()
+    if t.dim() == 3:
+        return scale * torch.einsum("bd,bkd->bk", f, t)
+    return scale * f @ t.t()
+
+
+__all__.append("normalized_logits")
