@@ -1,0 +1,388 @@
+"""Sweep planning (protocol presets), the local job runner and Slurm scripts.
+
+Runs use a fabricated repository (config yamls only) and fake commands (``python -c ...``), never
+train.py. Golden run lists are in tests/golden/plan_*.txt; regenerate them with
+VLPROMPT_UPDATE_GOLDEN=1 after an intended change.
+"""
+import json
+import os
+import os.path as osp
+import shlex
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from vlprompt.sweep import DATASETS_11, DG_TARGETS, Runner, SweepError, cpu_slots, expand, gpu_slots, plan
+from vlprompt.sweep.cli import grid_variants, main as sweep_main
+from vlprompt.sweep.protocols import family_config, parse_method, read_max_epoch, route_datasets
+from vlprompt.sweep.slurm import SlurmOptions, submit, write_slurm
+
+GOLDEN = osp.join(osp.dirname(osp.abspath(__file__)), "golden")
+
+CONFIGS = {
+    "MaPLe/vit_b16_c2_ep5_batch4_2ctx": 5,
+    "MaPLe/vit_b16_c2_ep5_batch4_2ctx_cross_datasets": 2,
+    "CoOp/vit_b16_ctxv1": 200,
+    "CoOp/vit_b16_ep50_ctxv1": 50,
+    "CoOp/vit_b16": 200,
+    "CoOp/vit_b16_ep50": 50,
+    "CoOp/vit_b16_ep100": 100,
+    "APLe/aple_b2n": 7,
+    "APLe/no_epoch": None,  # no OPTIM.MAX_EPOCH: the engine default (10) applies
+}
+
+
+@pytest.fixture
+def repo(tmp_path):
+    root = tmp_path / "repo"
+    (root / "configs" / "datasets").mkdir(parents=True)
+    for d in DATASETS_11 + DG_TARGETS:
+        (root / "configs" / "datasets" / f"{d}.yaml").write_text(f"DATASET:\n  NAME: {d}\n")
+    for name, ep in CONFIGS.items():
+        p = root / "configs" / "trainers" / f"{name}.yaml"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("OPTIM:\n  NAME: sgd\n" + (f"  MAX_EPOCH: {ep}\n" if ep is not None else ""))
+    return str(root)
+
+
+def _fmt_plan(runs, out):
+    lines = []
+    for r in runs:
+        dep = f"  after={osp.relpath(r.depends_on, out)}" if r.depends_on else ""
+        args = shlex.join(r.train_args("DATA")).replace(out + "/", "OUT/")
+        lines.append(f"{r.phase} {osp.relpath(r.output_dir, out)}{dep}\n    {args}")
+    return "\n".join(lines) + "\n"
+
+
+def _golden(name, text):
+    path = osp.join(GOLDEN, name)
+    if os.environ.get("VLPROMPT_UPDATE_GOLDEN"):
+        os.makedirs(GOLDEN, exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)
+    with open(path) as f:
+        assert text == f.read(), f"{name} differs from the golden file (VLPROMPT_UPDATE_GOLDEN=1 to regenerate)"
+
+
+# --------------------------------------------------------------------------- expansion
+def test_base2new_expansion_exact(repo, tmp_path):
+    out = str(tmp_path / "out")
+    runs = expand("MaPLe", "base2new", ["dtd", "eurosat"], [1, 2], output_root=out, root=repo)
+    assert [(r.phase, osp.relpath(r.output_dir, out)) for r in runs] == [
+        ("train", "base2new/train_base/dtd/shots_16/MaPLe/vit_b16_c2_ep5_batch4_2ctx/seed1"),
+        ("test", "base2new/test_new/dtd/shots_16/MaPLe/vit_b16_c2_ep5_batch4_2ctx/seed1"),
+        ("train", "base2new/train_base/dtd/shots_16/MaPLe/vit_b16_c2_ep5_batch4_2ctx/seed2"),
+        ("test", "base2new/test_new/dtd/shots_16/MaPLe/vit_b16_c2_ep5_batch4_2ctx/seed2"),
+        ("train", "base2new/train_base/eurosat/shots_16/MaPLe/vit_b16_c2_ep5_batch4_2ctx/seed1"),
+        ("test", "base2new/test_new/eurosat/shots_16/MaPLe/vit_b16_c2_ep5_batch4_2ctx/seed1"),
+        ("train", "base2new/train_base/eurosat/shots_16/MaPLe/vit_b16_c2_ep5_batch4_2ctx/seed2"),
+        ("test", "base2new/test_new/eurosat/shots_16/MaPLe/vit_b16_c2_ep5_batch4_2ctx/seed2"),
+    ]
+    train, test = runs[0], runs[1]
+    assert train.train_args("/data") == [
+        "--root", "/data", "--seed", "1", "--trainer", "MaPLe",
+        "--dataset-config-file", "configs/datasets/dtd.yaml",
+        "--config-file", "configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml",
+        "--output-dir", train.output_dir,
+        "DATASET.NUM_SHOTS", "16", "DATASET.SUBSAMPLE_CLASSES", "base",
+    ]
+    assert test.train_args("/data")[-9:] == [
+        "--model-dir", train.output_dir, "--load-epoch", "5", "--eval-only",
+        "DATASET.NUM_SHOTS", "16", "DATASET.SUBSAMPLE_CLASSES", "new",
+    ]
+    assert test.depends_on == train.output_dir and train.depends_on is None
+    _golden("plan_base2new.txt", _fmt_plan(runs, out))
+
+
+def test_transfer_expansion_exact(repo, tmp_path):
+    out = str(tmp_path / "out")
+    runs = expand("MaPLe", "cross_dataset", ["dtd", "eurosat"], [1], output_root=out, root=repo)
+    assert [(r.phase, osp.relpath(r.output_dir, out)) for r in runs] == [
+        ("train", "imagenet/MaPLe/vit_b16_c2_ep5_batch4_2ctx_cross_datasets_16shots/seed1"),
+        ("test", "evaluation/MaPLe/vit_b16_c2_ep5_batch4_2ctx_cross_datasets_16shots/dtd/seed1"),
+        ("test", "evaluation/MaPLe/vit_b16_c2_ep5_batch4_2ctx_cross_datasets_16shots/eurosat/seed1"),
+    ]
+    assert runs[0].opts == ["DATASET.NUM_SHOTS", "16"]
+    for t in runs[1:]:
+        args = t.train_args("D")
+        assert "DATASET.NUM_SHOTS" not in args  # full test split of the target
+        assert args[args.index("--load-epoch") + 1] == "2" and "--eval-only" in args
+        assert t.depends_on == runs[0].output_dir
+    _golden("plan_cross_dataset.txt", _fmt_plan(runs, out))
+    dg = expand("MaPLe", "domain_generalization", None, [1], output_root=out, root=repo)
+    assert [r.dataset for r in dg] == ["imagenet"] + list(DG_TARGETS)
+    _golden("plan_domain_generalization.txt", _fmt_plan(dg, out))
+    # the default cross-dataset targets: the 10 others
+    xd = expand("MaPLe", "cross_dataset", None, [1], output_root=out, root=repo)
+    assert [r.dataset for r in xd[1:]] == [d for d in DATASETS_11 if d != "imagenet"]
+
+
+def test_few_shot_expansion_and_coop_recipe(repo, tmp_path):
+    out = str(tmp_path / "out")
+    runs = expand("CoOp", "few_shot", ["dtd", "imagenet"], [1], output_root=out, root=repo, shots=[1, 4, 16])
+    assert [(osp.relpath(r.output_dir, out), r.opts) for r in runs] == [
+        ("few_shot/dtd/CoOp/vit_b16_ep50/shots_1/seed1", ["DATASET.NUM_SHOTS", "1"]),
+        ("few_shot/dtd/CoOp/vit_b16_ep100/shots_4/seed1", ["DATASET.NUM_SHOTS", "4"]),
+        ("few_shot/dtd/CoOp/vit_b16/shots_16/seed1", ["DATASET.NUM_SHOTS", "16"]),
+        ("few_shot/imagenet/CoOp/vit_b16_ep50/shots_1/seed1", ["DATASET.NUM_SHOTS", "1"]),
+        ("few_shot/imagenet/CoOp/vit_b16_ep50/shots_4/seed1", ["DATASET.NUM_SHOTS", "4"]),
+        ("few_shot/imagenet/CoOp/vit_b16_ep50/shots_16/seed1", ["DATASET.NUM_SHOTS", "16"]),
+    ]
+    assert all(r.phase == "train" and r.depends_on is None for r in runs)
+    _golden("plan_few_shot.txt", _fmt_plan(runs, out))
+    # CoOp base2new: ImageNet trains with the 50-epoch config, and its test loads epoch 50
+    b2n = expand("CoOp", "base2new", ["imagenet", "dtd"], [1], output_root=out, root=repo)
+    assert b2n[0].config == "vit_b16_ep50_ctxv1" and b2n[1].load_epoch == 50
+    assert b2n[2].config == "vit_b16_ctxv1" and b2n[3].load_epoch == 200
+    assert family_config("CoOp", "base2new", "imagenet", 16, "vit_b16_ep50_ctxv1") == "vit_b16_ctxv1"
+    assert family_config("CoOp", "base2new", "dtd", 16, "vit_b16_ep50_ctxv1") is None
+    # an explicit config is used everywhere
+    exp = expand("CoOp:vit_b16_ep50", "few_shot", ["dtd"], [1], output_root=out, root=repo, shots=[1, 16])
+    assert {r.config for r in exp} == {"vit_b16_ep50"}
+
+
+def test_zero_shot_is_eval_only_without_dependencies(repo, tmp_path):
+    out = str(tmp_path / "out")
+    b2n = expand("ZeroshotCLIP:CoOp/vit_b16", "base2new", ["dtd"], [1], output_root=out, root=repo)
+    assert [r.phase for r in b2n] == ["eval", "eval"]
+    assert all(r.depends_on is None and r.model_dir is None for r in b2n)
+    assert b2n[0].config_file == "configs/trainers/CoOp/vit_b16.yaml"
+    assert "--eval-only" in b2n[0].train_args("D") and "base" in b2n[0].opts and "new" in b2n[1].opts
+    fs = expand("ZeroshotCLIP", "few_shot", ["dtd"], [1], output_root=out, root=repo)
+    assert [osp.relpath(r.output_dir, out) for r in fs] == ["few_shot/dtd/ZeroshotCLIP/vit_b16/shots_0/seed1"]
+
+
+def test_load_epoch_from_yaml_options_and_default(repo, tmp_path):
+    assert read_max_epoch(osp.join(repo, "configs/trainers/APLe/aple_b2n.yaml")) == 7
+    assert read_max_epoch(osp.join(repo, "configs/trainers/APLe/aple_b2n.yaml"), ["OPTIM.MAX_EPOCH", "3"]) == 3
+    assert read_max_epoch(osp.join(repo, "configs/trainers/APLe/no_epoch.yaml")) == 10  # Dassl's default
+    out = str(tmp_path / "out")
+    runs = expand("APLe:aple_b2n", "base2new", ["dtd"], [1], output_root=out, root=repo,
+                  opts=["OPTIM.MAX_EPOCH", "3"], tag="_ep3")
+    assert runs[1].load_epoch == 3
+    assert osp.relpath(runs[0].output_dir, out) == "base2new/train_base/dtd/shots_16/APLe/aple_b2n_ep3/seed1"
+    assert runs[0].opts[-2:] == ["OPTIM.MAX_EPOCH", "3"]
+
+
+def test_plan_shares_imagenet_training_between_xd_and_dg(repo, tmp_path):
+    out = str(tmp_path / "out")
+    runs = plan(["MaPLe"], ["cross_dataset", "domain_generalization"], ["dtd", "imagenet_a", "imagenet"], [1, 2],
+                output_root=out, root=repo)
+    trains = [r for r in runs if r.phase == "train"]
+    assert len(trains) == 2 and all(r.protocols == ["cross_dataset", "domain_generalization"] for r in trains)
+    assert sorted(r.dataset for r in runs if r.phase == "test") == ["dtd", "dtd", "imagenet_a", "imagenet_a"]
+    assert route_datasets("base2new", ["dtd", "imagenet_a", "imagenet"]) == ["dtd", "imagenet"]
+    with pytest.raises(SweepError, match="domain_generalization"):
+        route_datasets("domain_generalization", ["dtd"])
+
+
+def test_clear_errors(repo, tmp_path):
+    out = str(tmp_path / "out")
+    with pytest.raises(SweepError, match="Valid protocols: base2new, cross_dataset, domain_generalization, few_shot"):
+        expand("MaPLe", "b2n", output_root=out, root=repo)
+    with pytest.raises(SweepError, match="Unknown trainer 'Mapel'. Known trainers: .*MaPLe"):
+        expand("Mapel", "base2new", output_root=out, root=repo)
+    with pytest.raises(SweepError, match="Available configs for MaPLe: vit_b16_c2_ep5_batch4_2ctx, "):
+        expand("MaPLe:nope", "base2new", output_root=out, root=repo)
+    with pytest.raises(SweepError, match="No default config for APLe in protocol base2new.*aple_b2n"):
+        expand("APLe", "base2new", output_root=out, root=repo)
+    with pytest.raises(SweepError, match="Unknown dataset 'dtdx'.*Available: caltech101"):
+        expand("MaPLe", "base2new", ["dtdx"], output_root=out, root=repo)
+    with pytest.raises(SweepError, match="empty config"):
+        parse_method("MaPLe:")
+    assert parse_method("MaPLe:configs/trainers/MaPLe/x.yaml").config == "x"
+
+
+def test_grid_variants():
+    assert grid_variants([]) == [("", [])]
+    v = grid_variants(["TRAINER.APLE.N_CTX=1,4"], "", ["A", "1"])
+    assert v == [("_n_ctx1", ["A", "1", "TRAINER.APLE.N_CTX", "1"]), ("_n_ctx4", ["A", "1", "TRAINER.APLE.N_CTX", "4"])]
+    with pytest.raises(SweepError):
+        grid_variants(["TRAINER.APLE.N_CTX"])
+
+
+def test_dry_run_cli(repo, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    rc = sweep_main(["--methods", "MaPLe", "--protocol", "base2new", "--datasets", "dtd", "--seeds", "1",
+                     "--root", "/data", "--output-root", out, "--repo-root", repo, "--dry-run"])
+    text = capsys.readouterr().out
+    assert rc == 0 and "# plan: 2 runs, 0 already complete, 2 to run" in text
+    assert "--load-epoch 5 --eval-only" in text and "train.py --root /data --seed 1" in text
+    assert not osp.exists(out)  # nothing ran, nothing written
+    rc = sweep_main(["--methods", "Nope", "--protocol", "base2new", "--root", "/d", "--repo-root", repo, "--dry-run"])
+    assert rc == 2 and "Known trainers" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- runner with fake jobs
+# The fake job: records CUDA_VISIBLE_DEVICES and start/end times, sleeps, writes results.json,
+# and fails for datasets named in FAIL_ON.
+FAKE = r"""
+import json, os, sys, time
+a = sys.argv[1:]
+out = a[a.index('--output-dir') + 1]
+ds = os.path.basename(a[a.index('--dataset-config-file') + 1])[:-5]
+t0 = time.time()
+time.sleep(float(os.environ.get('FAKE_SLEEP', '0.3')))
+rec = {'gpu': os.environ.get('CUDA_VISIBLE_DEVICES'), 'start': t0, 'end': time.time(), 'args': a}
+with open(os.environ['FAKE_RECORD'], 'a') as f:
+    f.write(json.dumps(rec) + '\n')
+print('fake run', out)
+if ds in os.environ.get('FAIL_ON', '').split(',') and '--eval-only' not in a:
+    print('boom', file=sys.stderr)
+    sys.exit(3)
+os.makedirs(out, exist_ok=True)
+json.dump({'metrics': {'accuracy': 50.0}}, open(os.path.join(out, 'results.json'), 'w'))
+"""
+
+
+def _fake_prefix():
+    return [sys.executable, "-c", FAKE]
+
+
+def _records(path):
+    with open(path) as f:
+        return [json.loads(l) for l in f]
+
+
+def test_runner_one_job_per_gpu_and_skip_completed(repo, tmp_path, monkeypatch):
+    out = str(tmp_path / "out")
+    rec = str(tmp_path / "rec.jsonl")
+    monkeypatch.setenv("FAKE_RECORD", rec)
+    runs = expand("MaPLe", "few_shot", ["dtd", "eurosat", "ucf101"], [1, 2], output_root=out, root=repo, shots=[1])
+    # two runs already complete: they must not run again
+    for r in runs[:2]:
+        os.makedirs(r.output_dir)
+        open(r.result_file(), "w").write("{}")
+    log = []
+
+    class Stream:
+        def write(self, s):
+            log.append(s)
+
+        def flush(self):
+            pass
+
+    runner = Runner(runs, "/data", gpu_slots("0,1"), output_root=out, prefix=_fake_prefix(), poll=0.02,
+                    stream=Stream())
+    assert runner.run() == 0
+    got = _records(rec)
+    assert len(got) == 4
+    assert {g["gpu"] for g in got} == {"0", "1"}
+    for gpu in ("0", "1"):
+        spans = sorted((g["start"], g["end"]) for g in got if g["gpu"] == gpu)
+        for (s1, e1), (s2, e2) in zip(spans, spans[1:]):
+            assert s2 >= e1, f"two jobs overlapped on GPU {gpu}"
+    ran = {g["args"][g["args"].index("--output-dir") + 1] for g in got}
+    assert ran == {r.output_dir for r in runs[2:]}
+    text = "".join(log)
+    assert "2 already complete, 4 to run on 2 slot(s) (gpu0, gpu1)" in text
+    assert text.count("START") == 4 and text.count("OK ") == 4
+    # per-job log with the command and the job's output
+    job_log = osp.join(out, "sweep_logs", osp.relpath(runs[2].output_dir, out) + ".log")
+    content = open(job_log).read()
+    assert "CUDA_VISIBLE_DEVICES=" in content and "fake run" in content
+    status = json.load(open(osp.join(out, "sweep_logs", "sweep_status.json")))
+    assert status["counts"] == {"complete": 2, "ok": 4}
+    # resuming: everything is complete now, nothing runs
+    assert Runner(runs, "/data", gpu_slots("0,1"), output_root=out, prefix=_fake_prefix(), poll=0.02,
+                  stream=Stream()).run() == 0
+    assert len(_records(rec)) == 4
+
+
+def test_runner_failures_dependencies_and_exit_status(repo, tmp_path, monkeypatch, capsys):
+    out = str(tmp_path / "out")
+    rec = str(tmp_path / "rec.jsonl")
+    monkeypatch.setenv("FAKE_RECORD", rec)
+    monkeypatch.setenv("FAKE_SLEEP", "0.1")
+    monkeypatch.setenv("FAIL_ON", "dtd")
+    runs = expand("MaPLe", "base2new", ["dtd", "eurosat"], [1], output_root=out, root=repo)
+    runner = Runner(runs, "/data", cpu_slots(2), output_root=out, prefix=_fake_prefix(), poll=0.02)
+    assert runner.run() == 1
+    st = {osp.relpath(j.run.output_dir, out): j for j in runner.states()}
+    assert st["base2new/train_base/dtd/shots_16/MaPLe/vit_b16_c2_ep5_batch4_2ctx/seed1"].status == "failed"
+    assert st["base2new/test_new/dtd/shots_16/MaPLe/vit_b16_c2_ep5_batch4_2ctx/seed1"].status == "skipped"
+    assert st["base2new/train_base/eurosat/shots_16/MaPLe/vit_b16_c2_ep5_batch4_2ctx/seed1"].status == "ok"
+    assert st["base2new/test_new/eurosat/shots_16/MaPLe/vit_b16_c2_ep5_batch4_2ctx/seed1"].status == "ok"
+    # the test started after its training run ended
+    got = {g["args"][g["args"].index("--output-dir") + 1]: g for g in _records(rec)}
+    tr, te = runs[2].output_dir, runs[3].output_dir
+    assert got[te]["start"] >= got[tr]["end"]
+    assert runs[1].output_dir not in got  # the skipped test never ran
+    text = capsys.readouterr().out
+    assert "1 failed job(s):" in text and "FAILED  train base2new dtd" in text and "| boom" in text
+    assert "1 job(s) skipped because a dependency did not succeed:" in text
+    # CPU slots leave CUDA_VISIBLE_DEVICES as it was
+    assert all(g["gpu"] == os.environ.get("CUDA_VISIBLE_DEVICES") for g in got.values())
+
+
+def test_runner_cli_end_to_end(repo, tmp_path, monkeypatch, capsys):
+    out = str(tmp_path / "out")
+    monkeypatch.setenv("FAKE_RECORD", str(tmp_path / "rec.jsonl"))
+    monkeypatch.setenv("FAKE_SLEEP", "0.05")
+    monkeypatch.setenv("FAIL_ON", "eurosat")
+    cmd = shlex.join(_fake_prefix())
+    rc = sweep_main(["--methods", "MaPLe", "--protocol", "cross_dataset", "--datasets", "dtd", "--seeds", "1",
+                     "--root", "/d", "--output-root", out, "--repo-root", repo, "--command", cmd, "--jobs", "2",
+                     "--poll", "0.02"])
+    assert rc == 0
+    assert osp.isfile(osp.join(out, "evaluation/MaPLe/vit_b16_c2_ep5_batch4_2ctx_cross_datasets_16shots/dtd/seed1/"
+                                    "results.json"))
+    with pytest.raises(ValueError, match="twice"):
+        gpu_slots("0,0")
+
+
+# --------------------------------------------------------------------------- slurm
+def test_slurm_scripts(repo, tmp_path, monkeypatch):
+    out = str(tmp_path / "out")
+    runs = expand("MaPLe", "base2new", ["dtd", "eurosat"], [1, 2], output_root=out, root=repo)
+    os.makedirs(runs[0].output_dir)
+    open(runs[0].result_file(), "w").write("{}")  # complete: left out of the arrays
+    opts = SlurmOptions(partition="gpu", time="02:00:00", account="proj", max_parallel=4, array_max=2,
+                        setup=["source venv/bin/activate"], extra=["--qos=normal"])
+    sdir = str(tmp_path / "slurm")
+    paths = write_slurm(runs, "/data", ["python", "train.py"], "/repo", sdir, opts)
+    names = [osp.basename(p) for p in paths]
+    # 3 pending trains in arrays of at most 2, 4 tests in arrays of 2
+    assert names == ["submit.sh", "train0.sbatch", "train1.sbatch", "test0.sbatch", "test1.sbatch"]
+    train0 = open(paths[1]).read()
+    for line in ["#SBATCH --array=0-1%4", "#SBATCH --partition=gpu", "#SBATCH --time=02:00:00",
+                 "#SBATCH --account=proj", "#SBATCH --gres=gpu:1", "#SBATCH --qos=normal",
+                 "source venv/bin/activate", "cd /repo", 'if [ -f "$OUT/results.json" ]']:
+        assert line in train0
+    assert "  0)  # train base2new dtd 16-shot MaPLe/vit_b16_c2_ep5_batch4_2ctx seed2" in train0  # dtd seed1 is done
+    assert "CMD=(python train.py --root /data --seed 2 --trainer MaPLe" in train0
+    test0 = open(paths[3]).read()
+    assert "--load-epoch 5 --eval-only" in test0 and "DEP=" + runs[0].output_dir in test0
+    assert "#SBATCH --array=0-1%4" in test0
+    sub = open(paths[0]).read()
+    assert sub.count("sbatch --parsable") == 4 and "--dependency=afterany:" in sub
+    for p in paths:
+        assert subprocess.run(["bash", "-n", p]).returncode == 0, f"{p} is not valid bash"
+    # submission through a fake sbatch that prints job ids and records its arguments
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    calls = tmp_path / "sbatch_calls"
+    fake = bindir / "sbatch"
+    fake.write_text(f'#!/bin/bash\necho "$@" >> {calls}\necho $((100 + $(wc -l < {calls})))\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    ok, text = submit(paths[0])
+    assert ok and "submitted train0.sbatch: job 101" in text
+    lines = calls.read_text().splitlines()
+    assert lines[0].endswith("train0.sbatch") and lines[1].endswith("train1.sbatch")
+    assert "--dependency=afterany:101:102" in lines[2] and lines[2].endswith("test0.sbatch")
+
+
+def test_slurm_cli_prints_script_without_sbatch(repo, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    out = str(tmp_path / "out")
+    rc = sweep_main(["--methods", "MaPLe", "--protocol", "cross_dataset", "--datasets", "dtd", "--seeds", "1",
+                     "--root", "/d", "--output-root", out, "--repo-root", repo, "--slurm", "--partition", "p",
+                     "--slurm-dir", str(tmp_path / "s"), "--slurm-dependency", "afterok",
+                     "--command", "python train.py"])
+    text = capsys.readouterr().out
+    assert rc == 0
+    assert "##### " + str(tmp_path / "s" / "submit.sh") in text and "--dependency=afterok:" in text
+    assert "#SBATCH --partition=p" in text and "not submitted (sbatch not found on PATH)" in text

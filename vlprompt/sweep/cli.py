@@ -1,0 +1,183 @@
+"""``python -m vlprompt.sweep``: plan and run (or submit) a sweep of train.py runs.
+
+Examples (from the repository root)::
+
+    python -m vlprompt.sweep --methods CoOp CoCoOp MaPLe APLe:my_cfg --protocol base2new \\
+        --root /data --gpus 0,1,2,3
+    python -m vlprompt.sweep --methods MaPLe --protocol cross_dataset domain_generalization \\
+        --root /data --dry-run
+    python -m vlprompt.sweep --methods APLe:my_cfg --protocol base2new --root /data \\
+        --grid TRAINER.APLE.N_CTX=1,2,4,8 --gpus 0,1        # prompt-length ablation
+    python -m vlprompt.sweep --methods MaPLe --protocol few_shot --root /data --slurm \\
+        --partition gpu --time 04:00:00 --account myproj
+"""
+import argparse
+import itertools
+import os
+import os.path as osp
+import shlex
+import sys
+import time
+
+from .protocols import DEFAULT_SEEDS, FEW_SHOT_SHOTS, PROTOCOLS, XD_SOURCE, SweepError, parse_method, plan, repo_root
+from .runner import Runner, cpu_slots, default_prefix, gpu_slots, log_path
+
+__all__ = ["main", "build_parser", "grid_variants"]
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="python -m vlprompt.sweep",
+        description="Run every method x dataset x seed of one or more evaluation protocols as separate "
+                    "train.py processes (resumable: runs with a results.json are skipped).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--methods", nargs="+", required=True, metavar="TRAINER[:CONFIG]",
+                   help="trainers, optionally with a config name (configs/trainers/TRAINER/CONFIG.yaml, or "
+                        "FOLDER/CONFIG for another folder); without a config the protocol's default from "
+                        "vlprompt/sweep/recipes.json is used")
+    p.add_argument("--protocol", "--protocols", nargs="+", required=True, dest="protocols", metavar="PROTOCOL",
+                   help=f"one or more of: {', '.join(PROTOCOLS)}")
+    p.add_argument("--datasets", nargs="+", default=None, metavar="NAME",
+                   help="dataset yaml names (default: the 11 for base2new/few_shot, the 10 non-ImageNet "
+                        "datasets as cross_dataset targets, the 4 ImageNet variants for domain_generalization). "
+                        "With several protocols each dataset goes to the protocols it belongs to")
+    p.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS))
+    p.add_argument("--shots", nargs="+", type=int, default=None,
+                   help=f"few_shot shot counts (default: {' '.join(map(str, FEW_SHOT_SHOTS))}); base2new and "
+                        "the transfer protocols always use 16")
+    p.add_argument("--source", default=XD_SOURCE, help="source dataset of cross_dataset/domain_generalization")
+    p.add_argument("--root", "--data-root", dest="data_root", required=True, help="data root (train.py --root)")
+    p.add_argument("--output-root", default="output", help="root of the CoOp output tree (default: output)")
+    p.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE",
+                   help="extra config options appended to every run (use with --tag so runs do not collide)")
+    p.add_argument("--tag", default="", help="suffix added to the config folder name, e.g. _nctx4")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                   help="sweep a config key over values; each value runs as its own config folder "
+                        "<cfg>_<key><value> (e.g. --grid TRAINER.APLE.N_CTX=1,2,4 -> <cfg>_n_ctx1 ...)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--gpus", default=None, help="GPU ids, one job per GPU at a time (e.g. 0,1,2,3)")
+    g.add_argument("--jobs", type=int, default=None,
+                   help="number of parallel jobs without GPU pinning (CPU-only machines); default 1")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and the commands, run nothing")
+    p.add_argument("--command", default=None,
+                   help="command that replaces 'python train.py' (default: the current Python interpreter "
+                        "and train.py at the repository root); the run's arguments are appended")
+    p.add_argument("--repo-root", default=None, help="repository root (configs/ and train.py; default: this checkout)")
+    p.add_argument("--log-dir", default=None, help="per-job logs (default: <output-root>/sweep_logs)")
+    p.add_argument("--poll", type=float, default=1.0, help=argparse.SUPPRESS)
+    s = p.add_argument_group("Slurm (--slurm writes job-array scripts and submits them when sbatch exists)")
+    s.add_argument("--slurm", action="store_true")
+    s.add_argument("--slurm-dir", default=None, help="where the scripts go (default: <output-root>/slurm/<time>)")
+    s.add_argument("--partition", default=None)
+    s.add_argument("--time", default="04:00:00", help="time limit per task (default 04:00:00)")
+    s.add_argument("--gpus-per-task", type=int, default=1)
+    s.add_argument("--account", default=None)
+    s.add_argument("--cpus-per-task", type=int, default=8)
+    s.add_argument("--mem", default=None)
+    s.add_argument("--max-parallel", type=int, default=None, help="array throttle (%%N)")
+    s.add_argument("--job-name", default="vlprompt")
+    s.add_argument("--slurm-setup", action="append", default=[], metavar="LINE",
+                   help="shell line run before each task (e.g. 'source venv/bin/activate'); repeatable")
+    s.add_argument("--slurm-extra", action="append", default=[], metavar="OPTION",
+                   help="extra #SBATCH option, e.g. '--qos=normal'; repeatable")
+    s.add_argument("--slurm-dependency", choices=("afterany", "afterok"), default="afterany",
+                   help="how test arrays wait for training arrays (default afterany: each test checks its own "
+                        "training run; afterok: any training failure holds back all tests)")
+    s.add_argument("--array-max", type=int, default=1000, help="largest array (Slurm's MaxArraySize - 1)")
+    return p
+
+
+def grid_variants(grid, tag="", opts=()):
+    """[(tag, opts)] for the cartesian product of --grid KEY=V1,V2 specs."""
+    axes = []
+    for spec in grid:
+        key, sep, values = spec.partition("=")
+        vals = [v for v in values.split(",") if v != ""]
+        if not sep or not key or not vals:
+            raise SweepError(f"--grid needs KEY=V1,V2,...; got '{spec}'")
+        axes.append([(key, v) for v in vals])
+    out = []
+    for combo in itertools.product(*axes) if axes else [()]:
+        t = tag + "".join(f"_{k.split('.')[-1].lower()}{v}" for k, v in combo)
+        o = list(opts) + [x for kv in combo for x in kv]
+        out.append((t, o))
+    return out
+
+
+def _print_plan(runs, data_root, prefix, log_dir, output_root, out):
+    n_done = sum(r.is_complete() for r in runs)
+    print(f"# plan: {len(runs)} runs, {n_done} already complete, {len(runs) - n_done} to run", file=out)
+    for i, r in enumerate(runs, 1):
+        state = "complete" if r.is_complete() else "todo"
+        dep = f"  (after {osp.relpath(r.depends_on, output_root)})" if r.depends_on else ""
+        print(f"[{i}] {state:8s} {r.describe()}{dep}", file=out)
+        print(f"    {shlex.join(r.command(data_root, prefix))}", file=out)
+        if log_dir:
+            print(f"    log: {log_path(r, log_dir, output_root)}", file=out)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    repo = osp.abspath(args.repo_root or repo_root())
+    prefix = shlex.split(args.command) if args.command else default_prefix()
+    output_root = osp.abspath(args.output_root)
+    data_root = osp.abspath(args.data_root)
+    try:
+        methods = [parse_method(m) for m in args.methods]
+        runs, seen = [], set()
+        for tag, opts in grid_variants(args.grid, args.tag, args.opts):
+            for r in plan(methods, args.protocols, args.datasets, args.seeds, output_root=output_root,
+                          root=repo, few_shot_shots=args.shots or None, opts=opts, tag=tag,
+                          source=args.source):
+                if r.key not in seen:
+                    seen.add(r.key)
+                    runs.append(r)
+        slots = gpu_slots(args.gpus) if args.gpus else cpu_slots(args.jobs or 1)
+    except (SweepError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not args.command and not osp.isfile(osp.join(repo, "train.py")) and not args.dry_run:
+        print(f"error: {repo}/train.py not found (use --repo-root or --command)", file=sys.stderr)
+        return 2
+    log_dir = osp.abspath(args.log_dir) if args.log_dir else osp.join(output_root, "sweep_logs")
+
+    if args.slurm:
+        from .slurm import SlurmOptions, submit, write_slurm
+
+        sdir = args.slurm_dir or osp.join(output_root, "slurm", time.strftime("%Y%m%d-%H%M%S"))
+        try:
+            sopts = SlurmOptions(partition=args.partition, time=args.time, gpus_per_task=args.gpus_per_task,
+                                 account=args.account, cpus_per_task=args.cpus_per_task, mem=args.mem,
+                                 max_parallel=args.max_parallel, job_name=args.job_name, setup=args.slurm_setup,
+                                 extra=args.slurm_extra, dependency=args.slurm_dependency,
+                                 array_max=args.array_max)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        todo = [r for r in runs if not r.is_complete()]
+        if not todo:
+            print(f"all {len(runs)} runs are complete; nothing to submit")
+            return 0
+        paths = write_slurm(runs, data_root, prefix, repo, sdir, sopts)
+        print(f"# {len(todo)} runs to do ({len(runs) - len(todo)} complete); scripts in {sdir}")
+        if args.dry_run:
+            submitted, why = False, "--dry-run"
+        else:
+            submitted, why = submit(paths[0])
+        if submitted:
+            print(why, end="")
+            return 0
+        for pth in paths:
+            print(f"\n##### {pth}")
+            with open(pth) as f:
+                print(f.read(), end="")
+        print(f"\n# not submitted ({why}); submit with: bash {paths[0]}")
+        return 0
+
+    if args.dry_run:
+        _print_plan(runs, data_root, prefix, log_dir, output_root, sys.stdout)
+        return 0
+    runner = Runner(runs, data_root, slots, output_root=output_root, log_dir=log_dir, prefix=prefix, cwd=repo,
+                    poll=args.poll)
+    return runner.run()

@@ -1,0 +1,293 @@
+"""Local job runner: one process per slot (a GPU via CUDA_VISIBLE_DEVICES, or a CPU slot).
+
+Runs whose ``results.json`` exists are skipped, so a crashed sweep resumes where it stopped. A run
+that depends on another (a test on its train run) starts only after that one succeeded or was
+already complete; if it failed, the dependent is reported as skipped. One failure never stops the
+other jobs. stdout and stderr of each job go to ``<log_dir>/<run path>.log`` (appended, with a header
+per attempt).
+"""
+import json
+import os
+import os.path as osp
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+__all__ = ["Slot", "JobState", "Runner", "gpu_slots", "cpu_slots", "default_prefix", "log_path"]
+
+
+@dataclass(frozen=True)
+class Slot:
+    name: str  # "gpu0", "cpu1"
+    gpu: Optional[str] = None  # CUDA_VISIBLE_DEVICES value, None: environment untouched
+
+
+def gpu_slots(spec):
+    """'0,1,3' -> one slot per GPU id (ids must be distinct)."""
+    ids = [g.strip() for g in str(spec).split(",") if g.strip()]
+    if not ids:
+        raise ValueError(f"--gpus needs GPU ids such as 0,1,2,3; got '{spec}'")
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"--gpus lists a GPU twice: '{spec}' (one job per GPU at a time)")
+    return [Slot(name=f"gpu{g}", gpu=g) for g in ids]
+
+
+def cpu_slots(n):
+    if int(n) < 1:
+        raise ValueError(f"--jobs must be at least 1, got {n}")
+    return [Slot(name=f"cpu{i}") for i in range(int(n))]
+
+
+def default_prefix():
+    return [sys.executable, "train.py"]
+
+
+def log_path(run, log_dir, output_root):
+    rel = osp.relpath(run.output_dir, output_root)
+    if rel.startswith(".."):
+        rel = run.output_dir.strip(os.sep).replace(os.sep, "__")
+    return osp.join(log_dir, rel + ".log")
+
+
+@dataclass
+class JobState:
+    run: object
+    status: str = "pending"  # pending | complete | running | ok | failed | skipped | interrupted
+    slot: Optional[Slot] = None
+    rc: Optional[int] = None
+    start: Optional[float] = None
+    end: Optional[float] = None
+    log: Optional[str] = None
+    reason: str = ""
+    proc: Optional[subprocess.Popen] = field(default=None, repr=False)
+    index: int = 0
+
+
+def _fmt_secs(s):
+    s = int(round(s))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s"
+
+
+def _tail(path, n=5):
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 4096))
+            lines = f.read().decode("utf-8", "replace").splitlines()
+        return lines[-n:]
+    except OSError:
+        return []
+
+
+class Runner:
+    """Run a plan on slots. ``run()`` returns the process exit status (0: nothing failed)."""
+
+    def __init__(self, runs, data_root, slots, *, output_root, log_dir=None, prefix=None, cwd=None,
+                 poll=0.2, stream=None, env=None):
+        self.data_root = data_root
+        self.slots = list(slots)
+        self.output_root = osp.abspath(output_root)
+        self.log_dir = osp.abspath(log_dir or osp.join(self.output_root, "sweep_logs"))
+        self.prefix = list(prefix or default_prefix())
+        self.cwd = cwd
+        self.poll = poll
+        self.stream = stream or sys.stdout
+        self.env = dict(os.environ if env is None else env)
+        self.jobs: Dict[str, JobState] = {}
+        for i, r in enumerate(runs):
+            self.jobs[r.key] = JobState(run=r, index=i + 1)
+        self.total = len(self.jobs)
+
+    # ---------------------------------------------------------------- output
+    def _say(self, msg):
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=self.stream, flush=True)
+
+    def _counts(self):
+        c = {}
+        for j in self.jobs.values():
+            c[j.status] = c.get(j.status, 0) + 1
+        return c
+
+    def _progress(self):
+        c = self._counts()
+        done = c.get("ok", 0) + c.get("complete", 0)
+        return (f"{done}/{self.total} done, {c.get('running', 0)} running, {c.get('failed', 0)} failed, "
+                f"{c.get('skipped', 0)} skipped, {c.get('pending', 0)} pending")
+
+    # ---------------------------------------------------------------- scheduling
+    def _dep_state(self, job):
+        dep = job.run.depends_on
+        if dep is None:
+            return "ready"
+        d = self.jobs.get(dep)
+        if d is None:  # not in this sweep: fine if it completed earlier
+            return "ready" if osp.isfile(osp.join(dep, "results.json")) else "missing"
+        if d.status in ("ok", "complete"):
+            return "ready"
+        if d.status in ("failed", "skipped", "interrupted"):
+            return "broken"
+        return "wait"
+
+    def _start(self, job, slot):
+        run = job.run
+        job.log = log_path(run, self.log_dir, self.output_root)
+        os.makedirs(osp.dirname(job.log), exist_ok=True)
+        cmd = run.command(self.data_root, self.prefix)
+        env = dict(self.env)
+        env["PYTHONUNBUFFERED"] = "1"
+        if slot.gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = slot.gpu
+        logf = open(job.log, "a")
+        where = f"CUDA_VISIBLE_DEVICES={slot.gpu} " if slot.gpu is not None else ""
+        logf.write(f"===== {time.strftime('%Y-%m-%d %H:%M:%S')} on {slot.name}\n$ {where}{shlex.join(cmd)}\n")
+        logf.flush()
+        try:
+            job.proc = subprocess.Popen(cmd, cwd=self.cwd, env=env, stdout=logf, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+        except OSError as e:
+            logf.write(f"could not start: {e}\n")
+            logf.close()
+            job.status, job.rc, job.reason = "failed", None, f"could not start: {e}"
+            job.start = job.end = time.time()
+            self._say(f"FAIL  [{job.index}/{self.total}] {run.describe()}  ({job.reason})  | {self._progress()}")
+            return False
+        job._logf = logf
+        job.status, job.slot, job.start = "running", slot, time.time()
+        self._say(f"START [{job.index}/{self.total}] {slot.name:5s} {run.describe()}  log: {job.log}  | {self._progress()}")
+        return True
+
+    def _finish(self, job, rc):
+        job.rc, job.end = rc, time.time()
+        job._logf.close()
+        took = _fmt_secs(job.end - job.start)
+        if rc == 0:
+            job.status = "ok"
+            note = "" if job.run.is_complete() else "  (warning: exit 0 but no results.json)"
+            self._say(f"OK    [{job.index}/{self.total}] {job.slot.name:5s} {job.run.describe()}  {took}{note}  | {self._progress()}")
+        else:
+            job.status = "failed"
+            job.reason = f"exit status {rc}"
+            self._say(f"FAIL  [{job.index}/{self.total}] {job.slot.name:5s} {job.run.describe()}  {took}  "
+                      f"exit {rc}, log: {job.log}  | {self._progress()}")
+        job.proc = None
+
+    def _skip_broken(self):
+        changed = True
+        while changed:
+            changed = False
+            for job in self.jobs.values():
+                if job.status != "pending":
+                    continue
+                st = self._dep_state(job)
+                if st in ("broken", "missing"):
+                    job.status = "skipped"
+                    job.reason = ("dependency failed or was skipped: " if st == "broken"
+                                  else "dependency not in this sweep and not complete: ") + job.run.depends_on
+                    self._say(f"SKIP  [{job.index}/{self.total}] {job.run.describe()}  ({job.reason})  | {self._progress()}")
+                    changed = True
+
+    def run(self):
+        os.makedirs(self.log_dir, exist_ok=True)
+        for job in self.jobs.values():
+            if job.run.is_complete():
+                job.status = "complete"
+        c = self._counts()
+        self._say(f"sweep: {self.total} runs, {c.get('complete', 0)} already complete, "
+                  f"{c.get('pending', 0)} to run on {len(self.slots)} slot(s) "
+                  f"({', '.join(s.name for s in self.slots)}); logs in {self.log_dir}")
+        free = list(self.slots)
+        running: List[JobState] = []
+        try:
+            while True:
+                for job in list(running):  # reap
+                    rc = job.proc.poll()
+                    if rc is not None:
+                        running.remove(job)
+                        free.append(job.slot)
+                        free.sort(key=self.slots.index)
+                        self._finish(job, rc)
+                self._skip_broken()
+                for job in self.jobs.values():  # start, in plan order
+                    if not free:
+                        break
+                    if job.status == "pending" and self._dep_state(job) == "ready":
+                        slot = free.pop(0)
+                        if self._start(job, slot):
+                            running.append(job)
+                        else:
+                            free.insert(0, slot)
+                self._skip_broken()
+                if not running:
+                    pending = [j for j in self.jobs.values() if j.status == "pending"]
+                    if not pending:
+                        break
+                    if not any(self._dep_state(j) == "ready" for j in pending):
+                        for j in pending:  # waiting on nothing that can still finish (cannot happen for a valid plan)
+                            j.status, j.reason = "skipped", f"dependency never ran: {j.run.depends_on}"
+                        break
+                    continue
+                time.sleep(self.poll)
+        except KeyboardInterrupt:
+            self._say("interrupted: stopping running jobs")
+            self._stop(running)
+            self._summary()
+            return 130
+        return self._summary()
+
+    def _stop(self, running):
+        for job in running:
+            try:
+                os.killpg(job.proc.pid, signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.time() + 10
+        for job in running:
+            try:
+                job.proc.wait(timeout=max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(job.proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                job.proc.wait()
+            job.status, job.rc, job.end = "interrupted", job.proc.returncode, time.time()
+            job._logf.close()
+
+    def states(self):
+        return list(self.jobs.values())
+
+    def _summary(self):
+        c = self._counts()
+        self._say(f"finished: {self._progress()}")
+        failed = [j for j in self.jobs.values() if j.status in ("failed", "interrupted")]
+        skipped = [j for j in self.jobs.values() if j.status == "skipped"]
+        if failed:
+            print(f"\n{len(failed)} failed job(s):", file=self.stream)
+            for j in failed:
+                print(f"  FAILED  {j.run.describe()}  ({j.reason or j.status})\n          log: {j.log}", file=self.stream)
+                for line in _tail(j.log) if j.log else []:
+                    print(f"          | {line}", file=self.stream)
+        if skipped:
+            print(f"\n{len(skipped)} job(s) skipped because a dependency did not succeed:", file=self.stream)
+            for j in skipped:
+                print(f"  SKIPPED {j.run.describe()}  ({j.reason})", file=self.stream)
+        self.stream.flush()
+        status_file = osp.join(self.log_dir, "sweep_status.json")
+        rows = [
+            {"output_dir": j.run.output_dir, "phase": j.run.phase, "status": j.status, "rc": j.rc,
+             "slot": j.slot.name if j.slot else None, "start": j.start, "end": j.end, "log": j.log,
+             "reason": j.reason}
+            for j in self.jobs.values()
+        ]
+        tmp = status_file + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"counts": c, "jobs": rows}, f, indent=1)
+        os.replace(tmp, status_file)
+        return 1 if (failed or skipped) else 0
