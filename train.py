@@ -130,17 +130,24 @@ def check_output_dir(cfg, args):
 
 
 def main(args):
+    from vlprompt.engine.distributed import init_distributed_from_env, silence_non_main_stdout
+
     cfg = setup_cfg(args)
+    rank, world = init_distributed_from_env()
     if cfg.SEED >= 0:
         print(f"Setting fixed seed: {cfg.SEED}")
         set_random_seed(cfg.SEED)
     check_output_dir(cfg, args)
-    setup_logger(cfg.OUTPUT_DIR)
+    if rank == 0:
+        setup_logger(cfg.OUTPUT_DIR)
+    else:
+        silence_non_main_stdout()
     if torch.cuda.is_available() and cfg.USE_CUDA:
         torch.backends.cudnn.benchmark = True
     print_args(args, cfg)
-    with open(osp.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
-        f.write(cfg.dump())
+    if rank == 0:
+        with open(osp.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
+            f.write(cfg.dump())
     print("Collecting env info ...")
     print(f"** System info **\n{collect_env_info()}\n")
 

@@ -312,6 +312,11 @@ class SimpleTrainer(TrainerBase):
         self._time_created = time.time()
         self.build_data_loader()
         self.build_model()
+        if dist_info()[1] > 1:
+            from .distributed import sync_learnable_parameters
+
+            n = sync_learnable_parameters([self._models[k] for k in self._models])
+            print(f"Distributed: world size {dist_info()[1]}, {n:,} learnable parameters synchronised")
         self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname)
         self.best_result = -np.inf
 
