@@ -1,0 +1,363 @@
+"""Result collection, aggregation arithmetic, tables (golden files), legacy logs, plots, parse_test_res.py.
+
+All runs are fabricated results.json / log.txt files in tmp_path. Golden tables are in
+tests/golden/results_*; regenerate them with VLPROMPT_UPDATE_GOLDEN=1 after an intended change.
+"""
+import json
+import os
+import os.path as osp
+import sys
+
+import pytest
+
+from vlprompt.results import build_tables, collect, hm, infer_from_path, mean_std, parse_lines, read_run_log
+from vlprompt.results.cli import main as results_main
+from vlprompt.results.render import runs_csv, to_csv, to_latex, to_markdown
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+GOLDEN = osp.join(ROOT, "tests", "golden")
+sys.path.insert(0, ROOT)
+import parse_test_res  # noqa: E402
+
+CLASS = {"dtd": "DescribableTextures", "eurosat": "EuroSAT", "imagenet": "ImageNet", "imagenet_a": "ImageNetA",
+         "oxford_pets": "OxfordPets"}
+
+
+def write_result(out, rel, trainer, dataset, seed, acc, subsample="all", shots=16, phase="train", model_dir="",
+                 config_name="cfg", n_ctx=None):
+    d = osp.join(out, rel)
+    os.makedirs(d, exist_ok=True)
+    config = {"TRAINER": {"NAME": trainer}, "SEED": seed}
+    if n_ctx is not None:
+        config["TRAINER"]["APLE"] = {"N_CTX": n_ctx}
+    data = {
+        "schema": 1, "trainer": trainer, "dataset": CLASS.get(dataset, dataset), "subsample": subsample,
+        "shots": shots, "seed": seed, "backbone": "ViT-B/16",
+        "config_file": f"configs/trainers/{trainer}/{config_name}.yaml", "config_name": config_name,
+        "dataset_config_file": f"configs/datasets/{dataset}.yaml", "config_digest": "0" * 16, "phase": phase,
+        "model_dir": model_dir, "load_epoch": None, "split": "test",
+        "metrics": {"accuracy": acc, "error_rate": 100 - acc, "macro_f1": acc - 1.0},
+        "num_classes": 10, "num_test": 100, "epochs": 5, "wall_time_s": 1.0, "started_at": "", "finished_at": "",
+        "output_dir": d, "versions": {}, "config": config,
+    }
+    with open(osp.join(d, "results.json"), "w") as f:
+        json.dump(data, f)
+    return d
+
+
+def b2n(out, trainer, cfg, dataset, seed, base, novel, **kw):
+    tail = f"{dataset}/shots_16/{trainer}/{cfg}/seed{seed}"
+    tr = write_result(out, f"base2new/train_base/{tail}", trainer, dataset, seed, base, "base", config_name=cfg, **kw)
+    if novel is not None:
+        write_result(out, f"base2new/test_new/{tail}", trainer, dataset, seed, novel, "new", phase="eval",
+                     model_dir=tr, config_name=cfg, **kw)
+
+
+def fabricate(out):
+    """A small, hand-checkable tree covering every protocol."""
+    m = "vit_b16_c2_ep5_batch4_2ctx"
+    for s, (bd, nd, be, ne) in {1: (80.0, 60.0, 90.0, 70.0), 2: (82.0, 62.0, 92.0, 72.0),
+                                3: (84.0, 64.0, 94.0, 74.0)}.items():
+        b2n(out, "MaPLe", m, "dtd", s, bd, nd)
+        b2n(out, "MaPLe", m, "eurosat", s, be, ne)
+        b2n(out, "APLe", "aple", "dtd", s, bd + 1, nd + 1)
+        b2n(out, "APLe", "aple", "eurosat", s, be + 1, None if s == 3 else ne + 1)  # seed 3 novel missing
+    xd = "vit_b16_c2_ep5_batch4_2ctx_cross_datasets"
+    for s in (1, 2, 3):
+        src = write_result(out, f"imagenet/MaPLe/{xd}_16shots/seed{s}", "MaPLe", "imagenet", s, 70.0 + s,
+                           config_name=xd)
+        for d, base in (("dtd", 45.0), ("eurosat", 48.0), ("imagenet_a", 50.0)):
+            write_result(out, f"evaluation/MaPLe/{xd}_16shots/{d}/seed{s}", "MaPLe", d, s, base + s, shots=-1,
+                         phase="eval", model_dir=src, config_name=xd)
+    for s in (1, 2, 3):
+        for k, acc in ((1, 50.0), (16, 70.0)):
+            write_result(out, f"few_shot/dtd/MaPLe/{m}/shots_{k}/seed{s}", "MaPLe", "dtd", s, acc + s, shots=k,
+                         config_name=m)
+        write_result(out, f"few_shot/dtd/ZeroshotCLIP/vit_b16/shots_0/seed{s}", "ZeroshotCLIP", "dtd", s, 44.0,
+                     shots=-1, phase="eval", config_name="vit_b16")
+
+
+def _golden(name, text):
+    path = osp.join(GOLDEN, name)
+    if os.environ.get("VLPROMPT_UPDATE_GOLDEN"):
+        os.makedirs(GOLDEN, exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)
+    with open(path) as f:
+        assert text == f.read(), f"{name} differs from the golden file (VLPROMPT_UPDATE_GOLDEN=1 to regenerate)"
+
+
+def _tables(out, **kw):
+    records, problems = collect(out)
+    assert problems == []
+    return {t.name: t for t in build_tables(records, **kw)}
+
+
+# --------------------------------------------------------------------------- arithmetic
+def test_hm_and_mean_std():
+    assert hm(80.0, 60.0) == pytest.approx(2 * 80 * 60 / 140)
+    assert hm(0.0, 0.0) == 0.0 and hm(None, 3.0) is None
+    m, s = mean_std([70.0, 72.0, 74.0])
+    assert m == 72.0 and s == pytest.approx((8 / 3) ** 0.5)  # population std, as parse_test_res.py
+    assert mean_std([40.0, 0.0]) == (20.0, 20.0)
+
+
+def test_average_hm_is_hm_of_averages_not_mean_of_hms(tmp_path):
+    out = str(tmp_path)
+    for s in (1, 2, 3):
+        b2n(out, "MaPLe", "c", "dtd", s, 90.0, 50.0)
+        b2n(out, "MaPLe", "c", "eurosat", s, 60.0, 80.0)
+    t = _tables(out)["base2new"]
+    avg = [r for r in t.rows if r["kind"] == "average"][0]["cells"]
+    assert avg[2].mean == pytest.approx(75.0) and avg[3].mean == pytest.approx(65.0)
+    assert avg[4].mean == pytest.approx(2 * 75 * 65 / 140)  # 69.64, not the mean of HMs
+    mean_of_hms = (hm(90, 50) + hm(60, 80)) / 2  # 66.43
+    assert abs(avg[4].mean - mean_of_hms) > 3
+    assert f"mean of per-dataset HMs {mean_of_hms:.2f}" in " ".join(t.notes)
+    assert avg[2].marks == "‡"  # 2 of 11 datasets
+
+
+def test_seed_statistics_and_missing_seeds(tmp_path):
+    out = str(tmp_path)
+    fabricate(out)
+    t = _tables(out)["base2new"]
+    # dtd MaPLe: base 80/82/84, novel 60/62/64
+    dtd = [r["cells"] for r in t.rows if r["cells"][1] == "MaPLe"][0]
+    assert dtd[2].mean == pytest.approx(82.0) and dtd[2].std == pytest.approx((8 / 3) ** 0.5) and dtd[2].n == 3
+    assert dtd[4].mean == pytest.approx(hm(82.0, 62.0)) and dtd[5] == "3/3"
+    aple_eurosat = [r["cells"] for r in t.rows if r["cells"][1] == "APLe" and r["kind"] == "ours"][1]
+    assert aple_eurosat[3].n == 2 and aple_eurosat[3].missing == (3,) and aple_eurosat[3].marks == "†"
+    assert aple_eurosat[5] == "2/3 †"
+    assert "APLe: seed(s) 3 missing for EuroSAT novel" in t.notes
+    # --seeds 1 2: nothing is missing any more and seed 3 is left out
+    records, _ = collect(out)
+    t12 = {x.name: x for x in build_tables([r for r in records if r.seed in (1, 2)], seeds=(1, 2))}["base2new"]
+    dtd12 = [r["cells"] for r in t12.rows if r["cells"][1] == "MaPLe"][0]
+    assert dtd12[2].mean == pytest.approx(81.0) and not dtd12[2].missing
+
+
+def test_transfer_and_few_shot_tables(tmp_path):
+    out = str(tmp_path)
+    fabricate(out)
+    ts = _tables(out)
+    xd = ts["cross_dataset"]
+    assert xd.columns == ["Method", "ImageNet (source)", "DTD", "EuroSAT", "Average", "Seeds"]
+    row = xd.rows[0]["cells"]
+    assert row[1].mean == pytest.approx(72.0) and row[2].mean == pytest.approx(47.0)
+    assert row[4].mean == pytest.approx((47.0 + 50.0) / 2) and row[4].marks == "‡"  # targets only
+    dg = ts["domain_generalization"]
+    assert dg.columns == ["Method", "ImageNet (source)", "ImageNet-A", "Average", "Seeds"]
+    assert dg.rows[0]["cells"][2].mean == pytest.approx(52.0)
+    fs = ts["few_shot_average"]
+    assert fs.columns == ["Method", "0 (zero-shot)", "1-shot", "16-shot"]
+    cells = {r["cells"][0]: r["cells"] for r in fs.rows}
+    assert cells["MaPLe"][2].mean == pytest.approx(52.0) and cells["MaPLe"][3].mean == pytest.approx(72.0)
+    assert cells["ZeroshotCLIP"][1].mean == pytest.approx(44.0) and cells["ZeroshotCLIP"][2].empty
+    assert {"few_shot_0shots", "few_shot_1shots", "few_shot_16shots"} <= set(ts)
+
+
+def test_published_beside_ours(tmp_path):
+    out = str(tmp_path)
+    fabricate(out)
+    ts = _tables(out, published="matched")
+    b = ts["base2new"]
+    pub = [r for r in b.rows if r["kind"] == "published"]
+    labels = [r["cells"][1] for r in pub]
+    assert labels == ["MaPLe [published]", "MaPLe [published]", "MaPLe [published]"]  # DTD, EuroSAT, Average
+    assert [c.mean for c in pub[-1]["cells"][2:5]] == [82.28, 75.14, 78.55]
+    assert [c.mean for c in pub[0]["cells"][2:5]] == [80.36, 59.18, 68.16]
+    assert any("APLe's own tables were not available" in n for n in b.notes)
+    xd = [r for r in ts["cross_dataset"].rows if r["kind"] == "published"][0]["cells"]
+    assert xd[0] == "MaPLe [published]" and xd[1].mean == 70.72 and xd[4].mean == 66.30
+    assert not [r for r in _tables(out)["base2new"].rows if r["kind"] == "published"]
+    allp = _tables(out, published="all")["base2new"]
+    assert any(r["cells"][1] == "PromptSRC [published]" for r in allp.rows)
+
+
+def test_recipe_family_rows(tmp_path):
+    """CoOp's ImageNet run (50-epoch config) is shown in the main CoOp row, with a note."""
+    out = str(tmp_path)
+    for s in (1, 2, 3):
+        b2n(out, "CoOp", "vit_b16_ctxv1", "dtd", s, 80.0, 50.0)
+        b2n(out, "CoOp", "vit_b16_ep50_ctxv1", "imagenet", s, 76.0, 68.0)
+    t = _tables(out)["base2new"]
+    assert {r["cells"][1] for r in t.rows} == {"CoOp"}
+    assert any("runs with vit_b16_ep50_ctxv1 (ImageNet 16-shot) are shown in the vit_b16_ctxv1 row" in n
+               for n in t.notes)
+    # the same config run on its own keeps its own row
+    out2 = str(tmp_path / "solo")
+    for s in (1, 2, 3):
+        b2n(out2, "CoOp", "vit_b16_ep50_ctxv1", "imagenet", s, 76.0, 68.0)
+        b2n(out2, "CoOp", "vit_b16_ep50_ctxv1", "dtd", s, 76.0, 68.0)
+    labels = {r["cells"][1] for r in _tables(out2)["base2new"].rows}
+    assert labels == {"CoOp"}
+    assert "CoOp = CoOp:vit_b16_ep50_ctxv1" in " ".join(_tables(out2)["base2new"].notes)
+
+
+# --------------------------------------------------------------------------- golden tables
+def test_tables_golden(tmp_path):
+    out = str(tmp_path / "output")
+    fabricate(out)
+    ts = _tables(out, published="matched")
+    _golden("results_base2new.md", to_markdown(ts["base2new"]))
+    _golden("results_base2new.csv", to_csv(ts["base2new"]))
+    _golden("results_base2new.tex", to_latex(ts["base2new"]))
+    _golden("results_cross_dataset.md", to_markdown(ts["cross_dataset"]))
+    _golden("results_domain_generalization.md", to_markdown(ts["domain_generalization"]))
+    _golden("results_few_shot_average.md", to_markdown(ts["few_shot_average"]))
+    _golden("results_few_shot_1shots.csv", to_csv(ts["few_shot_1shots"]))
+    records, _ = collect(out)
+    _golden("results_runs.csv", runs_csv(records).replace(out, "OUT"))
+
+
+def test_results_cli_writes_files(tmp_path, capsys):
+    out = str(tmp_path / "output")
+    fabricate(out)
+    rep = str(tmp_path / "report")
+    assert results_main([out, "--out", rep, "--with-published", "--protocol", "base2new", "cross_dataset"]) == 0
+    files = sorted(os.listdir(rep))
+    assert files == ["base2new.csv", "base2new.md", "base2new.tex", "cross_dataset.csv", "cross_dataset.md",
+                     "cross_dataset.tex", "runs.csv"]
+    assert results_main([out, "--protocol", "domain_generalization", "--no-std"]) == 0
+    text = capsys.readouterr().out
+    assert "### Domain generalization from ImageNet" in text and "| MaPLe | 72.00 † " not in text
+    assert "| MaPLe | 72.00 | 52.00 | 52.00 ‡ | 3/3 |" in text
+    assert results_main([str(tmp_path / "nothing_here")]) == 2
+
+
+# --------------------------------------------------------------------------- paths and legacy logs
+def test_infer_from_path():
+    assert infer_from_path("/o/base2new/test_new/dtd/shots_16/MaPLe/cfg/seed2") == dict(
+        protocol="base2new", role="novel", dataset="dtd", shots=16, trainer="MaPLe", config="cfg", seed=2)
+    assert infer_from_path("/o/few_shot/dtd/CoOp/vit_b16/shots_4/seed1")["protocol"] == "few_shot"
+    assert infer_from_path("/o/imagenet/CoOp/vit_b16_ep50_16shots/seed1") == dict(
+        protocol="transfer", role="source", dataset="imagenet", trainer="CoOp", config="vit_b16_ep50", shots=16,
+        seed=1)
+    # CoOp's own trees, with the nctx folder
+    assert infer_from_path("/o/evaluation/CoOp/vit_b16_ep50_16shots/nctx16_cscFalse_ctpend/imagenet_r/seed3") == dict(
+        protocol="domain_generalization", role="target", dataset="imagenet_r", trainer="CoOp",
+        config="vit_b16_ep50/nctx16_cscFalse_ctpend", shots=16, seed=3)
+    assert infer_from_path("/o/dtd/CoOp/rn50_4shots/nctx16_cscFalse_ctpend/seed1")["protocol"] == "few_shot"
+    assert infer_from_path("/o/somewhere/else/seed1") is None
+
+
+LOG_NEW = """Loading trainer: CoOp
+epoch [1/2] batch [1/1] loss 1.0
+=> result
+* accuracy: 11.1%
+Finish training
+Deploy the last-epoch model
+=> result
+* total: 1,881
+* correct: 1,727
+* accuracy: 91.8%
+* error: 8.2%
+* macro_f1: 91.5%
+Elapsed: 0:01:00
+"""
+LOG_OLD = LOG_NEW.replace("Finish training", "Finished training").replace("91.8%", "91.81%")
+LOG_EVAL = """Loading weights to prompt_learner from "x/prompt_learner/model.pth.tar-5" (epoch = 5)
+Evaluate on the *test* set
+=> result
+* total: 100
+* accuracy: 75.25%
+* error: 24.75%
+* macro_f1: 70.0%
+"""
+
+
+def test_legacy_log_parsing_both_spellings(tmp_path):
+    lines = LOG_NEW.splitlines()
+    assert parse_lines(lines, ("accuracy", "error", "macro_f1")) == {"accuracy": 91.8, "error": 8.2, "macro_f1": 91.5}
+    assert parse_lines(LOG_OLD.splitlines()) == {"accuracy": 91.81}
+    assert parse_lines(LOG_EVAL.splitlines()) == {}
+    assert parse_lines(LOG_EVAL.splitlines(), signals=("=> result",)) == {"accuracy": 75.25}
+    out = str(tmp_path / "output")
+    for s, text in ((1, LOG_NEW), (2, LOG_OLD)):
+        d = osp.join(out, f"base2new/train_base/dtd/shots_16/CoOp/c/seed{s}")
+        os.makedirs(d)
+        open(osp.join(d, "log.txt"), "w").write(text)
+        e = osp.join(out, f"base2new/test_new/dtd/shots_16/CoOp/c/seed{s}")
+        os.makedirs(e)
+        open(osp.join(e, "log.txt"), "w").write(LOG_EVAL)
+    # a re-run rotated the first log away: the newest log with a result wins
+    d1 = osp.join(out, "base2new/train_base/dtd/shots_16/CoOp/c/seed1")
+    os.rename(osp.join(d1, "log.txt"), osp.join(d1, "log.txt-2024-01-01-00-00-00"))
+    open(osp.join(d1, "log.txt"), "w").write("crashed before any result\n")
+    metrics, path, kind = read_run_log(d1)
+    assert metrics == {"accuracy": 91.8, "error_rate": 8.2, "macro_f1": 91.5} and kind == "train"
+    assert path.endswith("log.txt-2024-01-01-00-00-00")
+    records, problems = collect(out)
+    assert problems == [] and len(records) == 4 and {r.origin for r in records} == {"log"}
+    t = {x.name: x for x in build_tables(records, seeds=(1, 2))}["base2new"]
+    cells = t.rows[0]["cells"]
+    assert cells[2].mean == pytest.approx((91.8 + 91.81) / 2) and cells[3].mean == pytest.approx(75.25)
+    # an unfinished run is reported, not silently dropped
+    d3 = osp.join(out, "base2new/train_base/dtd/shots_16/CoOp/c/seed3")
+    os.makedirs(d3)
+    open(osp.join(d3, "log.txt"), "w").write("epoch [1/5]\n")
+    _, problems = collect(out)
+    assert problems == [(d3, "log.txt has no result (unfinished run?)")]
+
+
+def test_runs_outside_the_tree_are_placed_from_fields(tmp_path):
+    out = str(tmp_path)
+    write_result(out, "mine/a/seed1", "MaPLe", "dtd", 1, 80.0, subsample="base", config_name="c")
+    write_result(out, "mine/b/seed1", "MaPLe", "dtd", 1, 60.0, subsample="new", phase="eval", model_dir="/m",
+                 config_name="c")
+    write_result(out, "mine/c", "MaPLe", "dtd", 1, 60.0, phase="eval", config_name="c")  # ambiguous
+    records, problems = collect(out)
+    assert sorted((r.protocol, r.role) for r in records) == [("base2new", "base"), ("base2new", "novel")]
+    assert all(r.inferred for r in records)
+    assert len(problems) == 1 and "do not name a protocol" in problems[0][1]
+
+
+# --------------------------------------------------------------------------- plots
+def test_plots_written(tmp_path):
+    from vlprompt.results.plots import make_plots
+
+    out = str(tmp_path / "output")
+    fabricate(out)
+    for n in (2, 4, 8):
+        for s in (1, 2):
+            for d in ("dtd", "eurosat"):
+                b2n(out, "APLe", f"aple_n{n}", d, s, 80.0 + n, 70.0 - n, n_ctx=n)
+    records, _ = collect(out)
+    paths = make_plots(records, str(tmp_path / "fig"))
+    names = sorted(osp.basename(p) for p in paths)
+    assert names == ["base2new_bars.pdf", "base2new_bars.png", "few_shot_curves.pdf", "few_shot_curves.png",
+                     "prompt_length_APLe.pdf", "prompt_length_APLe.png"]
+    for p in paths:
+        assert osp.getsize(p) > 1000
+    with open([p for p in paths if p.endswith(".png")][0], "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+# --------------------------------------------------------------------------- parse_test_res.py
+def test_parse_test_res_cli(tmp_path, capsys):
+    exp = tmp_path / "exp"
+    for name, text in (("seed1", LOG_NEW), ("seed2", LOG_OLD.replace("91.81%", "90.00%"))):
+        (exp / name).mkdir(parents=True)
+        (exp / name / "log.txt").write_text(text)
+    assert parse_test_res.main([str(exp)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        f"Parsing files in {exp}",
+        f"file: {exp}/seed1/log.txt. accuracy: 91.80%. ",
+        f"file: {exp}/seed2/log.txt. accuracy: 90.00%. ",
+        "===",
+        f"Summary of directory: {exp}",
+        "* accuracy: 90.90% +- 0.90%",
+        "===",
+    ]
+    assert parse_test_res.main([str(exp), "--ci95", "--keyword", "macro_f1"]) == 0
+    assert "* macro_f1: 91.50% +- 0.00%" in capsys.readouterr().out
+    # --test-log on eval-only logs, --multi-exp over two experiments
+    for e, acc in (("a", "40.0"), ("b", "0.0")):
+        (tmp_path / "multi" / e / "seed1").mkdir(parents=True)
+        (tmp_path / "multi" / e / "seed1" / "log.txt").write_text(f"=> result\n* accuracy: {acc}%\n")
+    assert parse_test_res.main([str(tmp_path / "multi"), "--test-log", "--multi-exp"]) == 0
+    assert capsys.readouterr().out.splitlines()[-2:] == ["Average performance", "* accuracy: 20.00%"]
+    # training logs are required without --test-log
+    assert parse_test_res.main([str(tmp_path / "multi" / "a")]) == 1
+    assert "Nothing found" in capsys.readouterr().err

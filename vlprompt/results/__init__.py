@@ -1,0 +1,32 @@
+"""Result tables from an output tree: ``python -m vlprompt.results --help``.
+
+:func:`collect` reads ``results.json`` files (and ``log.txt`` of runs that have none),
+:func:`build_tables` aggregates them over seeds into the protocol tables, and
+``vlprompt.results.render`` writes markdown, CSV and LaTeX. Published numbers live in
+``published.json`` (data, with sources). Nothing here imports torch.
+"""
+from .aggregate import Cell, Table, apply_families, build_tables, hm, load_published, mean_std, seed_stat
+from .legacy import parse_lines, parse_log, read_run_log
+from .records import Record, collect, infer_from_path
+from .render import runs_csv, to_csv, to_latex, to_markdown
+
+__all__ = [
+    "Cell",
+    "Record",
+    "Table",
+    "apply_families",
+    "build_tables",
+    "collect",
+    "hm",
+    "infer_from_path",
+    "load_published",
+    "mean_std",
+    "parse_lines",
+    "parse_log",
+    "read_run_log",
+    "runs_csv",
+    "seed_stat",
+    "to_csv",
+    "to_latex",
+    "to_markdown",
+]

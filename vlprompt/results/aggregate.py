@@ -1,0 +1,497 @@
+"""Aggregate records over seeds and build the protocol tables.
+
+Conventions (the papers'):
+
+* a cell is the mean over seeds, with the population standard deviation (numpy's default, ddof=0,
+  as CoOp's parse_test_res.py); a cell with fewer seeds than expected is marked ``†`` and the missing
+  seeds are listed in the notes;
+* base-to-novel: the per-dataset HM is the HM of the seed-averaged base and novel accuracies; the
+  11-dataset average HM is the HM of the averaged base and novel accuracies, **not** the mean of the
+  per-dataset HMs (the mean of HMs is given in the notes for reference);
+* cross-dataset and DG averages are over the targets only (the source column is not averaged);
+* an average over fewer datasets than the protocol's standard list is marked ``‡``.
+"""
+import json
+import os.path as osp
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from ..sweep.protocols import DATASETS_11, DG_TARGETS, XD_SOURCE, family_config
+from .records import DISPLAY_NAMES, Record
+
+__all__ = [
+    "Cell",
+    "Table",
+    "hm",
+    "mean_std",
+    "seed_stat",
+    "apply_families",
+    "load_published",
+    "build_tables",
+    "base2new_table",
+    "transfer_table",
+    "few_shot_tables",
+    "TRAINER_ORDER",
+]
+
+TRAINER_ORDER = ["ZeroshotCLIP", "ZeroshotCLIP2", "CoOp", "CoCoOp", "VPT", "IVLP", "MaPLe", "MuDPT", "APLe"]
+XD_TARGETS = [d for d in DATASETS_11 if d != XD_SOURCE]
+MISSING_SEEDS = "†"
+PARTIAL_AVERAGE = "‡"
+
+
+def hm(base, novel):
+    """Harmonic mean 2BN/(B+N) (0 when both are 0)."""
+    if base is None or novel is None:
+        return None
+    return 0.0 if base + novel == 0 else 2.0 * base * novel / (base + novel)
+
+
+def mean_std(values):
+    """(mean, population std) of a non-empty sequence."""
+    vals = [float(v) for v in values]
+    if not vals:
+        raise ValueError("mean_std of nothing")
+    m = sum(vals) / len(vals)
+    var = sum((v - m) ** 2 for v in vals) / len(vals)
+    return m, var ** 0.5
+
+
+@dataclass
+class Cell:
+    mean: Optional[float]
+    std: Optional[float] = None
+    n: Optional[int] = None
+    expected: Optional[int] = None
+    missing: Tuple[int, ...] = ()
+    marks: str = ""
+    published: bool = False
+
+    @property
+    def empty(self):
+        return self.mean is None
+
+
+EMPTY = Cell(None)
+
+
+def seed_stat(values_by_seed: Dict[int, float], expected: Sequence[int]):
+    """Cell of mean ± std over seeds; ``†`` when an expected seed is missing."""
+    if not values_by_seed:
+        return EMPTY
+    m, s = mean_std(values_by_seed.values())
+    missing = tuple(sorted(set(expected) - set(values_by_seed)))
+    return Cell(mean=m, std=s, n=len(values_by_seed), expected=len(set(expected) | set(values_by_seed)),
+                missing=missing, marks=MISSING_SEEDS if missing else "")
+
+
+@dataclass
+class Table:
+    name: str
+    title: str
+    columns: List[str]
+    rows: List[dict] = field(default_factory=list)  # {"cells": [...], "kind": ..., "sep": bool}
+    notes: List[str] = field(default_factory=list)
+    numeric: List[bool] = field(default_factory=list)
+    trainers: set = field(default_factory=set)
+
+    def add(self, cells, kind="ours", sep=False):
+        self.rows.append({"cells": list(cells), "kind": kind, "sep": sep})
+
+
+# ----------------------------------------------------------------------------- helpers
+def _recipe_protocol(r):
+    return {"transfer": "cross_dataset", "domain_generalization": "cross_dataset"}.get(r.protocol, r.protocol)
+
+
+def apply_families(records: List[Record]):
+    """Put runs made with a recipe's per-dataset/per-shot config into the recipe's main row.
+
+    Example: the CoOp base2new recipe trains ImageNet with vit_b16_ep50_ctxv1 and the other datasets
+    with vit_b16_ctxv1; the ImageNet runs are shown in the vit_b16_ctxv1 row. A config's runs are
+    merged only when every one of them sits where the recipe uses that config (so a config run on its
+    own, e.g. vit_b16_ep50 on every dataset, keeps its own row), and never into a dataset/shot slot
+    that the main config fills itself. Returns the notes that say so.
+    """
+    groups = {}
+    for r in records:
+        groups.setdefault((r.trainer, _recipe_protocol(r), r.config), []).append(r)
+    main_slots = {}
+    for (t, p, cfg), rs in groups.items():
+        main_slots[(t, p, cfg)] = {(r.dataset, r.shots, r.role) for r in rs}
+    merged = {}
+    for (t, p, cfg), rs in groups.items():
+        fams = {family_config(t, p, r.dataset, r.shots, cfg) for r in rs}
+        if len(fams) != 1 or None in fams:
+            continue
+        fam = fams.pop()
+        taken = main_slots.get((t, p, fam), set())
+        for r in rs:
+            if (r.dataset, r.shots, r.role) in taken:
+                continue
+            r.family = fam
+            merged.setdefault((t, r.protocol, fam, cfg), set()).add(
+                DISPLAY_NAMES.get(r.dataset, r.dataset) + ("" if r.shots is None else f" {r.shots}-shot"))
+    notes = []
+    for (t, p, fam, cfg), where in sorted(merged.items()):
+        notes.append(f"{t} {p}: runs with {cfg} ({', '.join(sorted(where))}) are shown in the {fam} row, "
+                     f"as in the official recipe (vlprompt/sweep/recipes.json).")
+    return notes
+
+
+def _trainer_rank(t):
+    return (TRAINER_ORDER.index(t) if t in TRAINER_ORDER else len(TRAINER_ORDER), t)
+
+
+def _dataset_order(ds, standard):
+    known = [d for d in standard if d in ds]
+    return known + sorted(d for d in ds if d not in standard)
+
+
+def _labels(keys, std_shots=None):
+    """Row labels: the trainer, plus the config when the trainer has several configs in the table, plus
+    the shot count when it is not the protocol's standard one."""
+    cfgs = {}
+    for k in keys:
+        cfgs.setdefault(k[0], set()).add(k[1])
+    out = {}
+    for k in keys:
+        extra = []
+        if len(cfgs[k[0]]) > 1:
+            extra.append(k[1])
+        if len(k) > 2 and k[2] is not None and std_shots is not None and k[2] != std_shots:
+            extra.append(f"{k[2]} shots")
+        out[k] = k[0] + (f" ({', '.join(extra)})" if extra else "")
+    return out
+
+
+def _values(records, metric):
+    """{seed: value}; a seed seen twice keeps the last record (reported by build_tables)."""
+    out = {}
+    for r in records:
+        if metric in r.metrics:
+            out[r.seed] = r.metrics[metric]
+    return out
+
+
+def load_published(path=None):
+    path = path or osp.join(osp.dirname(osp.abspath(__file__)), "published.json")
+    with open(path) as f:
+        return json.load(f)
+
+
+def _published_for(pub, trainer, config):
+    names = []
+    for name, spec in pub["methods"].items():
+        for m in spec.get("match", []):
+            if m.get("trainer") == trainer and m.get("config") in (None, config):
+                names.append(name)
+                break
+    return names
+
+
+def _published_names(pub, keys, mode):
+    if not mode:
+        return []
+    if mode == "all":
+        return list(pub["methods"])
+    names = []
+    for k in keys:
+        for n in _published_for(pub, k[0], k[1]):
+            if n not in names:
+                names.append(n)
+    return names
+
+
+def _not_reported_notes(pub, keys, mode):
+    if not mode:
+        return []
+    return [pub["not_reported"][t] + f" ({t})" for t in sorted({k[0] for k in keys}) if t in pub["not_reported"]]
+
+
+class _Missing:
+    """Collects cells with missing seeds and summarises them per row label."""
+
+    def __init__(self):
+        self.items = {}
+
+    def add(self, label, where, cell):
+        if cell.missing:
+            self.items.setdefault((label, cell.missing), []).append(where)
+
+    def notes(self):
+        return [f"{label}: seed(s) {' '.join(map(str, miss))} missing for {', '.join(where)}"
+                for (label, miss), where in self.items.items()]
+
+
+def _configs_note(keys, labels):
+    return "Rows (TRAINER:CONFIG folder): " + "; ".join(f"{labels[k]} = {k[0]}:{k[1]}" for k in keys)
+
+
+def _fmt_ds(d):
+    return DISPLAY_NAMES.get(d, d)
+
+
+# ----------------------------------------------------------------------------- base-to-novel
+def base2new_table(records, seeds, metric="accuracy", pub=None, pub_mode=None):
+    recs = [r for r in records if r.protocol == "base2new"]
+    if not recs:
+        return None
+    keys = sorted({(r.trainer, r.group_config, r.shots) for r in recs}, key=lambda k: (_trainer_rank(k[0]), k[1:]))
+    labels = _labels(keys, std_shots=16)
+    datasets = _dataset_order({r.dataset for r in recs}, DATASETS_11)
+    t = Table(
+        name="base2new",
+        title=f"Base-to-novel generalization ({metric}, %, mean ± std over seeds)",
+        columns=["Dataset", "Method", "Base", "Novel", "HM", "Seeds"],
+        numeric=[False, False, True, True, True, False],
+    )
+    pub_names = _published_names(pub, keys, pub_mode) if pub else []
+    per = {}  # key -> dataset -> (base cell, novel cell)
+    missing = _Missing()
+    for d in datasets:
+        first = True
+        for k in keys:
+            sel = [r for r in recs if (r.trainer, r.group_config, r.shots) == k and r.dataset == d]
+            if not sel:
+                continue
+            b = seed_stat(_values([r for r in sel if r.role == "base"], metric), seeds)
+            n = seed_stat(_values([r for r in sel if r.role == "novel"], metric), seeds)
+            h = Cell(hm(b.mean, n.mean)) if not (b.empty or n.empty) else EMPTY
+            per.setdefault(k, {})[d] = (b, n)
+            seeds_txt = _seeds_text(b, n)
+            t.add([_fmt_ds(d) if first else "", labels[k], b, n, h, seeds_txt], sep=first)
+            first = False
+            missing.add(labels[k], f"{_fmt_ds(d)} base", b)
+            missing.add(labels[k], f"{_fmt_ds(d)} novel", n)
+        for name in pub_names:
+            vals = pub["base2new"]["per_dataset"].get(name, {}).get(d)
+            if vals:
+                t.add(["" if not first else _fmt_ds(d), f"{name} [published]", Cell(vals[0], published=True),
+                       Cell(vals[1], published=True), Cell(vals[2], published=True), ""], kind="published", sep=first)
+                first = False
+    # averages
+    first = True
+    mean_hm_notes = []
+    for k in keys:
+        both = [d for d in datasets if d in per.get(k, {}) and not per[k][d][0].empty and not per[k][d][1].empty]
+        if not both:
+            continue
+        ab = sum(per[k][d][0].mean for d in both) / len(both)
+        an = sum(per[k][d][1].mean for d in both) / len(both)
+        mark = PARTIAL_AVERAGE if len(both) < len(DATASETS_11) else ""
+        t.add(["Average" if first else "", labels[k], Cell(ab, marks=mark), Cell(an, marks=mark),
+               Cell(hm(ab, an), marks=mark), f"{len(both)}/{len(DATASETS_11)} datasets"], kind="average", sep=first)
+        first = False
+        mhm = sum(hm(per[k][d][0].mean, per[k][d][1].mean) for d in both) / len(both)
+        mean_hm_notes.append(f"{labels[k]}: HM of averages {hm(ab, an):.2f}, mean of per-dataset HMs {mhm:.2f}")
+    if pub_names:
+        avg_rows = {e["key"]: e for e in pub["base2new"]["average"]}
+        for name in pub_names:
+            e = avg_rows.get(name)
+            if e is None:
+                continue
+            t.add(["Average" if first else "", f"{name} [published]", Cell(e["base"], published=True),
+                   Cell(e["novel"], published=True), Cell(e["hm"], published=True), "11/11 datasets"],
+                  kind="published", sep=first)
+            first = False
+    t.trainers = {k[0] for k in keys}
+    t.notes.append(_configs_note(keys, labels))
+    t.notes.append("Base: accuracy on the base-class test set at the end of training (train_base run); Novel: "
+                   "eval-only on the new classes (test_new run); HM = 2·B·N/(B+N) of the seed-averaged B and N.")
+    t.notes.append("Average: the mean over datasets of base and of novel accuracy; the average HM is the HM of these "
+                   "two averages (the papers' convention), not the mean of the per-dataset HMs.")
+    t.notes += mean_hm_notes
+    t.notes += _common_notes(seeds)
+    if any(r["cells"][2].marks == PARTIAL_AVERAGE for r in t.rows if r["kind"] == "average"):
+        t.notes.append(f"{PARTIAL_AVERAGE} average over fewer than the {len(DATASETS_11)} standard datasets; not "
+                       "comparable with published averages.")
+    if pub_names:
+        t.notes.append("[published]: " + pub["base2new"]["per_dataset_source"] + "; averages from the sources listed "
+                       "in specs/published_results.md A.1.")
+    t.notes += _not_reported_notes(pub, keys, pub_mode) if pub else []
+    t.notes += missing.notes()
+    return t
+
+
+def _seeds_text(*cells):
+    cs = [c for c in cells if not c.empty]
+    if not cs:
+        return ""
+    n = min(c.n for c in cs)
+    e = max(c.expected for c in cs)
+    return f"{n}/{e}" + (f" {MISSING_SEEDS}" if n < e or any(c.missing for c in cs) else "")
+
+
+def _common_notes(seeds):
+    return [f"± is the population standard deviation over seeds (ddof=0, as CoOp's parse_test_res.py); expected "
+            f"seeds: {' '.join(map(str, seeds))}; {MISSING_SEEDS} marks cells with missing seeds."]
+
+
+# ----------------------------------------------------------------------------- transfer
+def transfer_table(records, protocol, seeds, metric="accuracy", pub=None, pub_mode=None, source=XD_SOURCE):
+    standard = XD_TARGETS if protocol == "cross_dataset" else list(DG_TARGETS)
+    tgt = [r for r in records if r.protocol == protocol]
+    src = [r for r in records if r.protocol == "transfer"]
+    if not tgt and not (protocol == "cross_dataset" and src):
+        return None
+    keys_t = {(r.trainer, r.group_config, r.shots) for r in tgt}
+    if protocol == "cross_dataset":
+        # source-only runs (no targets evaluated yet) are shown here so that they are not lost
+        keys_dg = {(r.trainer, r.group_config, r.shots) for r in records if r.protocol == "domain_generalization"}
+        keys_t |= {(r.trainer, r.group_config, r.shots) for r in src} - keys_dg
+    keys = sorted(keys_t, key=lambda k: (_trainer_rank(k[0]), k[1:]))
+    labels = _labels(keys, std_shots=16)
+    targets = _dataset_order({r.dataset for r in tgt}, standard)
+    src_name = _fmt_ds(source)
+    title = ("Cross-dataset transfer" if protocol == "cross_dataset" else "Domain generalization")
+    t = Table(
+        name=protocol,
+        title=f"{title} from {src_name} ({metric}, %, mean ± std over seeds)",
+        columns=["Method", f"{src_name} (source)"] + [_fmt_ds(d) for d in targets] + ["Average", "Seeds"],
+        numeric=[False] + [True] * (len(targets) + 2) + [False],
+    )
+    missing = _Missing()
+    for k in keys:
+        s = seed_stat(_values([r for r in src if (r.trainer, r.group_config, r.shots) == k and r.dataset == source],
+                              metric), seeds)
+        cells = [s]
+        missing.add(labels[k], f"{src_name} (source)", s)
+        for d in targets:
+            c = seed_stat(_values([r for r in tgt if (r.trainer, r.group_config, r.shots) == k and r.dataset == d],
+                                  metric), seeds)
+            cells.append(c)
+            missing.add(labels[k], _fmt_ds(d), c)
+        have = [c for c in cells[1:] if not c.empty]
+        avg = Cell(sum(c.mean for c in have) / len(have),
+                   marks=PARTIAL_AVERAGE if len(have) < len(standard) else "") if have else EMPTY
+        t.add([labels[k]] + cells + [avg, _seeds_text(*cells)])
+    pub_names = _published_names(pub, keys, pub_mode) if pub else []
+    first = True
+    for name in pub_names:
+        vals = pub[protocol]["values"].get(name)
+        if not vals:
+            continue
+        cells = [Cell(vals.get(source), published=True) if vals.get(source) is not None else EMPTY]
+        cells += [Cell(vals[d], published=True) if d in vals else EMPTY for d in targets]
+        t.add([f"{name} [published]"] + cells + [Cell(vals["average"], published=True), ""], kind="published", sep=first)
+        first = False
+    t.trainers = {k[0] for k in keys}
+    t.notes.append(_configs_note(keys, labels))
+    t.notes.append(f"Source: the {src_name} training run's own test (16 shots, all classes); targets: eval-only "
+                   f"runs of the same model on each target's full test set. Average: mean over the targets shown"
+                   f" (the published averages are over all {len(standard)} targets).")
+    t.notes += _common_notes(seeds)
+    if any(r["cells"][-2].marks == PARTIAL_AVERAGE for r in t.rows if r["kind"] == "ours"):
+        t.notes.append(f"{PARTIAL_AVERAGE} average over fewer than the {len(standard)} standard targets.")
+    if pub_names:
+        t.notes.append("[published]: " + pub[protocol]["source"])
+    t.notes += _not_reported_notes(pub, keys, pub_mode) if pub else []
+    t.notes += missing.notes()
+    return t
+
+
+# ----------------------------------------------------------------------------- few-shot
+def few_shot_tables(records, seeds, metric="accuracy", pub=None, pub_mode=None):
+    recs = [r for r in records if r.protocol == "few_shot"]
+    if not recs:
+        return []
+    keys = sorted({(r.trainer, r.group_config) for r in recs}, key=lambda k: (_trainer_rank(k[0]), k[1:]))
+    labels = _labels(keys)
+    datasets = _dataset_order({r.dataset for r in recs}, DATASETS_11)
+    shots = sorted({r.shots for r in recs if r.shots is not None})
+    tables = []
+    averages = {}  # key -> K -> (mean, n datasets)
+    for K in shots:
+        t = Table(
+            name=f"few_shot_{K}shots",
+            title=(f"Few-shot classification, {K}-shot ({metric}, %, mean ± std over seeds)" if K
+                   else f"Zero-shot classification, filed as shots_0 in the few-shot tree ({metric}, %)"),
+            columns=["Method"] + [_fmt_ds(d) for d in datasets] + ["Average", "Seeds"],
+            numeric=[False] + [True] * (len(datasets) + 1) + [False],
+        )
+        missing = _Missing()
+        for k in keys:
+            sel = [r for r in recs if (r.trainer, r.group_config) == k and r.shots == K]
+            if not sel:
+                continue
+            cells = []
+            for d in datasets:
+                c = seed_stat(_values([r for r in sel if r.dataset == d], metric), seeds)
+                cells.append(c)
+                missing.add(labels[k], _fmt_ds(d), c)
+            have = [c for c in cells if not c.empty]
+            mark = PARTIAL_AVERAGE if len(have) < len(DATASETS_11) else ""
+            avg = Cell(sum(c.mean for c in have) / len(have), marks=mark)
+            averages.setdefault(k, {})[K] = (avg.mean, len(have))
+            t.add([labels[k]] + cells + [avg, _seeds_text(*cells)])
+        present = [k for k in keys if any(r.shots == K for r in recs if (r.trainer, r.group_config) == k)]
+        t.trainers = {k[0] for k in present}
+        t.notes.append(_configs_note(present, labels))
+        t.notes += _common_notes(seeds)
+        if any(r["cells"][-2].marks for r in t.rows):
+            t.notes.append(f"{PARTIAL_AVERAGE} average over fewer than the {len(DATASETS_11)} standard datasets.")
+        t.notes += missing.notes()
+        tables.append(t)
+    # summary: average over datasets per shot count
+    t = Table(
+        name="few_shot_average",
+        title=f"Few-shot classification, average over datasets ({metric}, %)",
+        columns=["Method"] + [f"{K}-shot" if K else "0 (zero-shot)" for K in shots],
+        numeric=[False] + [True] * len(shots),
+    )
+    for k in keys:
+        cells = []
+        for K in shots:
+            v = averages.get(k, {}).get(K)
+            cells.append(Cell(v[0], marks=PARTIAL_AVERAGE if v[1] < len(DATASETS_11) else "") if v else EMPTY)
+        t.add([labels[k]] + cells)
+    pub_names = _published_names(pub, keys, pub_mode) if pub else []
+    first = True
+    for name in pub_names:
+        vals = pub["few_shot"]["average"].get(name)
+        if not vals:
+            continue
+        cells = [Cell(vals[str(K)], published=True) if str(K) in vals else EMPTY for K in shots]
+        t.add([f"{name} [published, approx.]"] + cells, kind="published", sep=first)
+        first = False
+    t.trainers = {k[0] for k in keys}
+    t.notes.append("Each cell is the mean over datasets of the seed-averaged accuracy (all classes, full test set).")
+    if any(c.marks for r in t.rows for c in r["cells"][1:] if isinstance(c, Cell)):
+        t.notes.append(f"{PARTIAL_AVERAGE} average over fewer than the {len(DATASETS_11)} standard datasets.")
+    if pub_names:
+        t.notes.append("[published, approx.]: " + pub["few_shot"]["source"])
+    t.notes += _not_reported_notes(pub, keys, pub_mode) if pub else []
+    tables.append(t)
+    return tables
+
+
+# ----------------------------------------------------------------------------- all
+def build_tables(records, protocols=None, seeds=(1, 2, 3), metric="accuracy", published=None, source=XD_SOURCE):
+    """Tables for the requested protocols (None: every protocol found). ``published``: None, "matched"
+    (the published rows of the methods in our results) or "all"."""
+    pub = load_published() if published else None
+    wanted = set(protocols or ["base2new", "cross_dataset", "domain_generalization", "few_shot"])
+    family_notes = apply_families(records)
+    dup = {}
+    for r in records:
+        dup.setdefault((r.trainer, r.group_config, r.protocol, r.role, r.dataset, r.shots, r.seed), []).append(r.path)
+    dup_notes = [f"several runs for one seed (the last one is used): {', '.join(p)}" for p in dup.values() if len(p) > 1]
+    tables = []
+    if "base2new" in wanted:
+        t = base2new_table(records, seeds, metric, pub, published)
+        if t:
+            tables.append(t)
+    for p in ("cross_dataset", "domain_generalization"):
+        if p in wanted:
+            t = transfer_table(records, p, seeds, metric, pub, published, source)
+            if t:
+                tables.append(t)
+    if "few_shot" in wanted:
+        tables += few_shot_tables(records, seeds, metric, pub, published)
+    for t in tables:
+        proto = t.name if not t.name.startswith("few_shot") else "few_shot"
+        t.notes += [n for n in family_notes if n.split(" ")[0] in t.trainers
+                    and (f" {proto}:" in n or (proto == "cross_dataset" and " transfer:" in n))]
+        t.notes += dup_notes
+    return tables
