@@ -152,9 +152,8 @@ class TrainerBase:
         rng = None
         for name in names:
             path = osp.join(directory, name)
-            start_epoch = resume_from_checkpoint(path, self._models[name], self._optims[name], self._scheds[name])
-            with open(osp.join(path, "checkpoint")) as f:
-                ckpt = load_checkpoint(osp.join(path, f.readline().strip()))
+            start_epoch, ckpt = resume_from_checkpoint(
+                path, self._models[name], self._optims[name], self._scheds[name], return_checkpoint=True)
             if ckpt.get("extra") is not None:
                 self.load_extra_checkpoint_state(name, ckpt["extra"])
             rng = ckpt.get("rng_state", rng)

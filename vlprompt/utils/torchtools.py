@@ -83,8 +83,9 @@ def load_checkpoint(fpath, weights_only=True):
         raise
 
 
-def resume_from_checkpoint(fdir, model, optimizer=None, scheduler=None):
-    """Resume from the file named in ``fdir/checkpoint``; returns the stored epoch."""
+def resume_from_checkpoint(fdir, model, optimizer=None, scheduler=None, return_checkpoint=False):
+    """Resume from the file named in ``fdir/checkpoint``; returns the stored epoch
+    (and the loaded checkpoint dict with ``return_checkpoint=True``)."""
     with open(osp.join(fdir, "checkpoint"), "r") as f:
         model_name = f.readlines()[0].strip("\n")
     fpath = osp.join(fdir, model_name)
@@ -100,6 +101,8 @@ def resume_from_checkpoint(fdir, model, optimizer=None, scheduler=None):
         print("Loaded scheduler")
     start_epoch = checkpoint["epoch"]
     print(f"Previous epoch: {start_epoch}")
+    if return_checkpoint:
+        return start_epoch, checkpoint
     return start_epoch
 
 
