@@ -386,3 +386,58 @@ def test_slurm_cli_prints_script_without_sbatch(repo, tmp_path, monkeypatch, cap
     assert rc == 0
     assert "##### " + str(tmp_path / "s" / "submit.sh") in text and "--dependency=afterok:" in text
     assert "#SBATCH --partition=p" in text and "not submitted (sbatch not found on PATH)" in text
+
+
+# --------------------------------------------------------------------------- the real train.py
+TINY_COOP = """DATALOADER:
+  TRAIN_X:
+    BATCH_SIZE: 4
+  TEST:
+    BATCH_SIZE: 16
+  NUM_WORKERS: 0
+OPTIM:
+  NAME: "sgd"
+  LR: 0.002
+  MAX_EPOCH: 1
+  LR_SCHEDULER: "cosine"
+MODEL:
+  BACKBONE:
+    NAME: "test-vit-tiny"
+TRAINER:
+  COOP:
+    N_CTX: 4
+    PREC: "fp32"
+USE_CUDA: False
+"""
+
+
+def test_sweep_runs_real_train_py_and_results_reads_it(tmp_path, capsys):
+    """base2new on a miniature DTD with CoOp and the tiny test backbone: the test phase loads the
+    train phase's last checkpoint (epoch 1, read from the yaml) and both write results.json."""
+    from tests.dataset_fixtures import make_dtd
+    from vlprompt.results import build_tables, collect
+
+    repo_root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    repo = tmp_path / "repo"
+    (repo / "configs" / "trainers" / "CoOp").mkdir(parents=True)
+    (repo / "configs" / "datasets").mkdir()
+    (repo / "configs" / "datasets" / "dtd.yaml").write_text(
+        open(osp.join(repo_root, "configs", "datasets", "dtd.yaml")).read())
+    (repo / "configs" / "trainers" / "CoOp" / "tiny.yaml").write_text(TINY_COOP)
+    data = tmp_path / "data"
+    make_dtd(str(data))
+    out = str(tmp_path / "out")
+    cmd = shlex.join([sys.executable, osp.join(repo_root, "train.py")])
+    rc = sweep_main(["--methods", "CoOp:tiny", "--protocol", "base2new", "--datasets", "dtd", "--seeds", "1",
+                     "--root", str(data), "--output-root", out, "--repo-root", str(repo), "--command", cmd,
+                     "--poll", "0.1"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    test_dir = osp.join(out, "base2new/test_new/dtd/shots_16/CoOp/tiny/seed1")
+    res = json.load(open(osp.join(test_dir, "results.json")))
+    assert res["phase"] == "eval" and res["subsample"] == "new" and res["load_epoch"] == 1
+    assert "model.pth.tar-1" in open(osp.join(test_dir, "log.txt")).read()
+    records, problems = collect(out)
+    assert problems == [] and sorted(r.role for r in records) == ["base", "novel"]
+    table = build_tables(records, seeds=(1,))[0]
+    assert table.name == "base2new" and table.rows[0]["cells"][1] == "CoOp"
