@@ -195,6 +195,27 @@ def test_clear_errors(repo, tmp_path):
     assert parse_method("MaPLe:configs/trainers/MaPLe/x.yaml").config == "x"
 
 
+def test_recipes_name_existing_configs_of_this_repository():
+    """Every default config of vlprompt/sweep/recipes.json exists in configs/trainers/ (for the trainers
+    whose config folder is in the checkout)."""
+    from vlprompt.sweep.protocols import load_recipes, repo_root
+
+    root = repo_root()
+    checked = 0
+    for trainer, protocols in load_recipes()["defaults"].items():
+        for protocol, rec in protocols.items():
+            names = [rec["config"]] + list(rec.get("per_dataset", {}).values()) + list(rec.get("per_shots", {}).values())
+            for name in names:
+                folder, cfg = name.rsplit("/", 1) if "/" in name else (trainer, name)
+                if not osp.isdir(osp.join(root, "configs", "trainers", folder)):
+                    continue
+                path = osp.join(root, "configs", "trainers", folder, cfg + ".yaml")
+                assert osp.isfile(path), f"recipes.json: {trainer}/{protocol} names {name}, but {path} is missing"
+                checked += 1
+    if checked == 0:
+        pytest.skip("no configs/trainers/<TRAINER>/ folder in this checkout")
+
+
 def test_grid_variants():
     assert grid_variants([]) == [("", [])]
     v = grid_variants(["TRAINER.APLE.N_CTX=1,4"], "", ["A", "1"])

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Few-shot: 1/2/4/8/16 shots on the 11 datasets, all classes (--shots to choose);
+# seeds 1 2 3. Completed runs (results.json present) are skipped, so re-running resumes.
+#
+#   DATA=/path/to/data [GPUS=0,1] bash scripts/few_shot.sh METHOD [CONFIG] [sweep options...]
+#
+# METHOD is a trainer (APLe, MuDPT, CoOp, CoCoOp, MaPLe, IVLP, VPT, ZeroshotCLIP); CONFIG a file name in
+# configs/trainers/METHOD/ without .yaml (default: the protocol's official config from
+# vlprompt/sweep/recipes.json). Options such as --datasets, --seeds, --dry-run or --slurm are passed to
+# python -m vlprompt.sweep (see scripts/sweep.sh for DATA, GPUS, OUTPUT, PYTHON).
+set -euo pipefail
+if [[ $# -lt 1 || $1 == -* ]]; then
+    sed -n '2,11p' "$0" >&2
+    exit 2
+fi
+method=$1
+shift
+if [[ $# -gt 0 && $1 != -* ]]; then
+    method="$method:$1"
+    shift
+fi
+exec bash "$(dirname "${BASH_SOURCE[0]}")/sweep.sh" --methods "$method" --protocol few_shot "$@"
