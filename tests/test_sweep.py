@@ -31,6 +31,7 @@ CONFIGS = {
     "CoOp/vit_b16_ep100": 100,
     "APLe/aple_b2n": 7,
     "APLe/no_epoch": None,  # no OPTIM.MAX_EPOCH: the engine default (10) applies
+    "MyTrainer/mine": 3,  # a trainer without a default config in recipes.json
 }
 
 
@@ -186,8 +187,10 @@ def test_clear_errors(repo, tmp_path):
         expand("Mapel", "base2new", output_root=out, root=repo)
     with pytest.raises(SweepError, match="Available configs for MaPLe: vit_b16_c2_ep5_batch4_2ctx, "):
         expand("MaPLe:nope", "base2new", output_root=out, root=repo)
-    with pytest.raises(SweepError, match="No default config for APLe in protocol base2new.*aple_b2n"):
-        expand("APLe", "base2new", output_root=out, root=repo)
+    with pytest.raises(SweepError, match="No default config for MyTrainer in protocol base2new.*Available configs: mine"):
+        expand("MyTrainer", "base2new", output_root=out, root=repo)
+    with pytest.raises(SweepError, match="default for APLe/base2new in vlprompt/sweep/recipes.json"):
+        expand("APLe", "base2new", output_root=out, root=repo)  # the recipe's config is not in this fake repo
     with pytest.raises(SweepError, match="Unknown dataset 'dtdx'.*Available: caltech101"):
         expand("MaPLe", "base2new", ["dtdx"], output_root=out, root=repo)
     with pytest.raises(SweepError, match="empty config"):
