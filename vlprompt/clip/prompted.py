@@ -112,9 +112,8 @@ class PromptedTextEncoder(nn.Module):
         self.transformer = clip_model.transformer
         self.ln_final = clip_model.ln_final
         self.text_projection = clip_model.text_projection
-        # The (T, T) float causal mask lives on the CLIP model as a non-persistent buffer; keep a
-        # reference to the owner to follow device moves without copying it into our state.
-        object.__setattr__(self, "_clip", clip_model)
+        # a copy of the (T, T) float causal mask; non-persistent, follows device moves
+        self.register_buffer("attn_mask", clip_model.attn_mask.detach().clone(), persistent=False)
 
     @property
     def dtype(self):
@@ -155,7 +154,7 @@ class PromptedTextEncoder(nn.Module):
 
         dtype = self.dtype
         x = prompts[:, :L].to(dtype) + self.positional_embedding[:L].to(dtype)
-        mask = self._clip.attn_mask[:L, :L].to(device=x.device)
+        mask = self.attn_mask[:L, :L].to(device=x.device)
         batch_first = getattr(self.transformer, "batch_first", True)
         for i, block in enumerate(self.transformer.resblocks):
             if 1 <= i <= len(deep_prompts) and deep_prompts[i - 1] is not None:
@@ -318,3 +317,64 @@ def normalized_logits(image_features, text_features, logit_scale):
 
 
 __all__.append("normalized_logits")
+
+
+class PromptedCLIP(nn.Module):
+    """Base for a method's "CustomCLIP": frozen prompted encoders + learnable module(s).
+
+    Subclasses create ``self.prompt_learner`` (or override :meth:`learnable_modules`) and implement
+    ``forward(image) -> logits (B, K)`` (fp32). Provided here:
+
+    * ``text_encoder`` / ``image_encoder``: :class:`PromptedTextEncoder` / :class:`PromptedVisionEncoder`
+      built with the given ``(N, J)`` prompt settings;
+    * ``logit_scale``: CLIP's frozen logit scale;
+    * :meth:`train`: only the learnable modules change mode; the frozen CLIP stays in eval mode
+      (BatchNorm statistics of ResNet towers are never updated) whatever is called on the model;
+    * :meth:`cached_text_features`: image-independent text features computed once per evaluation
+      (see :class:`TextFeatureCache`);
+    * :meth:`set_classnames`: swap the label space (calls ``set_classnames`` on every learnable module
+      that has it, then clears the cache).
+
+    The frozen CLIP's weights are reachable from this module (so ``.to(device)`` moves them), but a
+    trainer registers only the learnable module(s), so checkpoints hold only the learned state.
+    """
+
+    def __init__(self, clip_model, text_prompts=(0, 0), vision_prompts=(0, 0)):
+        super().__init__()
+        self.text_encoder = PromptedTextEncoder(clip_model, *text_prompts)
+        self.image_encoder = PromptedVisionEncoder(clip_model, *vision_prompts)
+        self.logit_scale = clip_model.logit_scale
+        self.dims = model_dims(clip_model)
+        self.text_cache = TextFeatureCache()
+
+    def learnable_modules(self):
+        """The modules holding every trainable parameter (default: ``[self.prompt_learner]``)."""
+        return [self.prompt_learner]
+
+    def train(self, mode=True):
+        self.training = mode
+        learnable = {id(m) for m in self.learnable_modules()}
+        for module in self.children():
+            if id(module) in learnable:
+                module.train(mode)
+            else:
+                module.eval()
+        return self
+
+    def cached_text_features(self, compute, owner=None):
+        """``compute()`` (text features that do not depend on the image), cached during evaluation."""
+        return self.text_cache.get(owner if owner is not None else self.learnable_modules()[0], compute)
+
+    def set_classnames(self, classnames):
+        """Rebuild every class-derived buffer for ``classnames`` (a list of K names)."""
+        for m in self.learnable_modules():
+            if hasattr(m, "set_classnames"):
+                m.set_classnames(classnames)
+        self.text_cache.clear()
+
+    def logits(self, image_features, text_features):
+        """fp32 ``exp(logit_scale) * cos`` logits; see :func:`normalized_logits`."""
+        return normalized_logits(image_features, text_features, self.logit_scale)
+
+
+__all__.append("PromptedCLIP")
