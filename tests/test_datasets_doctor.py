@@ -87,6 +87,18 @@ def test_missing_image_folder_is_a_problem(tmp_path):
     assert any(osp.join(str(tmp_path), "food-101", "images") in d for d in v.details)
 
 
+def test_nested_mirror_folders_are_pointed_out(tmp_path):
+    mini = MINIS["StanfordCars"](str(tmp_path))
+    build_dataset(tmp_path, "StanfordCars")
+    train = osp.join(mini.dataset_dir, "cars_train")
+    os.rename(train, train + "_tmp")
+    os.makedirs(train)
+    os.rename(train + "_tmp", osp.join(train, "cars_train"))
+    v = _verdict(tmp_path, "StanfordCars")
+    assert v.status == doctor.PROBLEM
+    assert v.todo == f"flatten {train}"
+
+
 def test_no_split_and_no_raw_files_is_a_problem(tmp_path):
     mini = MINIS["UCF101"](str(tmp_path))
     os.remove(osp.join(mini.dataset_dir, "ucfTrainTestlist", "classInd.txt"))

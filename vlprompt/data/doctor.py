@@ -78,13 +78,13 @@ def _sizes_text(sizes):
 
 
 def _nested_hint(path):
-    """'cars_train/cars_train/' style nesting (some mirrors do this)."""
+    """Spot 'cars_train/cars_train/' style nesting (some mirrors do this); '' if none."""
     try:
         entries = [e for e in os.listdir(path) if not e.startswith(".")]
     except OSError:
         return ""
-    if len(entries) == 1 and osp.isdir(osp.join(path, entries[0])):
-        return f' ("{path}" holds a single folder "{entries[0]}": flatten it?)'
+    if len(entries) == 1 and entries[0] == osp.basename(path) and osp.isdir(osp.join(path, entries[0])):
+        return f'"{path}" holds a single folder "{entries[0]}": move its contents up one level'
     return ""
 
 
@@ -170,10 +170,11 @@ def _check_split_dataset(v, info, root, quick):
     split_path = info.split_path(root)
     if info.image_dir and not osp.isdir(image_dir):
         v.worsen(PROBLEM, f"image folder {image_dir} is missing", _fetch_hint(info, root))
-    elif info.image_dir:
-        hint = _nested_hint(image_dir)
+    for rel in info.raw_files:  # mirrors sometimes nest folders (cars_train/cars_train/)
+        folder = osp.join(info.dataset_path(root), rel)
+        hint = _nested_hint(folder) if osp.isdir(folder) else ""
         if hint:
-            v.details.append(f"          note{hint}")
+            v.worsen(PROBLEM, hint, f"flatten {folder}")
     if osp.isfile(split_path):
         res = _check_split_json(v, info, root, quick)
         if res is not None:
@@ -300,7 +301,7 @@ def _check_variant(v, info, root, quick):
     ddir = info.dataset_path(root)
     image_dir = info.image_path(root)
     if not osp.isdir(image_dir):
-        v.worsen(PROBLEM, f"image folder {image_dir} is missing{_nested_hint(ddir)}", _fetch_hint(info, root))
+        v.worsen(PROBLEM, f"image folder {image_dir} is missing", _fetch_hint(info, root))
         return
     classnames, cn_file = _classnames_or_problem(v, info, ddir)
     dirs = _class_dirs(image_dir, IMAGENET_VARIANT_IGNORED)
