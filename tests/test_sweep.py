@@ -465,3 +465,30 @@ def test_sweep_runs_real_train_py_and_results_reads_it(tmp_path, capsys):
     assert problems == [] and sorted(r.role for r in records) == ["base", "novel"]
     table = build_tables(records, seeds=(1,))[0]
     assert table.name == "base2new" and table.rows[0]["cells"][1] == "CoOp"
+
+
+def test_sweep_stops_its_jobs_when_terminated(repo, tmp_path):
+    """SIGTERM to the sweep stops the running jobs (they run in their own sessions) and exits 130."""
+    import signal
+    import time
+
+    out = str(tmp_path / "out")
+    pidfile = tmp_path / "child.pid"
+    child = f"import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    cmd = shlex.join([sys.executable, "-c", child])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vlprompt.sweep", "--methods", "MaPLe", "--protocol", "few_shot", "--datasets", "dtd",
+         "--shots", "1", "--seeds", "1", "--root", "/d", "--output-root", out, "--repo-root", repo,
+         "--command", cmd, "--poll", "0.05"],
+        cwd=osp.dirname(osp.dirname(osp.abspath(__file__))), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 30
+    while not (pidfile.exists() and pidfile.read_text()) and time.time() < deadline:
+        time.sleep(0.05)
+    child_pid = int(pidfile.read_text())
+    proc.send_signal(signal.SIGTERM)
+    text, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, text
+    assert "interrupted: stopping running jobs" in text and "1 failed job(s)" in text
+    time.sleep(0.2)
+    with pytest.raises(ProcessLookupError):
+        os.kill(child_pid, 0)

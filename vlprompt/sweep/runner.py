@@ -13,6 +13,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
@@ -65,6 +66,10 @@ class JobState:
     reason: str = ""
     proc: Optional[subprocess.Popen] = field(default=None, repr=False)
     index: int = 0
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _fmt_secs(s):
@@ -204,6 +209,11 @@ class Runner:
                   f"({', '.join(s.name for s in self.slots)}); logs in {self.log_dir}")
         free = list(self.slots)
         running: List[JobState] = []
+        old_term = None
+        if threading.current_thread() is threading.main_thread():
+            # jobs run in their own sessions (so that a job's whole process tree can be stopped), so a
+            # SIGTERM to the sweep (kill, Slurm, systemd) must stop them explicitly, like Ctrl-C does
+            old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
             while True:
                 for job in list(running):  # reap
@@ -239,6 +249,9 @@ class Runner:
             self._stop(running)
             self._summary()
             return 130
+        finally:
+            if old_term is not None:
+                signal.signal(signal.SIGTERM, old_term)
         return self._summary()
 
     def _stop(self, running):
