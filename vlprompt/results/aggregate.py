@@ -374,7 +374,8 @@ def transfer_table(records, protocol, seeds, metric="accuracy", pub=None, pub_mo
             continue
         cells = [Cell(vals.get(source), published=True) if vals.get(source) is not None else EMPTY]
         cells += [Cell(vals[d], published=True) if d in vals else EMPTY for d in targets]
-        t.add([f"{name} [published]"] + cells + [Cell(vals["average"], published=True), ""], kind="published", sep=first)
+        t.add([f"{name} [published]"] + cells + [Cell(vals["average"], published=True), ""], kind="published",
+              sep=first)
         first = False
     t.trainers = {k[0] for k in keys}
     t.notes.append(_configs_note(keys, labels))
@@ -476,7 +477,8 @@ def build_tables(records, protocols=None, seeds=(1, 2, 3), metric="accuracy", pu
     dup = {}
     for r in records:
         dup.setdefault((r.trainer, r.group_config, r.protocol, r.role, r.dataset, r.shots, r.seed), []).append(r.path)
-    dup_notes = [f"several runs for one seed (the last one is used): {', '.join(p)}" for p in dup.values() if len(p) > 1]
+    dup_notes = [f"several runs for one seed (the last one is used): {', '.join(p)}"
+                 for p in dup.values() if len(p) > 1]
     tables = []
     if "base2new" in wanted:
         t = base2new_table(records, seeds, metric, pub, published)

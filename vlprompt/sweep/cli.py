@@ -13,7 +13,6 @@ Examples (from the repository root)::
 """
 import argparse
 import itertools
-import os
 import os.path as osp
 import shlex
 import sys

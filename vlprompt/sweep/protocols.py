@@ -465,7 +465,10 @@ def expand(method, protocol, datasets=None, seeds=DEFAULT_SEEDS, *, output_root=
             raise SweepError("base2new takes one shot count")
         runs = _expand_base2new(ctx, method, datasets, seeds, shots)
     elif protocol == "few_shot":
-        shots_list = list(FEW_SHOT_SHOTS) if shots is None else [int(k) for k in (shots if isinstance(shots, (list, tuple)) else [shots])]
+        if shots is None:
+            shots_list = list(FEW_SHOT_SHOTS)
+        else:
+            shots_list = [int(k) for k in (shots if isinstance(shots, (list, tuple)) else [shots])]
         runs = _expand_few_shot(ctx, method, datasets, seeds, shots_list)
     else:
         if isinstance(shots, (list, tuple)):

@@ -165,7 +165,8 @@ class Runner:
             return False
         job._logf = logf
         job.status, job.slot, job.start = "running", slot, time.time()
-        self._say(f"START [{job.index}/{self.total}] {slot.name:5s} {run.describe()}  log: {job.log}  | {self._progress()}")
+        self._say(f"START [{job.index}/{self.total}] {slot.name:5s} {run.describe()}  log: {job.log}  "
+                  f"| {self._progress()}")
         return True
 
     def _finish(self, job, rc):
@@ -175,7 +176,8 @@ class Runner:
         if rc == 0:
             job.status = "ok"
             note = "" if job.run.is_complete() else "  (warning: exit 0 but no results.json)"
-            self._say(f"OK    [{job.index}/{self.total}] {job.slot.name:5s} {job.run.describe()}  {took}{note}  | {self._progress()}")
+            self._say(f"OK    [{job.index}/{self.total}] {job.slot.name:5s} {job.run.describe()}  {took}{note}  "
+                      f"| {self._progress()}")
         else:
             job.status = "failed"
             job.reason = f"exit status {rc}"
@@ -195,7 +197,8 @@ class Runner:
                     job.status = "skipped"
                     job.reason = ("dependency failed or was skipped: " if st == "broken"
                                   else "dependency not in this sweep and not complete: ") + job.run.depends_on
-                    self._say(f"SKIP  [{job.index}/{self.total}] {job.run.describe()}  ({job.reason})  | {self._progress()}")
+                    self._say(f"SKIP  [{job.index}/{self.total}] {job.run.describe()}  ({job.reason})  "
+                              f"| {self._progress()}")
                     changed = True
 
     def run(self):
@@ -284,7 +287,8 @@ class Runner:
         if failed:
             print(f"\n{len(failed)} failed job(s):", file=self.stream)
             for j in failed:
-                print(f"  FAILED  {j.run.describe()}  ({j.reason or j.status})\n          log: {j.log}", file=self.stream)
+                print(f"  FAILED  {j.run.describe()}  ({j.reason or j.status})\n          log: {j.log}",
+                      file=self.stream)
                 for line in _tail(j.log) if j.log else []:
                     print(f"          | {line}", file=self.stream)
         if skipped:
