@@ -153,7 +153,7 @@ def _check_split_json(v, info, root, quick):
             f"re-extract the images ({_fetch_hint(info, root)}); the split expects them under {prefix}",
         )
         for m in missing[:_MAX_EXAMPLES]:
-            v.details.append(f"          missing: {m}")
+            v.details.append(f"  missing image: {m}")
     n_classes = len(labels)
     if labels and sorted(labels) != list(range(n_classes)):
         v.worsen(PROBLEM, f"{path}: labels are not 0..{n_classes - 1}")
@@ -234,7 +234,7 @@ def _check_fgvc(v, info, root, quick):
     if absent:
         v.worsen(PROBLEM, f"{len(absent)} listed images are missing", f"re-extract the archive: {_fetch_hint(info, root)}")
         for m in absent[:_MAX_EXAMPLES]:
-            v.details.append(f"          missing: {m}")
+            v.details.append(f"  missing image: {m}")
     if len(variants) != info.num_classes:
         v.worsen(WARN, f"variants.txt lists {len(variants)} variants, expected {info.num_classes}")
     if tuple(sizes) != tuple(info.sizes):
