@@ -152,7 +152,7 @@ class Run:
         return list(prefix) + self.train_args(data_root)
 
     def describe(self):
-        shots = "" if self.shots is None else f" {self.shots}-shot"
+        shots = f" {self.shots}-shot" if "DATASET.NUM_SHOTS" in self.opts else ""
         return f"{self.phase:5s} {self.protocol} {self.dataset}{shots} {self.trainer}/{self.config} seed{self.seed}"
 
     def result_file(self):
