@@ -136,3 +136,504 @@ def test_adapter_alpha_one_is_identity_and_bad_settings_raise():
         FrequencyAdapter(alpha=1.5)
     with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
         FrequencyAdapter()(torch.randn(3, 8, 8))
+
+
+# ------------------------------------------------------------------------------------------------
+# model, trainer, schedule, checkpoints
+# ------------------------------------------------------------------------------------------------
+
+import json  # noqa: E402
+import os  # noqa: E402
+import os.path as osp  # noqa: E402
+import shutil  # noqa: E402
+
+import train as train_mod  # noqa: E402
+import trainers.aple as aple_mod  # noqa: E402
+from tests.helpers import make_cfg, make_image_folder  # noqa: E402
+from trainers.aple import APLe, APLeCLIP, kd_loss, stage_epochs  # noqa: E402
+from vlprompt.clip import build_clip_model, encode_class_texts, model_dims, tokenize  # noqa: E402
+from vlprompt.config import extend_cfg, get_cfg_default, merge_from_file  # noqa: E402
+from vlprompt.engine import build_trainer  # noqa: E402
+from vlprompt.utils import load_checkpoint, restore_stdout  # noqa: E402
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CFG_DIR = osp.join(ROOT, "configs", "trainers", "APLe")
+B2N_CFG = osp.join(CFG_DIR, "vit_b16_c2_ep5_batch4_2ctx.yaml")
+TEXT_KEYS = lambda names: [n for n in names if n.startswith("compound_prompts_text")]  # noqa: E731
+VISION_KEYS = lambda names: [n for n in names if n.startswith("compound_prompts_vision")]  # noqa: E731
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("aple_data")
+    make_image_folder(str(root / "six"), n_classes=6, n_per_class=10)
+    make_image_folder(str(root / "other"), n_classes=4, n_per_class=6, seed=1, class_prefix="other_thing")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_clip():
+    return build_clip_model("test-vit-tiny")
+
+
+def aple_cfg(n=2, j=9, **kw):
+    cfg = get_cfg_default()
+    extend_cfg(cfg)
+    m = cfg.TRAINER.APLE
+    m.N_CTX, m.PROMPT_DEPTH = n, j
+    for k, v in kw.items():
+        setattr(m, k, v)
+    return m
+
+
+def build_tiny_trainer(data_root, tmp_path, opts=()):
+    opts = ["TRAINER.APLE.PREC", "fp32", "OPTIM.WARMUP_EPOCH", "0", "OPTIM.LR", "0.5", *opts]
+    cfg = make_cfg(data_root, trainer="APLe", folder="six", output_dir=str(tmp_path / "out"), opts=list(opts))
+    return build_trainer(cfg)
+
+
+def first_batch(trainer):
+    batch = next(iter(trainer.train_loader_x))
+    return trainer.parse_batch_train(batch)
+
+
+def snapshot(module):
+    return {n: p.detach().clone() for n, p in module.named_parameters()}
+
+
+def test_config_node_and_shipped_configs():
+    m = aple_cfg()
+    assert (m.N_CTX, m.CTX_INIT, m.PREC, m.PROMPT_DEPTH) == (2, "a photo of a", "fp16", 9)
+    assert (m.ADAPTER, m.ADAPTER_SIGMA, m.ADAPTER_ALPHA) == ("paper", 0.05, 0.9)
+    assert (m.LAMBDA_TEXT, m.LAMBDA_VISION, m.LAMBDA_JOINT, m.KD_TEMPERATURE) == (0.5, 0.4, 0.0, 1.0)
+    assert tuple(m.STAGE_ORDER) == ("text", "vision", "joint")
+    assert (m.STAGE_SCHEDULE, m.TEXT_LR_SCHEDULE) == ("iteration", "same_as_vision")
+    files = sorted(os.listdir(CFG_DIR))
+    for name in ["vit_b16_c2_ep5_batch4_2ctx.yaml", "vit_b16_c2_ep5_batch4_2ctx_cross_datasets.yaml",
+                 "vit_b16_c2_ep5_batch4_2ctx_fewshot.yaml", "vit_b16_c4_ep5_batch4_4ctx.yaml",
+                 "vit_b16_c8_ep5_batch4_8ctx.yaml", "vit_b16_c16_ep5_batch4_16ctx.yaml"]:
+        assert name in files
+    for name in files:
+        cfg = get_cfg_default()
+        extend_cfg(cfg)
+        merge_from_file(cfg, osp.join(CFG_DIR, name))
+        assert "[R]" in open(osp.join(CFG_DIR, name)).read(), name
+        assert cfg.DATALOADER.TRAIN_X.BATCH_SIZE == 4 and cfg.DATALOADER.TEST.BATCH_SIZE == 100
+        assert cfg.MODEL.BACKBONE.NAME == "ViT-B/16" and cfg.TRAIN.PRINT_FREQ == 20
+        assert cfg.INPUT.INTERPOLATION == "bicubic" and cfg.OPTIM.WARMUP_CONS_LR == 1e-5
+    cfg = get_cfg_default()
+    extend_cfg(cfg)
+    merge_from_file(cfg, B2N_CFG)
+    assert (cfg.OPTIM.LR, cfg.OPTIM.MAX_EPOCH, cfg.TRAINER.APLE.N_CTX, cfg.TRAINER.APLE.PROMPT_DEPTH) == (0.0035, 5, 2, 9)
+
+
+def test_trainable_parameters_vit_b16_size():
+    clip = build_clip_model("ViT-B/16", random_init=True)
+    model = APLeCLIP(aple_cfg(), ["cat", "dog"], clip, "OxfordPets")
+    pl = model.prompt_learner
+    assert sum(p.numel() for p in pl.parameters()) == 23040
+    assert sum(p.numel() for p in pl.text_parameters()) == 2 * 9 * 512
+    assert sum(p.numel() for p in pl.vision_parameters()) == 2 * 9 * 768
+    assert model.teacher_template == "a type of pet, a photo of a {}."
+
+
+@pytest.mark.parametrize("n,j", [(1, 1), (2, 9), (4, 12), (16, 5)])
+def test_trainable_parameters_any_n_and_depth(tiny_clip, n, j):
+    dims = model_dims(tiny_clip)
+    model = APLeCLIP(aple_cfg(n, j), ["a", "b", "c"], tiny_clip, "ImageFolder")
+    pl = model.prompt_learner
+    assert sum(p.numel() for p in pl.parameters()) == n * j * (dims["d_text"] + dims["d_vision"])
+    assert len(pl.compound_prompts_text) == len(pl.compound_prompts_vision) == j - 1
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.randn(2, 3, 224, 224))
+    assert logits.shape == (2, 3) and torch.isfinite(logits).all()
+
+
+def test_context_init_and_frozen_words(tiny_clip):
+    emb = tiny_clip.token_embedding.weight
+    photo = tokenize("a photo of a")[0]
+    pl = APLeCLIP(aple_cfg(2, 9), ["cat"], tiny_clip).prompt_learner
+    assert pl.prompt_prefix == "a photo of a"
+    assert torch.equal(pl.compound_prompts_text_ctx.detach(), emb[photo[1:3]].detach())
+    # "of a" stay frozen tokens right after the two learnable slots, then the class name
+    want = tokenize("a photo of a cat.")[0]
+    assert torch.equal(pl.tokenized_prompts[0], want)
+    assert torch.equal(pl.token_suffix[0, :2], emb[want[3:5]].detach())
+    pl16 = APLeCLIP(aple_cfg(16, 3), ["cat"], tiny_clip).prompt_learner
+    assert pl16.prompt_prefix == " ".join(["X"] * 16)
+    assert pl16.compound_prompts_text_ctx.std().item() == pytest.approx(0.02, rel=0.3)
+    with pytest.raises(ValueError, match="PROMPT_DEPTH"):
+        APLeCLIP(aple_cfg(2, 13), ["cat"], tiny_clip)
+    with pytest.raises(ValueError, match="N_CTX"):
+        APLeCLIP(aple_cfg(0, 9), ["cat"], tiny_clip)
+
+
+def test_prompts_are_decoupled_and_every_deep_prompt_is_used(tiny_clip):
+    model = APLeCLIP(aple_cfg(2, 9), ["cat", "dog"], tiny_clip)
+    pl = model.prompt_learner
+    model.text_features().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in pl.text_parameters())
+    assert all(p.grad is None for p in pl.vision_parameters())
+    pl.zero_grad(set_to_none=True)
+    model.image_features(torch.randn(2, 3, 224, 224)).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in pl.vision_parameters())
+    assert all(p.grad is None for p in pl.text_parameters())
+    assert not any("proj" in n for n, _ in pl.named_parameters())  # no coupling layers
+
+
+def test_kd_loss_value_and_vanishing_gradient():
+    z = torch.randn(5, 7, requires_grad=True)
+    for t in (1.0, 2.0):
+        p = F.softmax(z.detach() / t, dim=-1)
+        loss = kd_loss(z, p, t)
+        (g,) = torch.autograd.grad(loss, z)
+        entropy = -(p * p.log()).sum(-1).mean() * t * t
+        assert loss.item() == pytest.approx(entropy.item(), rel=1e-5)
+        assert g.abs().max().item() < 1e-6
+    q = F.softmax(torch.randn(5, 7), dim=-1)
+    want = (-(q * F.log_softmax(z, -1)).sum(-1)).mean()
+    assert kd_loss(z, q).item() == pytest.approx(want.item(), rel=1e-6)
+
+
+def test_teacher_is_zero_shot_clip_on_unadapted_images(data_root, tmp_path):
+    tr = build_tiny_trainer(data_root, tmp_path)
+    model = tr.model
+    img, lab = first_batch(tr)
+    seen = {}
+    for name in ("teacher_image_encoder", "image_encoder"):
+        enc = getattr(model, name)
+        orig = enc.forward
+
+        def spy(x, *a, _orig=orig, _name=name, **k):
+            seen.setdefault(_name, []).append(x.detach().clone())
+            return _orig(x, *a, **k)
+
+        enc.forward = spy
+    tr.set_model_mode("train")
+    tr.run_stages(img, lab, ["text", "vision", "joint"])
+    assert len(seen["teacher_image_encoder"]) == 1 and torch.equal(seen["teacher_image_encoder"][0], img)
+    adapted = model.adapter(img)
+    assert not torch.allclose(adapted, img)
+    assert all(torch.equal(x, adapted) for x in seen["image_encoder"])
+    # the teacher = zero-shot CLIP with APLe's template; its features are not checkpointed
+    clip = model._clip_model
+    with torch.no_grad():
+        f = F.normalize(clip.encode_image(img).float(), dim=-1)
+        w = encode_class_texts(clip, tr.dm.dataset.classnames, "a photo of a {}.")
+        want = clip.logit_scale.exp() * f @ w.t()
+        assert torch.allclose(model.teacher_logits(img), want, atol=1e-4)
+    assert model.zs_text_features is not None
+    assert "zs_text_features" not in model.state_dict()
+    assert not any("zs_text" in k for k in tr._models["MultiModalPromptLearner"].state_dict())
+    model.set_classnames(["x", "y"])
+    assert model.zs_text_features is None  # recomputed for the new class list when needed
+
+
+def test_each_stage_updates_only_its_prompts(data_root, tmp_path):
+    tr = build_tiny_trainer(data_root, tmp_path)
+    pl = tr.model.prompt_learner
+    names = [n for n, _ in pl.named_parameters()]
+    img, lab = first_batch(tr)
+    tr.set_model_mode("train")
+    for stages, expect in [(["text"], TEXT_KEYS(names)), (["vision"], VISION_KEYS(names)), (["joint"], names)]:
+        before = snapshot(pl)
+        summary = tr.run_stages(img, lab, stages)
+        after = snapshot(pl)
+        changed = sorted(n for n in names if not torch.equal(before[n], after[n]))
+        assert changed == sorted(expect), stages
+        assert set(summary) == ({"loss", f"kd_{stages[0]}"} if stages[0] != "joint" else {"loss"})
+        assert all(p.grad is None for p in pl.parameters())
+
+
+def _count_calls(module):
+    calls = []
+    orig = module.forward
+
+    def counted(*a, **k):
+        calls.append(torch.is_grad_enabled())
+        return orig(*a, **k)
+
+    module.forward = counted
+    return calls
+
+
+def test_shared_passes_equal_the_naive_schedule(data_root, tmp_path):
+    torch.manual_seed(0)
+    a = build_tiny_trainer(data_root, tmp_path / "a")
+    torch.manual_seed(0)
+    b = build_tiny_trainer(data_root, tmp_path / "b")
+    pa, pb = a.model.prompt_learner, b.model.prompt_learner
+    for (na, x), (nb, y) in zip(pa.named_parameters(), pb.named_parameters()):
+        assert na == nb and torch.equal(x, y)
+    img, lab = first_batch(a)
+    start = snapshot(pa)
+    a.set_model_mode("train")
+    b.set_model_mode("train")
+    counts = {k: _count_calls(getattr(a.model, k)) for k in ("text_encoder", "image_encoder", "teacher_image_encoder")}
+    for _ in range(2):  # two batches: the optimisers' momentum is exercised too
+        a.run_stages(img, lab, ["text", "vision", "joint"])
+    # per batch: 2 text + 2 image forwards (all with a graph), 1 teacher forward (no grad)
+    assert counts["text_encoder"] == [True] * 4 and counts["image_encoder"] == [True] * 4
+    assert counts["teacher_image_encoder"] == [False] * 2
+    # naive: three full student passes per batch, the public code's way
+    model = b.model
+    for _ in range(2):
+        with torch.no_grad():
+            p = F.softmax(model.teacher_logits(img), dim=-1)
+        for lam, opts in [(0.5, [b.optim_text]), (0.4, [b.optim_vision]), (0.0, [b.optim_text, b.optim_vision])]:
+            logits = model(img)
+            loss = F.cross_entropy(logits, lab) + lam * kd_loss(logits, p)
+            b.optim_text.zero_grad()
+            b.optim_vision.zero_grad()
+            loss.backward()
+            for o in opts:
+                o.step()
+    moved = max((start[n] - x).abs().max().item() for n, x in pa.named_parameters())
+    assert moved > 1e-3
+    for (n, x), (_, y) in zip(pa.named_parameters(), pb.named_parameters()):
+        assert torch.allclose(x, y, atol=1e-6, rtol=1e-5), n
+
+
+def test_lr_schedules_of_both_optimisers(data_root, tmp_path):
+    opts = ["OPTIM.WARMUP_EPOCH", "1", "OPTIM.LR", "0.01", "OPTIM.MAX_EPOCH", "3"]
+    tr = build_tiny_trainer(data_root, tmp_path / "s", opts)
+    tc = build_tiny_trainer(data_root, tmp_path / "c", opts + ["TRAINER.APLE.TEXT_LR_SCHEDULE", "constant"])
+    lr = lambda o: o.param_groups[0]["lr"]  # noqa: E731
+    seq_v, seq_t, seq_c = [], [], []
+    for _ in range(3):
+        seq_v.append(lr(tr.optim_vision))
+        seq_t.append(lr(tr.optim_text))
+        seq_c.append(lr(tc.optim_text))
+        assert lr(tc.optim_vision) == seq_v[-1]
+        tr.update_lr()
+        tc.update_lr()
+    assert seq_v[0] == 1e-5 and seq_v[1] == pytest.approx(0.01) and seq_v[2] < 0.01
+    assert seq_t == seq_v
+    assert seq_c == [0.01] * 3
+    assert tr.get_current_lr() == lr(tr.optim_vision)
+
+
+def test_epoch_wise_stage_schedule(data_root, tmp_path):
+    assert stage_epochs(["text", "vision", "joint"], 5) == ["text", "text", "vision", "vision", "joint"]
+    assert stage_epochs(["text", "vision", "joint"], 5, (1, 1, 3)) == ["text", "vision", "joint", "joint", "joint"]
+    with pytest.raises(ValueError, match="STAGE_EPOCHS"):
+        stage_epochs(["text", "vision", "joint"], 5, (1, 1))
+    with pytest.raises(ValueError, match="too short"):
+        stage_epochs(["text", "vision", "joint"], 2)
+    tr = build_tiny_trainer(data_root, tmp_path, ["TRAINER.APLE.STAGE_SCHEDULE", "epoch", "OPTIM.MAX_EPOCH", "3"])
+    assert [tr.stages_for_epoch(e) for e in range(3)] == [["text"], ["vision"], ["joint"]]
+    assert tr.stages_for_epoch(0) != tr.stage_order
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("ADAPTER", "lowpass", "ADAPTER"),
+    ("TEXT_LR_SCHEDULE", "cosine", "TEXT_LR_SCHEDULE"),
+    ("STAGE_SCHEDULE", "batch", "STAGE_SCHEDULE"),
+    ("STAGE_ORDER", "('text', 'image')", "STAGE_ORDER"),
+    ("LAMBDA_TEXT", "-1.0", "LAMBDA_TEXT"),
+    ("STAGE_EPOCHS", "(1, 1, 3)", "STAGE_EPOCHS"),
+    ("PREC", "fp8", "PREC"),
+])
+def test_bad_settings_are_refused(data_root, tmp_path, key, value, match):
+    cfg = make_cfg(data_root, trainer="APLe", folder="six", output_dir=str(tmp_path), opts=[f"TRAINER.APLE.{key}", value])
+    with pytest.raises(ValueError, match=match):
+        build_trainer(cfg)
+
+
+def test_eval_forward_applies_the_adapter_and_caches_text(data_root, tmp_path):
+    tr = build_tiny_trainer(data_root, tmp_path)
+    model = tr.model
+    img, _ = first_batch(tr)
+    tr.set_model_mode("eval")
+    calls = _count_calls(model.text_encoder)
+    with torch.no_grad():
+        out = tr.model_inference(img)
+        out2 = tr.model_inference(img)
+        want = model.logits(model.image_features(model.adapter(img)), model.text_features())
+        plain = model.logits(model.image_features(img), model.text_features())
+    assert torch.allclose(out, want, atol=1e-5) and torch.equal(out, out2)
+    assert not torch.allclose(out, plain, atol=1e-5)
+    assert len(calls) == 3  # once for both inference calls (cached), twice for `want`/`plain`
+
+
+# ---- end to end through train.py -------------------------------------------------------------
+
+
+def run_cli(argv):
+    try:
+        return train_mod.cli(argv)
+    finally:
+        restore_stdout()
+
+
+@pytest.fixture(scope="module")
+def dataset_yaml(tmp_path_factory):
+    p = tmp_path_factory.mktemp("aple_cfg") / "six.yaml"
+    p.write_text('DATASET:\n  NAME: "ImageFolder"\n  FOLDER: "six"\n')
+    return str(p)
+
+
+TINY_OPTS = ["MODEL.BACKBONE.NAME", "test-vit-tiny", "USE_CUDA", "False", "OPTIM.MAX_EPOCH", "2",
+             "DATALOADER.NUM_WORKERS", "0", "DATALOADER.TEST.BATCH_SIZE", "16", "TRAIN.PRINT_FREQ", "1",
+             "TRAIN.CHECKPOINT_FREQ", "1", "OPTIM.LR", "0.05", "DATASET.NUM_SHOTS", "4"]
+
+
+def train_args(data_root, dataset_yaml, out, extra=()):
+    return ["--root", str(data_root), "--seed", "1", "--trainer", "APLe", "--dataset-config-file", dataset_yaml,
+            "--config-file", B2N_CFG, "--output-dir", str(out), *TINY_OPTS, "DATASET.SUBSAMPLE_CLASSES", "base",
+            *extra]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, data_root, dataset_yaml):
+    out = tmp_path_factory.mktemp("aple_runs") / "train_base"
+    assert run_cli(train_args(data_root, dataset_yaml, out)) == 0
+    return out
+
+
+def test_train_and_eval_end_to_end_with_checkpoint_contents(finished_run):
+    out = finished_run
+    log = (out / "log.txt").read_text()
+    assert "Token-wise schedule per iteration: text (CE + 0.5 KD) -> vision (CE + 0.4 KD) -> joint (CE)" in log
+    assert "Number of trainable parameters: 1,440" in log
+    assert "epoch [2/2] batch [3/3]" in log and "kd_text" in log and "kd_vision" in log
+    assert "Finish training" in log and "* accuracy:" in log
+    res = json.loads((out / "results.json").read_text())
+    assert res["trainer"] == "APLe" and res["num_classes"] == 3 and res["epochs"] == 2
+    assert res["extra"]["trainable_params"] == 1440
+    assert res["extra"]["trainable_params_text"] == 2 * 9 * 32
+    ckpt = load_checkpoint(str(out / "MultiModalPromptLearner" / "model.pth.tar-2"))
+    keys = set(ckpt["state_dict"])
+    assert keys == {"compound_prompts_text_ctx", "compound_prompts_vision_shareI"} | {
+        f"compound_prompts_{m}.{i}" for m in ("text", "vision") for i in range(8)}
+    assert sum(v.numel() for v in ckpt["state_dict"].values()) == 1440
+    # both optimisers and schedulers are in the checkpoint (vision: regular slots; text: extra)
+    assert len(ckpt["optimizer"]["param_groups"][0]["params"]) == 9
+    assert len(ckpt["extra"]["optim_text"]["param_groups"][0]["params"]) == 9
+    assert ckpt["extra"]["optim_text"]["state"] and ckpt["optimizer"]["state"]
+    assert ckpt["extra"]["sched_text"] == ckpt["scheduler"]  # same_as_vision: identical schedules
+    assert ckpt["scheduler"]["_last_lr"] == [0.025]  # cosine, 2 epochs, after the last epoch's step
+
+
+def test_checkpoint_loads_onto_novel_and_other_classes(tmp_path, finished_run, data_root, dataset_yaml):
+    for folder, sub, n_cls in [("six", "new", 3), ("other", "all", 4)]:
+        out = tmp_path / f"eval_{folder}"
+        argv = ["--root", str(data_root), "--seed", "1", "--trainer", "APLe", "--dataset-config-file", dataset_yaml,
+                "--config-file", B2N_CFG, "--output-dir", str(out), "--model-dir", str(finished_run),
+                "--load-epoch", "2", "--eval-only", *TINY_OPTS, "DATASET.SUBSAMPLE_CLASSES", sub,
+                "DATASET.FOLDER", folder]
+        assert run_cli(argv) == 0
+        log = (out / "log.txt").read_text()
+        assert 'Loading weights to MultiModalPromptLearner from' in log and "* accuracy:" in log
+        res = json.loads((out / "results.json").read_text())
+        assert res["num_classes"] == n_cls and res["phase"] == "eval"
+
+
+def test_official_whole_model_checkpoint_layout_loads(tmp_path, finished_run, data_root):
+    ckpt = load_checkpoint(str(finished_run / "MultiModalPromptLearner" / "model.pth.tar-2"))
+    legacy = {f"prompt_learner.{k}": v.half() for k, v in ckpt["state_dict"].items()}
+    legacy["prompt_learner.token_prefix"] = torch.zeros(100, 1, 32)
+    legacy["image_encoder.conv1.weight"] = torch.zeros(3)
+    os.makedirs(tmp_path / "legacy" / "MultiModalPromptLearner")
+    torch.save({"state_dict": legacy, "epoch": 5}, tmp_path / "legacy" / "MultiModalPromptLearner" / "model.pth.tar-5")
+    tr = build_tiny_trainer(data_root, tmp_path)
+    tr.load_model(str(tmp_path / "legacy"), epoch=5)
+    for k, v in tr.model.prompt_learner.state_dict().items():
+        assert torch.equal(v, ckpt["state_dict"][k].half().float()), k
+
+
+def test_kill_and_resume_restores_both_optimisers(tmp_path, finished_run, data_root, dataset_yaml, monkeypatch):
+    crashed = tmp_path / "crashed"
+    orig = APLe.forward_backward
+
+    def dying(self, batch):
+        if (self.epoch, self.batch_idx) == (1, 1):
+            raise KeyboardInterrupt("simulated crash")
+        return orig(self, batch)
+
+    monkeypatch.setattr(APLe, "forward_backward", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run_cli(train_args(data_root, dataset_yaml, crashed))
+    monkeypatch.setattr(APLe, "forward_backward", orig)
+    assert (crashed / "MultiModalPromptLearner" / "checkpoint").read_text().strip() == "model.pth.tar-1"
+    # a checkpoint without the text optimiser's state is refused, not silently resumed
+    broken = tmp_path / "broken" / "MultiModalPromptLearner"
+    shutil.copytree(crashed / "MultiModalPromptLearner", broken)
+    c = load_checkpoint(str(broken / "model.pth.tar-1"))
+    del c["extra"]
+    torch.save(c, broken / "model.pth.tar-1")
+    cfg = make_cfg(data_root, trainer="APLe", folder="six", output_dir=str(tmp_path / "x"),
+                   opts=["TRAINER.APLE.PREC", "fp32"])
+    with pytest.raises(RuntimeError, match="text-optimiser state"):
+        build_trainer(cfg).resume_model_if_exist(str(broken.parent))
+    # resume: the result equals the uninterrupted run's, prompts and both optimisers' states
+    assert run_cli(train_args(data_root, dataset_yaml, crashed)) == 0
+    log2 = sorted(f for f in os.listdir(crashed) if f.startswith("log.txt-"))[0]
+    text = (crashed / log2).read_text()
+    assert "Previous epoch: 1" in text and "Loaded text optimizer and scheduler" in text
+    a = load_checkpoint(str(finished_run / "MultiModalPromptLearner" / "model.pth.tar-2"))
+    b = load_checkpoint(str(crashed / "MultiModalPromptLearner" / "model.pth.tar-2"))
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    for slot in ("optimizer", "extra"):
+        sa = a[slot]["optim_text"] if slot == "extra" else a[slot]
+        sb = b[slot]["optim_text"] if slot == "extra" else b[slot]
+        for i, st in sa["state"].items():
+            assert torch.equal(st["momentum_buffer"], sb["state"][i]["momentum_buffer"]), (slot, i)
+    ra = json.loads((finished_run / "results.json").read_text())["metrics"]
+    rb = json.loads((crashed / "results.json").read_text())["metrics"]
+    assert ra == rb
+
+
+def test_fp16_weights_and_autocast_precisions(tiny_clip, data_root, tmp_path):
+    from vlprompt.clip import Precision, convert_clip_to_fp16
+
+    clip16 = convert_clip_to_fp16(build_clip_model("test-vit-tiny"))
+    model = APLeCLIP(aple_cfg(), ["a", "b", "c"], clip16)
+    x = torch.randn(2, 3, 224, 224)
+    z = model(x)
+    assert z.dtype == torch.float32 and torch.isfinite(z).all()
+    assert model.teacher_logits(x).dtype == torch.float32
+    z.sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.prompt_learner.parameters())
+    # bf16 / amp autocast (forced on the CPU) through the token-wise step, GradScaler included for amp
+    tr = build_tiny_trainer(data_root, tmp_path)
+    img, lab = first_batch(tr)
+    tr.set_model_mode("train")
+    for prec in ("bf16", "amp"):
+        tr.precision = Precision(prec, "cpu", allow_cpu=True)
+        tr.scaler = tr.precision.make_scaler()
+        summary = tr.run_stages(img, lab, ["text", "vision", "joint"])
+        assert all(math.isfinite(v) for v in summary.values())
+
+
+def test_scripts_follow_the_coop_output_tree():
+    import subprocess
+
+    env = dict(os.environ, DRY_RUN="1")
+
+    def dry(*args):
+        out = subprocess.run(["bash", *args], cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
+        return [line.strip() for line in out.strip().splitlines()]
+
+    b2n = dry("scripts/aple/base2new.sh", "/data", "dtd", "2")
+    assert len(b2n) == 2
+    assert "--output-dir output/base2new/train_base/dtd/shots_16/APLe/vit_b16_c2_ep5_batch4_2ctx/seed2" in b2n[0]
+    assert "DATASET.SUBSAMPLE_CLASSES base" in b2n[0]
+    assert ("--output-dir output/base2new/test_new/dtd/shots_16/APLe/vit_b16_c2_ep5_batch4_2ctx/seed2 --model-dir "
+            "output/base2new/train_base/dtd/shots_16/APLe/vit_b16_c2_ep5_batch4_2ctx/seed2 --load-epoch 5 --eval-only "
+            "DATASET.NUM_SHOTS 16 DATASET.SUBSAMPLE_CLASSES new") in b2n[1]
+    xd = dry("scripts/aple/cross_dataset.sh", "/data", "1")
+    model_dir = "output/imagenet/APLe/vit_b16_c2_ep5_batch4_2ctx_cross_datasets_16shots/seed1"
+    assert f"--output-dir {model_dir} DATASET.NUM_SHOTS 16" in xd[0] and "imagenet.yaml" in xd[0]
+    assert len(xd) == 11 and all(f"--model-dir {model_dir} --load-epoch 5 --eval-only" in c for c in xd[1:])
+    assert "output/evaluation/APLe/vit_b16_c2_ep5_batch4_2ctx_cross_datasets_16shots/eurosat/seed1" in " ".join(xd)
+    dg = dry("scripts/aple/domain_generalization.sh", "/data", "1")
+    assert [c.split("configs/datasets/")[1].split(".yaml")[0] for c in dg] == [
+        "imagenet", "imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r"]
+    fs = dry("scripts/aple/few_shot.sh", "/data", "eurosat", "3", "TRAINER.APLE.ADAPTER", "reference_code")
+    assert len(fs) == 5 and "few_shot/eurosat/APLe/vit_b16_c2_ep5_batch4_2ctx_fewshot/shots_8/seed3" in fs[3]
+    assert fs[3].endswith("DATASET.NUM_SHOTS 8 TRAINER.APLE.ADAPTER reference_code")
+    pl = dry("scripts/aple/prompt_length.sh", "/data", "dtd", "1")
+    assert len(pl) == 8 and "vit_b16_c16_ep5_batch4_16ctx.yaml" in pl[-1]
