@@ -148,7 +148,6 @@ import os.path as osp  # noqa: E402
 import shutil  # noqa: E402
 
 import train as train_mod  # noqa: E402
-import trainers.aple as aple_mod  # noqa: E402
 from tests.helpers import make_cfg, make_image_folder  # noqa: E402
 from trainers.aple import APLe, APLeCLIP, kd_loss, stage_epochs  # noqa: E402
 from vlprompt.clip import build_clip_model, encode_class_texts, model_dims, tokenize  # noqa: E402
@@ -224,7 +223,8 @@ def test_config_node_and_shipped_configs():
     cfg = get_cfg_default()
     extend_cfg(cfg)
     merge_from_file(cfg, B2N_CFG)
-    assert (cfg.OPTIM.LR, cfg.OPTIM.MAX_EPOCH, cfg.TRAINER.APLE.N_CTX, cfg.TRAINER.APLE.PROMPT_DEPTH) == (0.0035, 5, 2, 9)
+    m = cfg.TRAINER.APLE
+    assert (cfg.OPTIM.LR, cfg.OPTIM.MAX_EPOCH, m.N_CTX, m.PROMPT_DEPTH) == (0.0035, 5, 2, 9)
 
 
 def test_trainable_parameters_vit_b16_size():
@@ -436,7 +436,8 @@ def test_epoch_wise_stage_schedule(data_root, tmp_path):
     ("PREC", "fp8", "PREC"),
 ])
 def test_bad_settings_are_refused(data_root, tmp_path, key, value, match):
-    cfg = make_cfg(data_root, trainer="APLe", folder="six", output_dir=str(tmp_path), opts=[f"TRAINER.APLE.{key}", value])
+    cfg = make_cfg(data_root, trainer="APLe", folder="six", output_dir=str(tmp_path),
+                   opts=[f"TRAINER.APLE.{key}", value])
     with pytest.raises(ValueError, match=match):
         build_trainer(cfg)
 
