@@ -196,6 +196,10 @@ def test_bad_configs_raise_clear_errors(tiny):
         ve(torch.zeros(1, 3, 224, 224), torch.zeros(2, model_dims(tiny)["d_text"]))
     with pytest.raises(ValueError, match="deep vision prompts"):
         ve(torch.zeros(1, 3, 224, 224), torch.zeros(2, 48), [torch.zeros(2, 48)] * 2)
+    te = PromptedTextEncoder(tiny, n_prompts=2, depth=3)
+    toks = tokenize(["X X dog."])
+    with pytest.raises(ValueError, match="expected 2 tokens"):
+        te(te.embed(toks), toks.argmax(-1), [torch.zeros(3, 32)])
 
 
 # ------------------------------------------------------------------------------------------------

@@ -518,3 +518,21 @@ def test_protocol_script_defaults():
     _, lines, _ = dry_run("ivlp/base2new_test.sh", "/DATA", "dtd", "1",
                           env={"CFG": "vit_b16_c2_ep5_batch4_4ctx_language_only"})
     assert "IVLP/vit_b16_c2_ep5_batch4_4ctx_language_only/seed1" in lines[0]
+
+
+def test_resume_loads_learned_state_strictly(tmp_path, data_root, capsys):
+    out = tmp_path / "r"
+    tr = build(data_root, out, "CoCoOp", "base")
+    try:
+        tr.train()
+    finally:
+        restore_stdout()
+    tr2 = build(data_root, out, "CoCoOp", "base", extra=["OPTIM.MAX_EPOCH", 2])
+    capsys.readouterr()
+    try:
+        tr2.train()  # resumes from model.pth.tar-1 (strict load of the learned state), trains epoch 2
+    finally:
+        restore_stdout()
+    log = capsys.readouterr().out
+    assert "Found checkpoint" in log and "Previous epoch: 1" in log and "epoch [2/2]" in log
+    assert (out / "prompt_learner" / "model.pth.tar-2").is_file()

@@ -159,6 +159,12 @@ class PromptedTextEncoder(nn.Module):
         for i, block in enumerate(self.transformer.resblocks):
             if 1 <= i <= len(deep_prompts) and deep_prompts[i - 1] is not None:
                 p = _as_batched(deep_prompts[i - 1], K, self.width, f"deep text prompt for block {i}")
+                n_slots = prompt_slice.stop - prompt_slice.start
+                if p.shape[1] != n_slots:
+                    raise ValueError(
+                        f"deep text prompt for block {i}: expected {n_slots} tokens (slots {prompt_slice.start}.."
+                        f"{prompt_slice.stop - 1}), got {p.shape[1]}"
+                    )
                 x = torch.cat([x[:, : prompt_slice.start], p.to(x.dtype), x[:, prompt_slice.stop:]], dim=1)
             x = _run_block(block, x, mask, batch_first)
         x = x[torch.arange(K, device=x.device), eot_idx]
