@@ -319,7 +319,9 @@ EXPECTED_YAML = {
 
 def test_trainer_yaml_files_merge_and_match_official():
     files = sorted(glob.glob(osp.join(ROOT, "configs", "trainers", "*", "*.yaml")))
-    ours = [f for f in files if osp.basename(osp.dirname(f)) in ("CoOp", "CoCoOp", "MaPLe", "IVLP", "VPT")]
+    # official ViT-B/16 / RN50 settings only; the toy world's configs (toy*.yaml) are checked by test_toy
+    ours = [f for f in files if osp.basename(osp.dirname(f)) in ("CoOp", "CoCoOp", "MaPLe", "IVLP", "VPT")
+            and not osp.basename(f).startswith("toy")]
     assert len(ours) >= 24
     for f in ours:
         cfg = get_cfg_default()

@@ -282,6 +282,19 @@ class APLe(ClipPromptTrainer):
     def build_custom_clip(self, cfg, classnames, clip_model):
         return APLeCLIP(cfg.TRAINER.APLE, classnames, clip_model, dataset_name=cfg.DATASET.NAME)
 
+    def build_optimizers(self, learnable):
+        # Two optimisers. The vision one takes the registered slots (checkpoint "optimizer"/"scheduler",
+        # the LR shown in the log); the text one travels in the checkpoint's "extra" state.
+        cfg, m = self.cfg, self.cfg.TRAINER.APLE
+        self.optim_vision = build_optimizer(learnable.vision_parameters(), cfg.OPTIM)
+        self.sched_vision = build_lr_scheduler(self.optim_vision, cfg.OPTIM)
+        self.optim_text = build_optimizer(learnable.text_parameters(), cfg.OPTIM)
+        self.sched_text = None
+        if m.TEXT_LR_SCHEDULE == "same_as_vision":
+            self.sched_text = build_lr_scheduler(self.optim_text, cfg.OPTIM)
+        self.stage_optims = {"text": self.optim_text, "vision": self.optim_vision}
+        return self.optim_vision, self.sched_vision
+
     def build_model(self):
         super().build_model()
         cfg, m = self.cfg, self.cfg.TRAINER.APLE
@@ -289,19 +302,6 @@ class APLe(ClipPromptTrainer):
         n_text = sum(p.numel() for p in pl.text_parameters())
         n_vision = sum(p.numel() for p in pl.vision_parameters())
         assert n_text + n_vision == self.num_trainable_params, "text/vision split misses a learnable parameter"
-        # Two optimisers. The vision one takes the registered slots (checkpoint "optimizer"/"scheduler",
-        # the LR shown in the log); the text one travels in the checkpoint's "extra" state.
-        self.optim_vision = build_optimizer(pl.vision_parameters(), cfg.OPTIM)
-        self.sched_vision = build_lr_scheduler(self.optim_vision, cfg.OPTIM)
-        self.optim_text = build_optimizer(pl.text_parameters(), cfg.OPTIM)
-        self.sched_text = None
-        if m.TEXT_LR_SCHEDULE == "same_as_vision":
-            self.sched_text = build_lr_scheduler(self.optim_text, cfg.OPTIM)
-        # replace the single optimiser the base class registered over all prompts
-        self.optim, self.sched = self.optim_vision, self.sched_vision
-        self._optims[self.MODEL_NAME] = self.optim_vision
-        self._scheds[self.MODEL_NAME] = self.sched_vision
-        self.stage_optims = {"text": self.optim_text, "vision": self.optim_vision}
         self.lambdas = {"text": float(m.LAMBDA_TEXT), "vision": float(m.LAMBDA_VISION), "joint": float(m.LAMBDA_JOINT)}
         self.kd_temperature = float(m.KD_TEMPERATURE)
         self.stage_order = list(m.STAGE_ORDER)

@@ -313,7 +313,12 @@ class TextFeatureCache:
 
 def normalized_logits(image_features, text_features, logit_scale):
     """``exp(logit_scale) * <f/|f|, t/|t|>`` in fp32: (B, d) x (K, d) -> (B, K), or with per-image text
-    features (B, K, d) -> (B, K)."""
+    features (B, K, d) -> (B, K). Runs outside autocast so that amp/bf16 never round the logits."""
+    with torch.autocast(device_type=image_features.device.type, enabled=False):
+        return _normalized_logits_fp32(image_features, text_features, logit_scale)
+
+
+def _normalized_logits_fp32(image_features, text_features, logit_scale):
     f = F.normalize(image_features.float(), dim=-1)
     t = F.normalize(text_features.float(), dim=-1)
     scale = logit_scale.exp().float()

@@ -75,6 +75,13 @@ class ClipPromptTrainer(TrainerX):
         """
         raise NotImplementedError
 
+    def build_optimizers(self, learnable):
+        """``(optimizer, scheduler)`` registered with the learnable module (default: one SGD/... over
+        all of it). Override to split parameters over several optimisers (APLe); the returned pair
+        takes the registered slots (checkpoint ``optimizer``/``scheduler``, the logged LR)."""
+        optim = build_optimizer(learnable, self.cfg.OPTIM)
+        return optim, build_lr_scheduler(optim, self.cfg.OPTIM)
+
     def learnable_module(self):
         """The module registered under ``MODEL_NAME`` (default ``self.model.prompt_learner``)."""
         return self.model.prompt_learner
@@ -145,8 +152,7 @@ class ClipPromptTrainer(TrainerX):
         self.model.to(self.device)
         clip_model.to(self.device)
         self.model.train(False)  # frozen parts eval; the engine sets the learnable module's mode
-        self.optim = build_optimizer(learnable, cfg.OPTIM)
-        self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
+        self.optim, self.sched = self.build_optimizers(learnable)
         self.register_model(self.MODEL_NAME, learnable, self.optim, self.sched)
         self.scaler = self.precision.make_scaler()
 
