@@ -9,14 +9,5 @@
 # vlprompt/sweep/recipes.json). Options such as --datasets, --seeds, --dry-run or --slurm are passed to
 # python -m vlprompt.sweep (see scripts/sweep.sh for DATA, GPUS, OUTPUT, PYTHON).
 set -euo pipefail
-if [[ $# -lt 1 || $1 == -* ]]; then
-    sed -n '2,11p' "$0" >&2
-    exit 2
-fi
-method=$1
-shift
-if [[ $# -gt 0 && $1 != -* ]]; then
-    method="$method:$1"
-    shift
-fi
-exec bash "$(dirname "${BASH_SOURCE[0]}")/sweep.sh" --methods "$method" --protocol domain_generalization "$@"
+source "$(dirname "${BASH_SOURCE[0]}")/lib/sweep_wrapper.sh"
+sweep_protocol domain_generalization "$@"

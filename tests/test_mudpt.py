@@ -531,7 +531,7 @@ def _script(root, name, *args, env=None):
 
 def test_scripts(scratch_root):
     for name in sorted(os.listdir(osp.join(ROOT, "scripts", "mudpt"))):
-        if name.endswith(".sh") and name != "common.sh":
+        if name.endswith(".sh") and name != "config.sh":
             assert "set -euo pipefail" in open(osp.join(ROOT, "scripts", "mudpt", name)).read(), name
     cfg = "vit_b16_bz4_ep10_nctx4_depth9"
     rc, out, _ = _script(scratch_root, "base2new.sh", "/DATA", "oxford_pets", "1")

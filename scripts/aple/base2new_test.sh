@@ -1,26 +1,11 @@
 #!/usr/bin/env bash
 # APLe base-to-novel, step 2: evaluate the base-class model (base2new_train.sh) on the new classes.
-# usage: bash scripts/aple/base2new_test.sh DATA DATASET SEED [config options...]
 # output: $OUTPUT/base2new/test_new/DATASET/shots_16/APLe/$CFG/seedSEED
+# usage: bash scripts/aple/base2new_test.sh DATA DATASET SEED [config options...]
+# Run from the repository root. Environment: CFG, LOADEP, SHOTS_LIST, OUTPUT, PYTHON, DRY_RUN=1 (see
+# scripts/lib/prompt_protocols.sh); per-protocol default configs: scripts/aple/config.sh.
 set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-[[ $# -ge 3 ]] || aple_die "usage: bash scripts/aple/base2new_test.sh DATA DATASET SEED [config options...]"
-DATA=$1 DATASET=$2 SEED=$3
-shift 3
-CFG=${CFG:-vit_b16_c2_ep5_batch4_2ctx}
-SHOTS=16
-aple_check_root
-aple_check_seed "$SEED"
-CFG_FILE=$(aple_cfg_file "$CFG")
-DATASET_FILE=$(aple_dataset_file "$DATASET")
-LOAD=$(aple_load_epoch "$CFG_FILE")
-
-TAIL=$DATASET/shots_$SHOTS/$TRAINER/$CFG/seed$SEED
-MODEL_DIR=$OUTPUT/base2new/train_base/$TAIL
-DIR=$OUTPUT/base2new/test_new/$TAIL
-aple_done "$DIR" && exit 0
-aple_need_model "$MODEL_DIR" "run scripts/aple/base2new_train.sh $DATA $DATASET $SEED first"
-aple_train --root "$DATA" --seed "$SEED" \
-    --dataset-config-file "$DATASET_FILE" --config-file "$CFG_FILE" --output-dir "$DIR" \
-    --model-dir "$MODEL_DIR" --load-epoch "$LOAD" --eval-only \
-    DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES new "$@"
+HERE=$(dirname "${BASH_SOURCE[0]}")
+source "$HERE/config.sh"
+source "$HERE/../lib/prompt_protocols.sh"
+base2new_test "$@"

@@ -1,32 +1,11 @@
 #!/usr/bin/env bash
 # Base-to-novel, step 1: train on the base classes (16 shots) and test on the base classes.
-# usage: bash scripts/mudpt/base2new_train.sh DATA DATASET SEED [config options...]
 # output: output/base2new/train_base/DATASET/shots_16/$TRAINER/$CFG/seedSEED
+# usage: bash scripts/mudpt/base2new_train.sh DATA DATASET SEED [config options...]
+# Run from the repository root. Environment: TRAINER, CFG, LOADEP, SHOTS_LIST, PYTHON, DRY_RUN=1 (see
+# scripts/lib/prompt_protocols.sh); per-protocol default configs: scripts/mudpt/config.sh.
 set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-[[ $# -ge 3 ]] || die "usage: bash scripts/mudpt/base2new_train.sh DATA DATASET SEED [config options...]"
-DATA=$1
-DATASET=$2
-SEED=$3
-shift 3
-CFG=${CFG:-vit_b16_bz4_ep10_nctx4_depth9}
-require_repo_root
-check_seed "$SEED"
-CFG_FILE=$(cfg_file "$CFG")
-DATASET_FILE=$(dataset_file "$DATASET")
-
-DIR=output/base2new/train_base/${DATASET}/shots_${SHOTS}/${TRAINER}/${CFG}/seed${SEED}
-if finished "$DIR"; then
-    echo "Results exist at ${DIR} (skip this job)"
-    exit 0
-fi
-run "$PYTHON" train.py \
-    --root "$DATA" \
-    --seed "$SEED" \
-    --trainer "$TRAINER" \
-    --dataset-config-file "$DATASET_FILE" \
-    --config-file "$CFG_FILE" \
-    --output-dir "$DIR" \
-    DATASET.NUM_SHOTS "$SHOTS" \
-    DATASET.SUBSAMPLE_CLASSES base \
-    "$@"
+HERE=$(dirname "${BASH_SOURCE[0]}")
+source "$HERE/config.sh"
+source "$HERE/../lib/prompt_protocols.sh"
+base2new_train "$@"
