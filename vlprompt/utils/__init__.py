@@ -4,6 +4,7 @@ from .logger import Logger, setup_logger, restore_stdout
 from .tools import (
     atomic_write,
     check_isfile,
+    import_submodules,
     collect_env_info,
     listdir_nohidden,
     mkdir_if_missing,

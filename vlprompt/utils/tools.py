@@ -127,3 +127,26 @@ def tolist_if_not(x):
     if not isinstance(x, list):
         x = [x]
     return x
+
+
+def import_submodules(package_name, package_path, kind="module"):
+    """Import every non-underscore module of a package folder, in name order (plugin registration).
+
+    Used by the repo-root ``trainers/`` and ``datasets/`` packages so that a new file registers
+    without editing ``__init__.py``. A module that fails to import raises with its file name.
+    Returns the imported module names.
+    """
+    import importlib
+    import pkgutil
+
+    names = []
+    for info in sorted(pkgutil.iter_modules(package_path), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        try:
+            importlib.import_module(f"{package_name}.{info.name}")
+        except ImportError as e:
+            folder = package_name.replace(".", "/")
+            raise ImportError(f"Cannot import {kind} {folder}/{info.name}.py: {e}") from e
+        names.append(info.name)
+    return names
