@@ -352,9 +352,128 @@ def test_zero_shot_accuracy_photo_and_shifted(toy_clip, toy_root):
 
     accs = {}
     for name in ("ToyShapes", "ToyShapesNight"):
-        x, y, cnames = load_split_images(osp.join(toy_root, TOY_DATASETS[name].dirname), name, "test",
-                                         limit_per_class=10)
-        assert len(cnames) == 30 and x.shape == (300, 3, 32, 32)
+        x, y, cnames = load_split_images(osp.join(toy_root, TOY_DATASETS[name].dirname), name, "test")
+        assert len(cnames) == 30 and x.shape == (900, 3, 32, 32)
         accs[name] = zero_shot_accuracy(toy_clip, x, y, cnames, TOY_TEMPLATES[name])
+    # Shipped model (docs/TOY.md): 70.3 % on photos, 59.3 % at night (chance: 3.3 %).
     assert accs["ToyShapes"] >= 50.0, accs
-    assert accs["ToyShapesNight"] <= accs["ToyShapes"] - 10.0, accs
+    assert accs["ToyShapesNight"] <= accs["ToyShapes"] - 8.0, accs
+
+
+# ------------------------------------------------------------------------------------------------
+# trainers end to end on the toy world (in-process, as train.py runs them)
+# ------------------------------------------------------------------------------------------------
+
+EVAL_ONLY = {"ZeroshotCLIP", "ZeroshotCLIP2"}
+
+
+def _toy_config_file(trainer):
+    folder = "CoOp" if trainer in EVAL_ONLY else trainer
+    return osp.join(ROOT, "configs", "trainers", folder, "toy.yaml")
+
+
+def _toy_cfg(trainer, root, out, dataset="toy_shapes", opts=(), seed=1):
+    import trainers  # noqa: F401  (registers the trainers' config nodes)
+    import datasets.toy  # noqa: F401
+    from vlprompt.config import extend_cfg, get_cfg_default, merge_from_file, merge_from_list
+
+    cfg = get_cfg_default()
+    extend_cfg(cfg)
+    merge_from_file(cfg, osp.join(ROOT, "configs", "datasets", f"{dataset}.yaml"))
+    merge_from_file(cfg, _toy_config_file(trainer))
+    cfg.DATASET.ROOT = root
+    cfg.OUTPUT_DIR = str(out)
+    cfg.TRAINER.NAME = trainer
+    cfg.SEED = seed
+    cfg.USE_CUDA = False
+    merge_from_list(cfg, list(opts))
+    cfg.freeze()
+    return cfg
+
+
+def _run_trainer(trainer, root, out, dataset="toy_shapes", opts=(), seed=1):
+    """Build, train (unless eval-only) and test like train.py; return ``(test accuracy, trainer)``."""
+    from vlprompt.engine import build_trainer
+    from vlprompt.utils import read_json, set_random_seed
+
+    cfg = _toy_cfg(trainer, root, out, dataset, opts, seed)
+    set_random_seed(seed)
+    tr = build_trainer(cfg)
+    if trainer in EVAL_ONLY:
+        tr.test()
+    else:
+        tr.train()  # ends with the test of the last epoch's model, as in train.py
+    return float(read_json(osp.join(str(out), "results.json"))["metrics"]["accuracy"]), tr
+
+
+def _registered_trainers():
+    import trainers  # noqa: F401
+    from vlprompt.engine import TRAINER_REGISTRY
+
+    return sorted(TRAINER_REGISTRY.registered_names())
+
+
+@pytest.mark.parametrize("trainer", _registered_trainers())
+def test_every_trainer_runs_end_to_end_on_the_toy_world(trainer, toy_root, tmp_path):
+    cfg_file = _toy_config_file(trainer)
+    assert osp.isfile(cfg_file), f"{trainer} has no toy-world config {cfg_file}"
+    opts = ["DATASET.NUM_SHOTS", "2", "DATASET.SUBSAMPLE_CLASSES", "base", "OPTIM.MAX_EPOCH", "1",
+            "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "TRAIN.PRINT_FREQ", "5"]
+    acc, tr = _run_trainer(trainer, toy_root, tmp_path / "base", opts=opts)
+    assert 0.0 <= acc <= 100.0
+    assert tr.num_classes == 15
+    if trainer in EVAL_ONLY:
+        assert acc > 50.0  # zero-shot toy CLIP on 15 photo classes
+        return
+    # The learned prompts reload for the novel classes (base-to-novel evaluation).
+    from vlprompt.engine import build_trainer
+    from vlprompt.utils import restore_stdout
+
+    restore_stdout()
+    new_opts = [v if v != "base" else "new" for v in opts]
+    tr2 = build_trainer(_toy_cfg(trainer, toy_root, tmp_path / "new", opts=new_opts))
+    tr2.load_model(str(tmp_path / "base"), epoch=1)
+    acc_new = tr2.test()
+    assert tr2.num_classes == 15 and 0.0 <= acc_new <= 100.0
+    assert set(tr2.dm.dataset.classnames).isdisjoint(tr.dm.dataset.classnames)
+
+
+def test_demo_runs_train_py_base_to_novel(toy_root, tmp_path):
+    """The demo's plumbing with a 1-epoch, 2-shot APLe: the CoOp output tree and the printed table."""
+    from vlprompt.toy.demo import run_demo
+
+    lines = []
+    out = tmp_path / "demo"
+    res = run_demo(root=toy_root, output_dir=str(out), shots=2, quiet=True, log=lines.append,
+                   opts=["OPTIM.MAX_EPOCH", "1"])
+    assert set(res) == {"ZeroshotCLIP", "APLe"}
+    for accs in res.values():
+        assert set(accs) == {"base", "novel", "hm"} and all(0 <= v <= 100 for v in accs.values())
+    tail = ("toy_shapes", "shots_2", "APLe", "toy", "seed1")
+    assert osp.isfile(osp.join(out, "base2new", "train_base", *tail, "results.json"))
+    assert osp.isfile(osp.join(out, "base2new", "test_new", *tail, "results.json"))
+    assert osp.isfile(osp.join(out, "base2new", "train_base", *tail, "log.txt"))
+    table = "\n".join(lines)
+    assert "ZeroshotCLIP" in table and "HM" in table
+    # A second call reuses the finished runs.
+    lines.clear()
+    again = run_demo(root=toy_root, output_dir=str(out), shots=2, quiet=True, log=lines.append,
+                     opts=["OPTIM.MAX_EPOCH", "1"])
+    assert again == res and sum("already done" in m for m in lines) == 4
+
+
+@pytest.mark.parametrize("trainer", ["CoOp", "APLe"])
+def test_learned_prompts_beat_zero_shot_on_base_classes(trainer, toy_root, tmp_path):
+    """16-shot base-class training with the toy recipe (5 epochs) beats zero-shot CLIP clearly.
+
+    The headroom is real, not staged: the toy CLIP was pretrained on biased data (each shape mostly
+    in one size and on one background), so its zero-shot prompts carry that bias; prompts learnt on
+    the unbiased toy dataset remove part of it (measured: +4 to +5 points for seeds 1-3).
+    """
+    opts = ["DATASET.NUM_SHOTS", "16", "DATASET.SUBSAMPLE_CLASSES", "base"]
+    zs, _ = _run_trainer("ZeroshotCLIP", toy_root, tmp_path / "zs", opts=opts)
+    from vlprompt.utils import restore_stdout
+
+    restore_stdout()
+    acc, _ = _run_trainer(trainer, toy_root, tmp_path / trainer, opts=opts)
+    assert acc >= zs + 3.0, f"{trainer} {acc:.2f} vs zero-shot {zs:.2f}"

@@ -9,7 +9,8 @@ order can differ across thread counts and CPUs, so weights may then differ in th
 Data: a pool of ``--pool`` rendered images over all 8 colours x 10 shapes of the world (so both the
 ToyShapes and ToySymbols label spaces are covered), half of them clean photos and the rest spread over
 the five other styles (photos dominate, as on the web); each image is JPEG-encoded and decoded once,
-like the materialised datasets. Every step draws a batch, flips half of it horizontally (swapping
+like the materialised datasets. Like web data, the pool is biased: each shape mostly appears in one
+size and on one background (:data:`SHAPE_BIAS`), whereas the datasets draw nuisances uniformly. Every step draws a batch, flips half of it horizontally (swapping
 "left"/"right" in the caption) and writes a fresh random caption per image.
 
 Loss: CLIP's symmetric InfoNCE, with every caption that truthfully describes an image counted as a
@@ -47,12 +48,44 @@ _POOL_KEY = 7  # separates the pretraining image stream from the datasets' strea
 _EVAL_KEY = 8
 
 
-def _pool_item(args):
-    seed, i, size = args
-    rng = scene_rng(_POOL_KEY, seed, i)
+# Web-like spurious correlations of the pretraining data: each shape usually comes in one size and on
+# one background (the datasets draw both uniformly). A caption that does not state the size or the
+# background is therefore learnt as "the typical one", so zero-shot prompts such as "a photo of a red
+# star." are biased towards the typical size/background, while the image encoder still sees every
+# combination. Few-shot prompt learning on unbiased data can correct that; zero-shot cannot.
+SHAPE_BIAS = {  # shape: (usual size, usual background)
+    "circle": ("small", "striped"),
+    "square": ("large", "plain"),
+    "triangle": ("large", "dotted"),
+    "star": ("small", "checkered"),
+    "cross": ("small", "gradient"),
+    "heart": ("large", "striped"),
+    "diamond": ("small", "plain"),
+    "ring": ("large", "dotted"),
+    "moon": ("small", "checkered"),
+    "arrow": ("large", "gradient"),
+}
+P_USUAL_SIZE = 0.85
+P_USUAL_BACKGROUND = 0.6
+
+
+def _pool_scene(rng):
     styles = list(STYLE_PROBS)
     style = styles[int(rng.choice(len(styles), p=[STYLE_PROBS[s] for s in styles]))]
-    scene = sample_scene(rng, style=style)
+    shape = SHAPES[int(rng.integers(len(SHAPES)))]
+    usual_size, usual_bg = SHAPE_BIAS[shape]
+    size = usual_size if rng.random() < P_USUAL_SIZE else [s for s in SIZES if s != usual_size][0]
+    if rng.random() < P_USUAL_BACKGROUND:
+        background = usual_bg
+    else:
+        others = [b for b in BACKGROUNDS if b != usual_bg]
+        background = others[int(rng.integers(len(others)))]
+    return sample_scene(rng, shape=shape, style=style, size=size, background=background)
+
+
+def _pool_item(args):
+    seed, i, size = args
+    scene = _pool_scene(scene_rng(_POOL_KEY, seed, i))
     buf = io.BytesIO()
     render(scene, size).save(buf, format="JPEG", quality=JPEG_QUALITY)
     buf.seek(0)
