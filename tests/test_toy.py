@@ -477,3 +477,30 @@ def test_learned_prompts_beat_zero_shot_on_base_classes(trainer, toy_root, tmp_p
     restore_stdout()
     acc, _ = _run_trainer(trainer, toy_root, tmp_path / trainer, opts=opts)
     assert acc >= zs + 3.0, f"{trainer} {acc:.2f} vs zero-shot {zs:.2f}"
+
+
+def test_pretraining_is_reproducible_and_writes_the_shipped_format(tmp_path):
+    from vlprompt.toy.clip_model import file_sha256, load_toy_clip_file
+    from vlprompt.toy.pretrain import pretrain
+
+    threads = torch.get_num_threads()
+    try:
+        kw = dict(steps=3, batch_size=16, pool=64, warmup=1, threads=1, eval_every=0, eval_per_class=1,
+                  log=lambda *_: None)
+        _, meta = pretrain(out=str(tmp_path / "a.pt"), **kw)
+        pretrain(out=str(tmp_path / "b.pt"), **kw)
+    finally:
+        torch.set_num_threads(threads)
+    a, meta_a = load_toy_clip_file(str(tmp_path / "a.pt"))
+    b, _ = load_toy_clip_file(str(tmp_path / "b.pt"))
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert meta_a["steps"] == 3 and set(meta_a["zero_shot_eval"]) >= {"ToyShapes/photo", "ToySymbols/photo"}
+    with open(tmp_path / "a.pt.sha256") as f:
+        assert f.read().split()[0] == file_sha256(str(tmp_path / "a.pt"))
+    # Only the token rows the captions used are stored; the others are the seeded initial rows.
+    from vlprompt.toy.clip_model import TOY_CLIP_CFG, token_embedding_init
+
+    init = token_embedding_init(TOY_CLIP_CFG["text_cfg"]["vocab_size"], TOY_CLIP_CFG["text_cfg"]["width"])
+    changed = (a.token_embedding.weight != init).any(dim=1).sum().item()
+    assert 0 < changed <= meta_a["vocab_rows"] < 200

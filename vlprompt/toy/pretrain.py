@@ -202,7 +202,7 @@ def _param_groups(model, weight_decay):
 
 
 def pretrain(out=TOY_WEIGHTS, steps=1500, batch_size=256, pool=40000, lr=1.5e-3, weight_decay=0.1, warmup=75,
-             seed=0, threads=2, eval_every=250, log=print, max_minutes=None):
+             seed=0, threads=2, eval_every=250, log=print, max_minutes=None, eval_per_class=10):
     from vlprompt.clip.tokenizer import tokenize
 
     torch.set_num_threads(threads)
@@ -210,7 +210,7 @@ def pretrain(out=TOY_WEIGHTS, steps=1500, batch_size=256, pool=40000, lr=1.5e-3,
     log(f"toy CLIP pretraining: steps={steps} batch={batch_size} pool={pool} lr={lr} seed={seed} "
         f"threads={threads}")
     scenes, images = build_pool(pool, seed, workers=threads, log=log)
-    eval_sets = build_eval_sets(seed)
+    eval_sets = build_eval_sets(seed, per_class=eval_per_class)
     pool_x = to_tensor(images)  # (N, 3, H, W) normalised
     del images
 
