@@ -10,7 +10,6 @@ With no arguments (or ``--demo``) it runs the embedded demo: APLe base-to-novel 
 toy world with the shipped toy CLIP, offline, in a few minutes on a CPU.
 """
 import argparse
-import os
 import os.path as osp
 import sys
 import time
@@ -28,7 +27,7 @@ from vlprompt.config import (  # noqa: E402
     merge_from_list,
 )
 from vlprompt.engine import RESULTS_FILE, build_trainer  # noqa: E402
-from vlprompt.utils import collect_env_info, set_random_seed, setup_logger, write_json  # noqa: E402
+from vlprompt.utils import collect_env_info, set_random_seed, setup_logger  # noqa: E402
 
 
 def import_plugins():

@@ -20,10 +20,8 @@ from vlprompt.data.datasets import (
     DatasetBase,
     Datum,
     dataset_missing_error,
-    load_or_make_fewshot,
     read_split,
     save_split,
-    subsample_classes,
 )
 
 __all__ = ["SplitDataset", "AnnotationError", "read_lines", "make_datum", "require_path", "dataset_root"]
@@ -97,14 +95,7 @@ class SplitDataset(DatasetBase):
             if self.split_path is not None:
                 save_split(train, val, test, self.split_path, prefix)
 
-        num_shots = cfg.DATASET.NUM_SHOTS
-        if num_shots >= 1:
-            train, val = load_or_make_fewshot(
-                self, self.split_fewshot_dir, num_shots, cfg.SEED, train, val, prefix=prefix
-            )
-
-        train, val, test = subsample_classes(train, val, test, subsample=cfg.DATASET.SUBSAMPLE_CLASSES)
-        super().__init__(train_x=train, val=val, test=test)
+        self.init_from_splits(cfg, train, val, test, prefix=prefix)
 
     def build_split(self):
         """Build ``(train, val, test)`` lists of Datum from the raw files (dataset rules)."""

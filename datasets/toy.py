@@ -18,9 +18,7 @@ import os.path as osp
 from vlprompt.data.datasets import (
     DATASET_REGISTRY,
     DatasetBase,
-    load_or_make_fewshot,
     read_split,
-    subsample_classes,
 )
 from vlprompt.toy.data import TOY_DATASETS, ensure_toy_dataset, split_file_name
 
@@ -45,13 +43,7 @@ class _ToyDataset(DatasetBase):
         self.style = spec.style
 
         train, val, test = read_split(self.split_path, self.image_dir)
-        num_shots = cfg.DATASET.NUM_SHOTS
-        if num_shots >= 1:
-            train, val = load_or_make_fewshot(
-                self, self.split_fewshot_dir, num_shots, cfg.SEED, train, val, prefix=self.image_dir
-            )
-        train, val, test = subsample_classes(train, val, test, subsample=cfg.DATASET.SUBSAMPLE_CLASSES)
-        super().__init__(train_x=train, val=val, test=test)
+        self.init_from_splits(cfg, train, val, test, prefix=self.image_dir)
 
 
 def _make(name):

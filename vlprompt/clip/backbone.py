@@ -12,7 +12,6 @@ Random-weight backbones make every code path runnable without weights:
   and vision widths so width mix-ups fail loudly), built in memory from a fixed seed;
 * ``MODEL.BACKBONE.RANDOM_INIT True``: any named architecture at its real size.
 """
-import contextlib
 import os
 import os.path as osp
 

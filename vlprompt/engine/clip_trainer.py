@@ -39,7 +39,6 @@ buffers are non-persistent), not the frozen CLIP.
 import os
 import os.path as osp
 
-import torch
 import torch.nn.functional as F
 
 from vlprompt.clip import Precision, build_clip_from_cfg, drop_class_derived_keys

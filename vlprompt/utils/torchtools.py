@@ -3,7 +3,6 @@
 Checkpoints are dicts of plain tensors, numbers, strings and lists (state dicts only, no pickled
 objects), written atomically and loaded with ``torch.load(..., weights_only=True)``.
 """
-import os
 import os.path as osp
 import shutil
 import warnings

@@ -5,7 +5,6 @@ The split helpers (``read_split``/``save_split``/``split_trainval``/``read_and_s
 once and every dataset class uses them. Few-shot subsets are cached as JSON, not pickle.
 """
 import math
-import os
 import os.path as osp
 import random
 from collections import defaultdict
@@ -165,6 +164,18 @@ class DatasetBase:
         for item in data_source:
             output[item.domain].append(item)
         return output
+
+    def init_from_splits(self, cfg, train, val, test, prefix):
+        """The CoOp tail every split-based dataset shares: few-shot subset (``DATASET.NUM_SHOTS >= 1``;
+        JSON cache under ``self.split_fewshot_dir``, paths relative to ``prefix``), then the base/new
+        half (``DATASET.SUBSAMPLE_CLASSES``), then ``DatasetBase.__init__``."""
+        num_shots = cfg.DATASET.NUM_SHOTS
+        if num_shots >= 1:
+            train, val = load_or_make_fewshot(
+                self, self.split_fewshot_dir, num_shots, cfg.SEED, train, val, prefix=prefix
+            )
+        train, val, test = subsample_classes(train, val, test, subsample=cfg.DATASET.SUBSAMPLE_CLASSES)
+        DatasetBase.__init__(self, train_x=train, val=val, test=test)
 
     # CoOp dataset files call these as static methods of their classes.
     @staticmethod

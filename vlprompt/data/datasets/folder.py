@@ -11,11 +11,9 @@ import os.path as osp
 from .base_dataset import (
     DatasetBase,
     dataset_missing_error,
-    load_or_make_fewshot,
     read_and_split_data,
     read_split,
     save_split,
-    subsample_classes,
 )
 from .build import DATASET_REGISTRY
 
@@ -42,10 +40,4 @@ class ImageFolder(DatasetBase):
             train, val, test = read_and_split_data(self.image_dir, ignored=IGNORED)
             save_split(train, val, test, self.split_path, self.image_dir)
 
-        num_shots = cfg.DATASET.NUM_SHOTS
-        if num_shots >= 1:
-            train, val = load_or_make_fewshot(
-                self, self.split_fewshot_dir, num_shots, cfg.SEED, train, val, prefix=self.image_dir
-            )
-        train, val, test = subsample_classes(train, val, test, subsample=cfg.DATASET.SUBSAMPLE_CLASSES)
-        super().__init__(train_x=train, val=val, test=test)
+        self.init_from_splits(cfg, train, val, test, prefix=self.image_dir)
