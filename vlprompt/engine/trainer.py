@@ -470,6 +470,29 @@ class SimpleTrainer(TrainerBase):
         label = batch["label"].to(self.device)
         return input, label
 
+    def _log_iteration(self, losses, batch_time, data_time):
+        """Dassl's per-iteration log line (every PRINT_FREQ batches) and the train/* scalars."""
+        meet_freq = (self.batch_idx + 1) % self.cfg.TRAIN.PRINT_FREQ == 0
+        only_few_batches = self.num_batches < self.cfg.TRAIN.PRINT_FREQ
+        if (meet_freq or only_few_batches) and self.is_main_process:
+            nb_remain = self.num_batches - self.batch_idx - 1
+            nb_remain += (self.max_epoch - self.epoch - 1) * self.num_batches
+            eta = str(datetime.timedelta(seconds=int(batch_time.avg * nb_remain)))
+            info = [
+                f"epoch [{self.epoch + 1}/{self.max_epoch}]",
+                f"batch [{self.batch_idx + 1}/{self.num_batches}]",
+                f"time {batch_time.val:.3f} ({batch_time.avg:.3f})",
+                f"data {data_time.val:.3f} ({data_time.avg:.3f})",
+                f"{losses}",
+                f"lr {self.get_current_lr():.4e}",
+                f"eta {eta}",
+            ]
+            print(" ".join(info))
+        n_iter = self.epoch * self.num_batches + self.batch_idx
+        for name, meter in losses.meters.items():
+            self.write_scalar("train/" + name, meter.avg, n_iter)
+        self.write_scalar("train/lr", self.get_current_lr(), n_iter)
+
     def get_current_lr(self, names=None):
         names = self.get_model_names(names)
         name = names[0]
@@ -516,29 +539,7 @@ class TrainerX(SimpleTrainer):
             batch_time.update(time.time() - end)
             losses.update(loss_summary)
 
-            meet_freq = (self.batch_idx + 1) % self.cfg.TRAIN.PRINT_FREQ == 0
-            only_few_batches = self.num_batches < self.cfg.TRAIN.PRINT_FREQ
-            if meet_freq or only_few_batches:
-                nb_remain = 0
-                nb_remain += self.num_batches - self.batch_idx - 1
-                nb_remain += (self.max_epoch - self.epoch - 1) * self.num_batches
-                eta_seconds = batch_time.avg * nb_remain
-                eta = str(datetime.timedelta(seconds=int(eta_seconds)))
-                info = []
-                info += [f"epoch [{self.epoch + 1}/{self.max_epoch}]"]
-                info += [f"batch [{self.batch_idx + 1}/{self.num_batches}]"]
-                info += [f"time {batch_time.val:.3f} ({batch_time.avg:.3f})"]
-                info += [f"data {data_time.val:.3f} ({data_time.avg:.3f})"]
-                info += [f"{losses}"]
-                info += [f"lr {self.get_current_lr():.4e}"]
-                info += [f"eta {eta}"]
-                if self.is_main_process:
-                    print(" ".join(info))
-
-            n_iter = self.epoch * self.num_batches + self.batch_idx
-            for name, meter in losses.meters.items():
-                self.write_scalar("train/" + name, meter.avg, n_iter)
-            self.write_scalar("train/lr", self.get_current_lr(), n_iter)
+            self._log_iteration(losses, batch_time, data_time)
             end = time.time()
 
     def parse_batch_train(self, batch):
@@ -546,3 +547,58 @@ class TrainerX(SimpleTrainer):
         label = batch["label"].to(self.device)
         domain = batch["domain"].to(self.device)
         return input, label, domain
+
+
+class TrainerXU(SimpleTrainer):
+    """A trainer that uses labelled (``train_loader_x``) and unlabelled (``train_loader_u``) data.
+
+    As in Dassl: the number of iterations per epoch follows ``TRAIN.COUNT_ITER`` ("train_x",
+    "train_u" or "smaller_one"); the shorter loader restarts when exhausted; ``forward_backward``
+    receives ``(batch_x, batch_u)``. No CoOp-family method uses it; it is here so that ported
+    Dassl trainers run.
+    """
+
+    def run_epoch(self):
+        self.set_model_mode("train")
+        losses = MetricMeter()
+        batch_time = AverageMeter()
+        data_time = AverageMeter()
+        if self.train_loader_u is None:
+            raise ValueError(
+                f"{type(self).__name__} needs unlabelled data, but dataset {self.cfg.DATASET.NAME} has no train_u"
+            )
+        len_x, len_u = len(self.train_loader_x), len(self.train_loader_u)
+        count_iter = self.cfg.TRAIN.COUNT_ITER
+        if count_iter == "train_x":
+            self.num_batches = len_x
+        elif count_iter == "train_u":
+            self.num_batches = len_u
+        elif count_iter == "smaller_one":
+            self.num_batches = min(len_x, len_u)
+        else:
+            raise ValueError(f'TRAIN.COUNT_ITER must be "train_x", "train_u" or "smaller_one", got {count_iter!r}')
+        iter_x, iter_u = iter(self.train_loader_x), iter(self.train_loader_u)
+        end = time.time()
+        for self.batch_idx in range(self.num_batches):
+            try:
+                batch_x = next(iter_x)
+            except StopIteration:
+                iter_x = iter(self.train_loader_x)
+                batch_x = next(iter_x)
+            try:
+                batch_u = next(iter_u)
+            except StopIteration:
+                iter_u = iter(self.train_loader_u)
+                batch_u = next(iter_u)
+            data_time.update(time.time() - end)
+            loss_summary = self.forward_backward(batch_x, batch_u)
+            batch_time.update(time.time() - end)
+            losses.update(loss_summary)
+            self._log_iteration(losses, batch_time, data_time)
+            end = time.time()
+
+    def parse_batch_train(self, batch_x, batch_u):
+        input_x = batch_x["img"].to(self.device)
+        label_x = batch_x["label"].to(self.device)
+        input_u = batch_u["img"].to(self.device)
+        return input_x, label_x, input_u
