@@ -389,11 +389,6 @@ class MuDPT(ClipPromptTrainer):
         node = self.method_cfg
         injection, unidirectional = self.variant(node)
         where = f"TRAINER.{self.CFG_NODE}"
-        size = model_dims(clip_model)["image_size"]
-        if tuple(cfg.INPUT.SIZE) != (size, size):
-            raise ValueError(
-                f"INPUT.SIZE {tuple(cfg.INPUT.SIZE)} must equal the backbone's input resolution ({size}, {size})"
-            )
         name = "UMuDPT (one-directional)" if unidirectional else "MuDPT"
         print(f"{name}: injection={injection}, N_CTX={node.N_CTX}, DEEP_PROMPT_DEPTH={node.DEEP_PROMPT_DEPTH}")
         model = MuDPTCLIP(clip_model, classnames, node.N_CTX, node.DEEP_PROMPT_DEPTH, node.CTX_INIT,
