@@ -158,3 +158,32 @@ def register_linear_probe():
 
     TRAINER_REGISTRY.register(TestLinearProbe)
     return TestLinearProbe
+
+
+GOLDEN = osp.join(osp.dirname(osp.abspath(__file__)), "golden")
+
+
+def assert_golden(name, text):
+    """Compare ``text`` with ``tests/golden/<name>`` (``VLPROMPT_UPDATE_GOLDEN=1`` rewrites it)."""
+    path = osp.join(GOLDEN, name)
+    if os.environ.get("VLPROMPT_UPDATE_GOLDEN"):
+        os.makedirs(GOLDEN, exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)
+    with open(path) as f:
+        assert text == f.read(), f"{name} differs from the golden file (VLPROMPT_UPDATE_GOLDEN=1 to regenerate)"
+
+
+def small_resnet_clip():
+    """A small open_clip CLIP with a ModifiedResNet image tower (RN50's architecture family),
+    built from a fixed seed without disturbing the caller's RNG."""
+    import open_clip
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return open_clip.model.CLIP(
+            embed_dim=40,
+            quick_gelu=True,
+            vision_cfg=dict(image_size=224, layers=(1, 1, 1, 1), width=8, head_width=32),
+            text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=2, mlp_ratio=2.0),
+        ).eval()

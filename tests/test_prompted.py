@@ -6,6 +6,7 @@ import warnings
 import pytest
 import torch
 
+from tests.helpers import small_resnet_clip
 from vlprompt.clip import (
     ClassPromptLearner,
     Precision,
@@ -34,19 +35,6 @@ def tiny():
 def images():
     g = torch.Generator().manual_seed(0)
     return torch.randn(2, 3, 224, 224, generator=g)
-
-
-def small_resnet_clip():
-    """A small open_clip CLIP with a ModifiedResNet image tower (RN50's architecture family)."""
-    import open_clip
-
-    torch.manual_seed(0)
-    return open_clip.model.CLIP(
-        embed_dim=40,
-        quick_gelu=True,
-        vision_cfg=dict(image_size=224, layers=(1, 1, 1, 1), width=8, head_width=32),
-        text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=2, mlp_ratio=2.0),
-    ).eval()
 
 
 def capture_block_io(blocks):

@@ -15,9 +15,9 @@ from vlprompt.results.cli import main as results_main
 from vlprompt.results.render import runs_csv, to_csv, to_latex, to_markdown
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-GOLDEN = osp.join(ROOT, "tests", "golden")
 sys.path.insert(0, ROOT)
 import parse_test_res  # noqa: E402
+from tests.helpers import assert_golden
 
 CLASS = {"dtd": "DescribableTextures", "eurosat": "EuroSAT", "imagenet": "ImageNet", "imagenet_a": "ImageNetA",
          "oxford_pets": "OxfordPets"}
@@ -75,16 +75,6 @@ def fabricate(out):
                          config_name=m)
         write_result(out, f"few_shot/dtd/ZeroshotCLIP/vit_b16/shots_0/seed{s}", "ZeroshotCLIP", "dtd", s, 44.0,
                      shots=-1, phase="eval", config_name="vit_b16")
-
-
-def _golden(name, text):
-    path = osp.join(GOLDEN, name)
-    if os.environ.get("VLPROMPT_UPDATE_GOLDEN"):
-        os.makedirs(GOLDEN, exist_ok=True)
-        with open(path, "w") as f:
-            f.write(text)
-    with open(path) as f:
-        assert text == f.read(), f"{name} differs from the golden file (VLPROMPT_UPDATE_GOLDEN=1 to regenerate)"
 
 
 def _tables(out, **kw):
@@ -195,19 +185,19 @@ def test_recipe_family_rows(tmp_path):
 
 
 # --------------------------------------------------------------------------- golden tables
-def test_tables_golden(tmp_path):
+def test_tablesassert_golden(tmp_path):
     out = str(tmp_path / "output")
     fabricate(out)
     ts = _tables(out, published="matched")
-    _golden("results_base2new.md", to_markdown(ts["base2new"]))
-    _golden("results_base2new.csv", to_csv(ts["base2new"]))
-    _golden("results_base2new.tex", to_latex(ts["base2new"]))
-    _golden("results_cross_dataset.md", to_markdown(ts["cross_dataset"]))
-    _golden("results_domain_generalization.md", to_markdown(ts["domain_generalization"]))
-    _golden("results_few_shot_average.md", to_markdown(ts["few_shot_average"]))
-    _golden("results_few_shot_1shots.csv", to_csv(ts["few_shot_1shots"]))
+    assert_golden("results_base2new.md", to_markdown(ts["base2new"]))
+    assert_golden("results_base2new.csv", to_csv(ts["base2new"]))
+    assert_golden("results_base2new.tex", to_latex(ts["base2new"]))
+    assert_golden("results_cross_dataset.md", to_markdown(ts["cross_dataset"]))
+    assert_golden("results_domain_generalization.md", to_markdown(ts["domain_generalization"]))
+    assert_golden("results_few_shot_average.md", to_markdown(ts["few_shot_average"]))
+    assert_golden("results_few_shot_1shots.csv", to_csv(ts["few_shot_1shots"]))
     records, _ = collect(out)
-    _golden("results_runs.csv", runs_csv(records).replace(out, "OUT"))
+    assert_golden("results_runs.csv", runs_csv(records).replace(out, "OUT"))
 
 
 def test_results_cli_writes_files(tmp_path, capsys):

@@ -18,8 +18,8 @@ from vlprompt.sweep import DATASETS_11, DG_TARGETS, Runner, SweepError, cpu_slot
 from vlprompt.sweep.cli import grid_variants, main as sweep_main
 from vlprompt.sweep.protocols import family_config, parse_method, read_max_epoch, route_datasets
 from vlprompt.sweep.slurm import SlurmOptions, submit, write_slurm
+from tests.helpers import assert_golden
 
-GOLDEN = osp.join(osp.dirname(osp.abspath(__file__)), "golden")
 
 CONFIGS = {
     "MaPLe/vit_b16_c2_ep5_batch4_2ctx": 5,
@@ -57,16 +57,6 @@ def _fmt_plan(runs, out):
     return "\n".join(lines) + "\n"
 
 
-def _golden(name, text):
-    path = osp.join(GOLDEN, name)
-    if os.environ.get("VLPROMPT_UPDATE_GOLDEN"):
-        os.makedirs(GOLDEN, exist_ok=True)
-        with open(path, "w") as f:
-            f.write(text)
-    with open(path) as f:
-        assert text == f.read(), f"{name} differs from the golden file (VLPROMPT_UPDATE_GOLDEN=1 to regenerate)"
-
-
 # --------------------------------------------------------------------------- expansion
 def test_base2new_expansion_exact(repo, tmp_path):
     out = str(tmp_path / "out")
@@ -94,7 +84,7 @@ def test_base2new_expansion_exact(repo, tmp_path):
         "DATASET.NUM_SHOTS", "16", "DATASET.SUBSAMPLE_CLASSES", "new",
     ]
     assert test.depends_on == train.output_dir and train.depends_on is None
-    _golden("plan_base2new.txt", _fmt_plan(runs, out))
+    assert_golden("plan_base2new.txt", _fmt_plan(runs, out))
 
 
 def test_transfer_expansion_exact(repo, tmp_path):
@@ -111,10 +101,10 @@ def test_transfer_expansion_exact(repo, tmp_path):
         assert "DATASET.NUM_SHOTS" not in args  # full test split of the target
         assert args[args.index("--load-epoch") + 1] == "2" and "--eval-only" in args
         assert t.depends_on == runs[0].output_dir
-    _golden("plan_cross_dataset.txt", _fmt_plan(runs, out))
+    assert_golden("plan_cross_dataset.txt", _fmt_plan(runs, out))
     dg = expand("MaPLe", "domain_generalization", None, [1], output_root=out, root=repo)
     assert [r.dataset for r in dg] == ["imagenet"] + list(DG_TARGETS)
-    _golden("plan_domain_generalization.txt", _fmt_plan(dg, out))
+    assert_golden("plan_domain_generalization.txt", _fmt_plan(dg, out))
     # the default cross-dataset targets: the 10 others
     xd = expand("MaPLe", "cross_dataset", None, [1], output_root=out, root=repo)
     assert [r.dataset for r in xd[1:]] == [d for d in DATASETS_11 if d != "imagenet"]
@@ -132,7 +122,7 @@ def test_few_shot_expansion_and_coop_recipe(repo, tmp_path):
         ("few_shot/imagenet/CoOp/vit_b16_ep50/shots_16/seed1", ["DATASET.NUM_SHOTS", "16"]),
     ]
     assert all(r.phase == "train" and r.depends_on is None for r in runs)
-    _golden("plan_few_shot.txt", _fmt_plan(runs, out))
+    assert_golden("plan_few_shot.txt", _fmt_plan(runs, out))
     # CoOp base2new: ImageNet trains with the 50-epoch config, and its test loads epoch 50
     b2n = expand("CoOp", "base2new", ["imagenet", "dtd"], [1], output_root=out, root=repo)
     assert b2n[0].config == "vit_b16_ep50_ctxv1" and b2n[1].load_epoch == 50

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 import trainers  # noqa: F401  (registers the trainers and their config nodes)
-from tests.helpers import make_cfg, make_image_folder
+from tests.helpers import make_cfg, make_image_folder, small_resnet_clip
 from trainers.cocoop import CoCoOpCLIP
 from trainers.coop import CoOpCLIP
 from trainers.ivlp import IVLPCLIP
@@ -232,18 +232,6 @@ def test_text_features_computed_once_per_evaluation(tiny, images):
         third = model(images)
         model(images)
     assert len(calls) == 3 and not torch.allclose(third, first)
-
-
-def small_resnet_clip():
-    import open_clip
-
-    torch.manual_seed(0)
-    return open_clip.model.CLIP(
-        embed_dim=40,
-        quick_gelu=True,
-        vision_cfg=dict(image_size=224, layers=(1, 1, 1, 1), width=8, head_width=32),
-        text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=2, mlp_ratio=2.0),
-    ).eval()
 
 
 def test_bad_inputs_raise_clear_errors(tiny, images):
