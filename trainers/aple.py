@@ -248,6 +248,14 @@ class APLeCLIP(PromptedCLIP):
 class APLe(ClipPromptTrainer):
     """APLe: decoupled text/vision prompts trained token-wise, with an image adapter and a zero-shot teacher."""
 
+    RECIPES = {
+        "base2new": {"config": "vit_b16_c2_ep5_batch4_2ctx"},
+        "cross_dataset": {"config": "vit_b16_c2_ep5_batch4_2ctx_cross_datasets"},
+        "domain_generalization": {"config": "vit_b16_c2_ep5_batch4_2ctx_cross_datasets"},
+        "few_shot": {"config": "vit_b16_c2_ep5_batch4_2ctx_fewshot"},
+    }
+    TABLE_ORDER = 90
+
     CFG_NODE = "APLE"
     MODEL_NAME = "MultiModalPromptLearner"
 

@@ -116,6 +116,14 @@ class CoCoOpCLIP(PromptedCLIP):
 class CoCoOp(ClipPromptTrainer):
     """Conditional Context Optimization (CoCoOp)."""
 
+    RECIPES = {
+        "base2new": {"config": "vit_b16_c4_ep10_batch1_ctxv1"},
+        "cross_dataset": {"config": "vit_b16_c4_ep10_batch1_ctxv1"},
+        "domain_generalization": {"config": "vit_b16_c4_ep10_batch1_ctxv1"},
+        "few_shot": {"config": "vit_b16_c4_ep10_batch1_ctxv1"},
+    }
+    TABLE_ORDER = 40
+
     CFG_NODE = "COCOOP"
     MODEL_NAME = "prompt_learner"
 

@@ -103,6 +103,14 @@ class CoOpCLIP(PromptedCLIP):
 class CoOp(ClipPromptTrainer):
     """Context Optimization (CoOp)."""
 
+    RECIPES = {
+        "base2new": {"config": "vit_b16_ctxv1", "per_dataset": {"imagenet": "vit_b16_ep50_ctxv1"}},
+        "cross_dataset": {"config": "vit_b16_ep50_ctxv1"},
+        "domain_generalization": {"config": "vit_b16_ep50_ctxv1"},
+        "few_shot": {"config": "vit_b16", "per_shots": {"1": "vit_b16_ep50", "2": "vit_b16_ep100", "4": "vit_b16_ep100"}, "per_dataset": {"imagenet": "vit_b16_ep50"}},
+    }
+    TABLE_ORDER = 30
+
     CFG_NODE = "COOP"
     MODEL_NAME = "prompt_learner"
     LOG_ACC = True

@@ -134,6 +134,14 @@ class IVLPCLIP(PromptedCLIP):
 class IVLP(ClipPromptTrainer):
     """Independent Vision-Language Prompting (and deep language prompting)."""
 
+    RECIPES = {
+        "base2new": {"config": "vit_b16_c2_ep5_batch4_2+2ctx"},
+        "cross_dataset": {"config": "vit_b16_c2_ep5_batch4_2+2ctx"},
+        "domain_generalization": {"config": "vit_b16_c2_ep5_batch4_2+2ctx"},
+        "few_shot": {"config": "vit_b16_c2_ep5_batch4_2+2ctx"},
+    }
+    TABLE_ORDER = 60
+
     CFG_NODE = "IVLP"
     MODEL_NAME = "VLPromptLearner"
 

@@ -100,6 +100,14 @@ class MaPLeCLIP(PromptedCLIP):
 class MaPLe(ClipPromptTrainer):
     """Multi-modal Prompt Learning (MaPLe)."""
 
+    RECIPES = {
+        "base2new": {"config": "vit_b16_c2_ep5_batch4_2ctx"},
+        "cross_dataset": {"config": "vit_b16_c2_ep5_batch4_2ctx_cross_datasets"},
+        "domain_generalization": {"config": "vit_b16_c2_ep5_batch4_2ctx_cross_datasets"},
+        "few_shot": {"config": "vit_b16_c2_ep5_batch4_2ctx"},
+    }
+    TABLE_ORDER = 70
+
     CFG_NODE = "MAPLE"
     MODEL_NAME = "MultiModalPromptLearner"
 

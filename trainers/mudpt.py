@@ -365,6 +365,14 @@ class MuDPT(ClipPromptTrainer):
     ``TRAINER.MUDPT.UNIDIRECTIONAL True`` gives UMuDPT from the same code.
     """
 
+    RECIPES = {
+        "base2new": {"config": "vit_b16_bz4_ep10_nctx4_depth9"},
+        "cross_dataset": {"config": "vit_b16_bz4_ep10_nctx4_depth9_cross_datasets"},
+        "domain_generalization": {"config": "vit_b16_bz4_ep10_nctx4_depth9_cross_datasets"},
+        "few_shot": {"config": "vit_b16_bz4_ep10_nctx4_depth9"},
+    }
+    TABLE_ORDER = 80
+
     CFG_NODE = "MUDPT"
     MODEL_NAME = "MultimodalDeepPromptTuning"
     LOG_ACC = True  # the official MuDPT trainer logs training accuracy
@@ -417,6 +425,12 @@ class UMuDPT(MuDPT):
     text-to-vision Injection Model; the vision prompts are ``I_tv(stack[P_t])`` only. Same code as
     ``MuDPT`` with ``UNIDIRECTIONAL True``; checkpoints under ``UnifiedMultimodalDeepPromptTuning/``
     (official name)."""
+
+    RECIPES = {
+        "base2new": {"config": "vit_b16_bz4_ep5_nctx2_depth9"},
+        "few_shot": {"config": "vit_b16_bz4_ep5_nctx2_depth9"},
+    }
+    TABLE_ORDER = 85
 
     CFG_NODE = "UMUDPT"
     MODEL_NAME = "UnifiedMultimodalDeepPromptTuning"

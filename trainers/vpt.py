@@ -91,6 +91,14 @@ class VPTCLIP(PromptedCLIP):
 class VPT(ClipPromptTrainer):
     """Deep vision prompt tuning with fixed hand-crafted text prompts."""
 
+    RECIPES = {
+        "base2new": {"config": "vit_b16_c2_ep5_batch4_4"},
+        "cross_dataset": {"config": "vit_b16_c2_ep5_batch4_4"},
+        "domain_generalization": {"config": "vit_b16_c2_ep5_batch4_4"},
+        "few_shot": {"config": "vit_b16_c2_ep5_batch4_4"},
+    }
+    TABLE_ORDER = 50
+
     CFG_NODE = "VPT"
     MODEL_NAME = "prompt_learner"
 

@@ -27,6 +27,17 @@ def _maybe_half(clip_model, cfg, device):
 
 @TRAINER_REGISTRY.register()
 class ZeroshotCLIP(TrainerX):
+    """Zero-shot CLIP with the dataset's hand-crafted template (CoOp's ``CUSTOM_TEMPLATES``)."""
+
+    RECIPES = {
+        "base2new": {"config": "CoOp/vit_b16"},
+        "cross_dataset": {"config": "CoOp/vit_b16"},
+        "domain_generalization": {"config": "CoOp/vit_b16"},
+        "few_shot": {"config": "CoOp/vit_b16"},
+    }
+    TABLE_ORDER = 10
+    EVAL_ONLY = True
+
     def templates(self):
         return [get_template(self.cfg.DATASET.NAME)]
 
@@ -55,6 +66,14 @@ class ZeroshotCLIP(TrainerX):
 @TRAINER_REGISTRY.register()
 class ZeroshotCLIP2(ZeroshotCLIP):
     """Prompt ensembling (CLIP's 7 selected templates + the dataset template)."""
+
+    RECIPES = {
+        "base2new": {"config": "CoOp/vit_b16"},
+        "cross_dataset": {"config": "CoOp/vit_b16"},
+        "domain_generalization": {"config": "CoOp/vit_b16"},
+        "few_shot": {"config": "CoOp/vit_b16"},
+    }
+    TABLE_ORDER = 20
 
     def templates(self):
         templates = list(IMAGENET_TEMPLATES_SELECT)
