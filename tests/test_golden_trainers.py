@@ -1,0 +1,98 @@
+"""Pinned numbers of every registered trainer on the tiny random backbone (fp32, CPU).
+
+For each trainer with recipes: the logits of a fixed batch before training, the loss summary of one
+training step on a fixed batch, and the parameter update of that step, compared with
+``tests/golden/trainer_pins.json`` (``VLPROMPT_UPDATE_GOLDEN=1`` rewrites it). Refactors of the engine
+or the shared blocks must keep these numbers (rtol/atol 1e-6; bit for bit where the order of operations
+is unchanged).
+"""
+import json
+import os
+import os.path as osp
+
+import pytest
+import torch
+
+from tests.helpers import GOLDEN, make_cfg, make_image_folder
+from vlprompt.engine import build_trainer
+from vlprompt.engine.methods import load_plugins, method_specs
+from vlprompt.utils import restore_stdout
+
+load_plugins()
+SPECS = {s.name: s for s in method_specs()}
+PINS = osp.join(GOLDEN, "trainer_pins.json")
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gold")
+    make_image_folder(str(root / "five"), n_classes=5, n_per_class=4)
+    return root
+
+
+def _fixed_batch():
+    g = torch.Generator().manual_seed(0)
+    img = torch.randn(4, 3, 224, 224, generator=g)
+    return {"img": img, "label": torch.tensor([0, 1, 2, 3]), "domain": torch.zeros(4, dtype=torch.long),
+            "impath": [""] * 4, "index": torch.arange(4)}
+
+
+def _pins_of(name, data_root, out):
+    spec = SPECS[name]
+    opts = []
+    if spec.cfg_node:
+        opts = [f"TRAINER.{spec.cfg_node}.PREC", "fp32"]
+    cfg = make_cfg(data_root, trainer=name, folder="five", output_dir=str(out), opts=opts)
+    cfg.OPTIM.MAX_EPOCH = 1
+    cfg.freeze()
+    torch.manual_seed(0)
+    try:
+        trainer = build_trainer(cfg)
+    finally:
+        restore_stdout()
+    batch = _fixed_batch()
+    trainer.set_model_mode("eval")
+    with torch.no_grad():
+        logits = trainer.model_inference(batch["img"]).float()
+    pins = {"logits": logits.flatten().tolist()}
+    if spec.eval_only:
+        return pins
+    before = {n: p.detach().clone() for m in trainer.get_model_names()
+              for n, p in trainer._models[m].named_parameters() if p.requires_grad}
+    trainer.set_model_mode("train")
+    trainer.epoch, trainer.batch_idx, trainer.num_batches = 0, 0, 2
+    torch.manual_seed(1)
+    summary = trainer.forward_backward(batch)
+    after = {n: p.detach() for m in trainer.get_model_names()
+             for n, p in trainer._models[m].named_parameters() if p.requires_grad}
+    pins["summary"] = {k: float(v) for k, v in summary.items()}
+    pins["update"] = {n: [float((after[n] - before[n]).abs().sum()), float((after[n] - before[n]).flatten()[0])]
+                      for n in sorted(before)}
+    return pins
+
+
+def _close(a, b, path):
+    if isinstance(a, dict):
+        assert sorted(a) == sorted(b), f"{path}: keys {sorted(a)} != {sorted(b)}"
+        for k in a:
+            _close(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), f"{path}: length {len(a)} != {len(b)}"
+        ta, tb = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
+        assert torch.allclose(ta, tb, rtol=1e-6, atol=1e-6), f"{path}: max diff {(ta - tb).abs().max().item():.3g}"
+    else:
+        assert abs(a - b) <= 1e-6 + 1e-6 * abs(b), f"{path}: {a} != {b}"
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_trainer_numbers_are_pinned(name, data_root, tmp_path):
+    got = _pins_of(name, data_root, tmp_path / "out")
+    stored = json.load(open(PINS)) if osp.exists(PINS) else {}
+    if os.environ.get("VLPROMPT_UPDATE_GOLDEN"):
+        stored[name] = got
+        tmp = PINS + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(stored, f, indent=1, sort_keys=True)
+        os.replace(tmp, PINS)
+    assert name in stored, f"no pinned numbers for {name} in {PINS} (VLPROMPT_UPDATE_GOLDEN=1 to add them)"
+    _close(got, stored[name], name)
