@@ -1,6 +1,6 @@
 """APLe: Token-wise Adaptive for Multi-modal Prompt Learning (arXiv 2401.06827), on the vlprompt engine.
 
-``specs/methods.md`` §5; the project's decisions are in ``DESIGN.md`` and ``docs/METHODS.md`` (## APLe).
+The method, its sources and the project's decisions (what was reconstructed): docs/METHODS.md (## APLe).
 
 **Prompts** (decoupled, no coupling layers; MaPLe's insertion rules, ``N = N_CTX``, ``J = PROMPT_DEPTH``):
 
@@ -50,9 +50,9 @@ reused with gradient by step 3. Per batch: 2 text and 2 image forwards, 2 backwa
 each encoder, 1 teacher image forward (the naive schedule needs 3 + 3 forwards and backwards).
 
 **Checkpoints** (``MultiModalPromptLearner/``): the learned prompts only (class-derived buffers are
-non-persistent; no frozen CLIP, no teacher features), the vision optimiser/scheduler in the regular
-slots and the text optimiser/scheduler under ``extra``; a resume restores both. Loading onto another
-class list (base -> novel, ImageNet -> other datasets) rebuilds the class-derived buffers.
+non-persistent; no frozen CLIP, no teacher features); the engine saves and resumes both named optimisers
+("vision" in Dassl's slots, "text" under ``optimizers``). Loading onto another class list (base ->
+novel, ImageNet -> other datasets) rebuilds the class-derived buffers.
 """
 import torch
 import torch.nn as nn
@@ -60,20 +60,19 @@ import torch.nn.functional as F
 
 from vlprompt.clip import (
     ClassPromptLearner,
-    PromptedCLIP,
-    PromptedVisionEncoder,
-    check_prompt_config,
-    encode_class_texts,
+    DeepPromptedCLIP,
+    ZeroShotHead,
     get_template,
     init_text_context,
     model_dims,
+    prompt_geometry,
     random_deep_prompts,
     random_prompt,
 )
 from vlprompt.clip.adapters import ADAPTER_MODES, FrequencyAdapter
-from vlprompt.config import register_cfg_extension
+from vlprompt.config import ConfigError
 from vlprompt.engine import TRAINER_REGISTRY
-from vlprompt.engine.clip_trainer import ClipPromptTrainer, add_trainer_cfg
+from vlprompt.engine.clip_trainer import ClipPromptTrainer
 from vlprompt.optim import build_lr_scheduler, build_optimizer
 
 STAGES = ("text", "vision", "joint")
@@ -81,32 +80,6 @@ STAGES = ("text", "vision", "joint")
 STAGE_UPDATES = {"text": ("text",), "vision": ("vision",), "joint": ("text", "vision")}
 STAGE_SCHEDULES = ("iteration", "epoch")
 TEXT_LR_SCHEDULES = ("same_as_vision", "constant")
-
-
-@register_cfg_extension
-def extend_cfg_aple(cfg):
-    add_trainer_cfg(
-        cfg,
-        "APLE",
-        dict(
-            N_CTX=2,
-            CTX_INIT="a photo of a",
-            PREC="fp16",
-            PROMPT_DEPTH=9,
-            ADAPTER="paper",
-            ADAPTER_SIGMA=0.05,
-            ADAPTER_ALPHA=0.9,
-            LAMBDA_TEXT=0.5,
-            LAMBDA_VISION=0.4,
-            LAMBDA_JOINT=0.0,
-            KD_TEMPERATURE=1.0,
-            STAGE_ORDER=("text", "vision", "joint"),
-            STAGE_SCHEDULE="iteration",
-            STAGE_EPOCHS=(),
-            TEXT_LR_SCHEDULE="same_as_vision",
-            TEACHER_TEMPLATE="",
-        ),
-    )
 
 
 def kd_loss(student_logits, teacher_probs, temperature=1.0):
@@ -153,19 +126,15 @@ class MultiModalPromptLearner(ClassPromptLearner):
     ``vision_prompts()`` -> ``(vision_ctx (N, d_v), deep_vision [J-1 x (N, d_v)])``.
     """
 
-    def __init__(self, mcfg, classnames, clip_model, dims):
-        n_ctx = int(mcfg.N_CTX)
-        if n_ctx < 1:
-            raise ValueError(f"TRAINER.APLE.N_CTX must be >= 1, got {n_ctx}")
-        n_layers = min(dims["text_layers"], dims["vision_layers"])
-        n_ctx, depth = check_prompt_config(n_ctx, mcfg.PROMPT_DEPTH, n_layers, "TRAINER.APLE.PROMPT_DEPTH",
-                                           allow_zero_depth=False)
-        init = init_text_context(clip_model, n_ctx, mcfg.CTX_INIT, rule="maple", where="TRAINER.APLE.N_CTX")
+    def __init__(self, clip_model, classnames, n_ctx=2, depth=9, ctx_init="a photo of a"):
+        n_ctx, depth = prompt_geometry(clip_model, n_ctx, depth)
+        init = init_text_context(clip_model, n_ctx, ctx_init, rule="maple")
         super().__init__(clip_model, classnames, init.prefix, init.n_ctx)
         print("APLe design: decoupled multi-modal prompts (no coupling layers)")
         print(f'Initial context: "{init.prefix}"')
         print(f"Number of APLe context words (tokens): {n_ctx}; prompt depth: {depth}")
         self.depth = depth
+        dims = model_dims(clip_model)
         d_t, d_v = dims["d_text"], dims["d_vision"]
         self.compound_prompts_text_ctx = nn.Parameter(init.vectors)
         self.compound_prompts_text = random_deep_prompts(depth - 1, n_ctx, d_t)
@@ -185,63 +154,31 @@ class MultiModalPromptLearner(ClassPromptLearner):
         return self.compound_prompts_vision_shareI, list(self.compound_prompts_vision)
 
 
-class APLeCLIP(PromptedCLIP):
-    """Frozen CLIP + APLe prompts + image adapter + zero-shot teacher; ``forward(image)`` -> logits."""
+class APLeCLIP(DeepPromptedCLIP):
+    """Frozen CLIP + APLe prompts + image adapter + zero-shot teacher; ``forward(image)`` -> logits.
 
-    def __init__(self, mcfg, classnames, clip_model, dataset_name=""):
-        dims = model_dims(clip_model)
-        if not dims["is_vit"]:
-            raise ValueError("APLe prompts the image tower: it needs a ViT backbone (e.g. ViT-B/16), not a ResNet")
-        n = int(mcfg.N_CTX)
-        if n < 1:
-            raise ValueError(f"TRAINER.APLE.N_CTX must be >= 1, got {n}")
-        n, j = check_prompt_config(n, mcfg.PROMPT_DEPTH, min(dims["text_layers"], dims["vision_layers"]),
-                                   "TRAINER.APLE.PROMPT_DEPTH", allow_zero_depth=False)
-        super().__init__(clip_model, text_prompts=(n, j), vision_prompts=(n, j))
-        self.prompt_learner = MultiModalPromptLearner(mcfg, classnames, clip_model, dims)
-        self.adapter = FrequencyAdapter(sigma=mcfg.ADAPTER_SIGMA, alpha=mcfg.ADAPTER_ALPHA, mode=mcfg.ADAPTER)
-        # the teacher's image tower: the same frozen modules, no prompts
-        self.teacher_image_encoder = PromptedVisionEncoder(clip_model, 0, 0)
-        object.__setattr__(self, "_clip_model", clip_model)  # referenced, not registered
-        self.teacher_template = mcfg.TEACHER_TEMPLATE or get_template(dataset_name, family="aple")
-        if "{}" not in self.teacher_template:
-            raise ValueError(f'TRAINER.APLE.TEACHER_TEMPLATE must contain "{{}}", got "{self.teacher_template}"')
-        self.register_buffer("zs_text_features", None, persistent=False)
+    ``teacher_template``: the teacher's template (with ``{}``); the teacher shares the frozen CLIP.
+    """
 
-    # ---- student ----------------------------------------------------------------------------
-
-    def text_features(self):
-        prompts, deep_text = self.prompt_learner.text_prompts()
-        return self.text_encoder(prompts, self.prompt_learner.eot_idx, deep_text)
-
-    def image_features(self, adapted_image):
-        """Prompted image features of an image that already went through :attr:`adapter`."""
-        ctx, deep_vision = self.prompt_learner.vision_prompts()
-        return self.image_encoder(adapted_image, ctx, deep_vision)
+    def __init__(self, clip_model, classnames, n_ctx=2, depth=9, ctx_init="a photo of a", adapter="paper",
+                 adapter_sigma=0.05, adapter_alpha=0.9, teacher_template="a photo of a {}."):
+        learner = MultiModalPromptLearner(clip_model, classnames, n_ctx=n_ctx, depth=depth, ctx_init=ctx_init)
+        geometry = (learner.n_ctx, learner.depth)
+        super().__init__(clip_model, learner, text=geometry, vision=geometry)
+        self.adapter = FrequencyAdapter(sigma=adapter_sigma, alpha=adapter_alpha, mode=adapter)
+        self.teacher = ZeroShotHead(clip_model, classnames, teacher_template)
+        self.teacher_template = teacher_template
 
     def forward(self, image):
-        text = self.cached_text_features(self.text_features)
-        return self.logits(self.image_features(self.adapter(image)), text)
+        return self.logits(self.image_features(self.adapter(image)), self.class_text_features())
 
-    # ---- teacher ----------------------------------------------------------------------------
-
-    @torch.no_grad()
-    def teacher_text_features(self):
-        """Zero-shot text features (K, d_e) of the current class list (computed once, not saved)."""
-        if self.zs_text_features is None:
-            self.zs_text_features = encode_class_texts(
-                self._clip_model, self.prompt_learner.classnames, self.teacher_template
-            )
-        return self.zs_text_features
-
-    @torch.no_grad()
     def teacher_logits(self, image):
         """Zero-shot CLIP logits of the *un-adapted* image."""
-        return self.logits(self.teacher_image_encoder(image), self.teacher_text_features())
+        return self.teacher.logits(image)
 
     def set_classnames(self, classnames):
         super().set_classnames(classnames)
-        self.zs_text_features = None
+        self.teacher.set_classnames(classnames)
 
 
 @TRAINER_REGISTRY.register()
@@ -257,6 +194,26 @@ class APLe(ClipPromptTrainer):
     TABLE_ORDER = 90
 
     CFG_NODE = "APLE"
+    CFG_DEFAULTS = dict(
+        N_CTX=2,
+        CTX_INIT="a photo of a",
+        PREC="fp16",
+        PROMPT_DEPTH=9,
+        ADAPTER="paper",
+        ADAPTER_SIGMA=0.05,
+        ADAPTER_ALPHA=0.9,
+        LAMBDA_TEXT=0.5,
+        LAMBDA_VISION=0.4,
+        LAMBDA_JOINT=0.0,
+        KD_TEMPERATURE=1.0,
+        STAGE_ORDER=("text", "vision", "joint"),
+        STAGE_SCHEDULE="iteration",
+        STAGE_EPOCHS=(),
+        TEXT_LR_SCHEDULE="same_as_vision",
+        TEACHER_TEMPLATE="",
+    )
+    CFG_ARGS = {"n_ctx": "N_CTX", "depth": "PROMPT_DEPTH", "ctx_init": "CTX_INIT", "mode": "ADAPTER",
+                "sigma": "ADAPTER_SIGMA", "alpha": "ADAPTER_ALPHA", "templates": "TEACHER_TEMPLATE"}
     MODEL_NAME = "MultiModalPromptLearner"
 
     # ---- config -----------------------------------------------------------------------------
@@ -265,43 +222,44 @@ class APLe(ClipPromptTrainer):
         super().check_cfg(cfg)
         m = cfg.TRAINER.APLE
         if m.ADAPTER not in ADAPTER_MODES:
-            raise ValueError(f"TRAINER.APLE.ADAPTER must be one of {ADAPTER_MODES}, got '{m.ADAPTER}'")
+            raise ConfigError(f"TRAINER.APLE.ADAPTER must be one of {ADAPTER_MODES}, got '{m.ADAPTER}'")
         if m.TEXT_LR_SCHEDULE not in TEXT_LR_SCHEDULES:
-            raise ValueError(
+            raise ConfigError(
                 f"TRAINER.APLE.TEXT_LR_SCHEDULE must be one of {TEXT_LR_SCHEDULES}, got '{m.TEXT_LR_SCHEDULE}'"
             )
         if m.STAGE_SCHEDULE not in STAGE_SCHEDULES:
-            raise ValueError(f"TRAINER.APLE.STAGE_SCHEDULE must be one of {STAGE_SCHEDULES}, got '{m.STAGE_SCHEDULE}'")
+            raise ConfigError(f"TRAINER.APLE.STAGE_SCHEDULE must be one of {STAGE_SCHEDULES}, got '{m.STAGE_SCHEDULE}'")
         order = list(m.STAGE_ORDER)
         if not order or any(s not in STAGES for s in order):
-            raise ValueError(f"TRAINER.APLE.STAGE_ORDER must be a non-empty list of {STAGES}, got {tuple(order)}")
+            raise ConfigError(f"TRAINER.APLE.STAGE_ORDER must be a non-empty list of {STAGES}, got {tuple(order)}")
         for key in ("LAMBDA_TEXT", "LAMBDA_VISION", "LAMBDA_JOINT"):
             if float(m[key]) < 0:
-                raise ValueError(f"TRAINER.APLE.{key} must be >= 0, got {m[key]}")
+                raise ConfigError(f"TRAINER.APLE.{key} must be >= 0, got {m[key]}")
         if not float(m.KD_TEMPERATURE) > 0:
-            raise ValueError(f"TRAINER.APLE.KD_TEMPERATURE must be > 0, got {m.KD_TEMPERATURE}")
+            raise ConfigError(f"TRAINER.APLE.KD_TEMPERATURE must be > 0, got {m.KD_TEMPERATURE}")
         if m.STAGE_SCHEDULE == "epoch":
             stage_epochs(order, int(cfg.OPTIM.MAX_EPOCH), tuple(m.STAGE_EPOCHS))
         elif tuple(m.STAGE_EPOCHS):
-            raise ValueError("TRAINER.APLE.STAGE_EPOCHS is only used with STAGE_SCHEDULE epoch")
+            raise ConfigError("TRAINER.APLE.STAGE_EPOCHS is only used with STAGE_SCHEDULE epoch")
 
     # ---- model and optimisers -----------------------------------------------------------------
 
-    def build_custom_clip(self, cfg, classnames, clip_model):
-        return APLeCLIP(cfg.TRAINER.APLE, classnames, clip_model, dataset_name=cfg.DATASET.NAME)
+    @classmethod
+    def build_custom_clip(cls, cfg, classnames, clip_model):
+        m = cfg.TRAINER.APLE
+        return APLeCLIP(clip_model, classnames, n_ctx=m.N_CTX, depth=m.PROMPT_DEPTH, ctx_init=m.CTX_INIT,
+                        adapter=m.ADAPTER, adapter_sigma=m.ADAPTER_SIGMA, adapter_alpha=m.ADAPTER_ALPHA,
+                        teacher_template=m.TEACHER_TEMPLATE or get_template(cfg.DATASET.NAME, family="aple"))
 
     def build_optimizers(self, learnable):
-        # Two optimisers. The vision one takes the registered slots (checkpoint "optimizer"/"scheduler",
-        # the LR shown in the log); the text one travels in the checkpoint's "extra" state.
-        cfg, m = self.cfg, self.cfg.TRAINER.APLE
-        self.optim_vision = build_optimizer(learnable.vision_parameters(), cfg.OPTIM)
-        self.sched_vision = build_lr_scheduler(self.optim_vision, cfg.OPTIM)
-        self.optim_text = build_optimizer(learnable.text_parameters(), cfg.OPTIM)
-        self.sched_text = None
-        if m.TEXT_LR_SCHEDULE == "same_as_vision":
-            self.sched_text = build_lr_scheduler(self.optim_text, cfg.OPTIM)
-        self.stage_optims = {"text": self.optim_text, "vision": self.optim_vision}
-        return self.optim_vision, self.sched_vision
+        # Two named optimisers; "vision" is the first (Dassl's checkpoint slots, the LR shown in the log).
+        cfg = self.cfg
+        optim_vision = build_optimizer(learnable.vision_parameters(), cfg.OPTIM)
+        optim_text = build_optimizer(learnable.text_parameters(), cfg.OPTIM)
+        sched_text = None
+        if cfg.TRAINER.APLE.TEXT_LR_SCHEDULE == "same_as_vision":
+            sched_text = build_lr_scheduler(optim_text, cfg.OPTIM)
+        return {"vision": (optim_vision, build_lr_scheduler(optim_vision, cfg.OPTIM)), "text": (optim_text, sched_text)}
 
     def build_model(self):
         super().build_model()
@@ -329,11 +287,6 @@ class APLe(ClipPromptTrainer):
             print(f"Token-wise schedule per epoch: {desc}; epochs: {self.epoch_stages}")
         print(f"Text LR schedule: {m.TEXT_LR_SCHEDULE}")
 
-    def update_lr(self, names=None):
-        super().update_lr(names)
-        if self.sched_text is not None and (names is None or self.MODEL_NAME in self.get_model_names(names)):
-            self.sched_text.step()
-
     # ---- training step --------------------------------------------------------------------------
 
     def stages_for_epoch(self, epoch):
@@ -343,10 +296,7 @@ class APLe(ClipPromptTrainer):
 
     def forward_backward(self, batch):
         image, label = self.parse_batch_train(batch)
-        summary = self.run_stages(image, label, self.stages_for_epoch(self.epoch))
-        if (self.batch_idx + 1) == self.num_batches:
-            self.update_lr()
-        return summary
+        return self.run_stages(image, label, self.stages_for_epoch(self.epoch))
 
     def run_stages(self, image, label, stages):
         """Run ``stages`` (e.g. ``["text", "vision", "joint"]``) on one batch; returns the loss summary.
@@ -388,67 +338,12 @@ class APLe(ClipPromptTrainer):
                     kd = kd_loss(logits, teacher_probs, self.kd_temperature)
                     loss = ce + self.lambdas[stage] * kd
                     summary[f"kd_{stage}"] = kd.item()
-            self.step_stage(loss, [self.stage_optims[mod] for mod in updates])
+            self.step(loss, optimizers=updates)
             for mod in updates:
                 feats[mod] = None  # those prompts changed
             summary["loss"] = ce.item()
         # "loss" last, as in the other trainers' log lines: "loss ... kd_text ... kd_vision ..." reads better
         return {"loss": summary.pop("loss"), **summary}
-
-    def step_stage(self, loss, optims):
-        """zero both optimisers, anomaly check, backward, step ``optims`` (GradScaler for amp), zero both."""
-        self.detect_anomaly(loss)
-        for opt in self.stage_optims.values():
-            opt.zero_grad(set_to_none=True)
-        scaler = getattr(self, "scaler", None)
-        if scaler is None:
-            loss.backward()
-            for opt in optims:
-                opt.step()
-        else:
-            scaler.scale(loss).backward()
-            for opt in optims:
-                scaler.step(opt)
-            scaler.update()
-        for opt in self.stage_optims.values():
-            opt.zero_grad(set_to_none=True)
-
-    # ---- checkpoints ----------------------------------------------------------------------------
-
-    def extra_checkpoint_state(self, name):
-        if name != self.MODEL_NAME:
-            return None
-        return {
-            "optim_text": self.optim_text.state_dict(),
-            "sched_text": self.sched_text.state_dict() if self.sched_text is not None else None,
-            "text_lr_schedule": self.cfg.TRAINER.APLE.TEXT_LR_SCHEDULE,
-        }
-
-    def load_extra_checkpoint_state(self, name, extra):
-        if name != self.MODEL_NAME:
-            return
-        saved = extra.get("text_lr_schedule")
-        current = self.cfg.TRAINER.APLE.TEXT_LR_SCHEDULE
-        if saved != current:
-            raise RuntimeError(
-                f"Cannot resume: the checkpoint was trained with TRAINER.APLE.TEXT_LR_SCHEDULE {saved}, "
-                f"this run uses {current}"
-            )
-        self.optim_text.load_state_dict(extra["optim_text"])
-        if self.sched_text is not None:
-            self.sched_text.load_state_dict(extra["sched_text"])
-        print("Loaded text optimizer" + (" and scheduler" if self.sched_text is not None else ""))
-        self._text_state_restored = True
-
-    def resume_model_if_exist(self, directory):
-        self._text_state_restored = False
-        start_epoch = super().resume_model_if_exist(directory)
-        if start_epoch > 0 and not self._text_state_restored:
-            raise RuntimeError(
-                f"Cannot resume from {directory}: its checkpoint holds no APLe text-optimiser state "
-                "(saved by another trainer or an older version); start a fresh run in another output directory"
-            )
-        return start_epoch
 
     def extra_results(self):
         out = dict(super().extra_results() or {})

@@ -18,16 +18,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vlprompt.clip import ClassPromptLearner, PromptedCLIP, init_text_context
-from vlprompt.config import register_cfg_extension
+from vlprompt.clip import ArgError, ClassPromptLearner, PromptedCLIP, init_text_context
 from vlprompt.engine import TRAINER_REGISTRY
-from vlprompt.engine.clip_trainer import ClipPromptTrainer, add_trainer_cfg
-
-
-@register_cfg_extension
-def extend_cfg_cocoop(cfg):
-    # CHUNK_SIZE (vlprompt): max (image, class) prompt sequences per text-encoder call; 0 = no limit.
-    add_trainer_cfg(cfg, "COCOOP", dict(N_CTX=16, CTX_INIT="", PREC="fp16", CHUNK_SIZE=2048))
+from vlprompt.engine.clip_trainer import ClipPromptTrainer
 
 
 class CoCoOpPromptLearner(ClassPromptLearner):
@@ -36,15 +29,15 @@ class CoCoOpPromptLearner(ClassPromptLearner):
     ``image_features``: (B, d_e), already L2-normalised.
     """
 
-    def __init__(self, mcfg, classnames, clip_model, d_embed):
-        init = init_text_context(clip_model, mcfg.N_CTX, mcfg.CTX_INIT, rule="coop", where="TRAINER.COCOOP.N_CTX")
+    def __init__(self, clip_model, classnames, d_embed, n_ctx=16, ctx_init=""):
+        init = init_text_context(clip_model, n_ctx, ctx_init, rule="coop")
         super().__init__(clip_model, classnames, init.prefix, init.n_ctx)
         print(f'Initial context: "{init.prefix}"')
         print(f"Number of context words (tokens): {init.n_ctx}")
         self.ctx = nn.Parameter(init.vectors)
         hidden = d_embed // 16
         if hidden < 1:
-            raise ValueError(f"The embedding width {d_embed} is too small for CoCoOp's Meta-Net (width // 16 = 0)")
+            raise ArgError("backbone", f"the embedding width {d_embed} is too small for CoCoOp's Meta-Net (width // 16 = 0)")
         self.meta_net = nn.Sequential(
             OrderedDict(
                 [
@@ -63,12 +56,12 @@ class CoCoOpPromptLearner(ClassPromptLearner):
 class CoCoOpCLIP(PromptedCLIP):
     """Frozen CLIP + CoCoOp prompt learner; ``forward(image)`` -> (B, K) logits."""
 
-    def __init__(self, mcfg, classnames, clip_model):
+    def __init__(self, clip_model, classnames, n_ctx=16, ctx_init="", chunk_size=2048):
         super().__init__(clip_model)
-        self.prompt_learner = CoCoOpPromptLearner(mcfg, classnames, clip_model, self.dims["d_embed"])
-        self.chunk_size = int(mcfg.CHUNK_SIZE)
+        self.prompt_learner = CoCoOpPromptLearner(clip_model, classnames, self.dims["d_embed"], n_ctx, ctx_init)
+        self.chunk_size = int(chunk_size)
         if self.chunk_size < 0:
-            raise ValueError(f"TRAINER.COCOOP.CHUNK_SIZE must be >= 0 (0: no limit), got {self.chunk_size}")
+            raise ArgError("chunk_size", f"must be >= 0 (0: no limit), got {self.chunk_size}")
 
     def conditioned_text_features(self, ctx_shifted):
         """Text features of every (image, class) prompt: ctx_shifted (B, N, d_t) -> (B, K, d_e).
@@ -125,7 +118,12 @@ class CoCoOp(ClipPromptTrainer):
     TABLE_ORDER = 40
 
     CFG_NODE = "COCOOP"
+    # CHUNK_SIZE (vlprompt): max (image, class) prompt sequences per text-encoder call; 0 = no limit.
+    CFG_DEFAULTS = dict(N_CTX=16, CTX_INIT="", PREC="fp16", CHUNK_SIZE=2048)
+    CFG_ARGS = {"n_ctx": "N_CTX", "ctx_init": "CTX_INIT", "chunk_size": "CHUNK_SIZE"}
     MODEL_NAME = "prompt_learner"
 
-    def build_custom_clip(self, cfg, classnames, clip_model):
-        return CoCoOpCLIP(cfg.TRAINER.COCOOP, classnames, clip_model)
+    @classmethod
+    def build_custom_clip(cls, cfg, classnames, clip_model):
+        m = cfg.TRAINER.COCOOP
+        return CoCoOpCLIP(clip_model, classnames, n_ctx=m.N_CTX, ctx_init=m.CTX_INIT, chunk_size=m.CHUNK_SIZE)

@@ -16,29 +16,25 @@ ViT backbones.
 import torch
 import torch.nn as nn
 
-from vlprompt.clip import ClassPromptLearner, PromptedCLIP, init_text_context, random_prompt
-from vlprompt.config import register_cfg_extension
+from vlprompt.clip import ArgError, ClassPromptLearner, DeepPromptedCLIP, init_text_context, random_prompt
 from vlprompt.engine import TRAINER_REGISTRY
-from vlprompt.engine.clip_trainer import ClipPromptTrainer, add_trainer_cfg
+from vlprompt.engine.clip_trainer import ClipPromptTrainer
 
 POSITIONS = ("end", "middle", "front")
-
-
-@register_cfg_extension
-def extend_cfg_coop(cfg):
-    add_trainer_cfg(cfg, "COOP", dict(N_CTX=16, CSC=False, CTX_INIT="", PREC="fp16", CLASS_TOKEN_POSITION="end"))
 
 
 class CoOpPromptLearner(ClassPromptLearner):
     """CoOp's context: ``ctx`` (N, d_t), or (K, N, d_t) with CSC.
 
-    ``forward()`` -> prompts (K, text_length, d_t) in the configured class-token position.
+    ``text_prompts()`` -> ``(prompts (K, text_length, d_t) in the class-token position, [])``.
     """
 
-    def __init__(self, mcfg, classnames, clip_model):
-        init = init_text_context(clip_model, mcfg.N_CTX, mcfg.CTX_INIT, rule="coop", where="TRAINER.COOP.N_CTX")
-        self.csc = bool(mcfg.CSC) and not init.from_phrase
-        self.position = mcfg.CLASS_TOKEN_POSITION
+    def __init__(self, clip_model, classnames, n_ctx=16, ctx_init="", csc=False, class_token_position="end"):
+        if class_token_position not in POSITIONS:
+            raise ArgError("class_token_position", f"must be one of {POSITIONS}, got '{class_token_position}'")
+        init = init_text_context(clip_model, n_ctx, ctx_init, rule="coop")
+        self.csc = bool(csc) and not init.from_phrase
+        self.position = class_token_position
         super().__init__(clip_model, classnames, init.prefix, init.n_ctx)
         if init.from_phrase:
             vectors = init.vectors
@@ -82,21 +78,8 @@ class CoOpPromptLearner(ClassPromptLearner):
         index = self.position_index.unsqueeze(-1).expand(-1, -1, prompts.shape[-1])
         return torch.gather(prompts, 1, index)
 
-
-class CoOpCLIP(PromptedCLIP):
-    """Frozen CLIP + CoOp prompt learner; ``forward(image)`` -> (B, K) logits."""
-
-    def __init__(self, mcfg, classnames, clip_model):
-        super().__init__(clip_model)
-        self.prompt_learner = CoOpPromptLearner(mcfg, classnames, clip_model)
-
-    def text_features(self):
-        pl = self.prompt_learner
-        return self.text_encoder(pl(), pl.eot_idx)
-
-    def forward(self, image):
-        text = self.cached_text_features(self.text_features)
-        return self.logits(self.image_encoder(image), text)
+    def text_prompts(self):
+        return self.forward(), []
 
 
 @TRAINER_REGISTRY.register()
@@ -112,16 +95,14 @@ class CoOp(ClipPromptTrainer):
     TABLE_ORDER = 30
 
     CFG_NODE = "COOP"
+    CFG_DEFAULTS = dict(N_CTX=16, CSC=False, CTX_INIT="", PREC="fp16", CLASS_TOKEN_POSITION="end")
+    CFG_ARGS = {"n_ctx": "N_CTX", "ctx_init": "CTX_INIT", "class_token_position": "CLASS_TOKEN_POSITION"}
     MODEL_NAME = "prompt_learner"
     LOG_ACC = True
 
-    def check_cfg(self, cfg):
-        super().check_cfg(cfg)
-        if cfg.TRAINER.COOP.CLASS_TOKEN_POSITION not in POSITIONS:
-            raise ValueError(
-                f"TRAINER.COOP.CLASS_TOKEN_POSITION must be one of {POSITIONS}, "
-                f"got '{cfg.TRAINER.COOP.CLASS_TOKEN_POSITION}'"
-            )
-
-    def build_custom_clip(self, cfg, classnames, clip_model):
-        return CoOpCLIP(cfg.TRAINER.COOP, classnames, clip_model)
+    @classmethod
+    def build_custom_clip(cls, cfg, classnames, clip_model):
+        m = cfg.TRAINER.COOP
+        learner = CoOpPromptLearner(clip_model, classnames, n_ctx=m.N_CTX, ctx_init=m.CTX_INIT, csc=m.CSC,
+                                    class_token_position=m.CLASS_TOKEN_POSITION)
+        return DeepPromptedCLIP(clip_model, learner)

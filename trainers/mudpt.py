@@ -47,16 +47,16 @@ import torch
 import torch.nn as nn
 
 from vlprompt.clip import (
+    ArgError,
     ClassPromptLearner,
-    PromptedCLIP,
-    check_prompt_config,
+    DeepPromptedCLIP,
     init_text_context,
     model_dims,
+    prompt_geometry,
     random_prompt,
 )
-from vlprompt.config import register_cfg_extension
 from vlprompt.engine import TRAINER_REGISTRY
-from vlprompt.engine.clip_trainer import ClipPromptTrainer, add_trainer_cfg
+from vlprompt.engine.clip_trainer import ClipPromptTrainer
 
 __all__ = [
     "QuickGELU",
@@ -66,39 +66,12 @@ __all__ = [
     "TransformerInjection",
     "injection_heads",
     "MuDPTPromptLearner",
-    "MuDPTCLIP",
+    "mudpt_clip",
     "MuDPT",
     "UMuDPT",
 ]
 
 INJECTIONS = ("transformer", "linear")
-
-
-# ------------------------------------------------------------------------------------------------
-# config
-# ------------------------------------------------------------------------------------------------
-
-
-@register_cfg_extension
-def extend_cfg_mudpt(cfg):
-    """``TRAINER.MUDPT`` (official train.py defaults where it has one) and ``TRAINER.UMUDPT``."""
-    add_trainer_cfg(cfg, "MUDPT", {
-        "N_CTX": 2,  # official train.py default; the configs use 4 (or 2)
-        "CTX_INIT": "a photo of a",  # only the first N_CTX words are used (MuDPT's rule)
-        "DEEP_PROMPT_DEPTH": 8,  # official train.py default; the configs use 9
-        # The official default says fp16, but every official run loaded CLIP through clip.load(...,
-        # device="cpu"), which calls model.float() (specs/methods.md §0.1): effectively fp32.
-        "PREC": "fp32",
-        "INJECTION": "transformer",  # transformer (paper's Injection Model) | linear (public MuDPT class)
-        "UNIDIRECTIONAL": False,  # True: UMuDPT (text-to-vision transformer injection only)
-    })
-    add_trainer_cfg(cfg, "UMUDPT", {
-        "N_CTX": 2,
-        "CTX_INIT": "a photo of a",
-        "DEEP_PROMPT_DEPTH": 9,
-        "PREC": "fp32",
-    })
-    return cfg
 
 
 # ------------------------------------------------------------------------------------------------
@@ -247,28 +220,22 @@ class MuDPTPromptLearner(ClassPromptLearner):
         n_ctx, depth, ctx_init: ``N``, ``J`` and the init phrase (first N words kept).
         injection: ``"transformer"`` or ``"linear"``.
         unidirectional: UMuDPT (requires ``injection == "transformer"``).
-        where: config node named in errors (e.g. ``"TRAINER.MUDPT"``).
     """
 
     def __init__(self, clip_model, classnames, n_ctx, depth, ctx_init="", injection="transformer",
-                 unidirectional=False, where="TRAINER.MUDPT"):
+                 unidirectional=False):
         injection = str(injection).lower()
         if injection not in INJECTIONS:
-            raise ValueError(f"{where}.INJECTION must be one of {INJECTIONS}, got '{injection}'")
+            raise ArgError("injection", f"must be one of {INJECTIONS}, got '{injection}'")
         if unidirectional and injection != "transformer":
-            raise ValueError(
-                f"{where}.UNIDIRECTIONAL (UMuDPT) uses the transformer injection; INJECTION '{injection}' "
-                "with one-directional injection is not a published variant. Set INJECTION transformer."
+            raise ArgError(
+                "unidirectional",
+                f"UMuDPT (one-directional) uses the transformer injection; INJECTION '{injection}' with "
+                "one-directional injection is not a published variant. Set INJECTION transformer.",
             )
+        n_ctx, depth = prompt_geometry(clip_model, n_ctx, depth)
         dims = model_dims(clip_model)
-        if not dims["is_vit"]:
-            raise ValueError(
-                f"MuDPT needs a ViT image tower (vision prompts); {type(clip_model.visual).__name__} "
-                "backbones (RN50, ...) are not supported. Use e.g. ViT-B/16."
-            )
-        n_layers = min(dims["text_layers"], dims["vision_layers"])
-        n_ctx, depth = check_prompt_config(n_ctx, depth, n_layers, f"{where}.DEEP_PROMPT_DEPTH", allow_zero_depth=False)
-        init = init_text_context(clip_model, n_ctx, ctx_init, rule="mudpt", where=f"{where}.N_CTX")
+        init = init_text_context(clip_model, n_ctx, ctx_init, rule="mudpt")
         super().__init__(clip_model, classnames, init.prefix, init.n_ctx)
         d_t, d_v = dims["d_text"], dims["d_vision"]
         self.d_text, self.d_vision = d_t, d_v
@@ -318,38 +285,12 @@ class MuDPTPromptLearner(ClassPromptLearner):
         return v0, (list(deep.unbind(0)) if deep is not None else None)
 
 
-class MuDPTCLIP(PromptedCLIP):
-    """Frozen CLIP + :class:`MuDPTPromptLearner`; ``forward(image) -> logits (B, K)`` (fp32).
-
-    Text features do not depend on the image: during evaluation they are computed once (cache
-    invalidated by any parameter, buffer or class-list change)."""
-
-    def __init__(self, clip_model, classnames, n_ctx, depth, ctx_init="", injection="transformer",
-                 unidirectional=False, where="TRAINER.MUDPT"):
-        learner = MuDPTPromptLearner(clip_model, classnames, n_ctx, depth, ctx_init, injection,
-                                     unidirectional, where)
-        super().__init__(clip_model, text_prompts=(learner.n_ctx, learner.depth),
-                         vision_prompts=(learner.n_ctx, learner.depth))
-        self.prompt_learner = learner
-
-    def encode_text(self):
-        prompts, deep = self.prompt_learner.text_prompts()
-        return self.text_encoder(prompts, self.prompt_learner.eot_idx, deep_prompts=deep)
-
-    def encode_image(self, image):
-        v0, deep = self.prompt_learner.vision_prompts()
-        return self.image_encoder(image, prompts=v0, deep_prompts=deep)
-
-    def logits(self, image_features, text_features):
-        # fp32 logits even under amp/bf16 autocast (a bf16 matmul would quantise logits of ~30 to
-        # steps of 0.125)
-        with torch.autocast(device_type=image_features.device.type, enabled=False):
-            return super().logits(image_features.float(), text_features.float())
-
-    def forward(self, image):
-        text_features = self.cached_text_features(self.encode_text)
-        image_features = self.encode_image(image)
-        return self.logits(image_features, text_features)
+def mudpt_clip(clip_model, classnames, n_ctx, depth, ctx_init="", injection="transformer", unidirectional=False):
+    """Frozen CLIP + :class:`MuDPTPromptLearner` (a :class:`vlprompt.clip.DeepPromptedCLIP`);
+    ``forward(image) -> logits (B, K)`` (fp32)."""
+    learner = MuDPTPromptLearner(clip_model, classnames, n_ctx, depth, ctx_init, injection, unidirectional)
+    geometry = (learner.n_ctx, learner.depth)
+    return DeepPromptedCLIP(clip_model, learner, text=geometry, vision=geometry)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -374,33 +315,35 @@ class MuDPT(ClipPromptTrainer):
     TABLE_ORDER = 80
 
     CFG_NODE = "MUDPT"
+    CFG_DEFAULTS = {
+        "N_CTX": 2,  # official train.py default; the configs use 4 (or 2)
+        "CTX_INIT": "a photo of a",  # only the first N_CTX words are used (MuDPT's rule)
+        "DEEP_PROMPT_DEPTH": 8,  # official train.py default; the configs use 9
+        # The official default says fp16, but every official run loaded CLIP through clip.load(...,
+        # device="cpu"), which calls model.float() (docs/METHODS.md, MuDPT): effectively fp32.
+        "PREC": "fp32",
+        "INJECTION": "transformer",  # transformer (paper's Injection Model) | linear (public MuDPT class)
+        "UNIDIRECTIONAL": False,  # True: UMuDPT (text-to-vision transformer injection only)
+    }
     MODEL_NAME = "MultimodalDeepPromptTuning"
     LOG_ACC = True  # the official MuDPT trainer logs training accuracy
 
-    def variant(self, node):
+    CFG_ARGS = {"n_ctx": "N_CTX", "depth": "DEEP_PROMPT_DEPTH", "ctx_init": "CTX_INIT", "injection": "INJECTION",
+                "unidirectional": "UNIDIRECTIONAL"}
+
+    @classmethod
+    def variant(cls, node):
         """``(injection, unidirectional)`` for the config node."""
         return str(node.INJECTION).lower(), bool(node.UNIDIRECTIONAL)
 
-    def check_cfg(self, cfg):
-        super().check_cfg(cfg)
-        node = cfg.TRAINER[self.CFG_NODE]
-        injection, unidirectional = self.variant(node)
-        where = f"TRAINER.{self.CFG_NODE}"
-        if injection not in INJECTIONS:
-            raise ValueError(f"{where}.INJECTION must be one of {INJECTIONS}, got '{node.INJECTION}'")
-        if unidirectional and injection != "transformer":
-            raise ValueError(
-                f"{where}.UNIDIRECTIONAL True (UMuDPT) needs INJECTION transformer, got '{injection}'"
-            )
-
-    def build_custom_clip(self, cfg, classnames, clip_model):
-        node = self.method_cfg
-        injection, unidirectional = self.variant(node)
-        where = f"TRAINER.{self.CFG_NODE}"
+    @classmethod
+    def build_custom_clip(cls, cfg, classnames, clip_model):
+        node = cfg.TRAINER[cls.CFG_NODE]
+        injection, unidirectional = cls.variant(node)
         name = "UMuDPT (one-directional)" if unidirectional else "MuDPT"
         print(f"{name}: injection={injection}, N_CTX={node.N_CTX}, DEEP_PROMPT_DEPTH={node.DEEP_PROMPT_DEPTH}")
-        model = MuDPTCLIP(clip_model, classnames, node.N_CTX, node.DEEP_PROMPT_DEPTH, node.CTX_INIT,
-                          injection=injection, unidirectional=unidirectional, where=where)
+        model = mudpt_clip(clip_model, classnames, node.N_CTX, node.DEEP_PROMPT_DEPTH, node.CTX_INIT,
+                           injection=injection, unidirectional=unidirectional)
         learner = model.prompt_learner
         print(f'Initial context: "{learner.prompt_prefix}"')
         print(f"Number of context words (tokens): {learner.n_ctx}")
@@ -433,8 +376,10 @@ class UMuDPT(MuDPT):
     TABLE_ORDER = 85
 
     CFG_NODE = "UMUDPT"
+    CFG_DEFAULTS = {"N_CTX": 2, "CTX_INIT": "a photo of a", "DEEP_PROMPT_DEPTH": 9, "PREC": "fp32"}
     MODEL_NAME = "UnifiedMultimodalDeepPromptTuning"
     LOG_ACC = False  # the official UMuDPT trainer logs only the loss
 
-    def variant(self, node):
+    @classmethod
+    def variant(cls, node):
         return "transformer", True

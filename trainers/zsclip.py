@@ -10,9 +10,8 @@ are computed once at build time. Precision follows ``TRAINER.COOP.PREC`` semanti
 GPU when PREC is fp16, fp32 on CPU.
 """
 import torch
-import torch.nn.functional as F
 
-from vlprompt.clip import IMAGENET_TEMPLATES_SELECT, build_clip_from_cfg, encode_class_texts, get_template
+from vlprompt.clip import IMAGENET_TEMPLATES_SELECT, ZeroShotHead, build_clip_from_cfg, get_template
 from vlprompt.engine import TRAINER_REGISTRY, TrainerX
 
 
@@ -48,16 +47,14 @@ class ZeroshotCLIP(TrainerX):
         clip_model = _maybe_half(clip_model, cfg, self.device).to(self.device)
         for p in clip_model.parameters():
             p.requires_grad_(False)
-        templates = self.templates()
-        print(f"Prompts ({len(templates)} template(s)): {[t.format(classnames[0].replace('_', ' ')) for t in templates]} ...")
-        self.text_features = encode_class_texts(clip_model, classnames, templates, device=self.device)
+        self.head = ZeroShotHead(clip_model, classnames, self.templates())
+        print(f"Prompts ({len(self.head.templates)} template(s)): "
+              f"{[t.format(self.head.classnames[0]) for t in self.head.templates]} ...")
+        self.head.text_features()  # computed once, at build time
         self.clip_model = clip_model
 
     def model_inference(self, image):
-        image = image.to(next(self.clip_model.parameters()).dtype)
-        image_features = F.normalize(self.clip_model.encode_image(image).float(), dim=-1)
-        logit_scale = self.clip_model.logit_scale.exp().float()
-        return logit_scale * image_features @ self.text_features.t()
+        return self.head.logits(image)
 
     def forward_backward(self, batch):
         raise RuntimeError(f"{type(self).__name__} has nothing to train: run it with --eval-only")

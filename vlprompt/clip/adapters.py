@@ -37,6 +37,8 @@ import math
 import torch
 import torch.nn as nn
 
+from .errors import ArgError
+
 __all__ = ["ADAPTER_MODES", "FrequencyAdapter", "gaussian_frequency_mask"]
 
 ADAPTER_MODES = ("paper", "reference_code")
@@ -69,13 +71,13 @@ class FrequencyAdapter(nn.Module):
     def __init__(self, sigma=0.05, alpha=0.9, mode="paper"):
         super().__init__()
         if mode not in ADAPTER_MODES:
-            raise ValueError(f"TRAINER.APLE.ADAPTER must be one of {ADAPTER_MODES}, got {mode!r}")
+            raise ArgError("mode", f"must be one of {ADAPTER_MODES}, got {mode!r}")
         sigma = float(sigma)
         alpha = float(alpha)
         if not (sigma > 0 and math.isfinite(sigma)):
-            raise ValueError(f"TRAINER.APLE.ADAPTER_SIGMA must be a positive number (cycles/pixel), got {sigma}")
+            raise ArgError("sigma", f"must be a positive number (cycles/pixel), got {sigma}")
         if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"TRAINER.APLE.ADAPTER_ALPHA must lie in [0, 1], got {alpha}")
+            raise ArgError("alpha", f"must lie in [0, 1], got {alpha}")
         self.sigma = sigma
         self.alpha = alpha
         self.mode = mode

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from .errors import ArgError
 from .tokenizer import count_tokens, tokenize
 
 __all__ = [
@@ -100,7 +101,7 @@ def _phrase_vectors(clip_model, phrase, n, context_length):
     return emb[0, 1 : 1 + n].clone()
 
 
-def init_text_context(clip_model, n_ctx, ctx_init="", rule="coop", context_length=77, where="N_CTX"):
+def init_text_context(clip_model, n_ctx, ctx_init="", rule="coop", context_length=77, where="n_ctx"):
     """Initial shallow text context for a prompt learner.
 
     Args:
@@ -109,7 +110,7 @@ def init_text_context(clip_model, n_ctx, ctx_init="", rule="coop", context_lengt
             phrase (then the number of words is used).
         ctx_init: init phrase (``CTX_INIT``), ``""`` for random init. ``_`` are read as spaces.
         rule: ``"coop"``, ``"maple"`` or ``"mudpt"`` (see the module docstring).
-        where: config key named in errors.
+        where: argument named in errors (:class:`vlprompt.clip.errors.ArgError`).
 
     Returns: :class:`ContextInit`.
     """
@@ -123,15 +124,16 @@ def init_text_context(clip_model, n_ctx, ctx_init="", rule="coop", context_lengt
         return ContextInit(_phrase_vectors(clip_model, phrase, n, context_length), phrase, n, True)
     n_ctx = int(n_ctx)
     if n_ctx < 1:
-        raise ValueError(f"{where} must be >= 1, got {n_ctx}")
+        raise ArgError(where, f"must be >= 1, got {n_ctx}")
     if rule == "maple" and phrase and n_ctx <= 4:
         return ContextInit(_phrase_vectors(clip_model, phrase, n_ctx, context_length), phrase, n_ctx, True)
     if rule == "mudpt" and phrase:
         words = phrase.split(" ")
         if n_ctx > len(words):
-            raise ValueError(
-                f'{where}={n_ctx} but the init phrase "{phrase}" has only {len(words)} words; use '
-                "N_CTX <= the number of words or an empty CTX_INIT"
+            raise ArgError(
+                where,
+                f'{n_ctx} tokens but the init phrase "{phrase}" has only {len(words)} words; use at most '
+                "as many tokens as words, or no init phrase",
             )
         prefix = " ".join(words[:n_ctx])
         return ContextInit(_phrase_vectors(clip_model, prefix, n_ctx, context_length), prefix, n_ctx, True)

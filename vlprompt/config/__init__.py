@@ -60,6 +60,21 @@ def register_cfg_extension(fn):
     return fn
 
 
+def add_trainer_cfg(cfg, node, defaults):
+    """Add ``cfg.TRAINER.<node>`` with ``defaults`` (a dict), keeping keys that already exist.
+
+    Safe to call any number of times; used by the config extensions that trainers register.
+    """
+    from yacs.config import CfgNode as CN
+
+    if node not in cfg.TRAINER:
+        setattr(cfg.TRAINER, node, CN())
+    for key, value in defaults.items():
+        if key not in cfg.TRAINER[node]:
+            setattr(cfg.TRAINER[node], key, value)
+    return cfg
+
+
 def extend_cfg(cfg):
     """Apply every registered extension (idempotent per node: existing keys are kept)."""
     for fn in _EXTENSIONS:

@@ -1,40 +1,31 @@
-"""Shared trainer base for CLIP prompt-learning methods (CoOp, CoCoOp, MaPLe, IVLP, VPT, APLe, MuDPT).
+"""The method kit's trainer base for CLIP prompt learning and adaptation (docs/EXTENDING.md).
 
-A method subclasses :class:`ClipPromptTrainer`, sets a few class attributes and implements
-:meth:`ClipPromptTrainer.build_custom_clip`::
+A method is one file: its learnable module(s), its objective, its config node and its recipes::
 
     @TRAINER_REGISTRY.register()
     class MyMethod(ClipPromptTrainer):
-        CFG_NODE = "MYMETHOD"                 # cfg.TRAINER.MYMETHOD (must have PREC)
-        MODEL_NAME = "prompt_learner"         # registered name = checkpoint folder name
-        LOG_ACC = False                       # also log training accuracy (CoOp does)
+        CFG_NODE = "MYMETHOD"                           # cfg.TRAINER.MYMETHOD
+        CFG_DEFAULTS = dict(N_CTX=4, PREC="fp16")      # registered as that node's defaults
+        CFG_ARGS = {"n_ctx": "N_CTX"}                   # block argument -> config key (for errors)
+        MODEL_NAME = "prompt_learner"                   # checkpoint folder
+        RECIPES = {"base2new": {"config": "vit_b16"}}   # default config per protocol
 
-        def build_custom_clip(self, cfg, classnames, clip_model):
-            return MyCustomCLIP(cfg, classnames, clip_model)   # a vlprompt.clip.PromptedCLIP
+        @classmethod
+        def build_custom_clip(cls, cfg, classnames, clip_model):
+            m = cfg.TRAINER.MYMETHOD
+            return DeepPromptedCLIP(clip_model, MyPrompts(clip_model, classnames, n_ctx=m.N_CTX), text=(...))
 
-What the base does (the part every official trainer repeats):
+        def loss_terms(self, image, label):             # optional; default {"ce": cross-entropy}
+            logits = self.model(image)
+            return {"ce": F.cross_entropy(logits, label), "reg": ...}, logits
 
-* ``check_cfg``: ``TRAINER.<NODE>.PREC`` in {fp32, fp16, amp, bf16};
-* ``build_model``: frozen CLIP from ``cfg`` (``build_clip_from_cfg``), precision applied
-  (:class:`vlprompt.clip.Precision`: fp16 weights, or fp32 + autocast; CPU falls back to fp32), the
-  method's model built, every parameter frozen except the learnable module(s) (the trainable
-  parameters and their count are printed), ``MODEL.INIT_WEIGHTS`` loaded, moved to the device, the
-  optimizer/scheduler built over the learnable module only and registered under ``MODEL_NAME``
-  (only that module; the frozen CLIP stays in eval mode because ``set_model_mode`` touches only
-  registered modules);
-* ``forward_backward``: cross-entropy on the logits under the precision's autocast, then
-  :meth:`model_backward_and_update` (non-finite loss -> ``detect_anomaly`` error naming epoch and
-  batch; GradScaler for amp), ``update_lr()`` at the last batch of the epoch (Dassl contract: the
-  engine never steps schedulers);
-* ``parse_batch_train`` -> ``(img, label)``;
-* ``load_model(directory, epoch=None)``: resolves ``<directory>/<MODEL_NAME>/model-best.pth.tar`` or
-  ``model.pth.tar-<E>``, loads it with ``weights_only=True``, drops class-derived keys
-  (``token_prefix``/``token_suffix``/...), converts legacy whole-model layouts of the official repos
-  (:meth:`convert_legacy_state_dict`), prints ``Loading weights to <name> from "<path>" (epoch = E)``
-  and loads non-strictly, but raises if a learnable key is missing or has another shape.
-
-Checkpoints hold only the learned state (the learnable module's ``state_dict``; class-derived
-buffers are non-persistent), not the frozen CLIP.
+What the base does: ``check_cfg`` (``PREC`` in fp32/fp16/amp/bf16); ``build_model`` (frozen CLIP from the
+config, precision applied, the method's model built, every parameter frozen except the learnable
+module(s), ``MODEL.INIT_WEIGHTS`` loaded, the optimisers of :meth:`build_optimizers` registered under
+their names); ``forward_backward`` (the objective under autocast, one engine step, every named term in
+the log line and in tensorboard); ``model_inference``; ``load_model`` (learned state only, onto any
+class list; official whole-model checkpoints converted). LR stepping, checkpoints, resume and
+results are the engine's (:mod:`vlprompt.engine.trainer`).
 """
 import os
 import os.path as osp
@@ -42,6 +33,8 @@ import os.path as osp
 import torch.nn.functional as F
 
 from vlprompt.clip import Precision, build_clip_from_cfg, drop_class_derived_keys
+from vlprompt.clip.blocks import ArgError
+from vlprompt.config import ConfigError, add_trainer_cfg, register_cfg_extension
 from vlprompt.clip.precision import PRECISIONS
 from vlprompt.metrics import compute_accuracy
 from vlprompt.optim import build_lr_scheduler, build_optimizer
@@ -57,29 +50,40 @@ class ClipPromptTrainer(TrainerX):
 
     #: name of the method's config node under ``cfg.TRAINER`` (e.g. ``"COOP"``)
     CFG_NODE = None
+    #: that node's keys and defaults (registered as a config extension when the class is defined)
+    CFG_DEFAULTS = None
+    #: building-block argument -> config key of ``CFG_NODE``, so that errors name the key
+    CFG_ARGS = {}
     #: registered model name (= checkpoint sub-folder), as in the official repositories
     MODEL_NAME = "prompt_learner"
     #: add training accuracy to the per-iteration log (CoOp does; CoCoOp/MaPLe log only the loss)
     LOG_ACC = False
 
     # -------------------------------------------------------------------------------------------
-    # hooks for subclasses
+    # what a method provides
     # -------------------------------------------------------------------------------------------
 
-    def build_custom_clip(self, cfg, classnames, clip_model):
-        """Return the method's model (``nn.Module``, usually a ``vlprompt.clip.PromptedCLIP``).
+    @classmethod
+    def build_custom_clip(cls, cfg, classnames, clip_model):
+        """Return the method's model (``nn.Module``, usually a :class:`vlprompt.clip.DeepPromptedCLIP`).
 
         ``clip_model`` is already in the precision's dtype. The model's ``forward(image)`` returns
-        (B, K) logits; its learnable parameters live in :meth:`learnable_module`.
+        (B, K) fp32 logits; its learnable parameters live in :meth:`learnable_module`.
         """
         raise NotImplementedError
 
+    def loss_terms(self, image, label):
+        """``(terms, logits)``: the named loss terms of one batch (weights applied; the loss is their
+        sum) and the logits. Default: ``{"ce": cross_entropy}``."""
+        logits = self.model(image)
+        return {"ce": F.cross_entropy(logits.float(), label)}, logits
+
     def build_optimizers(self, learnable):
-        """``(optimizer, scheduler)`` registered with the learnable module (default: one SGD/... over
-        all of it). Override to split parameters over several optimisers (APLe); the returned pair
-        takes the registered slots (checkpoint ``optimizer``/``scheduler``, the logged LR)."""
+        """``{name: (optimizer, scheduler)}``; the first entry is the model's first optimiser (Dassl's
+        checkpoint slots, the logged LR). Default: one optimiser over the learnable module, named after
+        ``MODEL_NAME``."""
         optim = build_optimizer(learnable, self.cfg.OPTIM)
-        return optim, build_lr_scheduler(optim, self.cfg.OPTIM)
+        return {self.MODEL_NAME: (optim, build_lr_scheduler(optim, self.cfg.OPTIM))}
 
     def learnable_module(self):
         """The module registered under ``MODEL_NAME`` (default ``self.model.prompt_learner``)."""
@@ -102,6 +106,19 @@ class ClipPromptTrainer(TrainerX):
     # config and model
     # -------------------------------------------------------------------------------------------
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("CFG_DEFAULTS"):
+            node, defaults = cls.CFG_NODE, dict(cls.CFG_DEFAULTS)
+            if not node:
+                raise TypeError(f"{cls.__name__} sets CFG_DEFAULTS but no CFG_NODE")
+
+            def extend(cfg, node=node, defaults=defaults):
+                add_trainer_cfg(cfg, node, defaults)
+
+            extend.__name__ = f"extend_cfg_{node.lower()}"
+            register_cfg_extension(extend)
+
     @property
     def method_cfg(self):
         """``cfg.TRAINER.<CFG_NODE>``."""
@@ -117,7 +134,18 @@ class ClipPromptTrainer(TrainerX):
             )
         prec = str(cfg.TRAINER[self.CFG_NODE].PREC).lower()
         if prec not in PRECISIONS:
-            raise ValueError(f"TRAINER.{self.CFG_NODE}.PREC must be one of {PRECISIONS}, got '{prec}'")
+            raise ConfigError(f"TRAINER.{self.CFG_NODE}.PREC must be one of {PRECISIONS}, got '{prec}'")
+
+    @classmethod
+    def custom_clip(cls, cfg, classnames, clip_model):
+        """:meth:`build_custom_clip`, with block argument errors reported under their config keys."""
+        try:
+            return cls.build_custom_clip(cfg, classnames, clip_model)
+        except ArgError as e:
+            key = cls.CFG_ARGS.get(e.arg)
+            if key is None:
+                raise ConfigError(f"{cls.__name__}: {e}") from None
+            raise ConfigError(f"TRAINER.{cls.CFG_NODE}.{key}: {e.message}") from None
 
     def build_model(self):
         cfg = self.cfg
@@ -129,7 +157,7 @@ class ClipPromptTrainer(TrainerX):
             print(f"Precision: {self.precision.mode} (requested {self.precision.requested})")
 
         print("Building custom CLIP")
-        self.model = self.build_custom_clip(cfg, classnames, clip_model)
+        self.model = self.custom_clip(cfg, classnames, clip_model)
         learnable = self.learnable_module()
 
         print("Turning off gradients in both the image and the text encoder")
@@ -151,8 +179,12 @@ class ClipPromptTrainer(TrainerX):
         self.model.to(self.device)
         clip_model.to(self.device)
         self.model.train(False)  # frozen parts eval; the engine sets the learnable module's mode
-        self.optim, self.sched = self.build_optimizers(learnable)
-        self.register_model(self.MODEL_NAME, learnable, self.optim, self.sched)
+        optimizers = list(self.build_optimizers(learnable).items())
+        (first, (optim, sched)), rest = optimizers[0], optimizers[1:]
+        self.optim, self.sched = optim, sched
+        self.register_model(self.MODEL_NAME, learnable, optim, sched, optim_name=first)
+        for name, (o, s) in rest:
+            self.register_optimizer(name, o, s)
         self.scaler = self.precision.make_scaler()
 
     def set_classnames(self, classnames):
@@ -172,38 +204,22 @@ class ClipPromptTrainer(TrainerX):
         label = batch["label"].to(self.device)
         return image, label
 
-    def compute_loss(self, image, label):
-        """``(loss, logits)`` for one batch (CE on the logits); override for other objectives."""
-        logits = self.model(image)
-        return F.cross_entropy(logits.float(), label), logits
-
     def forward_backward(self, batch):
         image, label = self.parse_batch_train(batch)
         with self.precision.autocast():
-            loss, logits = self.compute_loss(image, label)
-        self.model_backward_and_update(loss)
-        summary = {"loss": loss.item()}
-        if self.LOG_ACC:
-            summary["acc"] = compute_accuracy(logits, label)[0].item()
-        if (self.batch_idx + 1) == self.num_batches:
-            self.update_lr()
-        return summary
+            terms, logits = self.loss_terms(image, label)
+        loss = self.step(terms)
+        return self.loss_summary(loss, terms, logits, label)
 
-    def model_backward_and_update(self, loss, names=None):
-        """zero_grad, anomaly check (names epoch and batch), backward, step; GradScaler for amp."""
-        names = self.get_model_names(names)
-        self.detect_anomaly(loss)
-        self.model_zero_grad(names)
-        scaler = getattr(self, "scaler", None)
-        if scaler is None:
-            loss.backward()
-            self.model_update(names)
-            return
-        scaler.scale(loss).backward()
-        for name in names:
-            if self._optims[name] is not None:
-                scaler.step(self._optims[name])
-        scaler.update()
+    def loss_summary(self, loss, terms, logits=None, label=None):
+        """The per-iteration log values: ``loss`` (the total), every term when there are several,
+        and ``acc`` when ``LOG_ACC``."""
+        summary = {"loss": loss.item()}
+        if len(terms) > 1:
+            summary.update({k: float(v.item()) for k, v in terms.items()})
+        if self.LOG_ACC and logits is not None:
+            summary["acc"] = compute_accuracy(logits, label)[0].item()
+        return summary
 
     def model_inference(self, image):
         with self.precision.autocast():
@@ -256,20 +272,3 @@ class ClipPromptTrainer(TrainerX):
             shown = unexpected[:5] + (["..."] if len(unexpected) > 5 else [])
             print(f"Ignoring {len(unexpected)} checkpoint keys that are not learnable here: {shown}")
         module.load_state_dict({k: v for k, v in state_dict.items() if k in expected}, strict=False)
-
-
-def add_trainer_cfg(cfg, node, defaults):
-    """Add ``cfg.TRAINER.<node>`` with ``defaults`` (a dict), keeping keys that already exist.
-
-    For config extensions registered with ``vlprompt.config.register_cfg_extension``: safe to call
-    any number of times, and it never fails when the node already exists.
-    """
-    from yacs.config import CfgNode as CN
-
-    if node not in cfg.TRAINER:
-        setattr(cfg.TRAINER, node, CN())
-    for key, value in defaults.items():
-        if key not in cfg.TRAINER[node]:
-            setattr(cfg.TRAINER[node], key, value)
-    return cfg
-

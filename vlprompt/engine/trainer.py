@@ -1,41 +1,43 @@
-"""Trainer base classes with Dassl's lifecycle, attribute names and log lines (engine.md §3).
+"""Trainer base classes with Dassl's lifecycle, attribute names and log lines (docs/ENGINE.md).
 
-``TrainerBase`` -> ``SimpleTrainer`` -> ``TrainerX``. Differences from Dassl (all documented in
-docs/ENGINE.md): checkpoints also carry RNG states so that a resumed run ends bit-for-bit like an
-uninterrupted one; a non-finite loss names the epoch and batch; every test on the test split writes
-``results.json``; ``load_model`` formats ``val_result=None`` safely; the test loop shows a tqdm bar
-only on a terminal; under torch.distributed only rank 0 logs, saves and writes results.
+``TrainerBase`` -> ``SimpleTrainer`` -> ``TrainerX``. What the engine owns, so that a method file holds
+only its idea:
+
+* **the optimisation step** (:meth:`TrainerBase.step`): zero_grad -> non-finite check naming epoch and
+  batch -> scaled (amp) or plain backward -> step of all or a named subset of the optimisers;
+* **named optimisers**: ``register_model(name, model, optim, sched)`` (Dassl) registers the model's
+  first optimiser; ``register_optimizer(name, optim, sched, model=...)`` adds more (APLe's text and
+  vision prompts); all are checkpointed and resumed under their names (:mod:`.checkpoint`);
+* **LR stepping**: every scheduler steps once at the end of each epoch (Dassl's per-epoch trajectory).
+  A ported Dassl trainer that still calls ``update_lr()`` itself at the last batch is not stepped twice;
+* **hooks with state** (:mod:`.hooks`) for epoch-level tricks (prompt aggregation, EMA);
+* checkpoints (also a per-epoch ``model-last.pth.tar`` resume point), precision scaler, logging of
+  every named loss term, ``results.json`` (:mod:`.results_record`).
+
+Differences from Dassl are listed in docs/ENGINE.md.
 """
 import datetime
 import inspect
-import json
 import os
 import os.path as osp
-import random
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from vlprompt.config import config_digest
 from vlprompt.data import DataManager
 from vlprompt.evaluation import build_evaluator
-from vlprompt.utils import (
-    AverageMeter,
-    MetricMeter,
-    load_checkpoint,
-    mkdir_if_missing,
-    package_versions,
-    resume_from_checkpoint,
-    save_checkpoint,
-    write_json,
-)
+from vlprompt.utils import AverageMeter, MetricMeter, mkdir_if_missing, write_json
 
-RESULTS_FILE = "results.json"
-RESULTS_SCHEMA = 1
+from .checkpoint import Checkpointer
+from .results_record import RESULTS_FILE, RESULTS_SCHEMA, build_results_record
+from .rng import get_rng_state, set_rng_state  # noqa: F401  (re-exported for ported code)
+
+__all__ = ["TrainerBase", "SimpleTrainer", "TrainerX", "TrainerXU", "dist_info", "RESULTS_FILE", "RESULTS_SCHEMA"]
 
 
 def dist_info():
@@ -45,52 +47,63 @@ def dist_info():
     return 0, 1
 
 
-def get_rng_state():
-    """RNG states of python, numpy and torch as plain tensors/numbers (weights_only-safe)."""
-    py = random.getstate()
-    np_state = np.random.get_state()
-    state = {
-        "python": [py[0], list(py[1]), py[2]],
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state):
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 class TrainerBase:
-    """Model bookkeeping, checkpoints and the epoch loop."""
+    """Model and optimiser bookkeeping, the optimisation step, hooks, checkpoints and the epoch loop."""
 
     def __init__(self):
         self._models = OrderedDict()
         self._optims = OrderedDict()
         self._scheds = OrderedDict()
+        self._optimizers = OrderedDict()  # name -> (optimizer, scheduler, model name, primary)
+        self._hooks = OrderedDict()
         self._writer = None
+        self.scaler = None
+        self.checkpointer = Checkpointer(self)
 
-    def register_model(self, name="model", model=None, optim=None, sched=None):
+    # ---- registration ------------------------------------------------------------------------
+
+    def register_model(self, name="model", model=None, optim=None, sched=None, optim_name=None):
+        """Register ``model`` (its checkpoint folder is ``name``) with its first optimiser/scheduler.
+
+        The optimiser is known to :meth:`step` as ``optim_name`` (default: the model name).
+        """
         if self.__dict__.get("_models") is None:
             raise AttributeError("Cannot assign model before super().__init__() call")
-        if self.__dict__.get("_optims") is None:
-            raise AttributeError("Cannot assign optim before super().__init__() call")
-        if self.__dict__.get("_scheds") is None:
-            raise AttributeError("Cannot assign sched before super().__init__() call")
         assert name not in self._models, "Found duplicate model names"
         self._models[name] = model
         self._optims[name] = optim
         self._scheds[name] = sched
+        if optim is not None:
+            self._add_optimizer(optim_name or name, optim, sched, name, primary=True)
+
+    def register_optimizer(self, name, optim, sched=None, model=None):
+        """Add a named optimiser (and scheduler) saved with ``model``'s checkpoint (default: the first
+        registered model)."""
+        models = self.get_model_names()
+        if not models:
+            raise RuntimeError("register_model() must come before register_optimizer()")
+        model = model or models[0]
+        self.get_model_names(model)
+        self._add_optimizer(name, optim, sched, model, primary=False)
+
+    def _add_optimizer(self, name, optim, sched, model, primary):
+        if name in self._optimizers:
+            raise KeyError(f"An optimiser named {name!r} is already registered")
+        if primary and any(o[2] == model and o[3] for o in self._optimizers.values()):
+            raise KeyError(f"Model {model!r} already has its first optimiser")
+        self._optimizers[name] = (optim, sched, model, primary)
+
+    def register_hook(self, name, hook):
+        """Register an engine hook (:class:`vlprompt.engine.hooks.HookBase`) under ``name``."""
+        if name in self._hooks:
+            raise KeyError(f"A hook named {name!r} is already registered")
+        hook.trainer = self
+        self._hooks[name] = hook
+        return hook
+
+    def _call_hooks(self, event):
+        for hook in self._hooks.values():
+            getattr(hook, event)()
 
     def get_model_names(self, names=None):
         names_real = list(self._models.keys())
@@ -102,83 +115,44 @@ class TrainerBase:
             return names
         return names_real
 
+    def get_optimizer_names(self, models=None):
+        """Names of the registered optimisers (of the given models only, if given)."""
+        if models is None:
+            return list(self._optimizers)
+        models = self.get_model_names(models)
+        return [n for n, o in self._optimizers.items() if o[2] in models]
+
     @property
     def is_main_process(self):
         return dist_info()[0] == 0
 
+    # ---- checkpoints -------------------------------------------------------------------------
+
     def save_model(self, epoch, directory, is_best=False, val_result=None, model_name=""):
-        if not self.is_main_process:
-            return
-        names = self.get_model_names()
-        rng = get_rng_state()
-        for name in names:
-            model_dict = self._models[name].state_dict()
-            optim_dict = self._optims[name].state_dict() if self._optims[name] is not None else None
-            sched_dict = self._scheds[name].state_dict() if self._scheds[name] is not None else None
-            state = {
-                "state_dict": model_dict,
-                "epoch": epoch + 1,
-                "optimizer": optim_dict,
-                "scheduler": sched_dict,
-                "val_result": val_result,
-                "rng_state": rng,
-            }
-            extra = self.extra_checkpoint_state(name)
-            if extra:
-                state["extra"] = extra
-            save_checkpoint(state, osp.join(directory, name), is_best=is_best, model_name=model_name)
-
-    def extra_checkpoint_state(self, name):
-        """Hook: plain-tensor state (e.g. a second optimizer) saved with model ``name``."""
-        return None
-
-    def load_extra_checkpoint_state(self, name, extra):
-        """Hook: restore what :meth:`extra_checkpoint_state` saved."""
+        if self.is_main_process:
+            self.checkpointer.save(epoch, directory, is_best=is_best, val_result=val_result, model_name=model_name)
 
     def resume_model_if_exist(self, directory):
-        names = self.get_model_names()
-        file_missing = False
-        for name in names:
-            path = osp.join(directory, name)
-            if not osp.exists(osp.join(path, "checkpoint")):
-                file_missing = True
-                break
-        if file_missing or not names:
-            print("No checkpoint found, train from scratch")
-            return 0
-        print(f"Found checkpoint at {directory} (will resume training)")
-        start_epoch = 0
-        rng = None
-        for name in names:
-            path = osp.join(directory, name)
-            start_epoch, ckpt = resume_from_checkpoint(
-                path, self._models[name], self._optims[name], self._scheds[name], return_checkpoint=True)
-            if ckpt.get("extra") is not None:
-                self.load_extra_checkpoint_state(name, ckpt["extra"])
-            rng = ckpt.get("rng_state", rng)
-        if rng is not None:
-            set_rng_state(rng)
-        return start_epoch
+        return self.checkpointer.resume(directory)
 
     def load_model(self, directory, epoch=None):
         if not directory:
             print("Note that load_model() is skipped as no pretrained model is given")
             return
-        names = self.get_model_names()
-        model_file = "model-best.pth.tar"
-        if epoch is not None:
-            model_file = "model.pth.tar-" + str(epoch)
-        for name in names:
+        from vlprompt.utils import load_checkpoint
+
+        model_file = "model-best.pth.tar" if epoch is None else "model.pth.tar-" + str(epoch)
+        for name in self.get_model_names():
             model_path = osp.join(directory, name, model_file)
             if not osp.exists(model_path):
                 raise FileNotFoundError(f'Model not found at "{model_path}"')
             checkpoint = load_checkpoint(model_path)
-            state_dict = checkpoint["state_dict"]
-            epoch_ = checkpoint["epoch"]
             val_result = checkpoint.get("val_result")
             vr = f"{val_result:.1f}" if isinstance(val_result, (int, float)) else str(val_result)
-            print(f"Load {model_path} to {name} (epoch={epoch_}, val_result={vr})")
-            self._models[name].load_state_dict(state_dict)
+            print(f"Load {model_path} to {name} (epoch={checkpoint['epoch']}, val_result={vr})")
+            self._models[name].load_state_dict(checkpoint["state_dict"])
+
+    # ---- modes, LR, the step -----------------------------------------------------------------
 
     def set_model_mode(self, mode="train", names=None):
         names = self.get_model_names(names)
@@ -191,10 +165,14 @@ class TrainerBase:
                 raise KeyError(mode)
 
     def update_lr(self, names=None):
-        names = self.get_model_names(names)
-        for name in names:
-            if self._scheds[name] is not None:
-                self._scheds[name].step()
+        """Step the schedulers of the given models' optimisers (default: all), once."""
+        seen = set()
+        for opt_name in self.get_optimizer_names(names):
+            sched = self._optimizers[opt_name][1]
+            if sched is not None and id(sched) not in seen:
+                seen.add(id(sched))
+                sched.step()
+        self._lr_stepped_epoch = getattr(self, "epoch", None)
 
     def detect_anomaly(self, loss):
         if not torch.isfinite(loss).all():
@@ -208,6 +186,63 @@ class TrainerBase:
                 f"Training stopped; the last saved checkpoint in {out or 'the output directory'} is kept. "
                 "Try PREC fp32/amp, a lower OPTIM.LR, or check the data."
             )
+
+    def step(self, loss, optimizers=None):
+        """One optimisation step; returns the total loss (a tensor).
+
+        ``loss``: a scalar tensor or a mapping of named loss terms (summed). ``optimizers``: names of
+        the optimisers to step (default: all registered). Order: zero the grads of those optimisers ->
+        non-finite check (names epoch and batch) -> backward (scaled by ``self.scaler`` under amp) ->
+        step them (through the scaler under amp) -> ``after_step`` hooks.
+        """
+        if isinstance(loss, Mapping):
+            loss = sum(loss.values())
+        names = list(self._optimizers) if optimizers is None else list(optimizers)
+        unknown = [n for n in names if n not in self._optimizers]
+        if unknown:
+            raise KeyError(f"Unknown optimisers {unknown}; registered: {list(self._optimizers)}")
+        optims = [self._optimizers[n][0] for n in names]
+        for opt in optims:
+            opt.zero_grad()
+        self.detect_anomaly(loss)
+        scaler = self.scaler
+        if scaler is None:
+            loss.backward()
+            for opt in optims:
+                opt.step()
+        else:
+            scaler.scale(loss).backward()
+            for opt in optims:
+                scaler.step(opt)
+            scaler.update()
+        self._call_hooks("after_step")
+        return loss
+
+    # Dassl's names for the same step
+    def model_zero_grad(self, names=None):
+        for n in self.get_optimizer_names(names):
+            self._optimizers[n][0].zero_grad()
+
+    def model_backward(self, loss):
+        self.detect_anomaly(loss)
+        if self.scaler is None:
+            loss.backward()
+        else:
+            self.scaler.scale(loss).backward()
+
+    def model_update(self, names=None):
+        for n in self.get_optimizer_names(names):
+            if self.scaler is None:
+                self._optimizers[n][0].step()
+            else:
+                self.scaler.step(self._optimizers[n][0])
+        if self.scaler is not None:
+            self.scaler.update()
+
+    def model_backward_and_update(self, loss, names=None):
+        return self.step(loss, self.get_optimizer_names(names))
+
+    # ---- tensorboard ---------------------------------------------------------------------------
 
     def init_writer(self, log_dir):
         if self.__dict__.get("_writer") is None or self._writer is None:
@@ -228,15 +263,23 @@ class TrainerBase:
             return
         self._writer.add_scalar(tag, scalar_value, global_step)
 
+    # ---- the loop ------------------------------------------------------------------------------
+
     def train(self, start_epoch, max_epoch):
-        """Generic training loop."""
+        """Generic training loop (hooks around Dassl's before/after methods)."""
         self.start_epoch = start_epoch
         self.max_epoch = max_epoch
         self.before_train()
+        self._call_hooks("before_train")
         for self.epoch in range(self.start_epoch, self.max_epoch):
             self.before_epoch()
+            self._call_hooks("before_epoch")
             self.run_epoch()
+            if getattr(self, "_lr_stepped_epoch", None) != self.epoch:
+                self.update_lr()
+            self._call_hooks("after_epoch")
             self.after_epoch()
+        self._call_hooks("after_train")
         self.after_train()
 
     def before_train(self):
@@ -269,26 +312,30 @@ class TrainerBase:
     def model_inference(self, input):
         raise NotImplementedError
 
-    def model_zero_grad(self, names=None):
-        names = self.get_model_names(names)
-        for name in names:
-            if self._optims[name] is not None:
-                self._optims[name].zero_grad()
 
-    def model_backward(self, loss):
-        self.detect_anomaly(loss)
-        loss.backward()
+class EvalProgress:
+    """Evaluation progress: a tqdm bar on a terminal; otherwise (log files, pipes, the demo) a line at
+    every 10 % of the batches (when there are at least 10) with the elapsed time."""
 
-    def model_update(self, names=None):
-        names = self.get_model_names(names)
-        for name in names:
-            if self._optims[name] is not None:
-                self._optims[name].step()
+    def __init__(self, split, total, enabled=True):
+        self.split, self.total, self.enabled = split, total, enabled
+        self.tty = sys.stderr.isatty()
+        self.t0 = time.time()
+        self._next = 1
 
-    def model_backward_and_update(self, loss, names=None):
-        self.model_zero_grad(names)
-        self.model_backward(loss)
-        self.model_update(names)
+    def wrap(self, loader):
+        if self.enabled and self.tty:
+            return tqdm(loader, desc=f"eval {self.split}")
+        return loader
+
+    def update(self, done):
+        if not self.enabled or self.tty or self.total < 10:
+            return
+        if done * 10 >= self._next * self.total:
+            while done * 10 >= self._next * self.total:
+                self._next += 1
+            print(f"eval {self.split}: {done}/{self.total} batches ({100 * done // self.total}%), "
+                  f"{time.time() - self.t0:.1f} s", flush=True)
 
 
 class SimpleTrainer(TrainerBase):
@@ -344,7 +391,13 @@ class SimpleTrainer(TrainerBase):
         directory = self.cfg.OUTPUT_DIR
         if self.cfg.RESUME:
             directory = self.cfg.RESUME
-        self.start_epoch = self.resume_model_if_exist(directory)
+        if self.cfg.TRAIN.OVERWRITE and not self.cfg.RESUME:
+            removed = self.checkpointer.clear(directory) if self.is_main_process else []
+            print(f"TRAIN.OVERWRITE True: training from scratch; removed {len(removed)} checkpoint file(s) of the "
+                  f"previous run in {directory}")
+            self.start_epoch = 0
+        else:
+            self.start_epoch = self.resume_model_if_exist(directory)
         writer_dir = osp.join(self.output_dir, "tensorboard")
         mkdir_if_missing(writer_dir)
         self.init_writer(writer_dir)
@@ -384,6 +437,11 @@ class SimpleTrainer(TrainerBase):
                 self.save_model(self.epoch, self.output_dir, val_result=curr_result, model_name="model-best.pth.tar")
         if meet_checkpoint_freq or last_epoch:
             self.save_model(self.epoch, self.output_dir)
+            if self.is_main_process:  # the numbered file is newer than the per-epoch resume point
+                self.checkpointer.remove_last(self.output_dir)
+        elif self.is_main_process:
+            # the per-epoch resume point (one file per model, replaced every epoch)
+            self.checkpointer.save_last(self.epoch, self.output_dir)
 
     @torch.no_grad()
     def test(self, split=None):
@@ -399,11 +457,12 @@ class SimpleTrainer(TrainerBase):
             data_loader = self.test_loader
         print(f"Evaluate on the *{split}* set")
         t0 = time.time()
-        show = sys.stderr.isatty() and self.is_main_process
-        for batch_idx, batch in enumerate(tqdm(data_loader, disable=not show, desc=f"eval {split}")):
+        progress = EvalProgress(split, len(data_loader), enabled=self.is_main_process)
+        for batch_idx, batch in enumerate(progress.wrap(data_loader)):
             input, label = self.parse_batch_test(batch)
             output = self.model_inference(input)
             self.evaluator.process(output, label)
+            progress.update(batch_idx + 1)
         results = self.evaluator.evaluate()
         for k, v in results.items():
             self.write_scalar(f"{split}/{k}", v, self.epoch)
@@ -415,46 +474,8 @@ class SimpleTrainer(TrainerBase):
         """Write ``OUTPUT_DIR/results.json`` (atomically; rank 0 only)."""
         if not self.is_main_process:
             return None
-        cfg = self.cfg
-        info = dict(self.run_info)
-        config_file = info.get("config_file", "")
-        now = time.time()
-        started = info.get("started_at", self._time_created)
-        trained = hasattr(self, "time_start")
-        record = {
-            "schema": RESULTS_SCHEMA,
-            "trainer": cfg.TRAINER.NAME,
-            "dataset": cfg.DATASET.NAME,
-            "subsample": cfg.DATASET.SUBSAMPLE_CLASSES,
-            "shots": cfg.DATASET.NUM_SHOTS,
-            "seed": cfg.SEED,
-            "backbone": cfg.MODEL.BACKBONE.NAME,
-            "config_file": config_file,
-            "config_name": osp.splitext(osp.basename(config_file))[0] if config_file else "",
-            "dataset_config_file": info.get("dataset_config_file", ""),
-            "config_digest": config_digest(cfg),
-            "phase": info.get("phase", "train" if trained else "eval"),
-            "model_dir": info.get("model_dir", ""),
-            "load_epoch": info.get("load_epoch"),
-            "split": "test",
-            "metrics": {k: float(v) for k, v in metrics.items()},
-            "num_classes": int(self.num_classes),
-            "num_test": len(self.dm.dataset.test),
-            "epochs": int(self.max_epoch) if trained else 0,
-            "wall_time_s": round(now - started, 3),
-            "eval_time_s": round(eval_seconds, 3) if eval_seconds is not None else None,
-            "started_at": datetime.datetime.fromtimestamp(started).astimezone().isoformat(timespec="seconds"),
-            "finished_at": datetime.datetime.fromtimestamp(now).astimezone().isoformat(timespec="seconds"),
-            "output_dir": osp.abspath(cfg.OUTPUT_DIR),
-            "device": str(self.device),
-            "world_size": dist_info()[1],
-            "versions": package_versions(),
-            "config": json.loads(json.dumps(_cfg_to_dict(cfg), default=str)),
-        }
-        extra = self.extra_results()
-        if extra:
-            record["extra"] = extra
-        path = osp.join(cfg.OUTPUT_DIR, RESULTS_FILE)
+        record = build_results_record(self, metrics, eval_seconds=eval_seconds, world_size=dist_info()[1])
+        path = osp.join(self.cfg.OUTPUT_DIR, RESULTS_FILE)
         write_json(record, path)
         return path
 
@@ -497,16 +518,6 @@ class SimpleTrainer(TrainerBase):
         names = self.get_model_names(names)
         name = names[0]
         return self._optims[name].param_groups[0]["lr"]
-
-
-def _cfg_to_dict(node):
-    from yacs.config import CfgNode
-
-    if isinstance(node, CfgNode):
-        return {k: _cfg_to_dict(v) for k, v in node.items()}
-    if isinstance(node, tuple):
-        return [_cfg_to_dict(v) for v in node]
-    return node
 
 
 class TrainerX(SimpleTrainer):

@@ -1,0 +1,234 @@
+"""Shared building blocks of the prompt-learning methods (docs/METHODS.md, "The method kit").
+
+* :class:`ArgError`: a bad plain argument of a block (``n_ctx``, ``depth``, ...). Blocks never name
+  config keys; a trainer maps the argument to its key (``CFG_ARGS``) in one place.
+* :func:`require_vit`: the one guard for methods that prompt the image tower.
+* :func:`prompt_geometry`: the one check of a prompt length ``N`` and depth ``J`` against the backbone.
+* :class:`ZeroShotHead`: frozen CLIP + hand-crafted templates; class text features rebuilt for every
+  class list, never saved (ZeroshotCLIP, VPT's fixed text side, APLe's teacher, the regularisers of
+  the methods that pull towards zero-shot CLIP).
+* :class:`DeepPromptedCLIP`: frozen prompted encoders around a learner; ``forward(image)`` written once
+  (cached text features -> prompted image features -> fp32 logits).
+
+Learner protocol (all optional except as noted): ``text_prompts() -> (prompts (K, T, d_t), deep_text
+[J_t-1 x (N, d_t)])`` with ``eot_idx`` (K,); ``vision_prompts() -> (ctx (N, d_v), deep_vision
+[J_v-1 x (N, d_v)])``; ``set_classnames(names)``. A learner without ``text_prompts`` gets its text
+features from a :class:`ZeroShotHead`.
+"""
+import torch
+import torch.nn as nn
+
+from .backbone import model_dims
+from .errors import ArgError
+from .prompt_init import clean_classname, init_text_context, random_deep_prompts, random_prompt
+from .prompt_learner import ClassPromptLearner
+from .prompted import PromptedCLIP, PromptedVisionEncoder, check_prompt_config
+from .zeroshot import encode_class_texts
+
+__all__ = ["ArgError", "require_vit", "prompt_geometry", "ZeroShotHead", "DeepPromptedCLIP"]
+
+
+def require_vit(clip_model, method="This method"):
+    """Raise a clear error unless the image tower is a ViT (the one ViT guard of the kit)."""
+    if not model_dims(clip_model)["is_vit"]:
+        raise ArgError(
+            "backbone",
+            f"{method} prompts the image tower: it needs a ViT backbone (e.g. ViT-B/16), not a "
+            f"{type(clip_model.visual).__name__} (e.g. RN50)",
+        )
+
+
+def prompt_geometry(clip_model, n_ctx, depth, towers=("text", "vision"), allow_zero_depth=False,
+                    n_arg="n_ctx", depth_arg="depth"):
+    """Check a prompt length and depth for the given towers; returns ``(n_ctx, depth)`` as ints.
+
+    ``depth`` counts the input layer and may not exceed the shallower of the prompted towers.
+    ``n_arg`` / ``depth_arg`` name the arguments in errors (:class:`ArgError`).
+    """
+    dims = model_dims(clip_model)
+    if "vision" in towers and int(depth) > 0:
+        require_vit(clip_model)
+    layers = min(dims["text_layers" if t == "text" else "vision_layers"] for t in towers)
+    n = int(n_ctx)
+    if int(depth) > 0 and n < 1:
+        raise ArgError(n_arg, f"the number of prompt tokens must be >= 1, got {n}")
+    try:
+        return check_prompt_config(n, depth, layers, depth_arg, allow_zero_depth=allow_zero_depth)
+    except ValueError as e:
+        raise ArgError(depth_arg, str(e).split(": ", 1)[-1]) from None
+
+
+class ZeroShotHead(nn.Module):
+    """Zero-shot CLIP classifier from hand-crafted templates, for the current class list.
+
+    Args:
+        clip_model: the frozen open_clip CLIP (referenced, not registered: never in a state_dict).
+        classnames: K class names (``_`` reads as a space).
+        templates: one template with ``{}`` or a list (features averaged over templates, CLIP's
+            prompt ensembling).
+
+    :meth:`text_features` (K, d) are L2-normalised, computed at the first use for the current class
+    list on the model's device and dropped by :meth:`set_classnames`; they live in a non-persistent
+    buffer, so checkpoints never hold them.
+    """
+
+    def __init__(self, clip_model, classnames, templates):
+        super().__init__()
+        object.__setattr__(self, "_clip_model", clip_model)
+        templates = [templates] if isinstance(templates, str) else list(templates)
+        for t in templates:
+            if "{}" not in t:
+                raise ArgError("templates", f'every template must contain "{{}}", got "{t}"')
+        self.templates = templates
+        self.image_encoder = PromptedVisionEncoder(clip_model, 0, 0)
+        self.logit_scale = clip_model.logit_scale
+        self.register_buffer("features", None, persistent=False)
+        self.set_classnames(classnames)
+
+    def set_classnames(self, classnames):
+        classnames = list(classnames)
+        if not classnames:
+            raise ArgError("classnames", "the class list is empty")
+        self.classnames = [clean_classname(c) for c in classnames]
+        self.features = None
+
+    @torch.no_grad()
+    def text_features(self):
+        """(K, d) L2-normalised zero-shot text features of the current class list."""
+        if self.features is None:
+            self.features = encode_class_texts(self._clip_model, self.classnames, self.templates)
+        return self.features
+
+    @torch.no_grad()
+    def image_features(self, image):
+        """Features of the frozen, unprompted image tower."""
+        return self.image_encoder(image)
+
+    @torch.no_grad()
+    def logits(self, image):
+        from .prompted import normalized_logits
+
+        return normalized_logits(self.image_features(image), self.text_features(), self.logit_scale)
+
+    def train(self, mode=True):  # frozen: always in eval mode
+        return super().train(False)
+
+
+class DeepPromptedCLIP(PromptedCLIP):
+    """Frozen CLIP with (deep) text and/or vision prompts from ``learner``; ``forward(image)`` -> logits.
+
+    Args:
+        clip_model: the frozen open_clip CLIP.
+        learner: the module holding every learnable parameter (registered as ``prompt_learner``).
+        text: ``(N, J)`` of the text prompts (``(0, 0)``: none).
+        vision: ``(N, J)`` of the vision prompts (``(0, 0)``: the image tower is not prompted).
+        fixed_text_templates: templates of the fixed text side when the learner has no text prompts.
+
+    Text features do not depend on the image: in evaluation they are computed once and reused until
+    a learnable tensor changes (:class:`vlprompt.clip.prompted.TextFeatureCache`).
+    """
+
+    def __init__(self, clip_model, learner, text=(0, 0), vision=(0, 0), fixed_text_templates=None):
+        super().__init__(clip_model, text_prompts=text, vision_prompts=vision)
+        self.prompt_learner = learner
+        self.fixed_text = None
+        if not hasattr(learner, "text_prompts"):
+            if fixed_text_templates is None:
+                raise ArgError("fixed_text_templates", "a learner without text prompts needs fixed text templates")
+            classnames = getattr(learner, "classnames", None)
+            if classnames is None:
+                raise ArgError("learner", "a learner without text prompts must carry its class names")
+            self.fixed_text = ZeroShotHead(clip_model, classnames, fixed_text_templates)
+        self.prompts_vision = hasattr(learner, "vision_prompts") and int(vision[1]) > 0
+
+    def text_features(self):
+        """Text features (K, d) of the current prompts (not normalised)."""
+        prompts, deep_text = self.prompt_learner.text_prompts()
+        return self.text_encoder(prompts, self.prompt_learner.eot_idx, deep_text)
+
+    def class_text_features(self):
+        """Text features used for the logits: cached during evaluation, or the fixed ones."""
+        if self.fixed_text is not None:
+            return self.fixed_text.text_features()
+        return self.cached_text_features(self.text_features)
+
+    def image_features(self, image):
+        """Image features (B, d) with the learner's vision prompts (if any)."""
+        if not self.prompts_vision:
+            return self.image_encoder(image)
+        ctx, deep_vision = self.prompt_learner.vision_prompts()
+        return self.image_encoder(image, ctx, deep_vision)
+
+    def forward(self, image):
+        return self.logits(self.image_features(image), self.class_text_features())
+
+    def set_classnames(self, classnames):
+        super().set_classnames(classnames)
+        if self.fixed_text is not None:
+            self.fixed_text.set_classnames(classnames)
+
+
+class IndependentPrompts(ClassPromptLearner):
+    """Independent (uncoupled) deep text and vision prompts (IVLP's design, also PromptSRC's).
+
+    Parameters (names as in the official IVLP code, so its checkpoints map onto them):
+    ``ctx`` (N_t, d_t) shallow text context (MaPLe's init rule: with ``ctx_init`` and N_t <= 4 the
+    first N_t tokens of the phrase, the rest of the phrase kept as frozen tokens; else N(0, 0.02^2)),
+    ``deep_text_prompts[i-1]`` (N_t, d_t) for text blocks i = 1..J_t-1, and with ``depth_vision >= 1``
+    ``vision_ctx`` (N_v, d_v) appended after the patch tokens plus ``deep_vision_prompts[i-1]``.
+    """
+
+    def __init__(self, clip_model, classnames, n_ctx_text=2, depth_text=9, n_ctx_vision=2, depth_vision=9,
+                 ctx_init="a photo of a"):
+        n_t, j_t = prompt_geometry(clip_model, n_ctx_text, depth_text, towers=("text",),
+                                   n_arg="n_ctx_text", depth_arg="depth_text")
+        n_v, j_v = prompt_geometry(clip_model, n_ctx_vision, depth_vision, towers=("vision",),
+                                   allow_zero_depth=True, n_arg="n_ctx_vision", depth_arg="depth_vision")
+        init = init_text_context(clip_model, n_t, ctx_init, rule="maple", where="n_ctx_text")
+        super().__init__(clip_model, classnames, init.prefix, init.n_ctx)
+        dims = model_dims(clip_model)
+        print("Independent V-L design")
+        print(f'Initial text context: "{init.prefix}"')
+        print(f"Number of context words (tokens) for Language prompting: {n_t}")
+        print(f"Number of context words (tokens) for Vision prompting: {n_v if j_v > 0 else 0}")
+        self.text_geometry = (n_t, j_t)
+        self.vision_geometry = (n_v if j_v > 0 else 0, j_v)
+        self.ctx = nn.Parameter(init.vectors)
+        self.deep_text_prompts = random_deep_prompts(j_t - 1, n_t, dims["d_text"])
+        if j_v > 0:
+            self.vision_ctx = nn.Parameter(random_prompt(n_v, dims["d_vision"]))
+            self.deep_vision_prompts = random_deep_prompts(j_v - 1, n_v, dims["d_vision"])
+        else:
+            self.vision_ctx = None
+            self.deep_vision_prompts = nn.ParameterList()
+
+    def text_prompts(self):
+        return self.assemble(self.ctx), list(self.deep_text_prompts)
+
+    def vision_prompts(self):
+        return self.vision_ctx, list(self.deep_vision_prompts)
+
+
+class VisionPrompts(nn.Module):
+    """Deep vision prompts only (VPT-deep): ``vision_ctx`` (N, d_v) appended after the patch tokens and
+    ``deep_vision_prompts[i-1]`` (N, d_v) for vision blocks i = 1..J-1 (all N(0, 0.02^2)).
+
+    Carries the class names for the fixed text side (no learnable text)."""
+
+    def __init__(self, clip_model, classnames, n_ctx=2, depth=1):
+        super().__init__()
+        n, j = prompt_geometry(clip_model, n_ctx, depth, towers=("vision",))
+        d_v = model_dims(clip_model)["d_vision"]
+        self.vision_geometry = (n, j)
+        self.classnames = [clean_classname(c) for c in classnames]
+        self.vision_ctx = nn.Parameter(random_prompt(n, d_v))
+        self.deep_vision_prompts = random_deep_prompts(j - 1, n, d_v)
+
+    def set_classnames(self, classnames):
+        self.classnames = [clean_classname(c) for c in classnames]
+
+    def vision_prompts(self):
+        return self.vision_ctx, list(self.deep_vision_prompts)
+
+
+__all__ += ["IndependentPrompts", "VisionPrompts"]
