@@ -20,6 +20,7 @@ from vlprompt.data.datasets import (
     DatasetBase,
     read_split,
 )
+from vlprompt.toy import templates as _toy_templates  # noqa: F401  (registers the toy templates)
 from vlprompt.toy.data import TOY_DATASETS, ensure_toy_dataset, split_file_name
 
 

@@ -172,7 +172,7 @@ def test_bad_configs_raise_clear_errors(tiny):
         PromptedVisionEncoder(tiny, n_prompts=2, depth=20)
     with pytest.raises(ValueError, match=">= 1"):
         PromptedVisionEncoder(tiny, n_prompts=0, depth=2)
-    with pytest.raises(ValueError, match="N_CTX must be >= 1"):
+    with pytest.raises(ValueError, match="n_ctx: must be >= 1"):
         init_text_context(tiny, 0, "", rule="maple")
     with pytest.raises(ValueError, match="prompt depth"):
         check_prompt_config(2, -1, 12, "TRAINER.X.PROMPT_DEPTH")

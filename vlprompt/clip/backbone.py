@@ -86,17 +86,26 @@ def _build_test_vit_tiny(**_):
 
 
 BUILTIN_BACKBONES = {"test-vit-tiny": _build_test_vit_tiny}
+#: built-in backbones named by the dotted path of their builder ("package.module:function"), imported
+#: only when the backbone is requested (so this layer imports nothing from the layers above it)
+LAZY_BACKBONES = {"toy-clip": "vlprompt.toy.clip_model:build_toy_clip"}
 
 
 def register_builtin_backbone(name, builder):
-    """Register ``builder(**kwargs) -> open_clip CLIP`` under ``name`` (e.g. the toy CLIP)."""
-    BUILTIN_BACKBONES[name] = builder
+    """Register ``builder(**kwargs) -> open_clip CLIP`` under ``name``; ``builder`` may be a callable
+    or a dotted path ``"package.module:function"`` (imported at first use)."""
+    if isinstance(builder, str):
+        LAZY_BACKBONES[name] = builder
+    else:
+        BUILTIN_BACKBONES[name] = builder
 
 
 def _lazy_builtin(name):
-    if name == "toy-clip" and name not in BUILTIN_BACKBONES:
-        # The toy world registers its shipped model on import.
-        import vlprompt.toy.clip_model  # noqa: F401
+    if name not in BUILTIN_BACKBONES and name in LAZY_BACKBONES:
+        import importlib
+
+        module, _, attr = LAZY_BACKBONES[name].partition(":")
+        BUILTIN_BACKBONES[name] = getattr(importlib.import_module(module), attr)
     return BUILTIN_BACKBONES.get(name)
 
 
@@ -112,13 +121,13 @@ def normalize_backbone_name(name):
         return None, name
     import difflib
 
-    known = list(CLIP_NAME_TO_OPENCLIP) + list(BUILTIN_BACKBONES) + ["toy-clip"] + open_clip.list_models()
+    known = list(CLIP_NAME_TO_OPENCLIP) + list(BUILTIN_BACKBONES) + list(LAZY_BACKBONES) + open_clip.list_models()
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise ValueError(
         f'Unknown backbone "{name}".{hint} Use a CLIP name ({", ".join(CLIP_NAME_TO_OPENCLIP)}), '
         f"an open_clip model name (open_clip.list_models()), or a built-in: "
-        f"{', '.join(sorted(set(BUILTIN_BACKBONES) | {'toy-clip'}))}."
+        f"{', '.join(sorted(set(BUILTIN_BACKBONES) | set(LAZY_BACKBONES)))}."
     )
 
 

@@ -52,13 +52,16 @@ IMAGENET_TEMPLATES_SELECT = [
 DEFAULT_TEMPLATE = "a photo of a {}."
 
 
-def _extra_templates():
-    """Templates contributed by optional modules (the toy world)."""
-    try:
-        from vlprompt.toy.templates import TOY_TEMPLATES
-    except ImportError:
-        return {}
-    return dict(TOY_TEMPLATES)
+_EXTRA_TEMPLATES = {}
+
+
+def register_templates(table):
+    """Add ``{dataset name: template}`` entries contributed by another module (the toy world registers
+    its datasets' templates when :mod:`vlprompt.toy.templates` is imported)."""
+    for name, template in table.items():
+        if "{}" not in template:
+            raise ValueError(f'template for {name} must contain "{{}}", got "{template}"')
+        _EXTRA_TEMPLATES[name] = template
 
 
 def get_template(dataset_name, family="coop"):
@@ -69,9 +72,11 @@ def get_template(dataset_name, family="coop"):
     table = APLE_TEMPLATES if family == "aple" else CUSTOM_TEMPLATES
     if dataset_name in table:
         return table[dataset_name]
-    return _extra_templates().get(dataset_name, DEFAULT_TEMPLATE)
+    return _EXTRA_TEMPLATES.get(dataset_name, DEFAULT_TEMPLATE)
 
 
 def format_classnames(classnames):
-    """Class names as used in prompts: ``_`` replaced by a space."""
-    return [c.replace("_", " ") for c in classnames]
+    """Class names as used in prompts (:func:`vlprompt.clip.prompt_init.clean_classname`)."""
+    from .prompt_init import clean_classname
+
+    return [clean_classname(c) for c in classnames]

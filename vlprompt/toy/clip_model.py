@@ -191,12 +191,3 @@ def build_toy_clip(path="", **_):
     model, meta = load_toy_clip_file(path or TOY_WEIGHTS)
     model.toy_meta = meta
     return model
-
-
-def _register():
-    from vlprompt.clip import register_builtin_backbone
-
-    register_builtin_backbone("toy-clip", build_toy_clip)
-
-
-_register()

@@ -15,3 +15,12 @@ TOY_TEMPLATES = {
 }
 
 __all__ = ["TOY_TEMPLATES"]
+
+
+def _register():
+    from vlprompt.clip.templates import register_templates
+
+    register_templates(TOY_TEMPLATES)
+
+
+_register()
