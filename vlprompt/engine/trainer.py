@@ -187,13 +187,15 @@ class TrainerBase:
                 "Try PREC fp32/amp, a lower OPTIM.LR, or check the data."
             )
 
-    def step(self, loss, optimizers=None):
+    def step(self, loss, optimizers=None, before_step=None):
         """One optimisation step; returns the total loss (a tensor).
 
         ``loss``: a scalar tensor or a mapping of named loss terms (summed). ``optimizers``: names of
         the optimisers to step (default: all registered). Order: zero the grads of those optimisers ->
         non-finite check (names epoch and batch) -> backward (scaled by ``self.scaler`` under amp) ->
-        step them (through the scaler under amp) -> ``after_step`` hooks.
+        ``before_step()`` if given (e.g. a gradient projection editing ``.grad`` in place; under amp the
+        grads are still scaled by the same factor) -> step them (through the scaler under amp) ->
+        ``after_step`` hooks.
         """
         if isinstance(loss, Mapping):
             loss = sum(loss.values())
@@ -208,10 +210,14 @@ class TrainerBase:
         scaler = self.scaler
         if scaler is None:
             loss.backward()
+            if before_step is not None:
+                before_step()
             for opt in optims:
                 opt.step()
         else:
             scaler.scale(loss).backward()
+            if before_step is not None:
+                before_step()
             for opt in optims:
                 scaler.step(opt)
             scaler.update()
