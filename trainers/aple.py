@@ -176,10 +176,6 @@ class APLeCLIP(DeepPromptedCLIP):
         """Zero-shot CLIP logits of the *un-adapted* image."""
         return self.teacher.logits(image)
 
-    def set_classnames(self, classnames):
-        super().set_classnames(classnames)
-        self.teacher.set_classnames(classnames)
-
 
 @TRAINER_REGISTRY.register()
 class APLe(ClipPromptTrainer):

@@ -163,9 +163,13 @@ class DeepPromptedCLIP(PromptedCLIP):
         return self.logits(self.image_features(image), self.class_text_features())
 
     def set_classnames(self, classnames):
+        """Rebuild every class-derived buffer: the learner's and those of every other child with
+        ``set_classnames`` (the fixed text side, zero-shot heads a method adds)."""
         super().set_classnames(classnames)
-        if self.fixed_text is not None:
-            self.fixed_text.set_classnames(classnames)
+        learnable = {id(m) for m in self.learnable_modules()}
+        for child in self.children():
+            if id(child) not in learnable and hasattr(child, "set_classnames"):
+                child.set_classnames(classnames)
 
 
 class IndependentPrompts(ClassPromptLearner):
