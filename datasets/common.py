@@ -1,4 +1,4 @@
-"""Shared flow of the CoOp dataset classes (spec engine.md §4.2) and small strict parsers.
+"""Shared flow of the CoOp dataset classes (docs/DATASETS.md) and small strict parsers.
 
 Every split-based dataset does the same thing:
 

@@ -72,6 +72,7 @@ from vlprompt.clip import (
 from vlprompt.clip.adapters import ADAPTER_MODES, FrequencyAdapter
 from vlprompt.config import ConfigError
 from vlprompt.engine import TRAINER_REGISTRY
+from vlprompt.engine.methods import recipes
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
 from vlprompt.optim import build_lr_scheduler, build_optimizer
 
@@ -181,12 +182,7 @@ class APLeCLIP(DeepPromptedCLIP):
 class APLe(ClipPromptTrainer):
     """APLe: decoupled text/vision prompts trained token-wise, with an image adapter and a zero-shot teacher."""
 
-    RECIPES = {
-        "base2new": {"config": "vit_b16_c2_ep5_batch4_2ctx"},
-        "cross_dataset": {"config": "vit_b16_c2_ep5_batch4_2ctx_cross_datasets"},
-        "domain_generalization": {"config": "vit_b16_c2_ep5_batch4_2ctx_cross_datasets"},
-        "few_shot": {"config": "vit_b16_c2_ep5_batch4_2ctx_fewshot"},
-    }
+    RECIPES = recipes("vit_b16_c2_ep5_batch4_2ctx", xd="vit_b16_c2_ep5_batch4_2ctx_cross_datasets", few_shot="vit_b16_c2_ep5_batch4_2ctx_fewshot")
     TABLE_ORDER = 90
 
     CFG_NODE = "APLE"

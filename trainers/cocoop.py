@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from vlprompt.clip import ArgError, ClassPromptLearner, PromptedCLIP, init_text_context
 from vlprompt.engine import TRAINER_REGISTRY
+from vlprompt.engine.methods import recipes
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
 
 
@@ -109,12 +110,7 @@ class CoCoOpCLIP(PromptedCLIP):
 class CoCoOp(ClipPromptTrainer):
     """Conditional Context Optimization (CoCoOp)."""
 
-    RECIPES = {
-        "base2new": {"config": "vit_b16_c4_ep10_batch1_ctxv1"},
-        "cross_dataset": {"config": "vit_b16_c4_ep10_batch1_ctxv1"},
-        "domain_generalization": {"config": "vit_b16_c4_ep10_batch1_ctxv1"},
-        "few_shot": {"config": "vit_b16_c4_ep10_batch1_ctxv1"},
-    }
+    RECIPES = recipes("vit_b16_c4_ep10_batch1_ctxv1", xd="vit_b16_c4_ep10_batch1_ctxv1")
     TABLE_ORDER = 40
 
     CFG_NODE = "COCOOP"

@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from vlprompt.clip import ArgError, ClassPromptLearner, DeepPromptedCLIP, init_text_context, random_prompt
 from vlprompt.engine import TRAINER_REGISTRY
+from vlprompt.engine.methods import recipes
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
 
 POSITIONS = ("end", "middle", "front")
@@ -86,12 +87,11 @@ class CoOpPromptLearner(ClassPromptLearner):
 class CoOp(ClipPromptTrainer):
     """Context Optimization (CoOp)."""
 
-    RECIPES = {
-        "base2new": {"config": "vit_b16_ctxv1", "per_dataset": {"imagenet": "vit_b16_ep50_ctxv1"}},
-        "cross_dataset": {"config": "vit_b16_ep50_ctxv1"},
-        "domain_generalization": {"config": "vit_b16_ep50_ctxv1"},
-        "few_shot": {"config": "vit_b16", "per_shots": {"1": "vit_b16_ep50", "2": "vit_b16_ep100", "4": "vit_b16_ep100"}, "per_dataset": {"imagenet": "vit_b16_ep50"}},
-    }
+    # ImageNet trains 50 epochs in every protocol; few-shot: 1 shot 50, 2/4 shots 100 epochs (CoOp's COOP.md)
+    RECIPES = recipes("vit_b16_ctxv1", xd="vit_b16_ep50_ctxv1", few_shot="vit_b16",
+                      base2new_per_dataset={"imagenet": "vit_b16_ep50_ctxv1"},
+                      few_shot_per_dataset={"imagenet": "vit_b16_ep50"},
+                      few_shot_per_shots={"1": "vit_b16_ep50", "2": "vit_b16_ep100", "4": "vit_b16_ep100"})
     TABLE_ORDER = 30
 
     CFG_NODE = "COOP"

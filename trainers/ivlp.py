@@ -1,27 +1,12 @@
-"""IVLP: Independent Vision-Language Prompting (the MaPLe paper's baseline), on the vlprompt engine.
-
-Independent (uncoupled) deep prompts in both encoders:
-
-* text: ``ctx`` (N_t, d_t), initialised like MaPLe (``CTX_INIT`` with N_t <= 4: first N_t tokens of
-  the phrase, the rest of the phrase kept as frozen tokens; else random), plus
-  ``deep_text_prompts[i-1]`` (N_t, d_t) replacing slots 1..N_t at the input of text blocks
-  i = 1..J_t-1 (N(0, 0.02^2));
-* vision (only if ``PROMPT_DEPTH_VISION >= 1``): ``vision_ctx`` (N_v, d_v) appended after the patch
-  tokens before ``ln_pre``, plus ``deep_vision_prompts[i-1]`` (N_v, d_v) replacing the last N_v tokens
-  at the input of vision blocks i = 1..J_v-1.
-
-``PROMPT_DEPTH_VISION 0`` (with ``N_CTX_VISION 0``) gives deep *language* prompting
-(``vit_b16_c2_ep5_batch4_4ctx_language_only``). Trainable parameters at ViT-B/16: 30,720 for
-``2+2ctx`` (J=12/12), 24,576 for ``4ctx_language_only``.
-
-Config ``TRAINER.IVLP.{N_CTX_VISION=2, N_CTX_TEXT=2, CTX_INIT="a photo of a", PREC="fp16",
-PROMPT_DEPTH_VISION=9, PROMPT_DEPTH_TEXT=9}``. Registered model name ``VLPromptLearner`` (official);
-official whole-model checkpoints (``VPT``/``VPT_shallow`` inside the encoders) load too.
+"""IVLP: Independent Vision-Language Prompting (the MaPLe paper's baseline): uncoupled deep prompts in
+both towers (:class:`vlprompt.clip.IndependentPrompts`); ``PROMPT_DEPTH_VISION 0`` gives deep language
+prompting. Details, parameter counts and configs: docs/METHODS.md (## IVLP).
 """
 import re
 
 from vlprompt.clip import DeepPromptedCLIP, IndependentPrompts
 from vlprompt.engine import TRAINER_REGISTRY
+from vlprompt.engine.methods import recipes
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
 
 
@@ -52,12 +37,7 @@ VLPromptLearner = IndependentPrompts  # the official class name
 class IVLP(ClipPromptTrainer):
     """Independent Vision-Language Prompting (and deep language prompting)."""
 
-    RECIPES = {
-        "base2new": {"config": "vit_b16_c2_ep5_batch4_2+2ctx"},
-        "cross_dataset": {"config": "vit_b16_c2_ep5_batch4_2+2ctx"},
-        "domain_generalization": {"config": "vit_b16_c2_ep5_batch4_2+2ctx"},
-        "few_shot": {"config": "vit_b16_c2_ep5_batch4_2+2ctx"},
-    }
+    RECIPES = recipes("vit_b16_c2_ep5_batch4_2+2ctx", xd="vit_b16_c2_ep5_batch4_2+2ctx")
     TABLE_ORDER = 60
 
     CFG_NODE = "IVLP"
@@ -73,7 +53,7 @@ class IVLP(ClipPromptTrainer):
         learner = IndependentPrompts(clip_model, classnames, n_ctx_text=m.N_CTX_TEXT, depth_text=m.PROMPT_DEPTH_TEXT,
                                      n_ctx_vision=m.N_CTX_VISION, depth_vision=m.PROMPT_DEPTH_VISION,
                                      ctx_init=m.CTX_INIT)
-        return DeepPromptedCLIP(clip_model, learner, text=learner.text_geometry, vision=learner.vision_geometry)
+        return DeepPromptedCLIP(clip_model, learner)
 
     def convert_legacy_state_dict(self, state_dict):
         own = set(self.learnable_module().state_dict().keys())

@@ -1,23 +1,7 @@
-"""MaPLe: Multi-modal Prompt Learning (Khattak et al., CVPR 2023), on the vlprompt engine.
-
-Learns, for prompt length ``N`` and depth ``J`` (input layer included):
-
-* ``ctx`` (N, d_t): shallow text prompt. With ``CTX_INIT`` and ``N <= 4`` it starts from the first N
-  tokens of the phrase and the prompt string keeps the whole phrase, so for N=2 "of a" stay frozen
-  tokens: ``[SOS, p1, p2, "of", "a", <class>, ".", EOT]``; otherwise N(0, 0.02^2);
-* ``proj``: Linear(d_t -> d_v), the layer-0 coupling: vision prompts at the input are ``proj(ctx)``;
-* ``compound_prompts_text[i-1]`` (N, d_t), i = 1..J-1: deep text prompts (slots 1..N of block i);
-* ``compound_prompt_projections[i-1]``: Linear(d_t -> d_v) per deep layer (all start from the same
-  weights, as in the official code); block i of the image tower gets
-  ``compound_prompt_projections[i-1](compound_prompts_text[i-1])`` as its last N tokens.
-
-3,555,072 trainable parameters at ViT-B/16, N=2, J=9 (the paper's 3.55M).
-
-Config ``TRAINER.MAPLE.{N_CTX=2, CTX_INIT="a photo of a", PREC="fp16", PROMPT_DEPTH=9}``. In a notebook:
+"""MaPLe: Multi-modal Prompt Learning (Khattak et al., CVPR 2023): text prompts coupled to the image
+tower by linear projections, at every layer up to the prompt depth. What is learned, the init rule,
+parameter counts and configs: docs/METHODS.md (## MaPLe). In a notebook:
 ``CoupledPrompts(clip_model, ["cat", "dog"], n_ctx=2, depth=9)``.
-Registered model name ``MultiModalPromptLearner`` as in the official repository, but only the
-prompt learner is registered and saved (the official checkpoints hold the whole CLIP; those load
-too: the ``prompt_learner.`` keys are picked out).
 """
 import copy
 
@@ -26,6 +10,7 @@ import torch.nn as nn
 from vlprompt.clip import ClassPromptLearner, DeepPromptedCLIP, init_text_context, prompt_geometry, random_deep_prompts
 from vlprompt.clip.backbone import model_dims
 from vlprompt.engine import TRAINER_REGISTRY
+from vlprompt.engine.methods import recipes
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
 
 
@@ -44,6 +29,7 @@ class CoupledPrompts(ClassPromptLearner):
         print(f'Initial context: "{init.prefix}"')
         print(f"Number of MaPLe context words (tokens): {n_ctx}")
         self.depth = depth
+        self.text_geometry = self.vision_geometry = (n_ctx, depth)
         dims = model_dims(clip_model)
         d_t, d_v = dims["d_text"], dims["d_vision"]
         self.ctx = nn.Parameter(init.vectors)
@@ -67,12 +53,7 @@ MultiModalPromptLearner = CoupledPrompts  # the official class name
 class MaPLe(ClipPromptTrainer):
     """Multi-modal Prompt Learning (MaPLe)."""
 
-    RECIPES = {
-        "base2new": {"config": "vit_b16_c2_ep5_batch4_2ctx"},
-        "cross_dataset": {"config": "vit_b16_c2_ep5_batch4_2ctx_cross_datasets"},
-        "domain_generalization": {"config": "vit_b16_c2_ep5_batch4_2ctx_cross_datasets"},
-        "few_shot": {"config": "vit_b16_c2_ep5_batch4_2ctx"},
-    }
+    RECIPES = recipes("vit_b16_c2_ep5_batch4_2ctx", xd="vit_b16_c2_ep5_batch4_2ctx_cross_datasets")
     TABLE_ORDER = 70
 
     CFG_NODE = "MAPLE"
@@ -84,5 +65,4 @@ class MaPLe(ClipPromptTrainer):
     def build_custom_clip(cls, cfg, classnames, clip_model):
         m = cfg.TRAINER.MAPLE
         learner = CoupledPrompts(clip_model, classnames, n_ctx=m.N_CTX, depth=m.PROMPT_DEPTH, ctx_init=m.CTX_INIT)
-        geometry = (learner.n_ctx, learner.depth)
-        return DeepPromptedCLIP(clip_model, learner, text=geometry, vision=geometry)
+        return DeepPromptedCLIP(clip_model, learner)

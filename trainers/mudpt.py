@@ -15,7 +15,7 @@ What is learned (``N = N_CTX``, ``J = DEEP_PROMPT_DEPTH``; ``d_t``/``d_v`` are r
     one ``g_tv`` Linear(d_t -> d_v) shared by all deep vision layers and one ``g_vt``
     Linear(d_v -> d_t) shared by all deep text layers.
 
-Effective prompts (specs/methods.md §4.3)::
+Effective prompts (docs/METHODS.md, MuDPT)::
 
     text   layer 0: P_t^0                     (no injection into the text input)
     text   layer i: P_t^i + I_vt(P_v)^i       i = 1..J-1
@@ -38,7 +38,7 @@ list, so a checkpoint loads onto another label space (base -> new, ImageNet -> o
 Precision: all learnable weights are fp32 master copies; prompts are cast to the activation dtype at
 insertion. ``fp32`` (the authors' effective setting), ``amp``/``bf16`` (fp32 weights, autocast) and
 ``fp16`` (frozen CLIP in fp16, injection weights and prompts in fp32) all work; the public code's
-fp16/fp32 mix failure (specs/methods.md §4.5) cannot happen because the injection modules never live
+fp16/fp32 mix failure (docs/METHODS.md, MuDPT: precision) cannot happen because the injection modules never live
 inside the converted CLIP.
 """
 from collections import OrderedDict
@@ -56,6 +56,7 @@ from vlprompt.clip import (
     random_prompt,
 )
 from vlprompt.engine import TRAINER_REGISTRY
+from vlprompt.engine.methods import recipes
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
 
 __all__ = [
@@ -176,7 +177,7 @@ class TransformerInjection(nn.Module):
 
 
 class LinearInjection(nn.Module):
-    """Linear injection (the public class named ``MuDPT``, specs/methods.md §4.2).
+    """Linear injection (the public class named ``MuDPT``, docs/METHODS.md, MuDPT).
 
     ``embed_projection`` = g0_tv Linear(d_t -> d_v) for the vision input, ``deep_projections`` = one
     g_tv Linear(d_t -> d_v) shared across deep vision layers, ``visual_ctx_deep_projections`` = one
@@ -306,12 +307,7 @@ class MuDPT(ClipPromptTrainer):
     ``TRAINER.MUDPT.UNIDIRECTIONAL True`` gives UMuDPT from the same code.
     """
 
-    RECIPES = {
-        "base2new": {"config": "vit_b16_bz4_ep10_nctx4_depth9"},
-        "cross_dataset": {"config": "vit_b16_bz4_ep10_nctx4_depth9_cross_datasets"},
-        "domain_generalization": {"config": "vit_b16_bz4_ep10_nctx4_depth9_cross_datasets"},
-        "few_shot": {"config": "vit_b16_bz4_ep10_nctx4_depth9"},
-    }
+    RECIPES = recipes("vit_b16_bz4_ep10_nctx4_depth9", xd="vit_b16_bz4_ep10_nctx4_depth9_cross_datasets")
     TABLE_ORDER = 80
 
     CFG_NODE = "MUDPT"
@@ -369,10 +365,7 @@ class UMuDPT(MuDPT):
     ``MuDPT`` with ``UNIDIRECTIONAL True``; checkpoints under ``UnifiedMultimodalDeepPromptTuning/``
     (official name)."""
 
-    RECIPES = {
-        "base2new": {"config": "vit_b16_bz4_ep5_nctx2_depth9"},
-        "few_shot": {"config": "vit_b16_bz4_ep5_nctx2_depth9"},
-    }
+    RECIPES = recipes("vit_b16_bz4_ep5_nctx2_depth9")
     TABLE_ORDER = 85
 
     CFG_NODE = "UMUDPT"

@@ -13,6 +13,7 @@ import torch
 
 from vlprompt.clip import IMAGENET_TEMPLATES_SELECT, ZeroShotHead, build_clip_from_cfg, get_template
 from vlprompt.engine import TRAINER_REGISTRY, TrainerX
+from vlprompt.engine.methods import recipes
 
 
 def _maybe_half(clip_model, cfg, device):
@@ -28,12 +29,7 @@ def _maybe_half(clip_model, cfg, device):
 class ZeroshotCLIP(TrainerX):
     """Zero-shot CLIP with the dataset's hand-crafted template (CoOp's ``CUSTOM_TEMPLATES``)."""
 
-    RECIPES = {
-        "base2new": {"config": "CoOp/vit_b16"},
-        "cross_dataset": {"config": "CoOp/vit_b16"},
-        "domain_generalization": {"config": "CoOp/vit_b16"},
-        "few_shot": {"config": "CoOp/vit_b16"},
-    }
+    RECIPES = recipes("CoOp/vit_b16", xd="CoOp/vit_b16")
     TABLE_ORDER = 10
     EVAL_ONLY = True
 
@@ -64,12 +60,7 @@ class ZeroshotCLIP(TrainerX):
 class ZeroshotCLIP2(ZeroshotCLIP):
     """Prompt ensembling (CLIP's 7 selected templates + the dataset template)."""
 
-    RECIPES = {
-        "base2new": {"config": "CoOp/vit_b16"},
-        "cross_dataset": {"config": "CoOp/vit_b16"},
-        "domain_generalization": {"config": "CoOp/vit_b16"},
-        "few_shot": {"config": "CoOp/vit_b16"},
-    }
+    RECIPES = recipes("CoOp/vit_b16", xd="CoOp/vit_b16")
     TABLE_ORDER = 20
 
     def templates(self):

@@ -1,6 +1,6 @@
 """APLe's image adapter: Gaussian filtering in the 2-D frequency domain fused with the input image.
 
-``specs/methods.md`` §5.3. The adapter acts on the *normalised* image tensor (B, C, H, W) that the
+docs/METHODS.md (APLe, image adapter). The adapter acts on the *normalised* image tensor (B, C, H, W) that the
 data loader produces, at training and at test time, before the prompted image encoder:
 
     fused = alpha * x + (1 - alpha) * F^-1( G * F(x) )

@@ -120,15 +120,18 @@ class DeepPromptedCLIP(PromptedCLIP):
     Args:
         clip_model: the frozen open_clip CLIP.
         learner: the module holding every learnable parameter (registered as ``prompt_learner``).
-        text: ``(N, J)`` of the text prompts (``(0, 0)``: none).
-        vision: ``(N, J)`` of the vision prompts (``(0, 0)``: the image tower is not prompted).
+        text: ``(N, J)`` of the text prompts (default: ``learner.text_geometry``, else ``(0, 0)``: none).
+        vision: ``(N, J)`` of the vision prompts (default: ``learner.vision_geometry``, else ``(0, 0)``:
+            the image tower is not prompted).
         fixed_text_templates: templates of the fixed text side when the learner has no text prompts.
 
     Text features do not depend on the image: in evaluation they are computed once and reused until
     a learnable tensor changes (:class:`vlprompt.clip.prompted.TextFeatureCache`).
     """
 
-    def __init__(self, clip_model, learner, text=(0, 0), vision=(0, 0), fixed_text_templates=None):
+    def __init__(self, clip_model, learner, text=None, vision=None, fixed_text_templates=None):
+        text = tuple(text if text is not None else getattr(learner, "text_geometry", (0, 0)))
+        vision = tuple(vision if vision is not None else getattr(learner, "vision_geometry", (0, 0)))
         super().__init__(clip_model, text_prompts=text, vision_prompts=vision)
         self.prompt_learner = learner
         self.fixed_text = None

@@ -3,7 +3,7 @@
 * :func:`random_prompt` / :func:`random_deep_prompts`: N(0, 0.02^2) prompt tokens (fp32).
 * :func:`init_text_context`: the shallow text context and the prompt-prefix string, following each
   method's own rule for ``N_CTX`` vs. an init phrase such as ``"a photo of a"``
-  (``specs/methods.md`` §9.2):
+  (docs/METHODS.md, context initialisation):
 
   ========  =========================================================================================
   rule      behaviour with ``ctx_init`` set

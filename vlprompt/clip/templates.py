@@ -1,4 +1,4 @@
-"""Hand-crafted prompt templates keyed by ``DATASET.NAME`` (methods.md §5.2, §6; engine.md §5)."""
+"""Hand-crafted prompt templates keyed by ``DATASET.NAME`` (docs/METHODS.md, docs/DATASETS.md)."""
 
 # CoOp's zero-shot templates (ZeroshotCLIP, and the CoOp family's zero-shot baseline).
 CUSTOM_TEMPLATES = {

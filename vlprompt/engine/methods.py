@@ -91,3 +91,34 @@ def method_spec(name):
 def method_order():
     """Trainer names in table order (those with recipes)."""
     return [s.name for s in method_specs()]
+
+
+def recipes(base2new=None, xd=None, few_shot=None, cross_dataset=None, domain_generalization=None, **per):
+    """A ``RECIPES`` dict in one line: ``xd`` is the config of both cross-dataset and domain
+    generalisation (their ImageNet training run is shared), ``few_shot`` defaults to ``base2new``.
+
+    A value is a config name or a full recipe dict (``{"config": ..., "per_dataset": ..., "per_shots": ...}``).
+    ``per`` may give ``base2new_per_dataset={...}`` style overrides. Protocols left ``None`` are not run.
+    """
+    out = {}
+    values = {
+        "base2new": base2new,
+        "cross_dataset": cross_dataset if cross_dataset is not None else xd,
+        "domain_generalization": domain_generalization if domain_generalization is not None else xd,
+        "few_shot": few_shot if few_shot is not None else base2new,
+    }
+    for protocol, value in values.items():
+        if value is None:
+            continue
+        recipe = dict(value) if isinstance(value, dict) else {"config": value}
+        for key in ("per_dataset", "per_shots"):
+            extra = per.pop(f"{protocol}_{key}", None)
+            if extra:
+                recipe[key] = dict(extra)
+        out[protocol] = recipe
+    if per:
+        raise TypeError(f"recipes(): unknown arguments {sorted(per)}")
+    return out
+
+
+__all__.append("recipes")

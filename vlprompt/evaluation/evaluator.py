@@ -1,5 +1,5 @@
 """The ``Classification`` evaluator (Dassl's), with macro-F1 and the confusion matrix computed
-without scikit-learn but with sklearn's semantics (engine.md §6)."""
+without scikit-learn but with sklearn's semantics (docs/ENGINE.md)."""
 import os.path as osp
 from collections import OrderedDict, defaultdict
 

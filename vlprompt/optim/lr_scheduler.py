@@ -1,6 +1,6 @@
 """``build_lr_scheduler`` reproducing Dassl's per-epoch LR trajectory.
 
-Differences from Dassl, both fixes for current torch (engine.md §9): the warmup wrapper does not
+Differences from Dassl, both fixes for current torch (docs/ENGINE.md, differences from Dassl): the warmup wrapper does not
 pass ``verbose`` to torch's base class, and its ``state_dict()`` stores the successor as a nested
 *state dict* instead of pickling the scheduler object, so checkpoints load with
 ``torch.load(..., weights_only=True)``.
