@@ -1,0 +1,136 @@
+"""Engine checkpoints as users meet them: SIGKILL mid-run and resume, an unreadable newest checkpoint,
+TRAIN.OVERWRITE retraining, the per-epoch resume point. CoOp on the tiny random backbone."""
+import json
+import os
+import os.path as osp
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import train as train_mod
+from tests.helpers import make_image_folder
+from vlprompt.engine import LAST_CHECKPOINT, TRAINER_REGISTRY
+from vlprompt.utils import load_checkpoint, restore_stdout
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckdata")
+    make_image_folder(str(root / "five"), n_classes=5, n_per_class=8)
+    (root / "five.yaml").write_text('DATASET:\n  NAME: "ImageFolder"\n  FOLDER: "five"\n')
+    return root
+
+
+def argv(data_root, out, *extra):
+    return ["--root", str(data_root), "--seed", "1", "--trainer", "CoOp",
+            "--dataset-config-file", str(data_root / "five.yaml"), "--output-dir", str(out),
+            "MODEL.BACKBONE.NAME", "test-vit-tiny", "USE_CUDA", "False", "DATALOADER.NUM_WORKERS", "0",
+            "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "OPTIM.MAX_EPOCH", "3", "OPTIM.LR", "0.05",
+            "TRAINER.COOP.PREC", "fp32", "TRAINER.COOP.N_CTX", "4", "TRAIN.PRINT_FREQ", "1", *extra]
+
+
+def run(args):
+    try:
+        return train_mod.cli(args)
+    finally:
+        restore_stdout()
+
+
+def ctx(out, epoch=3):
+    return load_checkpoint(osp.join(out, "prompt_learner", f"model.pth.tar-{epoch}"))["state_dict"]["ctx"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("full") / "run"
+    assert run(argv(data_root, out)) == 0
+    return out
+
+
+def run_process(args):
+    cmd = [sys.executable, osp.join(ROOT, "train.py"), *args]
+    done = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:]
+    return done.stdout
+
+
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(data_root, tmp_path):
+    # every run in its own process, as users run them (thread pools and allocator state of the test
+    # process do not leak into the numbers)
+    reference = tmp_path / "reference"
+    run_process(argv(data_root, reference))
+    out = tmp_path / "killed"
+    cmd = [sys.executable, osp.join(ROOT, "train.py"), *argv(data_root, out)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    killed_at = None
+    deadline = time.time() + 120
+    for line in proc.stdout:
+        if line.startswith("epoch [2/3] batch [2/"):
+            proc.send_signal(signal.SIGKILL)
+            killed_at = line.strip()
+            break
+        assert time.time() < deadline, "the run never reached epoch 2"
+    proc.wait(timeout=30)
+    assert killed_at is not None and proc.returncode == -signal.SIGKILL
+    folder = out / "prompt_learner"
+    assert (folder / LAST_CHECKPOINT).exists(), "no per-epoch resume point after epoch 1"
+    assert load_checkpoint(str(folder / LAST_CHECKPOINT))["epoch"] == 1
+    assert not (out / "results.json").exists()
+    log = run_process(argv(data_root, out))
+    assert "Found checkpoint" in log and "Previous epoch: 1" in log
+    assert torch.equal(ctx(out), ctx(reference))
+    assert sorted(os.listdir(folder)) == sorted(os.listdir(reference / "prompt_learner"))
+    a = json.load(open(out / "results.json"))["metrics"]
+    b = json.load(open(reference / "results.json"))["metrics"]
+    assert a == b
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_unreadable_newest_checkpoint_falls_back_to_the_previous_one(data_root, uninterrupted, tmp_path,
+                                                                    monkeypatch, capsys):
+    out = tmp_path / "corrupt"
+    cls = TRAINER_REGISTRY.get("CoOp")
+    original = cls.run_epoch
+
+    def stop_at_third(self):
+        if self.epoch == 2:
+            raise _Stop()
+        return original(self)
+
+    monkeypatch.setattr(cls, "run_epoch", stop_at_third)
+    with pytest.raises(_Stop):
+        run(argv(data_root, out, "TRAIN.CHECKPOINT_FREQ", "1"))
+    restore_stdout()
+    monkeypatch.setattr(cls, "run_epoch", original)
+    newest = out / "prompt_learner" / "model.pth.tar-2"
+    data = newest.read_bytes()
+    newest.write_bytes(data[: len(data) // 3])  # a crash while the disk was full
+    capsys.readouterr()
+    assert run(argv(data_root, out, "TRAIN.CHECKPOINT_FREQ", "1")) == 0
+    log = capsys.readouterr().out
+    assert f'Checkpoint "{newest}" is unreadable' in log
+    assert "model.pth.tar-1" in log
+    assert torch.equal(ctx(out), ctx(uninterrupted))
+
+
+def test_overwrite_trains_again_from_scratch(data_root, uninterrupted, tmp_path, capsys):
+    out = tmp_path / "over"
+    assert run(argv(data_root, out)) == 0
+    old = ctx(out).clone()
+    capsys.readouterr()
+    assert run(argv(data_root, out, "TRAIN.OVERWRITE", "True", "OPTIM.LR", "0.5")) == 0
+    log = capsys.readouterr().out
+    assert "TRAIN.OVERWRITE True: training from scratch" in log
+    assert "epoch [1/3] batch [1/" in log and "epoch [3/3]" in log
+    assert not torch.equal(ctx(out), old)
+    record = json.load(open(out / "results.json"))
+    assert record["config"]["OPTIM"]["LR"] == 0.5 and record["epochs"] == 3
