@@ -2,6 +2,9 @@
 
 No test touches the network: archives are fabricated with tarfile/zipfile in the layout the real
 archives have and served through a local fetcher (``file://`` URLs through the real ``fetch_url``).
+The Hub source is switched to offline mode here (``HF_HUB_OFFLINE``), so where a dataset's default
+order of sources includes the Hub, it fails at once and the next source is used; the Hub path itself
+is tested against a local fake Hub in test_datasets_hub.py.
 """
 import io
 import os
@@ -134,6 +137,13 @@ def _serve(name, tmp_path):
 
 
 DOWNLOADABLE = [n for n, info in catalog.DATASETS.items() if info.archives]
+
+
+@pytest.fixture(autouse=True)
+def _hub_offline(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
 
 
 def test_which_datasets_are_downloadable():
