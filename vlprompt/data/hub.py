@@ -16,6 +16,7 @@ the next run resumes where the last one stopped. Every file is checked against i
 sha256, or, where none is recorded, against what the Hub publishes for the pinned revision; a
 mismatch removes the file and fails with both values.
 """
+import http.client
 import json
 import os
 import os.path as osp
@@ -322,7 +323,7 @@ class HubClient:
                 while True:
                     try:
                         block = response.read(1 << 20)
-                    except (socket.timeout, TimeoutError, OSError, ValueError) as e:
+                    except (socket.timeout, TimeoutError, OSError, ValueError, http.client.HTTPException) as e:
                         raise HubError(f"{hf.label}: download interrupted at {got:,} bytes ({_reason(e)}); "
                                        f"run the same command again to resume from {part}") from e
                     if not block:
