@@ -165,6 +165,14 @@ def test_download_arranges_the_coop_layout(tmp_path, name):
         assert osp.isfile(info.split_path(dst))
     # staging and archives are cleaned up
     assert sorted(os.listdir(dst)) == [info.dataset_dir]
+    # the install manifest names the archives, and the folder verifies against it
+    from vlprompt.data import doctor
+    from vlprompt.data.integrity import read_manifest
+
+    record = read_manifest(info.dataset_path(dst))
+    assert [a["filename"] for a in record["source"]["archives"]] == [a.filename for a in info.archives]
+    v = doctor.check_dataset(info, dst, verify=True, quick=True)
+    assert any("--verify: all" in d for d in v.details), v.details
     # a second run finds everything in place and fetches nothing
     server.requests.clear()
     assert download.main([info.yaml, "--root", dst], fetcher=server) == download.EXIT_OK
@@ -351,3 +359,27 @@ def test_list_and_unknown_name(tmp_path, capsys):
     for info in catalog.DATASETS.values():
         assert info.name in out
     assert download.main(["cifar10", "--root", str(tmp_path)]) == 2
+
+
+def test_source_original_keeps_the_manual_steps_for_stanford_cars(tmp_path, capsys):
+    _, server = _serve_cars(tmp_path)
+    dst = str(tmp_path / "data")
+    assert download.main(["stanford_cars", "--root", dst, "--source", "original"], fetcher=server) == \
+        download.EXIT_MANUAL
+    out = capsys.readouterr().out
+    assert "cars_test_annos_withlabels.mat" in out
+    assert osp.isfile(catalog.DATASETS["StanfordCars"].split_path(dst))  # the split file is still fetched
+
+
+def test_source_hub_for_a_dataset_no_mirror_holds(tmp_path, capsys):
+    assert download.main(["imagenetv2", "--root", str(tmp_path), "--source", "hub"]) == download.EXIT_FAILED
+    assert "no Hub mirror to fetch it from" in capsys.readouterr().err
+
+
+def test_default_order_falls_back_to_the_next_source(tmp_path, capsys):
+    _, server = _serve("UCF101", tmp_path)  # UCF101: hub first (offline here), then CoOp's Drive copy
+    dst = str(tmp_path / "data")
+    assert download.main(["ucf101", "--root", dst], fetcher=server) == download.EXIT_OK
+    out = capsys.readouterr().out
+    assert "fetching from hub failed; trying the next source" in out
+    assert "HF_HUB_OFFLINE" in out
