@@ -182,7 +182,9 @@ class HubClient:
 
     # -- metadata ---------------------------------------------------------------------------------
     def offline(self):
-        return _hf()[1].is_offline_mode()
+        constants = _hf()[1]
+        check = getattr(constants, "is_offline_mode", None)
+        return bool(check()) if callable(check) else bool(constants.HF_HUB_OFFLINE)
 
     def _endpoint(self):
         return self.endpoint or _hf()[1].ENDPOINT
@@ -215,7 +217,8 @@ class HubClient:
             if not hasattr(e, "size"):
                 continue  # a folder
             lfs = getattr(e, "lfs", None)
-            out.append({"path": e.path, "size": e.size, "sha256": lfs.sha256 if lfs is not None else None})
+            sha = getattr(lfs, "sha256", None) or (lfs.get("sha256") if isinstance(lfs, dict) else None)
+            out.append({"path": e.path, "size": e.size, "sha256": sha})
         return sorted(out, key=lambda r: r["path"])
 
     # -- download ---------------------------------------------------------------------------------
