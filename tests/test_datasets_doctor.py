@@ -264,3 +264,8 @@ def test_verify_against_the_install_manifest(tmp_path, monkeypatch, capsys):
     assert any(rel(changed) in d and "CRC-32" in d for d in v.details)
     assert doctor.main(["--root", str(tmp_path), "--dataset", "dtd", "--verify", "--quick"]) == 1
     assert "dtd-r1.0.1.tar.gz" in capsys.readouterr().out
+
+
+def test_missing_stanford_cars_points_at_the_download_helper(tmp_path):
+    v = _verdict(tmp_path, "StanfordCars")  # fetched from the Hub mirror by default now
+    assert v.status == doctor.MISSING and v.todo.startswith("run: python -m vlprompt.data.download stanford_cars")

@@ -81,7 +81,9 @@ def _get_cmd(info, root, split_only=False):
 
 
 def _fetch_hint(info, root):
-    if info.archives:
+    from vlprompt.data.download import available_sources  # lazy: download imports the doctor too
+
+    if available_sources(info):
         return f"run: {_get_cmd(info, root)}"
     return f"manual download; steps: {_get_cmd(info, root)} (or docs/DATASETS.md)"
 
