@@ -383,3 +383,48 @@ def test_default_order_falls_back_to_the_next_source(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "fetching from hub failed; trying the next source" in out
     assert "HF_HUB_OFFLINE" in out
+
+
+def test_interrupted_original_download_resumes(tmp_path):
+    import hashlib
+    import http.server
+    import threading
+
+    payload = os.urandom(300_000)
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        cut = [100_000]
+
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            rng = self.headers.get("Range")
+            start = int(rng.split("=")[1].rstrip("-")) if rng else 0
+            body = payload[start:]
+            self.send_response(206 if rng else 200)
+            self.send_header("Content-Length", str(len(body)))
+            if rng:
+                self.send_header("Content-Range", f"bytes {start}-{len(payload) - 1}/{len(payload)}")
+            self.end_headers()
+            n = self.cut.pop() if self.cut else len(body)
+            self.wfile.write(body[:n])
+            seen.append((rng, n))
+            self.close_connection = True
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/archive.tar.gz"
+        dest = str(tmp_path / "archive.tar.gz")
+        md5 = hashlib.md5(payload).hexdigest()
+        with pytest.raises(DownloadError, match="run the same command again to resume"):
+            fetch_url(url, dest, md5=md5, timeout=5, quiet=True)
+        assert os.path.getsize(dest + ".part") == 100_000 and not os.path.exists(dest)
+        fetch_url(url, dest, md5=md5, timeout=5, quiet=True)
+        assert open(dest, "rb").read() == payload
+        assert seen == [(None, 100_000), ("bytes=100000-", 200_000)]  # only the rest was sent again
+    finally:
+        server.shutdown()
+        server.server_close()
