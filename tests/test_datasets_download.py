@@ -171,6 +171,8 @@ def test_download_arranges_the_coop_layout(tmp_path, name):
 
     record = read_manifest(info.dataset_path(dst))
     assert [a["filename"] for a in record["source"]["archives"]] == [a.filename for a in info.archives]
+    if info.split_file:  # fetched after the archives, recorded too
+        assert info.split_file in record["files"]
     v = doctor.check_dataset(info, dst, verify=True, quick=True)
     assert any("--verify: all" in d for d in v.details), v.details
     # a second run finds everything in place and fetches nothing

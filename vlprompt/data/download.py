@@ -668,6 +668,7 @@ def download_dataset(info, root, split_only=False, keep_archives=False, timeout=
     report = report if report is not None else {}
     report.setdefault("source", "-")
     status = EXIT_OK
+    manifest = None
     if not split_only:
         order = sources_to_try(info, source)
         if _data_present(info, root):
@@ -700,6 +701,7 @@ def download_dataset(info, root, split_only=False, keep_archives=False, timeout=
                     if len(order) > 1:
                         print(f"{info.name}: fetching from {src} failed; {'trying the next source' if src != order[-1] else 'no source left'}")
                     continue
+                manifest = (record, installed)
                 write_manifest(ddir, record, installed)
                 report["source"] = src if src == "original" else f"hub ({record['repo_id']})"
                 report["action"] = "downloaded"
@@ -719,6 +721,11 @@ def download_dataset(info, root, split_only=False, keep_archives=False, timeout=
         print(f"{info.name} has no split file to fetch ({info.notes.get('split', 'none is used')})")
     if split_only:
         report["action"] = "split file only"
+    if manifest is not None:  # record the split / extra files fetched after the archives too
+        record, installed = manifest
+        later = [rel for rel in ([info.split_file] if info.split_file else []) + [f for _, f in info.extra_files]
+                 if osp.isfile(osp.join(ddir, rel))]
+        write_manifest(ddir, record, sorted(set(installed) | set(later)))
     if status == EXIT_OK and not split_only:
         from vlprompt.data.doctor import PROBLEM, check_dataset
 
