@@ -27,7 +27,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from vlprompt.data.integrity import IntegrityError, check_file, file_digest
+from vlprompt.data.integrity import IntegrityError, check_file
 
 __all__ = [
     "HubError",
@@ -349,7 +349,3 @@ class HubClient:
     def member_checks(hf):
         """``[(relative path, sha256, source)]`` of archive members whose checksum is on record."""
         return [(rel, rec["sha256"], rec.get("source", "")) for rel, rec in sorted(hf.members.items())]
-
-
-def sha256_of(path):
-    return file_digest(path, "sha256")
