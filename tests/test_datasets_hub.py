@@ -1,8 +1,9 @@
 """Fetching datasets from Hub mirrors, against a fabricated Hub served on 127.0.0.1.
 
-``FakeHub`` implements the few Hub endpoints the download path uses (``HEAD``/``GET``
-``/<repo>/resolve/<revision>/<file>`` with the ``X-Repo-Commit`` / ``X-Linked-Etag`` /
-``X-Linked-Size`` headers and HTTP ranges, and ``/api/models/<repo>/tree/<revision>``); it can cut a
+``FakeHub`` implements the few Hub endpoints the download path uses: ``HEAD``/``GET``
+``/<repo>/resolve/<revision>/<file>`` answered, as the Hub does for LFS files, with a redirect to a
+CDN URL and the ``X-Repo-Commit`` / ``X-Linked-Etag`` / ``X-Linked-Size`` headers; the CDN URL with
+HTTP ranges; and ``/api/models/<repo>/tree/<revision>``. It can cut a
 transfer short (an interruption) or serve corrupted bytes. The repository has the real mirror's
 layout: the archive names of ``hub_mirrors.json``, each a zip of the dataset's CoOp folder with its
 split file and Dassl's ``split_fewshot/*.pkl`` caches. Because fabricated archives cannot have the
@@ -50,6 +51,9 @@ class FakeHub:
 
             def _file(self):
                 path = urllib.parse.urlparse(self.path).path
+                if path.startswith("/cdn/"):  # where /resolve/ redirects to, as the Hub does for LFS files
+                    repo, name = path[len("/cdn/"):].split("/-/", 1)
+                    return urllib.parse.unquote(repo), COMMIT, urllib.parse.unquote(name)
                 if path.startswith("/datasets/"):
                     path = path[len("/datasets"):]
                 parts = path.strip("/").split("/")
@@ -81,6 +85,12 @@ class FakeHub:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
+                if not self.path.startswith("/cdn/"):
+                    # the real Hub answers an LFS file's /resolve/ with a redirect to its CDN; the
+                    # X-Linked-* headers carry the file's size and sha256
+                    self._headers(data, 302, {"Location": hub.cdn_url(repo, name), "Content-Length": "0"})
+                    self.end_headers()
+                    return
                 self._headers(data, extra={"Content-Length": str(len(data))})
                 self.end_headers()
 
@@ -93,6 +103,11 @@ class FakeHub:
                 if data is None:
                     self.send_response(404)
                     self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    hub.log.append(("GET", name, rng, 0))
+                    return
+                if not self.path.startswith("/cdn/"):
+                    self._headers(data, 302, {"Location": hub.cdn_url(repo, name), "Content-Length": "0"})
                     self.end_headers()
                     hub.log.append(("GET", name, rng, 0))
                     return
@@ -132,6 +147,9 @@ class FakeHub:
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
+
+    def cdn_url(self, repo, name):
+        return f"{self.endpoint}/cdn/{urllib.parse.quote(repo, safe='')}/-/{urllib.parse.quote(name)}"
 
     def gets(self, name):
         return [e for e in self.log if e[0] == "GET" and e[1] == name]
@@ -282,8 +300,10 @@ def test_hub_download_converts_to_the_coop_layout(fake_hub, monkeypatch, tmp_pat
     assert manifest["source"]["repo_id"] == REPO and manifest["source"]["revision"].startswith("ceb3112")
     v = doctor.check_dataset(info, dst, verify=True)
     assert v.status != doctor.PROBLEM and any("--verify: all" in d for d in v.details), v.details
-    # nothing but the local Hub was asked: one HEAD and one GET of the archive
-    assert [e[0] for e in fake_hub.log] == ["HEAD", "GET"]
+    # nothing but the local Hub was asked, and the archive was transferred once, from its CDN URL
+    (record,) = download.hub_catalog().files_for(name)
+    assert {e[0] for e in fake_hub.log} == {"HEAD", "GET"}
+    assert fake_hub.gets(record.filename) == [("GET", record.filename, None, len(fake_hub.files[(REPO, record.filename)]))]
 
 
 def test_archive_without_a_top_folder(fake_hub, monkeypatch, tmp_path):

@@ -10,9 +10,10 @@ Transport. ``huggingface_hub`` resolves the file's URL (``HF_ENDPOINT`` or ``--e
 token (``HF_TOKEN``) and reads the file's metadata from the Hub (size and the git-LFS sha256 the Hub
 publishes, after its redirects); ``HF_HUB_OFFLINE=1`` is honoured (nothing is contacted and only
 already downloaded, already verified files are used). The bytes are streamed here, with HTTP range
-requests, into ``<file>.part``: huggingface_hub 2.x deletes its partial file when a download fails,
-so a download interrupted by a crash, a lost connection or Ctrl-C would start from zero there; here
-the next run resumes where the last one stopped. Every file is checked against its recorded size and
+requests, into ``<file>.part``: huggingface_hub 2.4 deletes its partial file when a download fails
+(``file_download._download_to_tmp_and_move``) and resumes only within one call, so a download
+interrupted by a crash, a lost connection or Ctrl-C would start from zero there; here the next run
+resumes where the last one stopped. Every file is checked against its recorded size and
 sha256, or, where none is recorded, against what the Hub publishes for the pinned revision; a
 mismatch removes the file and fails with both values.
 """
