@@ -457,3 +457,25 @@ def test_list_shows_sources_and_checks(capsys):
     assert "koorye/datasets" in out and "NOT USED" in out
     row = next(line for line in out.splitlines() if line.startswith("StanfordCars"))
     assert "hub" in row and "sha256 recorded" in row
+
+
+def test_interrupted_extraction_leaves_no_half_built_folder(fake_hub, monkeypatch, tmp_path):
+    serve(fake_hub, monkeypatch, tmp_path, ["Caltech101"])
+    real = download.extract_archive
+
+    def extract_then_interrupt(path, dest_dir):
+        real(path, dest_dir)  # everything is on disk in the staging folder ...
+        raise KeyboardInterrupt  # ... when the user presses Ctrl-C
+
+    monkeypatch.setattr(download, "extract_archive", extract_then_interrupt)
+    dst = str(tmp_path / "data")
+    with pytest.raises(KeyboardInterrupt):
+        run(fake_hub, ["caltech101", "--root", dst, "--source", "hub", "--keep-archives"])
+    assert not osp.exists(osp.join(dst, "caltech-101"))
+    assert not [p for p in os.listdir(dst) if p.startswith(".vlprompt_staging")]
+    # the verified archive is kept, so the next run only extracts
+    monkeypatch.setattr(download, "extract_archive", real)
+    fake_hub.log.clear()
+    assert run(fake_hub, ["caltech101", "--root", dst, "--source", "hub"]) == 0
+    assert fake_hub.gets("caltech-101.zip") == []
+    assert build_dataset(dst, "Caltech101").num_classes > 0
