@@ -32,6 +32,7 @@ import json
 import os
 import os.path as osp
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from typing import List
 
@@ -353,7 +354,7 @@ _CHECKS = {
 def _verify(v, info, root):
     ddir = info.dataset_path(root)
     try:
-        record, n, missing, changed = verify_manifest(ddir)
+        record, n, missing, changed = verify_manifest(ddir, progress=_progress(f"{info.name}: verifying"))
     except IntegrityError as e:
         v.worsen(PROBLEM, str(e))
         return
@@ -377,11 +378,28 @@ def _verify(v, info, root):
         v.found = (v.found + "; " if v.found else "") + f"{_n(n)} files verified"
 
 
+_PROGRESS = {"on": False, "last": 0.0}
+
+
+def _progress(label):
+    """A progress callback printing to stderr every few seconds (CLI only; silent in the API)."""
+    if not _PROGRESS["on"]:
+        return None
+
+    def report(n):
+        now = time.time()
+        if now - _PROGRESS["last"] > 5.0:
+            _PROGRESS["last"] = now
+            print(f"  {label}: {n:,} files", file=sys.stderr, flush=True)
+
+    return report
+
+
 def _decode(v, info, root):
     image_dir = info.image_path(root)
     if not osp.isdir(image_dir):
         return  # already reported by the layout checks
-    n, bad = decode_images(image_dir)
+    n, bad = decode_images(image_dir, progress=_progress(f"{info.name}: decoding"))
     if bad:
         v.worsen(PROBLEM, f"--decode: {len(bad)} of {_n(n)} images under {image_dir} cannot be decoded",
                  "replace the broken images (re-extract the archive, or re-download the dataset)")
@@ -474,8 +492,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     names = [n for item in args.dataset for n in item.split(",") if n.strip()]
+    _PROGRESS["on"] = args.verify or args.decode
     try:
-        verdicts = check_all(args.root, names or None, quick=args.quick, verify=args.verify, decode=args.decode)
+        try:
+            verdicts = check_all(args.root, names or None, quick=args.quick, verify=args.verify, decode=args.decode)
+        finally:
+            _PROGRESS["on"] = False
     except KeyError as e:
         print(f"error: {e.args[0]}", file=sys.stderr)
         return 2
