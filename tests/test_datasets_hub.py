@@ -479,3 +479,25 @@ def test_interrupted_extraction_leaves_no_half_built_folder(fake_hub, monkeypatc
     assert run(fake_hub, ["caltech101", "--root", dst, "--source", "hub"]) == 0
     assert fake_hub.gets("caltech-101.zip") == []
     assert build_dataset(dst, "Caltech101").num_classes > 0
+
+
+def test_the_token_is_not_sent_off_the_hub(fake_hub, monkeypatch, tmp_path):
+    serve(fake_hub, monkeypatch, tmp_path, ["EuroSAT"])
+    sent = []
+    orig = hubmod.urllib.request.urlopen
+
+    def spy(request, *a, **k):
+        sent.append((request.full_url, {key.lower(): v for key, v in request.header_items()}))
+        return orig(request, *a, **k)
+
+    monkeypatch.setattr(hubmod.urllib.request, "urlopen", spy)
+    client = HubClient(endpoint=fake_hub.endpoint, token="hf_secret", timeout=5, quiet=True)
+    (record,) = download.hub_catalog().files_for("EuroSAT")
+    client.download(record, str(tmp_path / "same_host"))  # the "CDN" on the Hub's host: token sent
+    # the CDN on another host name (localhost instead of 127.0.0.1): no token
+    monkeypatch.setattr(fake_hub, "cdn_url", lambda repo, name: FakeHub.cdn_url(fake_hub, repo, name).replace(
+        "127.0.0.1", "localhost"))
+    client.download(record, str(tmp_path / "other_host"))
+    (same, other) = sent
+    assert same[0].startswith("http://127.0.0.1:") and same[1]["authorization"] == "Bearer hf_secret"
+    assert other[0].startswith("http://localhost:") and "authorization" not in other[1]

@@ -24,6 +24,7 @@ import os.path as osp
 import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
@@ -301,6 +302,9 @@ class HubClient:
             return
         headers = dict(build_hf_headers(token=self.token))
         headers["Accept-Encoding"] = "identity"
+        if urllib.parse.urlparse(url).netloc != urllib.parse.urlparse(self._endpoint()).netloc:
+            # a signed CDN / storage URL: the Hub token must not leave the Hub (as huggingface_hub does)
+            headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
         if done:
             headers["Range"] = f"bytes={done}-"
             if not self.quiet:
