@@ -501,3 +501,38 @@ def test_the_token_is_not_sent_off_the_hub(fake_hub, monkeypatch, tmp_path):
     (same, other) = sent
     assert same[0].startswith("http://127.0.0.1:") and same[1]["authorization"] == "Bearer hf_secret"
     assert other[0].startswith("http://localhost:") and "authorization" not in other[1]
+
+
+def test_marker_folder_shipped_still_packed(fake_hub, monkeypatch, tmp_path):
+    # caltech-101.zip holding caltech-101/101_ObjectCategories.tar.gz (as the original release does)
+    import tarfile
+
+    src = str(tmp_path / "src")
+    mini = MINIS["Caltech101"](src)
+    build_dataset(src, "Caltech101")
+    ddir = catalog.DATASETS["Caltech101"].dataset_path(src)
+    with tarfile.open(osp.join(ddir, "101_ObjectCategories.tar.gz"), "w:gz") as tf:
+        tf.add(osp.join(ddir, "101_ObjectCategories"), arcname="101_ObjectCategories")
+    shutil.rmtree(osp.join(ddir, "101_ObjectCategories"))
+    archive = str(tmp_path / "caltech-101.zip")
+    _zip_dir(archive, ddir, "caltech-101")
+    data = open(archive, "rb").read()
+    fake_hub.files[(REPO, "caltech-101.zip")] = data
+    use_records(monkeypatch, {"caltech-101.zip": (data, {})})
+    dst = str(tmp_path / "data")
+    assert run(fake_hub, ["caltech101", "--root", dst, "--source", "hub"]) == 0
+    assert build_dataset(dst, "Caltech101").classnames == mini.classnames
+    assert not osp.exists(osp.join(dst, "caltech-101", "101_ObjectCategories.tar.gz"))
+
+
+def test_archive_without_the_dataset_says_what_it_looked_for(fake_hub, monkeypatch, tmp_path, capsys):
+    archive = tmp_path / "dtd.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("dtd/README.txt", "not the images")
+    data = archive.read_bytes()
+    fake_hub.files[(REPO, "dtd.zip")] = data
+    use_records(monkeypatch, {"dtd.zip": (data, {})})
+    dst = str(tmp_path / "data")
+    assert run(fake_hub, ["dtd", "--root", dst, "--source", "hub"]) == download.EXIT_FAILED
+    assert "does not contain images" in capsys.readouterr().err
+    assert not osp.exists(osp.join(dst, "dtd"))

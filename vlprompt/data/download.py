@@ -558,14 +558,22 @@ def _flatten_nested(folder):
 def convert_coop_folder(info, archive, work, target):
     """Layout ``coop_folder``: the archive holds the dataset's CoOp folder, at its root or below.
 
-    The folder holding the dataset's marker paths (e.g. ``101_ObjectCategories``) is found, nested
+    The folder holding the dataset's marker paths (e.g. ``101_ObjectCategories``; a marker folder
+    shipped still packed as ``<marker>.tar.gz`` / ``.tgz`` / ``.tar`` / ``.zip`` is unpacked) is found, nested
     duplicates (``cars_train/cars_train``) are flattened, few-shot pickles are dropped, and the
     contents are moved into ``target``. Returns the dropped paths.
     """
     extract_archive(archive, work)
     markers = _markers(info)
     names = ", ".join(markers)
-    src = _find_dir(work, lambda p: all(osp.exists(osp.join(p, m)) for m in markers), f"{names}")
+    holds = lambda p: all(osp.exists(osp.join(p, m)) for m in markers)  # noqa: E731
+    try:
+        src = _find_dir(work, holds, names)
+    except DownloadError:
+        # a folder shipped still packed (e.g. caltech-101/101_ObjectCategories.tar.gz): unpack, look again
+        if not _unpack_inner(work, markers):
+            raise
+        src = _find_dir(work, holds, names)
     dropped = _drop_unsafe(src)
     for m in markers:
         top = osp.join(src, m.split("/")[0])
@@ -575,6 +583,23 @@ def convert_coop_folder(info, archive, work, target):
     for name in sorted(os.listdir(src)):
         _move(osp.join(src, name), osp.join(target, name))
     return dropped
+
+
+_INNER_EXTS = (".tar.gz", ".tgz", ".tar", ".zip")
+
+
+def _unpack_inner(work, markers):
+    """Extract ``<marker>.tar.gz`` (or .tgz/.tar/.zip) archives found under ``work`` next to themselves."""
+    wanted = {m.split("/")[0] + ext for m in markers for ext in _INNER_EXTS}
+    found = False
+    for dirpath, _, filenames in os.walk(work):
+        for fn in sorted(filenames):
+            if fn in wanted:
+                inner = osp.join(dirpath, fn)
+                extract_archive(inner, dirpath)
+                os.remove(inner)
+                found = True
+    return found
 
 
 HUB_LAYOUTS = {"coop_folder": convert_coop_folder}
