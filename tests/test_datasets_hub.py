@@ -536,3 +536,18 @@ def test_archive_without_the_dataset_says_what_it_looked_for(fake_hub, monkeypat
     assert run(fake_hub, ["dtd", "--root", dst, "--source", "hub"]) == download.EXIT_FAILED
     assert "does not contain images" in capsys.readouterr().err
     assert not osp.exists(osp.join(dst, "dtd"))
+
+
+def test_hf_endpoint_is_honoured(fake_hub, monkeypatch, tmp_path):
+    # HF_ENDPOINT is read by huggingface_hub when it is imported; set what it sets (a subprocess would
+    # spend most of its time importing torch)
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", fake_hub.endpoint)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", fake_hub.endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    serve(fake_hub, monkeypatch, tmp_path, ["EuroSAT"])
+    dst = str(tmp_path / "data")
+    client = HubClient(timeout=5, quiet=True)  # no endpoint given: the environment's
+    assert download.main(["eurosat", "--root", dst, "--source", "hub"], fetcher=no_drive, hub=client) == 0
+    assert fake_hub.gets("eurosat.zip")
+    assert osp.isdir(catalog.DATASETS["EuroSAT"].image_path(dst))
