@@ -183,3 +183,89 @@ def test_module_entry_point(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "EuroSAT" in proc.stdout and "warn" in proc.stdout
+
+
+# ------------------------------------------------------------------------------------------------
+# --decode and --verify
+# ------------------------------------------------------------------------------------------------
+def _truncate(path, keep=0.5):
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[: int(len(data) * keep)])
+
+
+def _good_dtd(tmp_path, monkeypatch):
+    mini = MINIS["DescribableTextures"](str(tmp_path))
+    ds = build_dataset(tmp_path, "DescribableTextures")
+    _shrink_catalog(monkeypatch, "DescribableTextures", mini, ds)
+    return catalog.DATASETS["DescribableTextures"].image_path(str(tmp_path)), ds
+
+
+def test_decode_reports_truncated_jpegs_by_name(tmp_path, monkeypatch, capsys):
+    image_dir, ds = _good_dtd(tmp_path, monkeypatch)
+    v = _verdict(tmp_path, "DescribableTextures")
+    assert v.status == doctor.OK  # the layout checks cannot see a truncated file ...
+    victim = ds.train_x[0].impath
+    _truncate(victim)
+    assert _verdict(tmp_path, "DescribableTextures").status == doctor.OK
+    (v,) = doctor.check_all(str(tmp_path), ["dtd"], decode=True)  # ... decoding does
+    assert v.status == doctor.PROBLEM
+    assert v.bad_files == [victim]
+    assert any(victim in d and "truncated" in d for d in v.details), v.details
+    assert doctor.main(["--root", str(tmp_path), "--dataset", "dtd", "--decode"]) == 1
+    out = capsys.readouterr().out
+    assert victim in out and "cannot be decoded" in out
+    doctor.main(["--root", str(tmp_path), "--dataset", "dtd", "--decode", "--json"])
+    assert json.loads(capsys.readouterr().out)[0]["bad_files"] == [victim]
+
+
+def test_decode_honours_no_global_truncation_setting(tmp_path, monkeypatch):
+    from PIL import ImageFile
+
+    _, ds = _good_dtd(tmp_path, monkeypatch)
+    _truncate(ds.test[0].impath)
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)  # e.g. set by some training script
+    (v,) = doctor.check_all(str(tmp_path), ["dtd"], decode=True)
+    assert v.bad_files == [ds.test[0].impath]
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # restored
+
+
+def test_decode_all_good(tmp_path, monkeypatch):
+    _good_dtd(tmp_path, monkeypatch)
+    (v,) = doctor.check_all(str(tmp_path), ["dtd"], decode=True)
+    assert v.status == doctor.OK and "images decoded" in v.found
+
+
+def test_verify_against_the_install_manifest(tmp_path, monkeypatch, capsys):
+    from vlprompt.data.integrity import write_manifest
+
+    image_dir, ds = _good_dtd(tmp_path, monkeypatch)
+    ddir = catalog.DATASETS["DescribableTextures"].dataset_path(str(tmp_path))
+    # installed by hand: nothing to verify against, said as a warning
+    (v,) = doctor.check_all(str(tmp_path), ["dtd"], verify=True)
+    assert v.status == doctor.WARN and any("no install manifest" in d for d in v.details)
+    write_manifest(ddir, {"source": "original", "archives": [{"filename": "dtd-r1.0.1.tar.gz"}]})
+    (v,) = doctor.check_all(str(tmp_path), ["dtd"], verify=True)
+    assert v.status == doctor.OK and "files verified" in v.found
+    # caches written later are not part of the record
+    os.makedirs(osp.join(ddir, "split_fewshot"))
+    open(osp.join(ddir, "split_fewshot", "shot_1-seed_1.pkl"), "wb").close()
+    assert doctor.check_all(str(tmp_path), ["dtd"], verify=True)[0].status == doctor.OK
+    # a same-size modification (CRC-32) and a deleted file are both named
+    changed, gone = ds.train_x[0].impath, ds.test[0].impath
+    data = bytearray(open(changed, "rb").read())
+    data[-3] ^= 0x55
+    open(changed, "wb").write(bytes(data))
+    os.remove(gone)
+    (v,) = doctor.check_all(str(tmp_path), ["dtd"], verify=True, quick=True)
+    assert v.status == doctor.PROBLEM
+    rel = lambda p: osp.relpath(p, ddir)  # noqa: E731
+    assert any(rel(gone) in d and "missing since installation" in d for d in v.details)
+    assert any(rel(changed) in d and "CRC-32" in d for d in v.details)
+    assert doctor.main(["--root", str(tmp_path), "--dataset", "dtd", "--verify", "--quick"]) == 1
+    assert "dtd-r1.0.1.tar.gz" in capsys.readouterr().out
+
+
+def test_missing_stanford_cars_points_at_the_download_helper(tmp_path):
+    v = _verdict(tmp_path, "StanfordCars")  # fetched from the Hub mirror by default now
+    assert v.status == doctor.MISSING and v.todo.startswith("run: python -m vlprompt.data.download stanford_cars")

@@ -2,6 +2,9 @@
 
 No test touches the network: archives are fabricated with tarfile/zipfile in the layout the real
 archives have and served through a local fetcher (``file://`` URLs through the real ``fetch_url``).
+The Hub source is switched to offline mode here (``HF_HUB_OFFLINE``), so where a dataset's default
+order of sources includes the Hub, it fails at once and the next source is used; the Hub path itself
+is tested against a local fake Hub in test_datasets_hub.py.
 """
 import io
 import os
@@ -136,6 +139,13 @@ def _serve(name, tmp_path):
 DOWNLOADABLE = [n for n, info in catalog.DATASETS.items() if info.archives]
 
 
+@pytest.fixture(autouse=True)
+def _hub_offline(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
 def test_which_datasets_are_downloadable():
     assert sorted(DOWNLOADABLE) == sorted(set(catalog.DATASETS) - {"ImageNet", "StanfordCars"})
     assert sorted(download.ARRANGERS) == sorted(DOWNLOADABLE)
@@ -155,6 +165,16 @@ def test_download_arranges_the_coop_layout(tmp_path, name):
         assert osp.isfile(info.split_path(dst))
     # staging and archives are cleaned up
     assert sorted(os.listdir(dst)) == [info.dataset_dir]
+    # the install manifest names the archives, and the folder verifies against it
+    from vlprompt.data import doctor
+    from vlprompt.data.integrity import read_manifest
+
+    record = read_manifest(info.dataset_path(dst))
+    assert [a["filename"] for a in record["source"]["archives"]] == [a.filename for a in info.archives]
+    if info.split_file:  # fetched after the archives, recorded too
+        assert info.split_file in record["files"]
+    v = doctor.check_dataset(info, dst, verify=True, quick=True)
+    assert any("--verify: all" in d for d in v.details), v.details
     # a second run finds everything in place and fetches nothing
     server.requests.clear()
     assert download.main([info.yaml, "--root", dst], fetcher=server) == download.EXIT_OK
@@ -341,3 +361,72 @@ def test_list_and_unknown_name(tmp_path, capsys):
     for info in catalog.DATASETS.values():
         assert info.name in out
     assert download.main(["cifar10", "--root", str(tmp_path)]) == 2
+
+
+def test_source_original_keeps_the_manual_steps_for_stanford_cars(tmp_path, capsys):
+    _, server = _serve_cars(tmp_path)
+    dst = str(tmp_path / "data")
+    assert download.main(["stanford_cars", "--root", dst, "--source", "original"], fetcher=server) == \
+        download.EXIT_MANUAL
+    out = capsys.readouterr().out
+    assert "cars_test_annos_withlabels.mat" in out
+    assert osp.isfile(catalog.DATASETS["StanfordCars"].split_path(dst))  # the split file is still fetched
+
+
+def test_source_hub_for_a_dataset_no_mirror_holds(tmp_path, capsys):
+    assert download.main(["imagenetv2", "--root", str(tmp_path), "--source", "hub"]) == download.EXIT_FAILED
+    assert "no Hub mirror to fetch it from" in capsys.readouterr().err
+
+
+def test_default_order_falls_back_to_the_next_source(tmp_path, capsys):
+    _, server = _serve("UCF101", tmp_path)  # UCF101: hub first (offline here), then CoOp's Drive copy
+    dst = str(tmp_path / "data")
+    assert download.main(["ucf101", "--root", dst], fetcher=server) == download.EXIT_OK
+    out = capsys.readouterr().out
+    assert "fetching from hub failed; trying the next source" in out
+    assert "HF_HUB_OFFLINE" in out
+
+
+def test_interrupted_original_download_resumes(tmp_path):
+    import hashlib
+    import http.server
+    import threading
+
+    payload = os.urandom(300_000)
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        cut = [100_000]
+
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            rng = self.headers.get("Range")
+            start = int(rng.split("=")[1].rstrip("-")) if rng else 0
+            body = payload[start:]
+            self.send_response(206 if rng else 200)
+            self.send_header("Content-Length", str(len(body)))
+            if rng:
+                self.send_header("Content-Range", f"bytes {start}-{len(payload) - 1}/{len(payload)}")
+            self.end_headers()
+            n = self.cut.pop() if self.cut else len(body)
+            self.wfile.write(body[:n])
+            seen.append((rng, n))
+            self.close_connection = True
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/archive.tar.gz"
+        dest = str(tmp_path / "archive.tar.gz")
+        md5 = hashlib.md5(payload).hexdigest()
+        with pytest.raises(DownloadError, match="run the same command again to resume"):
+            fetch_url(url, dest, md5=md5, timeout=5, quiet=True)
+        assert os.path.getsize(dest + ".part") == 100_000 and not os.path.exists(dest)
+        fetch_url(url, dest, md5=md5, timeout=5, quiet=True)
+        assert open(dest, "rb").read() == payload
+        assert seen == [(None, 100_000), ("bytes=100000-", 200_000)]  # only the rest was sent again
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -5,6 +5,10 @@ The dataset classes (repository-root ``datasets/``), the dataset doctor
 all read the folder names, split-file names, expected sizes, class-name rules and download sources
 from here. ``vlprompt`` never imports the repository-root ``datasets`` package.
 
+Which community mirror on the Hugging Face Hub holds which dataset (repository, pinned revision,
+archive, layout, size, sha256 and where each was read) is data too, in ``hub_mirrors.json`` next to
+this file, read by ``vlprompt.data.hub``.
+
 Sizes are the CoOp paper's dataset table (train / val / test); for the test-only ImageNet variants
 and ImageNet itself they are the published image counts.
 

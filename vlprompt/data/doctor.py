@@ -1,6 +1,7 @@
 """Dataset doctor: check that the benchmark datasets under ``--root`` are laid out as expected.
 
     python -m vlprompt.data.doctor --root DATA [--dataset NAME ...] [--quick] [--strict] [--json]
+                                   [--verify] [--decode]
 
 For every dataset (or the ones named with ``--dataset``; registry or yaml names) it checks the
 folder layout, that the split file exists, parses and points at existing images, and compares class
@@ -13,6 +14,16 @@ dataset with a verdict:
 * ``problem``  loading it would fail (missing folders or images, malformed files);
 * ``missing``  the dataset folder does not exist.
 
+Two optional, slower checks:
+
+* ``--verify`` compares the folder with its install manifest (``.vlprompt_manifest.json``, written
+  by the download helper: size and CRC-32 of every installed file, and the archive it came from with
+  its checksum): a missing or modified file is a ``problem``, named; a folder without a manifest
+  (installed by hand) is a ``warn`` ("nothing to verify against").
+* ``--decode`` decodes every image file under the image folder with PIL (a full ``load()``, with
+  ``LOAD_TRUNCATED_IMAGES`` off); a truncated or corrupt image is a ``problem``, reported by file
+  name (``--json`` lists them all under ``bad_files``).
+
 Exit status: 1 if a checked dataset has a problem, or a dataset named with ``--dataset`` is missing
 (with ``--strict`` also for warnings); 0 otherwise. ``--quick`` skips the per-image checks.
 """
@@ -21,9 +32,11 @@ import json
 import os
 import os.path as osp
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from typing import List
 
+from vlprompt.data.integrity import IntegrityError, decode_images, verify_manifest
 from vlprompt.data.catalog import (
     CALTECH101_IGNORED,
     DATASETS,
@@ -48,6 +61,7 @@ class Verdict:
     found: str = ""
     todo: str = ""
     details: List[str] = field(default_factory=list)
+    bad_files: List[str] = field(default_factory=list)  # --decode / --verify: every file at fault
 
     def worsen(self, status, message, todo=None):
         """Record a finding; the status only gets worse, the advice is that of the worst finding."""
@@ -68,7 +82,9 @@ def _get_cmd(info, root, split_only=False):
 
 
 def _fetch_hint(info, root):
-    if info.archives:
+    from vlprompt.data.download import available_sources  # lazy: download imports the doctor too
+
+    if available_sources(info):
         return f"run: {_get_cmd(info, root)}"
     return f"manual download; steps: {_get_cmd(info, root)} (or docs/DATASETS.md)"
 
@@ -335,8 +351,73 @@ _CHECKS = {
 }
 
 
-def check_dataset(info, root, quick=False):
-    """Return the :class:`Verdict` for one dataset (``info`` from the catalog)."""
+def _verify(v, info, root):
+    ddir = info.dataset_path(root)
+    try:
+        record, n, missing, changed = verify_manifest(ddir, progress=_progress(f"{info.name}: verifying"))
+    except IntegrityError as e:
+        v.worsen(PROBLEM, str(e))
+        return
+    if record is None:
+        v.worsen(WARN, f"--verify: {ddir} has no install manifest (.vlprompt_manifest.json): it was not installed "
+                       "by the download helper, so there is nothing to verify it against")
+        return
+    src = record.get("source", {})
+    origin = (f"{src.get('repo_id')}/{src.get('filename')}@{str(src.get('revision'))[:12]}" if src.get("source") == "hub"
+              else ", ".join(a.get("filename", "?") for a in src.get("archives", [])) or "?")
+    if missing or changed:
+        v.worsen(PROBLEM, f"--verify: {len(missing)} missing and {len(changed)} modified of the {_n(n)} files "
+                          f"installed from {origin}", f"re-install it: remove {ddir} and run {_get_cmd(info, root)}")
+        for m in missing[:_MAX_EXAMPLES]:
+            v.details.append(f"  missing since installation: {m}")
+        for c in changed[:_MAX_EXAMPLES]:
+            v.details.append(f"  modified since installation: {c}")
+        v.bad_files.extend(missing + changed)
+    else:
+        v.details.append(f"[ok] --verify: all {_n(n)} installed files match the manifest ({origin})")
+        v.found = (v.found + "; " if v.found else "") + f"{_n(n)} files verified"
+
+
+_PROGRESS = {"on": False, "last": 0.0}
+
+
+def _progress(label):
+    """A progress callback printing to stderr every few seconds (CLI only; silent in the API)."""
+    if not _PROGRESS["on"]:
+        return None
+
+    def report(n):
+        now = time.time()
+        if now - _PROGRESS["last"] > 5.0:
+            _PROGRESS["last"] = now
+            print(f"  {label}: {n:,} files", file=sys.stderr, flush=True)
+
+    return report
+
+
+def _decode(v, info, root):
+    image_dir = info.image_path(root)
+    if not osp.isdir(image_dir):
+        return  # already reported by the layout checks
+    n, bad = decode_images(image_dir, progress=_progress(f"{info.name}: decoding"))
+    if bad:
+        v.worsen(PROBLEM, f"--decode: {len(bad)} of {_n(n)} images under {image_dir} cannot be decoded",
+                 "replace the broken images (re-extract the archive, or re-download the dataset)")
+        for path, reason in bad[: 4 * _MAX_EXAMPLES]:
+            v.details.append(f"  cannot decode: {path} ({reason})")
+        if len(bad) > 4 * _MAX_EXAMPLES:
+            v.details.append(f"  ... and {len(bad) - 4 * _MAX_EXAMPLES} more (--json lists them all)")
+        v.bad_files.extend(p for p, _ in bad)
+    else:
+        v.details.append(f"[ok] --decode: all {_n(n)} images decode")
+        v.found = (v.found + "; " if v.found else "") + f"{_n(n)} images decoded"
+
+
+def check_dataset(info, root, quick=False, verify=False, decode=False):
+    """Return the :class:`Verdict` for one dataset (``info`` from the catalog).
+
+    ``verify``: compare with the install manifest; ``decode``: decode every image (both slow).
+    """
     v = Verdict(info.name)
     ddir = info.dataset_path(root)
     if not osp.isdir(ddir):
@@ -346,6 +427,10 @@ def check_dataset(info, root, quick=False):
         return v
     try:
         _CHECKS[info.kind](v, info, root, quick)
+        if verify:
+            _verify(v, info, root)
+        if decode:
+            _decode(v, info, root)
     except OSError as e:  # unreadable files, permissions: report, do not crash the whole table
         v.worsen(PROBLEM, f"cannot read: {e}")
     if v.status == OK:
@@ -353,9 +438,9 @@ def check_dataset(info, root, quick=False):
     return v
 
 
-def check_all(root, names=None, quick=False):
+def check_all(root, names=None, quick=False, verify=False, decode=False):
     infos = [get_info(n) for n in names] if names else list(DATASETS.values())
-    return [check_dataset(info, root, quick) for info in infos]
+    return [check_dataset(info, root, quick, verify=verify, decode=decode) for info in infos]
 
 
 def format_table(verdicts, root):
@@ -400,11 +485,19 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="skip the per-image existence checks and counts")
     parser.add_argument("--strict", action="store_true", help="also exit non-zero on warnings")
     parser.add_argument("--json", action="store_true", help="print the verdicts as JSON")
+    parser.add_argument("--verify", action="store_true",
+                        help="check every installed file against the install manifest (size + CRC-32)")
+    parser.add_argument("--decode", action="store_true",
+                        help="decode every image; report truncated/corrupt ones by name (slow)")
     args = parser.parse_args(argv)
 
     names = [n for item in args.dataset for n in item.split(",") if n.strip()]
+    _PROGRESS["on"] = args.verify or args.decode
     try:
-        verdicts = check_all(args.root, names or None, quick=args.quick)
+        try:
+            verdicts = check_all(args.root, names or None, quick=args.quick, verify=args.verify, decode=args.decode)
+        finally:
+            _PROGRESS["on"] = False
     except KeyError as e:
         print(f"error: {e.args[0]}", file=sys.stderr)
         return 2

@@ -1,22 +1,36 @@
 """Download helper: fetch a benchmark dataset and arrange it into the CoOp layout.
 
-    python -m vlprompt.data.download NAME [NAME ...] --root DATA [--split-only] [--keep-archives]
-                                     [--timeout SECONDS]
+    python -m vlprompt.data.download NAME [NAME ...] --root DATA [--source auto|original|hub]
+                                     [--split-only] [--keep-archives] [--timeout SECONDS]
+                                     [--endpoint URL]
+    python -m vlprompt.data.download --all --root DATA [--source ...]
     python -m vlprompt.data.download --list
+    python -m vlprompt.data.download --inspect-mirror REPO [--repo-type model|dataset] [--revision REV]
 
-NAME is a registry or yaml name (``DescribableTextures`` or ``dtd``), or ``all``. For datasets with
-public archives the files are fetched with ``urllib`` (mirrors tried in order, MD5 checked where
-known) into ``DATA/.vlprompt_downloads/``, extracted into a staging folder and moved into place
-(``DATA/<dataset_dir>/...``), then CoOp's ``split_zhou_<Name>.json`` is fetched from its Google Drive
-copy. Folders that already exist are never overwritten. ImageNet and Stanford Cars (whose official
-links are gone) cannot be fetched: their manual steps and known mirrors are printed instead.
+NAME is a registry or yaml name (``DescribableTextures`` or ``dtd``), or ``all`` (same as ``--all``).
 
-Exit status: 0 done, 1 a download or extraction failed, 3 manual steps are needed.
-Without network access every fetch fails within ``--timeout`` seconds (default 15) with a message
-that says so.
+Sources. ``original``: the dataset authors' archives, fetched with ``urllib`` (mirrors tried in
+order, MD5 checked where known, an interrupted transfer resumed by the next run) into
+``DATA/.vlprompt_downloads/``, then CoOp's
+``split_zhou_<Name>.json`` from its Google Drive copy. ``hub``: a community mirror on the Hugging Face
+Hub (``vlprompt/data/hub_mirrors.json`` records which repository and revision holds which archive,
+its layout, size and sha256; ``vlprompt.data.hub`` fetches it resumably and verified). ``auto`` (the
+default) tries each dataset's sources in its documented order (``--list``; docs/DATASETS.md).
+
+Every archive is extracted and converted in a staging folder, checked (sizes and checksums of the
+archive, recorded member checksums, the doctor on the staged tree), and only then moved into place
+(``DATA/<dataset_dir>/...``); an install manifest (``.vlprompt_manifest.json``: size and CRC-32 of
+every installed file) lets ``python -m vlprompt.data.doctor --verify`` check the folder later. The
+doctor runs on the result. Folders that already exist are never overwritten. ImageNet cannot be
+fetched (licence): its manual steps are printed (with ``--all``, at the end).
+
+Exit status: 0 done, 1 a download, extraction or check failed, 2 unknown dataset name,
+3 manual steps are needed. Without network access every fetch fails within ``--timeout`` seconds
+(default 15) with a message that says so; ``HF_HUB_OFFLINE=1`` uses only already downloaded files.
 """
 import argparse
 import hashlib
+import http.client
 import json
 import os
 import os.path as osp
@@ -29,8 +43,11 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 
 from vlprompt.data.catalog import DATASETS, gdrive_url, gdrive_view_url, get_info
+from vlprompt.data.hub import HubClient, HubError, load_catalog
+from vlprompt.data.integrity import IntegrityError, check_file, write_manifest
 
 __all__ = [
     "DownloadError",
@@ -72,41 +89,63 @@ def _reason(err):
     return str(reason)
 
 
-def fetch_url(url, dest, md5=None, timeout=DEFAULT_TIMEOUT, quiet=False):
+def fetch_url(url, dest, md5=None, timeout=DEFAULT_TIMEOUT, quiet=False, resume=True):
     """Download ``url`` to ``dest`` (via ``dest.part``, renamed when complete and verified).
 
     Raises :class:`DownloadError` with a clear message when the host cannot be reached (offline),
     the server answers with an error or a web page where a file was expected, or the MD5 differs.
+    With ``resume`` (http/https), a ``dest.part`` left by an interrupted earlier call is continued
+    with an HTTP range request (from the start if the server ignores ranges); an interruption keeps
+    the partial file for the next call, a wrong MD5 or a web page removes it.
     """
     host = urllib.parse.urlparse(url).netloc
     part = dest + ".part"
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    ranged = resume and url.startswith(("http://", "https://")) and osp.isfile(part)
+    offset = os.path.getsize(part) if ranged else 0
+    headers = {"User-Agent": USER_AGENT}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    request = urllib.request.Request(url, headers=headers)
     try:
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as e:
+        if e.code == 416 and offset:  # the partial file is not a prefix of this file: start again
+            os.remove(part)
+            return fetch_url(url, dest, md5=md5, timeout=timeout, quiet=quiet, resume=False)
         raise DownloadError(f"{host} answered HTTP {e.code} ({e.reason}) for {url}") from e
     except (urllib.error.URLError, OSError) as e:
         raise DownloadError(
             f"cannot reach {host}: {_reason(e)}. Is this machine offline or behind a proxy? "
             f"(set https_proxy / http_proxy, or download {url} by hand)"
         ) from e
+    if offset and getattr(response, "status", 200) != 206:
+        offset = 0  # the server ignored the range
     h = hashlib.md5()
+    if offset:
+        with open(part, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        if not quiet:
+            print(f"  resuming {osp.basename(dest)} at {offset / 1e6:,.1f} MB")
     os.makedirs(osp.dirname(osp.abspath(dest)), exist_ok=True)
+    keep = False
     try:
-        with response, open(part, "wb") as out:
+        with response, open(part, "ab" if offset else "wb") as out:
             ctype = response.headers.get("Content-Type", "") or ""
             if ctype.startswith("text/html") and not url.endswith((".html", ".htm")):
                 raise DownloadError(
                     f"{host} returned a web page instead of the file {url} (a login/quota/confirmation "
                     "page, or the link moved)"
                 )
-            total = int(response.headers.get("Content-Length") or 0)
-            done, last = 0, 0.0
+            total = int(response.headers.get("Content-Length") or 0) + offset
+            done, last = offset, 0.0
             while True:
                 try:
                     block = response.read(1 << 20)
-                except (socket.timeout, TimeoutError, OSError) as e:
-                    raise DownloadError(f"download of {url} stalled: {_reason(e)}") from e
+                except (socket.timeout, TimeoutError, OSError, http.client.HTTPException) as e:
+                    keep = resume
+                    again = "; run the same command again to resume" if resume else ""
+                    raise DownloadError(f"download of {url} stalled at {done / 1e6:,.1f} MB: {_reason(e)}{again}") from e
                 if not block:
                     break
                 out.write(block)
@@ -117,8 +156,16 @@ def fetch_url(url, dest, md5=None, timeout=DEFAULT_TIMEOUT, quiet=False):
                     last = now
                     size = f" / {total / 1e6:,.1f} MB" if total else " MB"
                     print(f"  {osp.basename(dest)}: {done / 1e6:,.1f}{size}", flush=True)
+            if total > offset and done < total:
+                keep = resume
+                raise DownloadError(f"download of {url} stopped at {done:,} of {total:,} bytes"
+                                    + ("; run the same command again to resume" if resume else ""))
+    except KeyboardInterrupt:
+        if not resume and osp.exists(part):
+            os.remove(part)
+        raise
     except BaseException:
-        if osp.exists(part):
+        if osp.exists(part) and not keep:
             os.remove(part)
         raise
     if md5 is not None and h.hexdigest() != md5:
@@ -145,7 +192,18 @@ def _fetch_first(urls, dest, md5, timeout, fetcher):
 # Extraction and arranging
 # ------------------------------------------------------------------------------------------------
 def extract_archive(path, dest_dir):
-    """Extract a zip or tar(.gz) archive into ``dest_dir``, refusing members that escape it."""
+    """Extract a zip or tar(.gz) archive into ``dest_dir``, refusing members that escape it.
+
+    A corrupt or truncated archive (a zip member whose CRC-32 differs, a tar that ends early) raises
+    :class:`DownloadError` naming the archive.
+    """
+    try:
+        _extract_archive(path, dest_dir)
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as e:
+        raise DownloadError(f"{path} is corrupt or truncated ({e}); delete it and download it again") from e
+
+
+def _extract_archive(path, dest_dir):
     os.makedirs(dest_dir, exist_ok=True)
     dest_real = osp.realpath(dest_dir)
     if zipfile.is_zipfile(path):
@@ -335,8 +393,9 @@ def _fetch_json_from_drive(file_id, dest, timeout, fetcher, check_split=False):
             raise DownloadError(f"{gdrive_view_url(file_id)} is not a split file (no train/val/test lists)")
         os.replace(tmp, dest)
     finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
+        for leftover in (tmp, tmp + ".part"):
+            if osp.exists(leftover):
+                os.remove(leftover)
     return dest
 
 
@@ -356,64 +415,326 @@ def fetch_split_file(info, root, timeout=DEFAULT_TIMEOUT, fetcher=fetch_url):
 def _data_present(info, root):
     """True when what the archives provide is already in the dataset folder."""
     ddir = info.dataset_path(root)
-    provides = ARRANGERS[info.name][1] if info.name in ARRANGERS else info.raw_files
-    return all(osp.exists(osp.join(ddir, rel)) for rel in provides)
+    return all(osp.exists(osp.join(ddir, rel)) for rel in _markers(info))
 
 
+def _markers(info):
+    """Paths under the dataset folder that an installation provides (and that identify it)."""
+    return ARRANGERS[info.name][1] if info.name in ARRANGERS else info.raw_files
+
+
+# ------------------------------------------------------------------------------------------------
+# Sources
+# ------------------------------------------------------------------------------------------------
+_CATALOG = None
+
+
+def hub_catalog():
+    """The parsed ``hub_mirrors.json`` (cached)."""
+    global _CATALOG
+    if _CATALOG is None:
+        _CATALOG = load_catalog(known_datasets=set(DATASETS))
+    return _CATALOG
+
+
+def available_sources(info):
+    """The sources that can fetch ``info``'s data, in its documented default order."""
+    cat = hub_catalog()
+    have = {"original": bool(info.archives), "hub": bool(cat.files_for(info.name))}
+    return [s for s in cat.order_for(info.name) if have.get(s)]
+
+
+def sources_to_try(info, source):
+    if source == "auto":
+        return available_sources(info)
+    if source == "original":
+        return ["original"] if info.archives else []
+    if source == "hub":
+        return ["hub"] if hub_catalog().files_for(info.name) else []
+    raise ValueError(f"unknown source {source!r}")
+
+
+def _no_source_message(info, source, root):
+    cat = hub_catalog()
+    if source == "hub":
+        held = [f for f in cat.files if f.dataset == info.name]
+        why = ("; ".join(f"{f.mirror.repo_id}: {f.mirror.unverified}" for f in held if f.mirror.unverified)
+               or "no recorded mirror holds it")
+        return f"{info.name}: no Hub mirror to fetch it from ({why})"
+    if source == "original":
+        return f"{info.name}: its original host offers no download"
+    return f"{info.name}: nothing can fetch it automatically"
+
+
+# ------------------------------------------------------------------------------------------------
+# Installing from the original hosts and from the Hub
+# ------------------------------------------------------------------------------------------------
+def _fresh_staging(root, info):
+    staging = osp.join(root, f".vlprompt_staging_{info.yaml}")
+    if osp.exists(staging):
+        shutil.rmtree(staging)
+    os.makedirs(staging)
+    return staging
+
+
+def _install_original(info, root, keep_archives, timeout, fetcher):
+    downloads = osp.join(root, DOWNLOADS_DIR)
+    files = {}
+    for archive in info.archives:
+        dest = osp.join(downloads, archive.filename)
+        if osp.exists(dest) and (archive.md5 is None or _md5(dest) == archive.md5):
+            print(f"Using the already downloaded {dest}")
+        else:
+            _fetch_first(archive.urls, dest, archive.md5, timeout, fetcher)
+        files[archive.filename] = dest
+    # Extract and arrange inside a staging folder; only a complete result is moved into the
+    # dataset folder, so a failure leaves nothing half-arranged there.
+    staging = _fresh_staging(root, info)
+    arranged = osp.join(staging, "arranged")
+    os.makedirs(arranged)
+    try:
+        print(f"Extracting {', '.join(files)}")
+        ARRANGERS[info.name][0](files, osp.join(staging, "work"), arranged)
+        installed = _relative_files(arranged)
+        _move_contents(arranged, info.dataset_path(root))
+        print(f"Arranged into {info.dataset_path(root)}")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if not keep_archives:
+        for path in files.values():
+            if osp.exists(path):
+                os.remove(path)
+        if osp.isdir(downloads) and not os.listdir(downloads):
+            os.rmdir(downloads)
+    source = {"source": "original", "archives": [
+        {"filename": a.filename, "urls": list(a.urls), "md5": a.md5} for a in info.archives]}
+    return installed, source
+
+
+def _relative_files(top):
+    out = []
+    for dirpath, _, filenames in os.walk(top):
+        for fn in filenames:
+            out.append(osp.relpath(osp.join(dirpath, fn), top).replace(os.sep, "/"))
+    return sorted(out)
+
+
+_DROPPED_DIRS = ("split_fewshot", "__MACOSX")
+_DROPPED_SUFFIXES = (".pkl", ".pickle")
+
+
+def _drop_unsafe(top):
+    """Remove Dassl's few-shot pickles (never unpickle downloaded files) and archive clutter."""
+    dropped = []
+    for dirpath, dirnames, filenames in os.walk(top, topdown=True):
+        for d in list(dirnames):
+            if d in _DROPPED_DIRS:
+                shutil.rmtree(osp.join(dirpath, d))
+                dirnames.remove(d)
+                dropped.append(osp.relpath(osp.join(dirpath, d), top) + "/")
+        for fn in filenames:
+            if fn.lower().endswith(_DROPPED_SUFFIXES) or fn == ".DS_Store":
+                os.remove(osp.join(dirpath, fn))
+                dropped.append(osp.relpath(osp.join(dirpath, fn), top))
+    return dropped
+
+
+def _flatten_nested(folder):
+    """``cars_train/cars_train/…`` (a single folder of the same name) -> ``cars_train/…``."""
+    entries = [e for e in os.listdir(folder) if not e.startswith(".")]
+    if len(entries) == 1 and entries[0] == osp.basename(folder) and osp.isdir(osp.join(folder, entries[0])):
+        inner = osp.join(folder, entries[0])
+        tmp = folder + ".flatten"
+        os.rename(inner, tmp)
+        for e in os.listdir(folder):
+            p = osp.join(folder, e)
+            shutil.rmtree(p) if osp.isdir(p) else os.remove(p)
+        os.rmdir(folder)
+        os.rename(tmp, folder)
+        return True
+    return False
+
+
+def convert_coop_folder(info, archive, work, target):
+    """Layout ``coop_folder``: the archive holds the dataset's CoOp folder, at its root or below.
+
+    The folder holding the dataset's marker paths (e.g. ``101_ObjectCategories``; a marker folder
+    shipped still packed as ``<marker>.tar.gz`` / ``.tgz`` / ``.tar`` / ``.zip`` is unpacked) is found, nested
+    duplicates (``cars_train/cars_train``) are flattened, few-shot pickles are dropped, and the
+    contents are moved into ``target``. Returns the dropped paths.
+    """
+    extract_archive(archive, work)
+    markers = _markers(info)
+    names = ", ".join(markers)
+    holds = lambda p: all(osp.exists(osp.join(p, m)) for m in markers)  # noqa: E731
+    try:
+        src = _find_dir(work, holds, names)
+    except DownloadError:
+        # a folder shipped still packed (e.g. caltech-101/101_ObjectCategories.tar.gz): unpack, look again
+        if not _unpack_inner(work, markers):
+            raise
+        src = _find_dir(work, holds, names)
+    dropped = _drop_unsafe(src)
+    for m in markers:
+        top = osp.join(src, m.split("/")[0])
+        if osp.isdir(top):
+            _flatten_nested(top)
+    os.makedirs(target, exist_ok=True)
+    for name in sorted(os.listdir(src)):
+        _move(osp.join(src, name), osp.join(target, name))
+    return dropped
+
+
+_INNER_EXTS = (".tar.gz", ".tgz", ".tar", ".zip")
+
+
+def _unpack_inner(work, markers):
+    """Extract ``<marker>.tar.gz`` (or .tgz/.tar/.zip) archives found under ``work`` next to themselves."""
+    wanted = {m.split("/")[0] + ext for m in markers for ext in _INNER_EXTS}
+    found = False
+    for dirpath, _, filenames in os.walk(work):
+        for fn in sorted(filenames):
+            if fn in wanted:
+                inner = osp.join(dirpath, fn)
+                extract_archive(inner, dirpath)
+                os.remove(inner)
+                found = True
+    return found
+
+
+HUB_LAYOUTS = {"coop_folder": convert_coop_folder}
+
+
+def _verify_staged(info, stage_root):
+    """Run the doctor on the staged dataset; a problem that loading would hit aborts the install."""
+    from vlprompt.data.doctor import PROBLEM, check_dataset
+
+    split = info.split_path(stage_root)
+    if info.kind == "split" and not (split and osp.isfile(split)):
+        return None  # the split file is fetched afterwards; the doctor runs on the result then
+    v = check_dataset(info, stage_root)
+    if v.status == PROBLEM:
+        detail = "; ".join(d for d in v.details if d.startswith("[problem]") or d.startswith("  "))
+        raise DownloadError(f"the converted archive fails the doctor's checks, nothing was installed: {detail}")
+    return v
+
+
+def _remove_empty_dirs(dest_dir, root):
+    for d in (dest_dir, osp.dirname(dest_dir), osp.join(root, DOWNLOADS_DIR)):
+        if osp.isdir(d) and not os.listdir(d):
+            os.rmdir(d)
+
+
+def _install_hub(info, root, keep_archives, hub):
+    records = hub_catalog().files_for(info.name)
+    errors = []
+    for hf in records:
+        print(f"Fetching {hf.label} (revision {hf.mirror.revision[:12]}, "
+              f"{hf.approx_size or 'size unknown'}) from the Hub")
+        dest_dir = osp.join(root, DOWNLOADS_DIR, "hub", hf.mirror.repo_id.replace("/", "__"))
+        try:
+            path = hub.download(hf, dest_dir)
+        except HubError as e:
+            errors.append(str(e))
+            print(f"  failed: {e}")
+            _remove_empty_dirs(dest_dir, root)
+            continue
+        staging = _fresh_staging(root, info)
+        stage_root = osp.join(staging, "root")
+        target = osp.join(stage_root, info.dataset_dir)
+        try:
+            print(f"Extracting {hf.filename} and converting it to the CoOp layout")
+            dropped = HUB_LAYOUTS[hf.layout](info, path, osp.join(staging, "work"), target)
+            if dropped:
+                print(f"  dropped {len(dropped)} cached few-shot pickle(s)/clutter entries (e.g. {dropped[0]})")
+            for rel, sha, where in hub.member_checks(hf):
+                member = osp.join(target, rel)
+                if not osp.isfile(member):
+                    raise DownloadError(f"{hf.filename} has no {rel}, which the catalog records ({where})")
+                try:
+                    check_file(member, sha256=sha, what=f"{rel} in {hf.filename}")
+                except IntegrityError as e:
+                    raise DownloadError(str(e)) from e
+            _verify_staged(info, stage_root)
+            installed = _relative_files(target)
+            _move_contents(target, info.dataset_path(root))
+            print(f"Arranged into {info.dataset_path(root)}")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        if not keep_archives:
+            for p in (path, path + ".vlprompt.json"):
+                if osp.exists(p):
+                    os.remove(p)
+            _remove_empty_dirs(dest_dir, root)
+        source = {"source": "hub", "repo_id": hf.mirror.repo_id, "repo_type": hf.mirror.repo_type,
+                  "revision": hf.mirror.revision, "filename": hf.filename, "size": hf.size,
+                  "sha256": hf.sha256, "checksum_source": hf.checksum_source, "dropped": dropped}
+        return installed, source
+    raise DownloadError("; ".join(errors))
+
+
+# ------------------------------------------------------------------------------------------------
+# One dataset
+# ------------------------------------------------------------------------------------------------
 def download_dataset(info, root, split_only=False, keep_archives=False, timeout=DEFAULT_TIMEOUT,
-                     fetcher=fetch_url):
+                     fetcher=fetch_url, source="auto", hub=None, report=None):
     """Fetch and arrange one dataset; returns :data:`EXIT_OK` or :data:`EXIT_MANUAL`.
 
-    ``fetcher(url, dest, md5=..., timeout=...)`` does the transfer (tests pass a local one).
-    Raises :class:`DownloadError` on failure; nothing half-arranged is left in the dataset folder
-    (archives are extracted and arranged in a staging folder that is removed afterwards, and only
-    the finished result is moved into place). Existing folders are never overwritten.
+    ``source``: ``auto`` (the dataset's default order of sources, see ``hub_mirrors.json``),
+    ``original`` or ``hub``. ``fetcher(url, dest, md5=..., timeout=...)`` does the transfers from the
+    original hosts and Google Drive, ``hub`` (a :class:`vlprompt.data.hub.HubClient`) those from the
+    Hub (tests pass local ones). Raises :class:`DownloadError` on failure; nothing half-arranged is
+    left in the dataset folder (archives are extracted and converted in a staging folder, checked,
+    and only the finished result is moved into place). Existing folders are never overwritten.
+    ``report`` (a dict) receives what was done: ``source`` and ``action``.
     """
     root = osp.abspath(osp.expanduser(root))
     ddir = info.dataset_path(root)
+    report = report if report is not None else {}
+    report.setdefault("source", "-")
     status = EXIT_OK
+    manifest = None
     if not split_only:
+        order = sources_to_try(info, source)
         if _data_present(info, root):
             print(f"{info.name}: the data is already in {ddir}; skipping the archives")
-        elif not info.archives:
-            print(f"{info.name} cannot be downloaded automatically.\n{info.manual.replace('$DATA', root)}")
-            status = EXIT_MANUAL
+            report["action"] = "already present"
+        elif not order:
+            if source in ("auto", "original") and info.manual:
+                print(f"{info.name} cannot be downloaded automatically.\n{info.manual.replace('$DATA', root)}")
+                status = EXIT_MANUAL
+                report["action"] = "manual steps needed"
+            else:
+                raise DownloadError(_no_source_message(info, source, root))
         else:
-            clash = [rel for rel in ARRANGERS[info.name][1] if osp.lexists(osp.join(ddir, rel))]
+            clash = [rel for rel in _markers(info) if osp.lexists(osp.join(ddir, rel))]
             if clash:
                 raise DownloadError(
                     f"{info.name}: {', '.join(osp.join(ddir, rel) for rel in clash)} already exist(s) but the "
                     "dataset is incomplete; remove them to download again"
                 )
-            downloads = osp.join(root, DOWNLOADS_DIR)
-            files = {}
-            for archive in info.archives:
-                dest = osp.join(downloads, archive.filename)
-                if osp.exists(dest) and (archive.md5 is None or _md5(dest) == archive.md5):
-                    print(f"Using the already downloaded {dest}")
-                else:
-                    _fetch_first(archive.urls, dest, archive.md5, timeout, fetcher)
-                files[archive.filename] = dest
-            # Extract and arrange inside a staging folder; only a complete result is moved into
-            # the dataset folder, so a failure leaves nothing half-arranged there.
-            staging = osp.join(root, f".vlprompt_staging_{info.yaml}")
-            if osp.exists(staging):
-                shutil.rmtree(staging)
-            arranged = osp.join(staging, "arranged")
-            os.makedirs(arranged)
-            try:
-                print(f"Extracting {', '.join(files)}")
-                ARRANGERS[info.name][0](files, osp.join(staging, "work"), arranged)
-                _move_contents(arranged, ddir)
-                print(f"Arranged into {ddir}")
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
-            if not keep_archives:
-                for path in files.values():
-                    if osp.exists(path):
-                        os.remove(path)
-                if osp.isdir(downloads) and not os.listdir(downloads):
-                    os.rmdir(downloads)
+            errors = []
+            for src in order:
+                try:
+                    if src == "original":
+                        installed, record = _install_original(info, root, keep_archives, timeout, fetcher)
+                    else:
+                        installed, record = _install_hub(info, root, keep_archives,
+                                                         hub if hub is not None else HubClient(timeout=timeout))
+                except DownloadError as e:
+                    errors.append(f"from {src}: {e}")
+                    if len(order) > 1:
+                        print(f"{info.name}: fetching from {src} failed; {'trying the next source' if src != order[-1] else 'no source left'}")
+                    continue
+                manifest = (record, installed)
+                write_manifest(ddir, record, installed)
+                report["source"] = src if src == "original" else f"hub ({record['repo_id']})"
+                report["action"] = "downloaded"
+                break
+            else:
+                if info.manual:
+                    print(f"{info.name}: automatic download failed. Manual steps:\n{info.manual.replace('$DATA', root)}")
+                raise DownloadError("\n    ".join(errors))
         for file_id, fname in info.extra_files:
             dest = osp.join(ddir, fname)
             if not osp.exists(dest) and status == EXIT_OK:
@@ -423,58 +744,143 @@ def download_dataset(info, root, split_only=False, keep_archives=False, timeout=
         fetch_split_file(info, root, timeout, fetcher)
     elif split_only:
         print(f"{info.name} has no split file to fetch ({info.notes.get('split', 'none is used')})")
-    if status == EXIT_OK:
-        print(f"{info.name}: done. Check it with: python -m vlprompt.data.doctor --root {root} --dataset {info.yaml}")
+    if split_only:
+        report["action"] = "split file only"
+    if manifest is not None:  # record the split / extra files fetched after the archives too
+        record, installed = manifest
+        later = [rel for rel in ([info.split_file] if info.split_file else []) + [f for _, f in info.extra_files]
+                 if osp.isfile(osp.join(ddir, rel))]
+        write_manifest(ddir, record, sorted(set(installed) | set(later)))
+    if status == EXIT_OK and not split_only:
+        from vlprompt.data.doctor import PROBLEM, check_dataset
+
+        v = check_dataset(info, root)
+        report["doctor"] = v.status
+        print(f"{info.name}: doctor says {v.status}: {v.found or '-'}")
+        for d in v.details:
+            if v.status != "ok":
+                print(f"  {d}")
+        if v.status == PROBLEM:
+            raise DownloadError(f"{info.name} is in place but the doctor finds a problem: {v.todo}")
+        print(f"{info.name}: done. Check it again any time with: python -m vlprompt.data.doctor --root {root} "
+              f"--dataset {info.yaml} [--verify] [--decode]")
     return status
 
 
+# ------------------------------------------------------------------------------------------------
+# CLI
+# ------------------------------------------------------------------------------------------------
 def _print_list():
-    print(f"{'DATASET':<20}  {'YAML':<16}  {'FOLDER':<22}  HOW")
+    print(f"{'DATASET':<20}  {'FOLDER':<22}  {'SOURCES (default order)':<24}  VERIFIED")
     for info in DATASETS.values():
-        how = "download" if info.archives else "manual (steps printed)"
-        if not info.archives and info.split_gdrive_id:
-            how += " + split file"
-        print(f"{info.name:<20}  {info.yaml:<16}  {info.dataset_dir:<22}  {how}")
+        srcs = available_sources(info)
+        if not srcs:
+            how = "manual (steps printed)" + (" + split file" if info.split_gdrive_id else "")
+        else:
+            how = ", ".join(srcs)
+        checks = []
+        if info.archives:
+            checks.append("MD5" if all(a.md5 for a in info.archives) else
+                          ("MD5 (some archives)" if any(a.md5 for a in info.archives) else "original: none"))
+        for hf in hub_catalog().files_for(info.name):
+            checks.append(f"hub: {hf.verified_by()}")
+        print(f"{info.name:<20}  {info.dataset_dir:<22}  {how:<24}  {'; '.join(checks) or '-'}")
+    print("\nMirrors:")
+    for m in hub_catalog().mirrors.values():
+        state = f"pinned to {m.revision[:12]}" if m.revision else "not pinned"
+        print(f"  {m.repo_id} ({m.repo_type} repository, {state})" + (f": NOT USED, {m.unverified}" if m.unverified else ""))
 
 
-def main(argv=None, fetcher=fetch_url):
+def _inspect_mirror(repo_id, repo_type, revision, hub):
+    files = hub.list_files(repo_id, repo_type=repo_type, revision=revision)
+    print(json.dumps({"repo_id": repo_id, "repo_type": repo_type, "revision": revision, "files": files}, indent=1))
+    return EXIT_OK
+
+
+def _summary(rows, root):
+    print("\nSummary:")
+    w = max([len("DATASET")] + [len(r["name"]) for r in rows])
+    print(f"  {'DATASET':<{w}}  {'SOURCE':<40}  RESULT")
+    for r in rows:
+        print(f"  {r['name']:<{w}}  {r.get('source', '-'):<40}  {r.get('action', '-')}")
+    manual = [r for r in rows if r.get("manual")]
+    if manual:
+        print("\nNeeds a manual step:")
+        for r in manual:
+            print(f"\n{r['name']}:\n{r['manual'].replace('$DATA', root)}")
+
+
+def main(argv=None, fetcher=fetch_url, hub=None):
     parser = argparse.ArgumentParser(
         prog="python -m vlprompt.data.download",
         description="Download a benchmark dataset and arrange it into the CoOp layout (see docs/DATASETS.md).",
     )
     parser.add_argument("names", nargs="*", help="dataset registry or yaml names, or 'all'")
     parser.add_argument("--root", help="the dataset root (DATASET.ROOT / train.py --root)")
+    parser.add_argument("--all", action="store_true", help="every dataset that can be fetched; lists the manual steps")
+    parser.add_argument("--source", choices=("auto", "original", "hub"), default="auto",
+                        help="where to fetch from: auto = each dataset's default order (see --list)")
+    parser.add_argument("--endpoint", help="Hugging Face Hub endpoint (default: HF_ENDPOINT or huggingface.co)")
     parser.add_argument("--split-only", action="store_true", help="only fetch the split_zhou_*.json file")
     parser.add_argument("--keep-archives", action="store_true", help=f"keep the archives in ROOT/{DOWNLOADS_DIR}")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="network timeout in seconds")
-    parser.add_argument("--list", action="store_true", help="list the datasets and how each is obtained")
+    parser.add_argument("--list", action="store_true", help="list the datasets, their sources and what is verified")
+    parser.add_argument("--inspect-mirror", metavar="REPO",
+                        help="print a Hub repository's files with sizes and LFS sha256 (to record a mirror)")
+    parser.add_argument("--repo-type", default="model", choices=("model", "dataset"), help="for --inspect-mirror")
+    parser.add_argument("--revision", help="for --inspect-mirror")
     args = parser.parse_args(argv)
 
-    if args.list:
-        _print_list()
-        return EXIT_OK
-    if not args.names or not args.root:
-        parser.error("give dataset name(s) and --root (or --list)")
     try:
-        infos = list(DATASETS.values()) if args.names == ["all"] else [get_info(n) for n in args.names]
+        if args.list:
+            _print_list()
+            return EXIT_OK
+        if hub is None:
+            hub = HubClient(endpoint=args.endpoint, timeout=args.timeout)
+        if args.inspect_mirror:
+            return _inspect_mirror(args.inspect_mirror, args.repo_type, args.revision, hub)
+    except HubError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    fetch_all = args.all or args.names == ["all"]
+    if (not args.names and not args.all) or not args.root:
+        parser.error("give dataset name(s) or --all, and --root (or --list)")
+    try:
+        infos = list(DATASETS.values()) if fetch_all else [get_info(n) for n in args.names]
     except KeyError as e:
         print(f"error: {e.args[0]}", file=sys.stderr)
         return 2
 
     result = EXIT_OK
+    rows = []
     for info in infos:
+        row = {"name": info.name}
+        rows.append(row)
+        if fetch_all and not args.split_only and not sources_to_try(info, args.source) \
+                and not _data_present(info, args.root):
+            row.update(action="manual step needed (see below)", manual=info.manual or _no_source_message(
+                info, args.source, args.root))
+            if result == EXIT_OK:
+                result = EXIT_MANUAL
+            continue
         try:
-            status = download_dataset(info, args.root, args.split_only, args.keep_archives, args.timeout, fetcher)
-        except DownloadError as e:
+            status = download_dataset(info, args.root, args.split_only, args.keep_archives, args.timeout, fetcher,
+                                      source=args.source, hub=hub, report=row)
+        except (DownloadError, HubError) as e:
             print(f"\n{info.name}: download failed: {e}", file=sys.stderr)
             if info.split_gdrive_id:
                 print(f"  split file by hand: {gdrive_view_url(info.split_gdrive_id)} -> "
                       f"{info.split_path(args.root)}", file=sys.stderr)
             print(f"  see docs/DATASETS.md ({info.name}) for the manual steps", file=sys.stderr)
+            row["action"] = f"FAILED: {str(e).splitlines()[0][:120]}"
             result = EXIT_FAILED
             continue
-        if status == EXIT_MANUAL and result == EXIT_OK:
-            result = EXIT_MANUAL
+        if status == EXIT_MANUAL:
+            row["manual"] = info.manual
+            if result == EXIT_OK:
+                result = EXIT_MANUAL
+    if len(rows) > 1:
+        _summary(rows, osp.abspath(osp.expanduser(args.root)))
     return result
 
 
