@@ -179,7 +179,7 @@ def test_clear_errors(repo, tmp_path):
         expand("MaPLe:nope", "base2new", output_root=out, root=repo)
     with pytest.raises(SweepError, match="No default config for MyTrainer in protocol base2new.*Available configs: mine"):
         expand("MyTrainer", "base2new", output_root=out, root=repo)
-    with pytest.raises(SweepError, match="default for APLe/base2new in vlprompt/sweep/recipes.json"):
+    with pytest.raises(SweepError, match=r"default for APLe/base2new \(RECIPES of trainer APLe\)"):
         expand("APLe", "base2new", output_root=out, root=repo)  # the recipe's config is not in this fake repo
     with pytest.raises(SweepError, match="Unknown dataset 'dtdx'.*Available: caltech101"):
         expand("MaPLe", "base2new", ["dtdx"], output_root=out, root=repo)
@@ -188,33 +188,105 @@ def test_clear_errors(repo, tmp_path):
     assert parse_method("MaPLe:configs/trainers/MaPLe/x.yaml").config == "x"
 
 
-def test_recipes_name_existing_configs_of_this_repository():
-    """Every default config of vlprompt/sweep/recipes.json exists in configs/trainers/ (for the trainers
-    whose config folder is in the checkout)."""
-    from vlprompt.sweep.protocols import load_recipes, repo_root
+def test_recipes_come_from_the_registry_and_name_existing_configs():
+    """The sweep's defaults are the trainers' RECIPES (no table of its own), and every config they name
+    exists in configs/trainers/ of this repository; every protocol of every recipe expands."""
+    from vlprompt.engine.methods import method_specs
+    from vlprompt.sweep.protocols import registry_specs, repo_root
 
     root = repo_root()
-    checked = 0
-    for trainer, protocols in load_recipes()["defaults"].items():
-        for protocol, rec in protocols.items():
+    assert not osp.exists(osp.join(root, "vlprompt", "sweep", "recipes.json"))
+    specs = registry_specs()
+    with_recipes = [s.name for s in method_specs()]
+    assert {"CoOp", "MaPLe", "APLe", "ZeroshotCLIP"} <= set(with_recipes)
+    assert specs["ZeroshotCLIP"].eval_only and not specs["CoOp"].eval_only
+    for name in with_recipes:
+        spec = specs[name]
+        for protocol, rec in spec.recipes.items():
             names = [rec["config"]] + list(rec.get("per_dataset", {}).values()) + list(rec.get("per_shots", {}).values())
-            for name in names:
-                folder, cfg = name.rsplit("/", 1) if "/" in name else (trainer, name)
-                if not osp.isdir(osp.join(root, "configs", "trainers", folder)):
-                    continue
-                path = osp.join(root, "configs", "trainers", folder, cfg + ".yaml")
-                assert osp.isfile(path), f"recipes.json: {trainer}/{protocol} names {name}, but {path} is missing"
-                checked += 1
-    if checked == 0:
-        pytest.skip("no configs/trainers/<TRAINER>/ folder in this checkout")
+            for cfg in names:
+                folder, base = cfg.rsplit("/", 1) if "/" in cfg else (spec.config_folder, cfg)
+                path = osp.join(root, "configs", "trainers", folder, base + ".yaml")
+                assert osp.isfile(path), f"{name}.RECIPES[{protocol!r}] names {cfg}, but {path} is missing"
+            runs = expand(name, protocol, None, [1], output_root="/o", root=root)
+            assert runs and all(r.trainer == name for r in runs)
+            assert all(r.eval_only for r in runs) == spec.eval_only
 
 
 def test_grid_variants():
-    assert grid_variants([]) == [("", [])]
+    assert grid_variants([]) == [("", [], [])]
+    # without a tag every option names the folder; with one, only the grid's options do
     v = grid_variants(["TRAINER.APLE.N_CTX=1,4"], "", ["A", "1"])
-    assert v == [("_n_ctx1", ["A", "1", "TRAINER.APLE.N_CTX", "1"]), ("_n_ctx4", ["A", "1", "TRAINER.APLE.N_CTX", "4"])]
+    assert v == [("", ["A", "1", "TRAINER.APLE.N_CTX", "1"], ["A", "1", "TRAINER.APLE.N_CTX", "1"]),
+                 ("", ["A", "1", "TRAINER.APLE.N_CTX", "4"], ["A", "1", "TRAINER.APLE.N_CTX", "4"])]
+    v = grid_variants(["TRAINER.APLE.N_CTX=1,4"], "_mine", ["A", "1"])
+    assert v[1] == ("_mine", ["A", "1", "TRAINER.APLE.N_CTX", "4"], ["TRAINER.APLE.N_CTX", "4"])
     with pytest.raises(SweepError):
         grid_variants(["TRAINER.APLE.N_CTX"])
+
+
+def test_grid_folders_keep_their_names(repo, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    rc = sweep_main(["--methods", "MaPLe", "--protocol", "base2new", "--datasets", "dtd", "--seeds", "1", "--root",
+                     "/d", "--output-root", out, "--repo-root", repo, "--grid", "TRAINER.MAPLE.N_CTX=2,4",
+                     "--print-commands", "--only", "train"])
+    lines = capsys.readouterr().out.splitlines()
+    assert rc == 0 and len(lines) == 2
+    for n, line in zip((2, 4), lines):
+        assert f"/dtd/shots_16/MaPLe/vit_b16_c2_ep5_batch4_2ctx_n_ctx{n}/seed1 " in line
+        assert line.endswith(f"DATASET.SUBSAMPLE_CLASSES base TRAINER.MAPLE.N_CTX {n}")
+
+
+def test_p1_options_never_land_in_the_default_folder(repo, tmp_path, capsys):
+    """A run with trailing options gets its own folder, so a finished default run is not taken for it."""
+    out = str(tmp_path / "out")
+    default = expand("CoOp", "base2new", ["dtd"], [1], output_root=out, root=repo)
+    os.makedirs(default[0].output_dir)
+    open(default[0].result_file(), "w").write("{}")
+    variant = expand("CoOp", "base2new", ["dtd"], [1], output_root=out, root=repo,
+                     opts=["TRAINER.COOP.CLASS_TOKEN_POSITION", "middle"])
+    assert osp.relpath(variant[0].output_dir, out) == \
+        "base2new/train_base/dtd/shots_16/CoOp/vit_b16_ctxv1_class_token_positionmiddle/seed1"
+    assert default[0].is_complete() and not variant[0].is_complete()
+    assert variant[1].model_dir == variant[0].output_dir
+    # a tag names the variant instead (the user's promise); values unsafe in a path are hashed
+    tagged = expand("CoOp", "base2new", ["dtd"], [1], output_root=out, root=repo, opts=["A.B", "x"], tag="_mid")
+    assert tagged[0].config == "vit_b16_ctxv1_mid"
+    odd = expand("CoOp", "base2new", ["dtd"], [1], output_root=out, root=repo, opts=["A.B", "a b/c"])
+    odd2 = expand("CoOp", "base2new", ["dtd"], [1], output_root=out, root=repo, opts=["A.B", "a b/d"])
+    assert odd[0].config.startswith("vit_b16_ctxv1_opts-") and odd[0].config != odd2[0].config
+    # the CLI: --opts without --tag -> its own folder, and the default run's completion is not reused
+    rc = sweep_main(["--methods", "CoOp", "--protocol", "base2new", "--datasets", "dtd", "--seeds", "1", "--root",
+                     "/d", "--output-root", out, "--repo-root", repo, "--print-commands", "--opts",
+                     "TRAINER.COOP.CLASS_TOKEN_POSITION", "middle"])
+    cap = capsys.readouterr()
+    assert rc == 0 and len(cap.out.splitlines()) == 2 and "skip" not in cap.err
+    rc = sweep_main(["--methods", "CoOp", "--protocol", "base2new", "--datasets", "dtd", "--seeds", "1", "--root",
+                     "/d", "--output-root", out, "--repo-root", repo, "--print-commands"])
+    cap = capsys.readouterr()
+    assert rc == 0 and len(cap.out.splitlines()) == 1 and "Results exist at" in cap.err
+
+
+def test_p2_load_epoch_follows_the_effective_max_epoch(repo, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    runs = expand("MaPLe", "base2new", ["dtd"], [1], output_root=out, root=repo, opts=["OPTIM.MAX_EPOCH", "2"])
+    assert runs[1].load_epoch == 2 and runs[0].config == "vit_b16_c2_ep5_batch4_2ctx_max_epoch2"
+    xd = expand("MaPLe", "cross_dataset", ["dtd"], [1], output_root=out, root=repo, opts=["OPTIM.MAX_EPOCH", "1"])
+    assert xd[1].load_epoch == 1
+    # the last value wins, as in yacs; an explicit --load-epoch overrides
+    assert read_max_epoch(osp.join(repo, "configs/trainers/APLe/aple_b2n.yaml"),
+                          ["OPTIM.MAX_EPOCH", "3", "OPTIM.MAX_EPOCH", "4"]) == 4
+    runs = expand("MaPLe", "base2new", ["dtd"], [1], output_root=out, root=repo, load_epoch=3)
+    assert runs[1].load_epoch == 3
+    with pytest.raises(SweepError, match="OPTIM.MAX_EPOCH must be an integer"):
+        expand("MaPLe", "base2new", ["dtd"], [1], output_root=out, root=repo, opts=["OPTIM.MAX_EPOCH", "x"])
+    # the bash scripts go through the same code: their print-out follows the options too
+    rc = sweep_main(["--methods", "MaPLe", "--protocol", "base2new", "--datasets", "dtd", "--seeds", "1", "--root",
+                     "/d", "--output-root", "out", "--repo-root", repo, "--print-commands", "--only", "test",
+                     "--opts", "OPTIM.MAX_EPOCH", "2"])
+    line = capsys.readouterr().out.strip()
+    assert rc == 0 and "--load-epoch 2 --eval-only" in line
+    assert "--output-dir out/base2new/test_new/dtd/shots_16/MaPLe/vit_b16_c2_ep5_batch4_2ctx_max_epoch2/seed1" in line
 
 
 def test_dry_run_cli(repo, tmp_path, capsys):
@@ -458,7 +530,7 @@ def test_sweep_runs_real_train_py_and_results_reads_it(tmp_path, capsys):
 
 
 def test_sweep_stops_its_jobs_when_terminated(repo, tmp_path):
-    """SIGTERM to the sweep stops the running jobs (they run in their own sessions) and exits 130."""
+    """SIGTERM to the sweep stops the running jobs (they run in their own sessions) and exits 143."""
     import signal
     import time
 
@@ -477,8 +549,8 @@ def test_sweep_stops_its_jobs_when_terminated(repo, tmp_path):
     child_pid = int(pidfile.read_text())
     proc.send_signal(signal.SIGTERM)
     text, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 130, text
-    assert "interrupted: stopping running jobs" in text and "1 failed job(s)" in text
+    assert proc.returncode == 128 + signal.SIGTERM, text
+    assert "interrupted (SIGTERM): stopping 1 running job(s)" in text and "1 failed job(s)" in text
     time.sleep(0.2)
     with pytest.raises(ProcessLookupError):
         os.kill(child_pid, 0)

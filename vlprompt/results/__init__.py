@@ -7,11 +7,13 @@
 """
 from .aggregate import Cell, Table, apply_families, build_tables, hm, load_published, mean_std, seed_stat
 from .legacy import parse_lines, parse_log, read_run_log
+from .methods import MethodTable, default_methods, load_methods
 from .records import Record, collect, infer_from_path
 from .render import runs_csv, to_csv, to_latex, to_markdown
 
 __all__ = [
     "Cell",
+    "MethodTable",
     "Record",
     "Table",
     "apply_families",
@@ -19,7 +21,9 @@ __all__ = [
     "collect",
     "hm",
     "infer_from_path",
+    "load_methods",
     "load_published",
+    "default_methods",
     "mean_std",
     "parse_lines",
     "parse_log",
