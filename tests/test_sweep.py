@@ -554,3 +554,100 @@ def test_sweep_stops_its_jobs_when_terminated(repo, tmp_path):
     time.sleep(0.2)
     with pytest.raises(ProcessLookupError):
         os.kill(child_pid, 0)
+
+
+# --------------------------------------------------------------------------- stopping a sweep (real signals)
+# A fake train.py that starts a grandchild in its process group, records both pids, and sleeps; the run
+# with seed S ignores the signals named in IGNORE_S (e.g. SIGINT,SIGTERM) so that escalation is needed.
+SLEEPER = r"""
+import os, signal, subprocess, sys, time
+a = sys.argv[1:]
+seed = a[a.index('--seed') + 1]
+for name in os.environ.get('IGNORE_' + seed, '').split(','):
+    if name:
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+gc = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])
+tmp = os.path.join(os.environ['PIDDIR'], seed + '.tmp')
+open(tmp, 'w').write(f'{os.getpid()} {gc.pid}')
+os.replace(tmp, os.path.join(os.environ['PIDDIR'], seed + '.pid'))
+time.sleep(120)
+"""
+
+# The sweep itself: two such runs on two slots, through the Runner and the exit path of __main__.
+DRIVER = r"""
+import json, sys
+from vlprompt.sweep import Runner, cpu_slots, expand
+from vlprompt.sweep.__main__ import _quiet_stdout
+repo, out, prefix, grace = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), float(sys.argv[4])
+runs = expand("MyTrainer:mine", "few_shot", ["dtd"], [1, 2], output_root=out, root=repo, shots=[1], specs={})
+rc = Runner(runs, "/d", cpu_slots(2), output_root=out, prefix=prefix, poll=0.05, grace=grace).run()
+_quiet_stdout()
+sys.exit(rc)
+"""
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _start_sweep(repo, tmp_path, ignore, stdout):
+    import time
+
+    piddir = tmp_path / "pids"
+    piddir.mkdir()
+    env = dict(os.environ, PIDDIR=str(piddir), PYTHONPATH=osp.dirname(osp.dirname(osp.abspath(__file__))))
+    env.update({f"IGNORE_{s}": v for s, v in ignore.items()})
+    prefix = json.dumps([sys.executable, "-c", SLEEPER])
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER, repo, str(tmp_path / "out"), prefix, "0.5"],
+                            stdout=stdout, stderr=subprocess.PIPE, env=env, text=True)
+    deadline = time.time() + 60
+    while len(list(piddir.glob("*.pid"))) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    pids = [int(p) for f in sorted(piddir.glob("*.pid")) for p in f.read_text().split()]
+    assert len(pids) == 4, proc.stderr.read() if proc.poll() is not None else "jobs did not start"
+    return proc, pids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_ctrl_c_with_a_broken_stdout_pipe_stops_every_job(repo, tmp_path):
+    """`sweep | tee log`, Ctrl-C: tee is gone (stdout is a broken pipe), the sweep still stops both jobs'
+    process groups (the one that ignores SIGINT by SIGTERM), says so on stderr and exits 130."""
+    import signal
+
+    proc, pids = _start_sweep(repo, tmp_path, {"1": "SIGINT"}, subprocess.PIPE)
+    proc.stdout.close()  # the reader of the pipe dies first, as tee does on Ctrl-C
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130, err
+    assert "sweep interrupted by SIGINT: stopped 2 running job(s)" in err
+    assert "stdout is closed (broken pipe)" in err and "Traceback" not in err
+    assert not any(_alive(p) for p in pids)
+    status = json.load(open(tmp_path / "out" / "sweep_logs" / "sweep_status.json"))
+    assert sorted(j["status"] for j in status["jobs"]) == ["interrupted", "interrupted"]
+    # the job that ignored SIGINT was ended by SIGTERM, the other by SIGINT (Python re-raises it)
+    rcs = sorted(j["rc"] for j in status["jobs"])
+    assert rcs == sorted([-signal.SIGINT, -signal.SIGTERM])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigterm_escalates_to_sigkill_for_a_job_that_ignores_both(repo, tmp_path):
+    """Not piped: SIGTERM to the sweep; a job ignoring SIGINT and SIGTERM is killed after the grace period,
+    its grandchild with it; the sweep exits 143."""
+    import signal
+
+    log = open(tmp_path / "sweep.out", "w")
+    proc, pids = _start_sweep(repo, tmp_path, {"1": "SIGINT,SIGTERM", "2": "SIGINT"}, log)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=60)[1]
+    log.close()
+    assert proc.returncode == 143, err
+    assert "sweep interrupted by SIGTERM" in err
+    out = open(tmp_path / "sweep.out").read()
+    assert "interrupted (SIGTERM): stopping 2 running job(s)" in out and "2 failed job(s)" in out
+    assert not any(_alive(p) for p in pids)
+    status = json.load(open(tmp_path / "out" / "sweep_logs" / "sweep_status.json"))
+    assert sorted(j["rc"] for j in status["jobs"]) == sorted([-signal.SIGKILL, -signal.SIGTERM])
