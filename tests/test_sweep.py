@@ -181,7 +181,7 @@ def test_clear_errors(repo, tmp_path):
         expand("MyTrainer", "base2new", output_root=out, root=repo)
     with pytest.raises(SweepError, match=r"default for APLe/base2new \(RECIPES of trainer APLe\)"):
         expand("APLe", "base2new", output_root=out, root=repo)  # the recipe's config is not in this fake repo
-    with pytest.raises(SweepError, match="Unknown dataset 'dtdx'.*Available: caltech101"):
+    with pytest.raises(SweepError, match="unknown dataset 'dtdx'.*Available: caltech101"):
         expand("MaPLe", "base2new", ["dtdx"], output_root=out, root=repo)
     with pytest.raises(SweepError, match="empty config"):
         parse_method("MaPLe:")

@@ -16,6 +16,8 @@ unless a ``tag`` names the variant, so a variant never lands in the default run'
 epoch of a test run is ``OPTIM.MAX_EPOCH`` of the options, else of the yaml, else the engine's
 default.
 """
+import hashlib
+import json
 import os
 import os.path as osp
 import shlex
@@ -73,16 +75,79 @@ def repo_root():
 _REGISTRY = {}
 
 
+@dataclass(frozen=True)
+class SpecView:
+    """The fields of ``vlprompt.engine.methods.MethodSpec`` the sweep reads (as plain data)."""
+
+    name: str
+    recipes: dict
+    eval_only: bool = False
+    order: int = 1000
+    config_folder: str = ""
+
+
+def _cache_key(root):
+    """Digest of every .py file that can change a trainer's declarations (trainers/, vlprompt/engine/)."""
+    h = hashlib.sha1(root.encode())
+    for sub in ("trainers", osp.join("vlprompt", "engine")):
+        for dirpath, dirnames, filenames in os.walk(osp.join(root, sub)):
+            dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+            for f in sorted(filenames):
+                if f.endswith(".py"):
+                    st = os.stat(osp.join(dirpath, f))
+                    h.update(f"{osp.join(dirpath, f)}:{st.st_mtime_ns}:{st.st_size};".encode())
+    return h.hexdigest()
+
+
+def _cache_path(root):
+    base = os.environ.get("VLPROMPT_CACHE_DIR") or osp.join(
+        os.environ.get("XDG_CACHE_HOME") or osp.join(osp.expanduser("~"), ".cache"), "vlprompt")
+    return osp.join(base, f"methods-{hashlib.sha1(root.encode()).hexdigest()[:12]}.json")
+
+
 def registry_specs():
-    """``{trainer name: MethodSpec}`` of every registered trainer (plugins loaded once)."""
-    if "specs" not in _REGISTRY:
+    """``{trainer name: SpecView}`` of every registered trainer.
+
+    Read from ``vlprompt.engine.methods.method_specs`` (plugins loaded, which imports torch) and kept
+    in ``~/.cache/vlprompt/methods-<repo>.json`` (or ``$VLPROMPT_CACHE_DIR``) until a .py file under
+    ``trainers/`` or ``vlprompt/engine/`` changes, so that planning a sweep or a script's dry run does
+    not import torch every time. ``VLPROMPT_CACHE_DIR=off`` disables the file.
+    """
+    if "specs" in _REGISTRY:
+        return _REGISTRY["specs"]
+    root = repo_root()
+    use_file = os.environ.get("VLPROMPT_CACHE_DIR") != "off"
+    key = _cache_key(root) if use_file else None
+    path = _cache_path(root) if use_file else None
+    rows = None
+    if use_file and osp.isfile(path):
+        try:
+            with open(path) as f:
+                data = json.load(f)
+            if data.get("key") == key:
+                rows = data["specs"]
+        except (OSError, ValueError, KeyError):
+            rows = None
+    if rows is None:
         try:
             from vlprompt.engine.methods import load_plugins, method_specs
 
             load_plugins()
-            _REGISTRY["specs"] = {s.name: s for s in method_specs(with_recipes_only=False)}
+            specs = method_specs(with_recipes_only=False)
         except ImportError as e:
             raise SweepError(f"Cannot load the method table (vlprompt.engine.methods, trainers/): {e}") from e
+        rows = [dict(name=s.name, recipes=s.recipes, eval_only=s.eval_only, order=s.order,
+                     config_folder=s.config_folder) for s in specs]
+        if use_file:
+            try:
+                os.makedirs(osp.dirname(path), exist_ok=True)
+                tmp = f"{path}.{os.getpid()}.tmp"
+                with open(tmp, "w") as f:
+                    json.dump({"key": key, "specs": rows}, f)
+                os.replace(tmp, path)
+            except OSError:
+                pass  # an unwritable cache only costs time: the table was read from the registry
+    _REGISTRY["specs"] = {r["name"]: SpecView(**r) for r in rows}
     return _REGISTRY["specs"]
 
 
@@ -253,7 +318,7 @@ def _check_dataset(root, d):
         folder = osp.join(root, "configs", "datasets")
         avail = sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml")) if osp.isdir(folder) else []
         raise SweepError(
-            f"Unknown dataset '{d}': configs/datasets/{d}.yaml not found under {root}. "
+            f"unknown dataset '{d}': configs/datasets/{d}.yaml not found under {root}. "
             f"Available: {', '.join(avail) if avail else 'none'}. "
             f"The 11 standard datasets are: {' '.join(DATASETS_11)}; DG targets: {' '.join(DG_TARGETS)}"
         )
