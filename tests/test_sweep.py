@@ -651,3 +651,110 @@ def test_sigterm_escalates_to_sigkill_for_a_job_that_ignores_both(repo, tmp_path
     assert not any(_alive(p) for p in pids)
     status = json.load(open(tmp_path / "out" / "sweep_logs" / "sweep_status.json"))
     assert sorted(j["rc"] for j in status["jobs"]) == sorted([-signal.SIGKILL, -signal.SIGTERM])
+
+
+# --------------------------------------------------------------------------- scripts/ (through the sweep)
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def _bash(*args, env=None):
+    e = dict(os.environ, DRY_RUN="1")
+    e.update(env or {})
+    p = subprocess.run(["bash", *args], cwd=ROOT, env=e, capture_output=True, text=True)
+    return p.returncode, p.stdout.splitlines(), p.stderr
+
+
+def test_method_wrappers_are_one_exec_line_without_defaults():
+    scripts = osp.join(ROOT, "scripts")
+    assert not osp.exists(osp.join(scripts, "lib", "prompt_protocols.sh"))
+    n = 0
+    for method in sorted(os.listdir(scripts)):
+        folder = osp.join(scripts, method)
+        if not osp.isdir(folder) or method == "lib":
+            continue
+        assert not osp.exists(osp.join(folder, "config.sh")), method
+        for name in sorted(os.listdir(folder)):
+            if name == "prompt_length.sh":
+                continue
+            code = [ln for ln in open(osp.join(folder, name)).read().splitlines()
+                    if ln.strip() and not ln.startswith("#") and ln != "set -euo pipefail"]
+            assert len(code) == 1 and code[0].startswith('exec bash "$(dirname "${BASH_SOURCE[0]}")/../run.sh" '), \
+                (method, name, code)
+            assert "vit_b16" not in code[0] and "configs/" not in code[0], (method, name)  # no config of its own
+            n += 1
+    assert n >= 7 * 8
+
+
+def test_run_sh_follows_the_options_p1_p2():
+    """The bash path goes through the sweep: trailing options name the folder, and the test loads the
+    epoch the options set (not the yaml's)."""
+    rc, lines, err = _bash("scripts/coop/base2new.sh", "/DATA", "dtd", "1", "OPTIM.MAX_EPOCH", "2")
+    assert rc == 0, err
+    tr, te = lines
+    cfg = "vit_b16_ctxv1_max_epoch2"
+    assert f"--output-dir output/base2new/train_base/dtd/shots_16/CoOp/{cfg}/seed1 " in tr
+    assert f"--model-dir output/base2new/train_base/dtd/shots_16/CoOp/{cfg}/seed1 --load-epoch 2 --eval-only" in te
+    assert tr.endswith("DATASET.SUBSAMPLE_CLASSES base OPTIM.MAX_EPOCH 2")
+    # the generic entry: several seeds, '--' before the options, all datasets of a protocol
+    rc, lines, err = _bash("scripts/run.sh", "MaPLe", "xd_train", "/DATA", "1", "2", "--", "OPTIM.MAX_EPOCH", "1")
+    assert rc == 0 and len(lines) == 2 and all("imagenet/MaPLe/" in ln and "_max_epoch1_16shots/" in ln
+                                               for ln in lines), err
+    rc, lines, err = _bash("scripts/run.sh", "VPT", "domain_generalization", "/DATA", "all", "3")
+    assert rc == 0 and len(lines) == 5 and "evaluation/VPT/vit_b16_c2_ep5_batch4_4_16shots/imagenet_r/seed3" in lines[-1]
+    rc, lines, err = _bash("scripts/run.sh", "CoOp", "few_shot", "/DATA", "dtd,eurosat", "1",
+                           env={"SHOTS_LIST": "2", "LOADEP": "9"})
+    assert rc == 0 and [ln.split("few_shot/")[1].split("/")[0] for ln in lines] == ["dtd", "eurosat"]
+    # APLe's prompt-length ablation and the uni-modal MuDPT stay expressible
+    rc, lines, err = _bash("scripts/aple/prompt_length.sh", "/DATA", "dtd", "1", env={"NCTX_LIST": "4 16"})
+    assert rc == 0 and len(lines) == 4 and "APLe/vit_b16_c16_ep5_batch4_16ctx.yaml" in lines[-1]
+    rc, lines, err = _bash("scripts/mudpt/base2new.sh", "/DATA", "dtd", "1", env={"TRAINER": "UMuDPT"})
+    assert rc == 0 and "--trainer UMuDPT" in lines[0] and "UMuDPT/vit_b16_bz4_ep5_nctx2_depth9.yaml" in lines[0]
+
+
+def test_run_sh_errors_are_one_line():
+    rc, _, err = _bash("scripts/run.sh", "CoOp", "b2n", "/DATA")
+    assert rc == 2 and err.startswith("Error: unknown protocol 'b2n'") and "Traceback" not in err
+    rc, _, err = _bash("scripts/run.sh", "CoOp", "base2new", "/DATA", "dtd", "1", "OPTIM.MAX_EPOCH")
+    assert rc == 2 and "KEY VALUE pairs" in err
+    rc, _, err = _bash("scripts/run.sh", "CoOp", "base2new", "/DATA", "dtd", "1", "oops", "x")
+    assert rc == 2 and "expected config options" in err
+    rc, _, err = _bash("scripts/aple/xd_test.sh", "/DATA", "imagenet", "1")
+    assert rc == 2 and "None of the datasets imagenet belongs" in err
+    rc, _, err = _bash("scripts/run.sh")
+    assert rc == 2 and "METHOD PROTOCOL DATA" in err
+
+
+def test_method_table_cache(tmp_path, monkeypatch):
+    """The sweep reads the trainers' declarations once per change of trainers/ (a JSON cache)."""
+    import vlprompt.engine.methods as em
+    import vlprompt.sweep.protocols as sp
+
+    monkeypatch.setenv("VLPROMPT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(sp, "_REGISTRY", {})
+    fresh = sp.registry_specs()
+    cached = json.load(open(sp._cache_path(sp.repo_root())))
+    assert cached["key"] == sp._cache_key(sp.repo_root())
+    assert {r["name"] for r in cached["specs"]} == set(fresh)
+
+    def boom(*a, **k):
+        raise AssertionError("the registry was read although the cache is valid")
+
+    monkeypatch.setattr(em, "method_specs", boom)
+    monkeypatch.setattr(sp, "_REGISTRY", {})
+    assert sp.registry_specs() == fresh
+    # a change under trainers/ (another key) reads the registry again
+    monkeypatch.setattr(sp, "_cache_key", lambda root: "changed")
+    monkeypatch.setattr(sp, "_REGISTRY", {})
+    with pytest.raises(AssertionError, match="the registry was read"):
+        sp.registry_specs()
+
+
+def test_recipes_listing(capsys):
+    assert sweep_main(["--recipes"]) == 0
+    out = capsys.readouterr().out
+    assert "ZeroshotCLIP  (eval only)\n  base2new               CoOp/vit_b16\n" in out
+    assert ("  few_shot               vit_b16; per_dataset imagenet: vit_b16_ep50; per_shots 1: vit_b16_ep50, "
+            "2: vit_b16_ep100, 4: vit_b16_ep100\n") in out
+    with pytest.raises(SystemExit):
+        sweep_main(["--methods", "CoOp"])  # --protocol and --root are required for a sweep
+    assert "required: --protocol, --root" in capsys.readouterr().err

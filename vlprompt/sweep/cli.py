@@ -21,7 +21,8 @@ import shlex
 import sys
 import time
 
-from .protocols import DEFAULT_SEEDS, FEW_SHOT_SHOTS, PROTOCOLS, XD_SOURCE, SweepError, parse_method, plan, repo_root
+from .protocols import (DEFAULT_SEEDS, FEW_SHOT_SHOTS, PROTOCOLS, XD_SOURCE, SweepError, parse_method, plan,
+                        registry_specs, repo_root)
 from .runner import Runner, cpu_slots, default_prefix, gpu_slots, log_path
 
 __all__ = ["main", "build_parser", "grid_variants"]
@@ -34,11 +35,13 @@ def build_parser():
                     "train.py processes (resumable: runs with a results.json are skipped).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--methods", nargs="+", required=True, metavar="TRAINER[:CONFIG]",
+    p.add_argument("--recipes", action="store_true",
+                   help="print every registered trainer's default config per protocol (its RECIPES) and exit")
+    p.add_argument("--methods", nargs="+", default=None, metavar="TRAINER[:CONFIG]",
                    help="trainers, optionally with a config name (configs/trainers/TRAINER/CONFIG.yaml, or "
                         "FOLDER/CONFIG for another folder); without a config the protocol's default that the "
                         "trainer declares (RECIPES) is used")
-    p.add_argument("--protocol", "--protocols", nargs="+", required=True, dest="protocols", metavar="PROTOCOL",
+    p.add_argument("--protocol", "--protocols", nargs="+", default=None, dest="protocols", metavar="PROTOCOL",
                    help=f"one or more of: {', '.join(PROTOCOLS)}")
     p.add_argument("--datasets", nargs="+", default=None, metavar="NAME",
                    help="dataset yaml names (default: the 11 for base2new/few_shot, the 10 non-ImageNet "
@@ -49,7 +52,7 @@ def build_parser():
                    help=f"few_shot shot counts (default: {' '.join(map(str, FEW_SHOT_SHOTS))}); base2new and "
                         "the transfer protocols always use 16")
     p.add_argument("--source", default=XD_SOURCE, help="source dataset of cross_dataset/domain_generalization")
-    p.add_argument("--root", "--data-root", dest="data_root", required=True, help="data root (train.py --root)")
+    p.add_argument("--root", "--data-root", dest="data_root", default=None, help="data root (train.py --root)")
     p.add_argument("--output-root", default="output", help="root of the CoOp output tree (default: output)")
     p.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE",
                    help="extra config options appended to every run; they name the config folder "
@@ -152,8 +155,33 @@ def _print_commands(runs, data_root, prefix, output_root, shown_root, out, err):
         print(shlex.join(show(a) for a in r.command(data_root, prefix)), file=out)
 
 
+def print_recipes(specs, out):
+    """The method table as the sweep uses it: one line per trainer and protocol."""
+    for name, spec in sorted(specs.items(), key=lambda kv: (kv[1].order, kv[0])):
+        if not spec.recipes:
+            continue
+        flag = "  (eval only)" if spec.eval_only else ""
+        print(f"{name}{flag}", file=out)
+        for protocol, rec in spec.recipes.items():
+            extra = "".join(f"; {k} " + ", ".join(f"{a}: {b}" for a, b in rec[k].items())
+                            for k in ("per_dataset", "per_shots") if rec.get(k))
+            print(f"  {protocol:22s} {rec['config']}{extra}", file=out)
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.recipes:
+        try:
+            print_recipes(registry_specs(), sys.stdout)
+        except SweepError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
+    missing = [f for f, v in (("--methods", args.methods), ("--protocol", args.protocols), ("--root", args.data_root))
+               if not v]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
     repo = osp.abspath(args.repo_root or repo_root())
     prefix = shlex.split(args.command) if args.command else default_prefix()
     output_root = osp.abspath(args.output_root)
