@@ -16,7 +16,7 @@ import pytest
 
 from vlprompt.sweep import DATASETS_11, DG_TARGETS, Runner, SweepError, cpu_slots, expand, gpu_slots, plan
 from vlprompt.sweep.cli import grid_variants, main as sweep_main
-from vlprompt.sweep.protocols import family_config, parse_method, read_max_epoch, route_datasets
+from vlprompt.sweep.protocols import family_config, parse_method, read_max_epoch, registry_specs, route_datasets
 from vlprompt.sweep.slurm import SlurmOptions, submit, write_slurm
 from tests.helpers import assert_golden
 
@@ -758,3 +758,23 @@ def test_recipes_listing(capsys):
     with pytest.raises(SystemExit):
         sweep_main(["--methods", "CoOp"])  # --protocol and --root are required for a sweep
     assert "required: --protocol, --root" in capsys.readouterr().err
+
+
+def test_every_planned_folder_parses_back_to_its_run(tmp_path):
+    """The sweep builds folders with vlprompt.protocol.run_dir; the results side parses them with the same
+    layouts: for every registered method and protocol the description matches the run."""
+    from vlprompt.protocol import describe_run_dir
+
+    out = str(tmp_path / "out")
+    runs = []
+    for m, spec in registry_specs().items():
+        if not spec.recipes:
+            continue
+        runs += plan([m], list(spec.recipes), None, [2], output_root=out, opts=["OPTIM.MAX_EPOCH", "1"])
+    assert len(runs) > 100
+    for r in runs:
+        got = describe_run_dir(r.output_dir)
+        protocol = "transfer" if r.role == "source" else r.protocol
+        shots = r.shots if r.role != "target" else 16
+        assert got == dict(protocol=protocol, role=r.role, dataset=r.dataset, trainer=r.trainer, config=r.config,
+                           shots=shots, seed=2), r.output_dir
