@@ -778,3 +778,17 @@ def test_every_planned_folder_parses_back_to_its_run(tmp_path):
         shots = r.shots if r.role != "target" else 16
         assert got == dict(protocol=protocol, role=r.role, dataset=r.dataset, trainer=r.trainer, config=r.config,
                            shots=shots, seed=2), r.output_dir
+
+
+def test_another_transfer_source(repo, tmp_path):
+    """--source moves the source run (e.g. the toy world's toy_shapes); the results side parses it back
+    with the same source."""
+    from vlprompt.protocol import describe_run_dir
+
+    out = str(tmp_path / "out")
+    runs = expand("MaPLe", "cross_dataset", ["dtd"], [1], output_root=out, root=repo, source="eurosat")
+    assert osp.relpath(runs[0].output_dir, out) == "eurosat/MaPLe/vit_b16_c2_ep5_batch4_2ctx_cross_datasets_16shots/seed1"
+    assert runs[0].dataset == "eurosat" and runs[1].depends_on == runs[0].output_dir
+    assert describe_run_dir(runs[0].output_dir, source="eurosat")["role"] == "source"
+    with pytest.raises(SweepError, match="cannot also be a target"):
+        expand("MaPLe", "cross_dataset", ["eurosat"], [1], output_root=out, root=repo, source="eurosat")

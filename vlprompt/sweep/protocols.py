@@ -427,7 +427,8 @@ def _expand_transfer(ctx, method, protocol, targets, seeds, shots, source):
     rel, cfg, epoch = ctx.resolve(method, protocol, source, shots)
     runs = []
     for s in seeds:
-        train_dir = ctx.out("transfer", "source", dataset=source, trainer=t, config=cfg, shots=shots, seed=s)
+        train_dir = ctx.out("transfer", "source", dataset=source, trainer=t, config=cfg, shots=shots, seed=s,
+                            source=source)
         common = dict(protocol=protocol, trainer=t, config=cfg, config_file=rel, seed=s)
         runs.append(
             Run(
