@@ -191,13 +191,17 @@ def test_clear_errors(repo, tmp_path):
 def test_recipes_come_from_the_registry_and_name_existing_configs():
     """The sweep's defaults are the trainers' RECIPES (no table of its own), and every config they name
     exists in configs/trainers/ of this repository; every protocol of every recipe expands."""
-    from vlprompt.engine.methods import method_specs
+    from vlprompt.engine.methods import load_plugins, method_specs
     from vlprompt.sweep.protocols import registry_specs, repo_root
 
     root = repo_root()
     assert not osp.exists(osp.join(root, "vlprompt", "sweep", "recipes.json"))
-    specs = registry_specs()
-    with_recipes = [s.name for s in method_specs()]
+    specs = registry_specs()  # possibly from the cache: it must agree with the live registry
+    load_plugins()
+    live = method_specs()
+    with_recipes = [s.name for s in live]
+    assert [(s.name, s.recipes, s.eval_only) for s in live] == [
+        (n, specs[n].recipes, specs[n].eval_only) for n in with_recipes]
     assert {"CoOp", "MaPLe", "APLe", "ZeroshotCLIP"} <= set(with_recipes)
     assert specs["ZeroshotCLIP"].eval_only and not specs["CoOp"].eval_only
     for name in with_recipes:
