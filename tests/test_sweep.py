@@ -734,6 +734,7 @@ def test_method_table_cache(tmp_path, monkeypatch):
     import vlprompt.sweep.protocols as sp
 
     monkeypatch.setenv("VLPROMPT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(sp, "_engine_loaded", lambda: False)  # as in a fresh `python -m vlprompt.sweep`
     monkeypatch.setattr(sp, "_REGISTRY", {})
     fresh = sp.registry_specs()
     cached = json.load(open(sp._cache_path(sp.repo_root())))
@@ -796,3 +797,22 @@ def test_another_transfer_source(repo, tmp_path):
     assert describe_run_dir(runs[0].output_dir, source="eurosat")["role"] == "source"
     with pytest.raises(SweepError, match="cannot also be a target"):
         expand("MaPLe", "cross_dataset", ["eurosat"], [1], output_root=out, root=repo, source="eurosat")
+
+
+def test_trainers_registered_at_run_time_are_planned(repo, tmp_path):
+    """In a process that imported the engine, the live registry counts: a trainer registered by a test or
+    a notebook (not in trainers/, so never in the cache) gets its recipe and its eval-only flag."""
+    from vlprompt.engine import TRAINER_REGISTRY, TrainerX
+
+    class SweepProbe(TrainerX):
+        RECIPES = {"base2new": {"config": "mine"}}
+        CONFIG_FOLDER = "MyTrainer"
+        EVAL_ONLY = True
+
+    TRAINER_REGISTRY.register(SweepProbe, force=True)
+    try:
+        runs = expand("SweepProbe", "base2new", ["dtd"], [1], output_root=str(tmp_path), root=repo)
+    finally:  # leave the registry as it was (other tests iterate over it)
+        TRAINER_REGISTRY._obj_map.pop("SweepProbe", None)
+    assert "SweepProbe" not in TRAINER_REGISTRY
+    assert [r.phase for r in runs] == ["eval", "eval"] and runs[0].config_file == "configs/trainers/MyTrainer/mine.yaml"

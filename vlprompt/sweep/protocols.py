@@ -21,6 +21,7 @@ import json
 import os
 import os.path as osp
 import shlex
+import sys
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -105,14 +106,28 @@ def _cache_path(root):
     return osp.join(base, f"methods-{hashlib.sha1(root.encode()).hexdigest()[:12]}.json")
 
 
+def _engine_loaded():
+    return "vlprompt.engine.methods" in sys.modules
+
+
 def registry_specs():
     """``{trainer name: SpecView}`` of every registered trainer.
 
     Read from ``vlprompt.engine.methods.method_specs`` (plugins loaded, which imports torch) and kept
     in ``~/.cache/vlprompt/methods-<repo>.json`` (or ``$VLPROMPT_CACHE_DIR``) until a .py file under
     ``trainers/`` or ``vlprompt/engine/`` changes, so that planning a sweep or a script's dry run does
-    not import torch every time. ``VLPROMPT_CACHE_DIR=off`` disables the file.
+    not import torch every time. ``VLPROMPT_CACHE_DIR=off`` disables the file. In a process that has
+    imported the engine already, the live registry is read instead (trainers registered at run time
+    included).
     """
+    if _engine_loaded():
+        # the engine is loaded already (train.py, the toy demo, tests): read the live registry, which
+        # also holds trainers registered outside trainers/ (never written to the cache)
+        from vlprompt.engine.methods import load_plugins, method_specs
+
+        load_plugins()
+        return {s.name: SpecView(name=s.name, recipes=s.recipes, eval_only=s.eval_only, order=s.order,
+                                 config_folder=s.config_folder) for s in method_specs(with_recipes_only=False)}
     if "specs" in _REGISTRY:
         return _REGISTRY["specs"]
     root = repo_root()
