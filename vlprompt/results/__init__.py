@@ -3,7 +3,9 @@
 :func:`collect` reads ``results.json`` files (and ``log.txt`` of runs that have none),
 :func:`build_tables` aggregates them over seeds into the protocol tables, and
 ``vlprompt.results.render`` writes markdown, CSV and LaTeX. Published numbers live in
-``published.json`` (data, with sources). Nothing here imports torch.
+``published.json`` (data, with sources). Importing this package does not import torch; the row order
+and the recipes come from the trainers' declarations, loaded when a table is built
+(:mod:`vlprompt.results.methods`). Run folders are placed with :mod:`vlprompt.protocol`.
 """
 from .aggregate import Cell, Table, apply_families, build_tables, hm, load_published, mean_std, seed_stat
 from .legacy import parse_lines, parse_log, read_run_log
