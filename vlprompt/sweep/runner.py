@@ -357,7 +357,8 @@ class Runner:
             self._out("\n".join(lines) + "\n")
         status_file = osp.join(self.log_dir, "sweep_status.json")
         rows = [
-            {"output_dir": j.run.output_dir, "phase": j.run.phase, "status": j.status, "rc": j.rc,
+            {"output_dir": j.run.output_dir, "protocol": j.run.protocol, "role": getattr(j.run, "role", ""),
+             "phase": j.run.phase, "status": j.status, "rc": j.rc,
              "slot": j.slot.name if j.slot else None, "start": j.start, "end": j.end, "log": j.log,
              "reason": j.reason}
             for j in self.jobs.values()
