@@ -7,8 +7,9 @@ Usage (from the repository root)::
     python parse_test_res.py output/evaluation/MaPLe/vit_b16_c2_ep5_batch4_2ctx_cross_datasets_16shots \
         --test-log --multi-exp
 
-Every non-hidden subfolder of <directory> (normally seed1, seed2, ...) must hold a ``log.txt``. For a
-training log the values after the line "Finish training" are read (the line "Finished training" of
+Every non-hidden subfolder of <directory> (normally seed1, seed2, ...) must hold a ``log.txt``. A
+resumed run also has ``log.txt-<timestamp>`` files (one per restart, ``log.txt`` being the oldest);
+each subfolder counts once, with the newest of its logs that holds a result. For a training log the values after the line "Finish training" are read (the line "Finished training" of
 older Dassl versions, which MaPLe's copy of this script expects, is accepted too); with ``--test-log``
 the values after "=> result". The last ``* <keyword>: <value>%`` after that line wins. The summary is
 the mean and the population standard deviation (or the 95% confidence interval with ``--ci95``) of
@@ -25,7 +26,7 @@ import os.path as osp
 import sys
 from collections import OrderedDict
 
-from vlprompt.results.legacy import END_SIGNALS, RESULT_SIGNAL, metric_regex
+from vlprompt.results.legacy import END_SIGNALS, RESULT_SIGNAL, log_files, parse_lines
 
 
 class ParseError(RuntimeError):
@@ -51,25 +52,19 @@ def compute_ci95(values):
 
 def parse_function(keyword, directory, ci95=False, end_signals=END_SIGNALS):
     print(f"Parsing files in {directory}")
-    regex = metric_regex(keyword)
     outputs = []
     for subdir in listdir_nohidden(directory):
-        fpath = osp.join(directory, subdir, "log.txt")
-        if not osp.isfile(fpath):
-            raise ParseError(f"{fpath} not found (every non-hidden subfolder of {directory} must hold a log.txt)")
-        armed = False
-        output = OrderedDict()
-        with open(fpath, "r", errors="replace") as f:
-            for line in f:
-                line = line.strip()
-                if line in end_signals:
-                    armed = True
-                match = regex.search(line)
-                if match and armed:
-                    output.setdefault("file", fpath)
-                    output[keyword] = float(match.group(1))
-        if output:
-            outputs.append(output)
+        run = osp.join(directory, subdir)
+        logs = log_files(run) if osp.isdir(run) else []
+        if not logs:
+            raise ParseError(f"{osp.join(run, 'log.txt')} not found (every non-hidden subfolder of {directory} "
+                             f"must hold a log.txt)")
+        for fpath in reversed(logs):  # newest first: the latest log holding a result counts
+            with open(fpath, "r", errors="replace") as f:
+                values = parse_lines(f.readlines(), (keyword,), end_signals)
+            if keyword in values:
+                outputs.append(OrderedDict([("file", fpath), (keyword, values[keyword])]))
+                break
     if not outputs:
         signals = " or ".join(f'"{s}"' for s in end_signals)
         raise ParseError(f"Nothing found in {directory}: no '* {keyword}: ...%' line after {signals} in any log.txt")

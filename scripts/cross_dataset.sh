@@ -4,9 +4,9 @@
 #
 #   DATA=/path/to/data [GPUS=0,1] bash scripts/cross_dataset.sh METHOD [CONFIG] [sweep options...]
 #
-# METHOD is a trainer (APLe, MuDPT, CoOp, CoCoOp, MaPLe, IVLP, VPT, ZeroshotCLIP); CONFIG a file name in
-# configs/trainers/METHOD/ without .yaml (default: the protocol's official config from
-# vlprompt/sweep/recipes.json). Options such as --datasets, --seeds, --dry-run or --slurm are passed to
+# METHOD is a registered trainer (APLe, MuDPT, CoOp, CoCoOp, MaPLe, IVLP, VPT, ZeroshotCLIP, ...); CONFIG a
+# file name in configs/trainers/METHOD/ without .yaml (default: the protocol's config that the trainer
+# declares in its RECIPES). Options such as --datasets, --seeds, --dry-run or --slurm are passed to
 # python -m vlprompt.sweep (see scripts/sweep.sh for DATA, GPUS, OUTPUT, PYTHON).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/sweep_wrapper.sh"

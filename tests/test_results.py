@@ -351,3 +351,113 @@ def test_parse_test_res_cli(tmp_path, capsys):
     # training logs are required without --test-log
     assert parse_test_res.main([str(tmp_path / "multi" / "a")]) == 1
     assert "Nothing found" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- protocol/role from results.json
+def test_protocol_and_role_recorded_in_results_json_win(tmp_path):
+    """A results.json that records protocol/role (the engine writes them from describe_run_dir) is placed by
+    them, wherever the folder is now; the run fields come from its ``run`` entry."""
+    from vlprompt.protocol import describe_run_dir
+
+    out = str(tmp_path / "out")
+    src = write_result(out, "imagenet/MaPLe/x_16shots/seed1", "MaPLe", "imagenet", 1, 70.0, config_name="x")
+    # a copied run, outside the tree, that recorded where it came from
+    moved = write_result(out, "archive/run7", "MaPLe", "dtd", 2, 55.0, subsample="all", phase="eval",
+                         model_dir=src, config_name="x")
+    data = json.load(open(osp.join(moved, "results.json")))
+    run = describe_run_dir("/o/evaluation/MaPLe/x_16shots/imagenet_a/seed2")
+    data.update(protocol=run["protocol"], role=run["role"], run=run)
+    json.dump(data, open(osp.join(moved, "results.json"), "w"))
+    records, problems = collect(out)
+    assert problems == []
+    by = {r.path: r for r in records}
+    r = by[osp.join(moved, "results.json")]
+    assert (r.protocol, r.role, r.dataset, r.config, r.shots, r.seed) == (
+        "domain_generalization", "target", "imagenet_a", "x", 16, 2)
+    assert r.placed_by == "json" and not r.inferred
+    assert by[osp.join(src, "results.json")].placed_by == "path"
+    # recorded protocol/role that disagree with the folder: results.json wins, and it is reported
+    d = write_result(out, "few_shot/dtd/MaPLe/c/shots_4/seed1", "MaPLe", "dtd", 1, 60.0, shots=4, config_name="c")
+    data = json.load(open(osp.join(d, "results.json")))
+    data.update(protocol="base2new", role="base")
+    json.dump(data, open(osp.join(d, "results.json"), "w"))
+    records, problems = collect(out)
+    r = [x for x in records if x.path == osp.join(d, "results.json")][0]
+    assert (r.protocol, r.role, r.dataset, r.shots, r.config) == ("base2new", "base", "dtd", 4, "c")
+    assert problems == [(osp.join(d, "results.json"),
+                         "results.json records base2new/base but the folder is a few_shot/test folder; using "
+                         "results.json")]
+    data.update(protocol="b2n")
+    json.dump(data, open(osp.join(d, "results.json"), "w"))
+    _, problems = collect(out)
+    assert problems == [(osp.join(d, "results.json"), "unknown protocol/role b2n/base in results.json")]
+
+
+def test_rows_follow_the_declared_method_order_or_name_order_with_a_note(tmp_path):
+    from vlprompt.engine.methods import method_order
+    from vlprompt.results import MethodTable, default_methods
+
+    out = str(tmp_path / "out")
+    for t in ("APLe", "CoOp", "MaPLe", "ZeroshotCLIP"):
+        b2n(out, t, "c", "dtd", 1, 80.0, 60.0)
+    records, _ = collect(out)
+    assert default_methods().order == method_order() and default_methods().note is None
+    rows = [r["cells"][1] for r in build_tables(records, seeds=(1,))[0].rows if r["kind"] == "ours"]
+    declared = [t for t in method_order() if t in ("APLe", "CoOp", "MaPLe", "ZeroshotCLIP")]
+    assert rows == declared and rows[0] == "ZeroshotCLIP" and rows[-1] == "APLe"
+    broken = MethodTable(note="the method table could not be loaded (ImportError: no torch)")
+    t = build_tables(records, seeds=(1,), methods=broken)[0]
+    assert [r["cells"][1] for r in t.rows if r["kind"] == "ours"] == ["APLe", "CoOp", "MaPLe", "ZeroshotCLIP"]
+    assert "Note: the method table could not be loaded (ImportError: no torch)." in t.notes
+
+
+def test_failing_method_table_is_said_not_silent(tmp_path, monkeypatch, capsys):
+    import builtins
+
+    import vlprompt.results.methods as methods
+
+    real_import = builtins.__import__
+
+    def fake_import(name, *a, **kw):
+        if name == "vlprompt.engine.methods":
+            raise ImportError("torch is not installed")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    monkeypatch.setattr(methods, "_DEFAULT", [])
+    out = str(tmp_path / "out")
+    b2n(out, "MaPLe", "c", "dtd", 1, 80.0, 60.0)
+    assert results_main([out, "--seeds", "1"]) == 0
+    cap = capsys.readouterr()
+    assert ("note: the method table could not be loaded (ImportError: torch is not installed); trainers are "
+            "listed by name") in cap.err
+    assert "MaPLe" in cap.out
+
+
+def test_results_does_not_import_the_sweep():
+    import subprocess
+
+    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    code = "import sys, vlprompt.results; print('vlprompt.sweep' in sys.modules, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+def test_parse_test_res_counts_a_resumed_run_once(tmp_path, capsys):
+    """A resumed run has log.txt (oldest) and log.txt-<timestamp> files: the newest log with a result counts."""
+    exp = tmp_path / "exp"
+    (exp / "seed1").mkdir(parents=True)
+    (exp / "seed1" / "log.txt").write_text("epoch [1/5]\n")  # interrupted
+    (exp / "seed1" / "log.txt-2026-01-02-10-00-00").write_text(LOG_NEW.replace("91.8%", "70.0%"))
+    (exp / "seed1" / "log.txt-2026-01-03-10-00-00").write_text(LOG_NEW)  # the newest with a result
+    (exp / "seed1" / "log.txt-2026-01-04-10-00-00").write_text("epoch [1/5]\n")  # a later restart, unfinished
+    (exp / "seed2").mkdir()
+    (exp / "seed2" / "log.txt").write_text(LOG_NEW.replace("91.8%", "90.0%"))
+    assert parse_test_res.main([str(exp)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1:3] == [f"file: {exp}/seed1/log.txt-2026-01-03-10-00-00. accuracy: 91.80%. ",
+                          f"file: {exp}/seed2/log.txt. accuracy: 90.00%. "]
+    assert lines[-2] == "* accuracy: 90.90% +- 0.90%"
+    (exp / "seed3").mkdir()
+    assert parse_test_res.main([str(exp)]) == 1
+    assert "seed3/log.txt not found" in capsys.readouterr().err

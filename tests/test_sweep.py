@@ -16,7 +16,7 @@ import pytest
 
 from vlprompt.sweep import DATASETS_11, DG_TARGETS, Runner, SweepError, cpu_slots, expand, gpu_slots, plan
 from vlprompt.sweep.cli import grid_variants, main as sweep_main
-from vlprompt.sweep.protocols import family_config, parse_method, read_max_epoch, route_datasets
+from vlprompt.sweep.protocols import family_config, parse_method, read_max_epoch, registry_specs, route_datasets
 from vlprompt.sweep.slurm import SlurmOptions, submit, write_slurm
 from tests.helpers import assert_golden
 
@@ -179,42 +179,118 @@ def test_clear_errors(repo, tmp_path):
         expand("MaPLe:nope", "base2new", output_root=out, root=repo)
     with pytest.raises(SweepError, match="No default config for MyTrainer in protocol base2new.*Available configs: mine"):
         expand("MyTrainer", "base2new", output_root=out, root=repo)
-    with pytest.raises(SweepError, match="default for APLe/base2new in vlprompt/sweep/recipes.json"):
+    with pytest.raises(SweepError, match=r"default for APLe/base2new \(RECIPES of trainer APLe\)"):
         expand("APLe", "base2new", output_root=out, root=repo)  # the recipe's config is not in this fake repo
-    with pytest.raises(SweepError, match="Unknown dataset 'dtdx'.*Available: caltech101"):
+    with pytest.raises(SweepError, match="unknown dataset 'dtdx'.*Available: caltech101"):
         expand("MaPLe", "base2new", ["dtdx"], output_root=out, root=repo)
     with pytest.raises(SweepError, match="empty config"):
         parse_method("MaPLe:")
     assert parse_method("MaPLe:configs/trainers/MaPLe/x.yaml").config == "x"
 
 
-def test_recipes_name_existing_configs_of_this_repository():
-    """Every default config of vlprompt/sweep/recipes.json exists in configs/trainers/ (for the trainers
-    whose config folder is in the checkout)."""
-    from vlprompt.sweep.protocols import load_recipes, repo_root
+def test_recipes_come_from_the_registry_and_name_existing_configs():
+    """The sweep's defaults are the trainers' RECIPES (no table of its own), and every config they name
+    exists in configs/trainers/ of this repository; every protocol of every recipe expands."""
+    from vlprompt.engine.methods import load_plugins, method_specs
+    from vlprompt.sweep.protocols import registry_specs, repo_root
 
     root = repo_root()
-    checked = 0
-    for trainer, protocols in load_recipes()["defaults"].items():
-        for protocol, rec in protocols.items():
+    assert not osp.exists(osp.join(root, "vlprompt", "sweep", "recipes.json"))
+    specs = registry_specs()  # possibly from the cache: it must agree with the live registry
+    load_plugins()
+    live = method_specs()
+    with_recipes = [s.name for s in live]
+    assert [(s.name, s.recipes, s.eval_only) for s in live] == [
+        (n, specs[n].recipes, specs[n].eval_only) for n in with_recipes]
+    assert {"CoOp", "MaPLe", "APLe", "ZeroshotCLIP"} <= set(with_recipes)
+    assert specs["ZeroshotCLIP"].eval_only and not specs["CoOp"].eval_only
+    for name in with_recipes:
+        spec = specs[name]
+        for protocol, rec in spec.recipes.items():
             names = [rec["config"]] + list(rec.get("per_dataset", {}).values()) + list(rec.get("per_shots", {}).values())
-            for name in names:
-                folder, cfg = name.rsplit("/", 1) if "/" in name else (trainer, name)
-                if not osp.isdir(osp.join(root, "configs", "trainers", folder)):
-                    continue
-                path = osp.join(root, "configs", "trainers", folder, cfg + ".yaml")
-                assert osp.isfile(path), f"recipes.json: {trainer}/{protocol} names {name}, but {path} is missing"
-                checked += 1
-    if checked == 0:
-        pytest.skip("no configs/trainers/<TRAINER>/ folder in this checkout")
+            for cfg in names:
+                folder, base = cfg.rsplit("/", 1) if "/" in cfg else (spec.config_folder, cfg)
+                path = osp.join(root, "configs", "trainers", folder, base + ".yaml")
+                assert osp.isfile(path), f"{name}.RECIPES[{protocol!r}] names {cfg}, but {path} is missing"
+            runs = expand(name, protocol, None, [1], output_root="/o", root=root)
+            assert runs and all(r.trainer == name for r in runs)
+            assert all(r.eval_only for r in runs) == spec.eval_only
 
 
 def test_grid_variants():
-    assert grid_variants([]) == [("", [])]
+    assert grid_variants([]) == [("", [], [])]
+    # without a tag every option names the folder; with one, only the grid's options do
     v = grid_variants(["TRAINER.APLE.N_CTX=1,4"], "", ["A", "1"])
-    assert v == [("_n_ctx1", ["A", "1", "TRAINER.APLE.N_CTX", "1"]), ("_n_ctx4", ["A", "1", "TRAINER.APLE.N_CTX", "4"])]
+    assert v == [("", ["A", "1", "TRAINER.APLE.N_CTX", "1"], ["A", "1", "TRAINER.APLE.N_CTX", "1"]),
+                 ("", ["A", "1", "TRAINER.APLE.N_CTX", "4"], ["A", "1", "TRAINER.APLE.N_CTX", "4"])]
+    v = grid_variants(["TRAINER.APLE.N_CTX=1,4"], "_mine", ["A", "1"])
+    assert v[1] == ("_mine", ["A", "1", "TRAINER.APLE.N_CTX", "4"], ["TRAINER.APLE.N_CTX", "4"])
     with pytest.raises(SweepError):
         grid_variants(["TRAINER.APLE.N_CTX"])
+
+
+def test_grid_folders_keep_their_names(repo, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    rc = sweep_main(["--methods", "MaPLe", "--protocol", "base2new", "--datasets", "dtd", "--seeds", "1", "--root",
+                     "/d", "--output-root", out, "--repo-root", repo, "--grid", "TRAINER.MAPLE.N_CTX=2,4",
+                     "--print-commands", "--only", "train"])
+    lines = capsys.readouterr().out.splitlines()
+    assert rc == 0 and len(lines) == 2
+    for n, line in zip((2, 4), lines):
+        assert f"/dtd/shots_16/MaPLe/vit_b16_c2_ep5_batch4_2ctx_n_ctx{n}/seed1 " in line
+        assert line.endswith(f"DATASET.SUBSAMPLE_CLASSES base TRAINER.MAPLE.N_CTX {n}")
+
+
+def test_p1_options_never_land_in_the_default_folder(repo, tmp_path, capsys):
+    """A run with trailing options gets its own folder, so a finished default run is not taken for it."""
+    out = str(tmp_path / "out")
+    default = expand("CoOp", "base2new", ["dtd"], [1], output_root=out, root=repo)
+    os.makedirs(default[0].output_dir)
+    open(default[0].result_file(), "w").write("{}")
+    variant = expand("CoOp", "base2new", ["dtd"], [1], output_root=out, root=repo,
+                     opts=["TRAINER.COOP.CLASS_TOKEN_POSITION", "middle"])
+    assert osp.relpath(variant[0].output_dir, out) == \
+        "base2new/train_base/dtd/shots_16/CoOp/vit_b16_ctxv1_class_token_positionmiddle/seed1"
+    assert default[0].is_complete() and not variant[0].is_complete()
+    assert variant[1].model_dir == variant[0].output_dir
+    # a tag names the variant instead (the user's promise); values unsafe in a path are hashed
+    tagged = expand("CoOp", "base2new", ["dtd"], [1], output_root=out, root=repo, opts=["A.B", "x"], tag="_mid")
+    assert tagged[0].config == "vit_b16_ctxv1_mid"
+    odd = expand("CoOp", "base2new", ["dtd"], [1], output_root=out, root=repo, opts=["A.B", "a b/c"])
+    odd2 = expand("CoOp", "base2new", ["dtd"], [1], output_root=out, root=repo, opts=["A.B", "a b/d"])
+    assert odd[0].config.startswith("vit_b16_ctxv1_opts-") and odd[0].config != odd2[0].config
+    # the CLI: --opts without --tag -> its own folder, and the default run's completion is not reused
+    rc = sweep_main(["--methods", "CoOp", "--protocol", "base2new", "--datasets", "dtd", "--seeds", "1", "--root",
+                     "/d", "--output-root", out, "--repo-root", repo, "--print-commands", "--opts",
+                     "TRAINER.COOP.CLASS_TOKEN_POSITION", "middle"])
+    cap = capsys.readouterr()
+    assert rc == 0 and len(cap.out.splitlines()) == 2 and "skip" not in cap.err
+    rc = sweep_main(["--methods", "CoOp", "--protocol", "base2new", "--datasets", "dtd", "--seeds", "1", "--root",
+                     "/d", "--output-root", out, "--repo-root", repo, "--print-commands"])
+    cap = capsys.readouterr()
+    assert rc == 0 and len(cap.out.splitlines()) == 1 and "Results exist at" in cap.err
+
+
+def test_p2_load_epoch_follows_the_effective_max_epoch(repo, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    runs = expand("MaPLe", "base2new", ["dtd"], [1], output_root=out, root=repo, opts=["OPTIM.MAX_EPOCH", "2"])
+    assert runs[1].load_epoch == 2 and runs[0].config == "vit_b16_c2_ep5_batch4_2ctx_max_epoch2"
+    xd = expand("MaPLe", "cross_dataset", ["dtd"], [1], output_root=out, root=repo, opts=["OPTIM.MAX_EPOCH", "1"])
+    assert xd[1].load_epoch == 1
+    # the last value wins, as in yacs; an explicit --load-epoch overrides
+    assert read_max_epoch(osp.join(repo, "configs/trainers/APLe/aple_b2n.yaml"),
+                          ["OPTIM.MAX_EPOCH", "3", "OPTIM.MAX_EPOCH", "4"]) == 4
+    runs = expand("MaPLe", "base2new", ["dtd"], [1], output_root=out, root=repo, load_epoch=3)
+    assert runs[1].load_epoch == 3
+    with pytest.raises(SweepError, match="OPTIM.MAX_EPOCH must be an integer"):
+        expand("MaPLe", "base2new", ["dtd"], [1], output_root=out, root=repo, opts=["OPTIM.MAX_EPOCH", "x"])
+    # the bash scripts go through the same code: their print-out follows the options too
+    rc = sweep_main(["--methods", "MaPLe", "--protocol", "base2new", "--datasets", "dtd", "--seeds", "1", "--root",
+                     "/d", "--output-root", "out", "--repo-root", repo, "--print-commands", "--only", "test",
+                     "--opts", "OPTIM.MAX_EPOCH", "2"])
+    line = capsys.readouterr().out.strip()
+    assert rc == 0 and "--load-epoch 2 --eval-only" in line
+    assert "--output-dir out/base2new/test_new/dtd/shots_16/MaPLe/vit_b16_c2_ep5_batch4_2ctx_max_epoch2/seed1" in line
 
 
 def test_dry_run_cli(repo, tmp_path, capsys):
@@ -458,7 +534,7 @@ def test_sweep_runs_real_train_py_and_results_reads_it(tmp_path, capsys):
 
 
 def test_sweep_stops_its_jobs_when_terminated(repo, tmp_path):
-    """SIGTERM to the sweep stops the running jobs (they run in their own sessions) and exits 130."""
+    """SIGTERM to the sweep stops the running jobs (they run in their own sessions) and exits 143."""
     import signal
     import time
 
@@ -477,8 +553,266 @@ def test_sweep_stops_its_jobs_when_terminated(repo, tmp_path):
     child_pid = int(pidfile.read_text())
     proc.send_signal(signal.SIGTERM)
     text, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 130, text
-    assert "interrupted: stopping running jobs" in text and "1 failed job(s)" in text
+    assert proc.returncode == 128 + signal.SIGTERM, text
+    assert "interrupted (SIGTERM): stopping 1 running job(s)" in text and "1 failed job(s)" in text
     time.sleep(0.2)
     with pytest.raises(ProcessLookupError):
         os.kill(child_pid, 0)
+
+
+# --------------------------------------------------------------------------- stopping a sweep (real signals)
+# A fake train.py that starts a grandchild in its process group, records both pids, and sleeps; the run
+# with seed S ignores the signals named in IGNORE_S (e.g. SIGINT,SIGTERM) so that escalation is needed.
+SLEEPER = r"""
+import os, signal, subprocess, sys, time
+a = sys.argv[1:]
+seed = a[a.index('--seed') + 1]
+for name in os.environ.get('IGNORE_' + seed, '').split(','):
+    if name:
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+gc = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])
+tmp = os.path.join(os.environ['PIDDIR'], seed + '.tmp')
+open(tmp, 'w').write(f'{os.getpid()} {gc.pid}')
+os.replace(tmp, os.path.join(os.environ['PIDDIR'], seed + '.pid'))
+time.sleep(120)
+"""
+
+# The sweep itself: two such runs on two slots, through the Runner and the exit path of __main__.
+DRIVER = r"""
+import json, sys
+from vlprompt.sweep import Runner, cpu_slots, expand
+from vlprompt.sweep.__main__ import _quiet_stdout
+repo, out, prefix, grace = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), float(sys.argv[4])
+runs = expand("MyTrainer:mine", "few_shot", ["dtd"], [1, 2], output_root=out, root=repo, shots=[1], specs={})
+rc = Runner(runs, "/d", cpu_slots(2), output_root=out, prefix=prefix, poll=0.05, grace=grace).run()
+_quiet_stdout()
+sys.exit(rc)
+"""
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _start_sweep(repo, tmp_path, ignore, stdout):
+    import time
+
+    piddir = tmp_path / "pids"
+    piddir.mkdir()
+    env = dict(os.environ, PIDDIR=str(piddir), PYTHONPATH=osp.dirname(osp.dirname(osp.abspath(__file__))))
+    env.update({f"IGNORE_{s}": v for s, v in ignore.items()})
+    prefix = json.dumps([sys.executable, "-c", SLEEPER])
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER, repo, str(tmp_path / "out"), prefix, "0.5"],
+                            stdout=stdout, stderr=subprocess.PIPE, env=env, text=True)
+    deadline = time.time() + 60
+    while len(list(piddir.glob("*.pid"))) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    pids = [int(p) for f in sorted(piddir.glob("*.pid")) for p in f.read_text().split()]
+    assert len(pids) == 4, proc.stderr.read() if proc.poll() is not None else "jobs did not start"
+    return proc, pids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_ctrl_c_with_a_broken_stdout_pipe_stops_every_job(repo, tmp_path):
+    """`sweep | tee log`, Ctrl-C: tee is gone (stdout is a broken pipe), the sweep still stops both jobs'
+    process groups (the one that ignores SIGINT by SIGTERM), says so on stderr and exits 130."""
+    import signal
+
+    proc, pids = _start_sweep(repo, tmp_path, {"1": "SIGINT"}, subprocess.PIPE)
+    proc.stdout.close()  # the reader of the pipe dies first, as tee does on Ctrl-C
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130, err
+    assert "sweep interrupted by SIGINT: stopped 2 running job(s)" in err
+    assert "stdout is closed (broken pipe)" in err and "Traceback" not in err
+    assert not any(_alive(p) for p in pids)
+    status = json.load(open(tmp_path / "out" / "sweep_logs" / "sweep_status.json"))
+    assert sorted(j["status"] for j in status["jobs"]) == ["interrupted", "interrupted"]
+    # the job that ignored SIGINT was ended by SIGTERM, the other by SIGINT (Python re-raises it)
+    rcs = sorted(j["rc"] for j in status["jobs"])
+    assert rcs == sorted([-signal.SIGINT, -signal.SIGTERM])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_sigterm_escalates_to_sigkill_for_a_job_that_ignores_both(repo, tmp_path):
+    """Not piped: SIGTERM to the sweep; a job ignoring SIGINT and SIGTERM is killed after the grace period,
+    its grandchild with it; the sweep exits 143."""
+    import signal
+
+    log = open(tmp_path / "sweep.out", "w")
+    proc, pids = _start_sweep(repo, tmp_path, {"1": "SIGINT,SIGTERM", "2": "SIGINT"}, log)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=60)[1]
+    log.close()
+    assert proc.returncode == 143, err
+    assert "sweep interrupted by SIGTERM" in err
+    out = open(tmp_path / "sweep.out").read()
+    assert "interrupted (SIGTERM): stopping 2 running job(s)" in out and "2 failed job(s)" in out
+    assert not any(_alive(p) for p in pids)
+    status = json.load(open(tmp_path / "out" / "sweep_logs" / "sweep_status.json"))
+    assert sorted(j["rc"] for j in status["jobs"]) == sorted([-signal.SIGKILL, -signal.SIGTERM])
+
+
+# --------------------------------------------------------------------------- scripts/ (through the sweep)
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def _bash(*args, env=None):
+    e = dict(os.environ, DRY_RUN="1")
+    e.update(env or {})
+    p = subprocess.run(["bash", *args], cwd=ROOT, env=e, capture_output=True, text=True)
+    return p.returncode, p.stdout.splitlines(), p.stderr
+
+
+def test_method_wrappers_are_one_exec_line_without_defaults():
+    scripts = osp.join(ROOT, "scripts")
+    assert not osp.exists(osp.join(scripts, "lib", "prompt_protocols.sh"))
+    n = 0
+    for method in sorted(os.listdir(scripts)):
+        folder = osp.join(scripts, method)
+        if not osp.isdir(folder) or method == "lib":
+            continue
+        assert not osp.exists(osp.join(folder, "config.sh")), method
+        for name in sorted(os.listdir(folder)):
+            if name == "prompt_length.sh":
+                continue
+            code = [ln for ln in open(osp.join(folder, name)).read().splitlines()
+                    if ln.strip() and not ln.startswith("#") and ln != "set -euo pipefail"]
+            assert len(code) == 1 and code[0].startswith('exec bash "$(dirname "${BASH_SOURCE[0]}")/../run.sh" '), \
+                (method, name, code)
+            assert "vit_b16" not in code[0] and "configs/" not in code[0], (method, name)  # no config of its own
+            n += 1
+    assert n >= 7 * 8
+
+
+def test_run_sh_follows_the_options_p1_p2():
+    """The bash path goes through the sweep: trailing options name the folder, and the test loads the
+    epoch the options set (not the yaml's)."""
+    rc, lines, err = _bash("scripts/coop/base2new.sh", "/DATA", "dtd", "1", "OPTIM.MAX_EPOCH", "2")
+    assert rc == 0, err
+    tr, te = lines
+    cfg = "vit_b16_ctxv1_max_epoch2"
+    assert f"--output-dir output/base2new/train_base/dtd/shots_16/CoOp/{cfg}/seed1 " in tr
+    assert f"--model-dir output/base2new/train_base/dtd/shots_16/CoOp/{cfg}/seed1 --load-epoch 2 --eval-only" in te
+    assert tr.endswith("DATASET.SUBSAMPLE_CLASSES base OPTIM.MAX_EPOCH 2")
+    # the generic entry: several seeds, '--' before the options, all datasets of a protocol
+    rc, lines, err = _bash("scripts/run.sh", "MaPLe", "xd_train", "/DATA", "1", "2", "--", "OPTIM.MAX_EPOCH", "1")
+    assert rc == 0 and len(lines) == 2 and all("imagenet/MaPLe/" in ln and "_max_epoch1_16shots/" in ln
+                                               for ln in lines), err
+    rc, lines, err = _bash("scripts/run.sh", "VPT", "domain_generalization", "/DATA", "all", "3")
+    assert rc == 0 and len(lines) == 5 and "evaluation/VPT/vit_b16_c2_ep5_batch4_4_16shots/imagenet_r/seed3" in lines[-1]
+    rc, lines, err = _bash("scripts/run.sh", "CoOp", "few_shot", "/DATA", "dtd,eurosat", "1",
+                           env={"SHOTS_LIST": "2", "LOADEP": "9"})
+    assert rc == 0 and [ln.split("few_shot/")[1].split("/")[0] for ln in lines] == ["dtd", "eurosat"]
+    # APLe's prompt-length ablation and the uni-modal MuDPT stay expressible
+    rc, lines, err = _bash("scripts/aple/prompt_length.sh", "/DATA", "dtd", "1", env={"NCTX_LIST": "4 16"})
+    assert rc == 0 and len(lines) == 4 and "APLe/vit_b16_c16_ep5_batch4_16ctx.yaml" in lines[-1]
+    rc, lines, err = _bash("scripts/mudpt/base2new.sh", "/DATA", "dtd", "1", env={"TRAINER": "UMuDPT"})
+    assert rc == 0 and "--trainer UMuDPT" in lines[0] and "UMuDPT/vit_b16_bz4_ep5_nctx2_depth9.yaml" in lines[0]
+
+
+def test_run_sh_errors_are_one_line():
+    rc, _, err = _bash("scripts/run.sh", "CoOp", "b2n", "/DATA")
+    assert rc == 2 and err.startswith("Error: unknown protocol 'b2n'") and "Traceback" not in err
+    rc, _, err = _bash("scripts/run.sh", "CoOp", "base2new", "/DATA", "dtd", "1", "OPTIM.MAX_EPOCH")
+    assert rc == 2 and "KEY VALUE pairs" in err
+    rc, _, err = _bash("scripts/run.sh", "CoOp", "base2new", "/DATA", "dtd", "1", "oops", "x")
+    assert rc == 2 and "expected config options" in err
+    rc, _, err = _bash("scripts/aple/xd_test.sh", "/DATA", "imagenet", "1")
+    assert rc == 2 and "None of the datasets imagenet belongs" in err
+    rc, _, err = _bash("scripts/run.sh")
+    assert rc == 2 and "METHOD PROTOCOL DATA" in err
+
+
+def test_method_table_cache(tmp_path, monkeypatch):
+    """The sweep reads the trainers' declarations once per change of trainers/ (a JSON cache)."""
+    import vlprompt.engine.methods as em
+    import vlprompt.sweep.protocols as sp
+
+    monkeypatch.setenv("VLPROMPT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(sp, "_engine_loaded", lambda: False)  # as in a fresh `python -m vlprompt.sweep`
+    monkeypatch.setattr(sp, "_REGISTRY", {})
+    fresh = sp.registry_specs()
+    cached = json.load(open(sp._cache_path(sp.repo_root())))
+    assert cached["key"] == sp._cache_key(sp.repo_root())
+    assert {r["name"] for r in cached["specs"]} == set(fresh)
+
+    def boom(*a, **k):
+        raise AssertionError("the registry was read although the cache is valid")
+
+    monkeypatch.setattr(em, "method_specs", boom)
+    monkeypatch.setattr(sp, "_REGISTRY", {})
+    assert sp.registry_specs() == fresh
+    # a change under trainers/ (another key) reads the registry again
+    monkeypatch.setattr(sp, "_cache_key", lambda root: "changed")
+    monkeypatch.setattr(sp, "_REGISTRY", {})
+    with pytest.raises(AssertionError, match="the registry was read"):
+        sp.registry_specs()
+
+
+def test_recipes_listing(capsys):
+    assert sweep_main(["--recipes"]) == 0
+    out = capsys.readouterr().out
+    assert "ZeroshotCLIP  (eval only)\n  base2new               CoOp/vit_b16\n" in out
+    assert ("  few_shot               vit_b16; per_dataset imagenet: vit_b16_ep50; per_shots 1: vit_b16_ep50, "
+            "2: vit_b16_ep100, 4: vit_b16_ep100\n") in out
+    with pytest.raises(SystemExit):
+        sweep_main(["--methods", "CoOp"])  # --protocol and --root are required for a sweep
+    assert "required: --protocol, --root" in capsys.readouterr().err
+
+
+def test_every_planned_folder_parses_back_to_its_run(tmp_path):
+    """The sweep builds folders with vlprompt.protocol.run_dir; the results side parses them with the same
+    layouts: for every registered method and protocol the description matches the run."""
+    from vlprompt.protocol import describe_run_dir
+
+    out = str(tmp_path / "out")
+    runs = []
+    for m, spec in registry_specs().items():
+        if not spec.recipes:
+            continue
+        runs += plan([m], list(spec.recipes), None, [2], output_root=out, opts=["OPTIM.MAX_EPOCH", "1"])
+    assert len(runs) > 100
+    for r in runs:
+        got = describe_run_dir(r.output_dir)
+        protocol = "transfer" if r.role == "source" else r.protocol
+        shots = r.shots if r.role != "target" else 16
+        assert got == dict(protocol=protocol, role=r.role, dataset=r.dataset, trainer=r.trainer, config=r.config,
+                           shots=shots, seed=2), r.output_dir
+
+
+def test_another_transfer_source(repo, tmp_path):
+    """--source moves the source run (e.g. the toy world's toy_shapes); the results side parses it back
+    with the same source."""
+    from vlprompt.protocol import describe_run_dir
+
+    out = str(tmp_path / "out")
+    runs = expand("MaPLe", "cross_dataset", ["dtd"], [1], output_root=out, root=repo, source="eurosat")
+    assert osp.relpath(runs[0].output_dir, out) == "eurosat/MaPLe/vit_b16_c2_ep5_batch4_2ctx_cross_datasets_16shots/seed1"
+    assert runs[0].dataset == "eurosat" and runs[1].depends_on == runs[0].output_dir
+    assert describe_run_dir(runs[0].output_dir, source="eurosat")["role"] == "source"
+    with pytest.raises(SweepError, match="cannot also be a target"):
+        expand("MaPLe", "cross_dataset", ["eurosat"], [1], output_root=out, root=repo, source="eurosat")
+
+
+def test_trainers_registered_at_run_time_are_planned(repo, tmp_path):
+    """In a process that imported the engine, the live registry counts: a trainer registered by a test or
+    a notebook (not in trainers/, so never in the cache) gets its recipe and its eval-only flag."""
+    from vlprompt.engine import TRAINER_REGISTRY, TrainerX
+
+    class SweepProbe(TrainerX):
+        RECIPES = {"base2new": {"config": "mine"}}
+        CONFIG_FOLDER = "MyTrainer"
+        EVAL_ONLY = True
+
+    TRAINER_REGISTRY.register(SweepProbe, force=True)
+    try:
+        runs = expand("SweepProbe", "base2new", ["dtd"], [1], output_root=str(tmp_path), root=repo)
+    finally:  # leave the registry as it was (other tests iterate over it)
+        TRAINER_REGISTRY._obj_map.pop("SweepProbe", None)
+    assert "SweepProbe" not in TRAINER_REGISTRY
+    assert [r.phase for r in runs] == ["eval", "eval"] and runs[0].config_file == "configs/trainers/MyTrainer/mine.yaml"

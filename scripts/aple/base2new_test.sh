@@ -1,11 +1,5 @@
 #!/usr/bin/env bash
-# APLe base-to-novel, step 2: evaluate the base-class model (base2new_train.sh) on the new classes.
-# output: $OUTPUT/base2new/test_new/DATASET/shots_16/APLe/$CFG/seedSEED
-# usage: bash scripts/aple/base2new_test.sh DATA DATASET SEED [config options...]
-# Run from the repository root. Environment: CFG, LOADEP, SHOTS_LIST, OUTPUT, PYTHON, DRY_RUN=1 (see
-# scripts/lib/prompt_protocols.sh); per-protocol default configs: scripts/aple/config.sh.
+# APLe, base-to-novel step 2: evaluate the trained model on the new classes.
+# usage: bash scripts/aple/base2new_test.sh DATA DATASET SEED [config options...]   (= scripts/run.sh APLe base2new_test ...; see there)
 set -euo pipefail
-HERE=$(dirname "${BASH_SOURCE[0]}")
-source "$HERE/config.sh"
-source "$HERE/../lib/prompt_protocols.sh"
-base2new_test "$@"
+exec bash "$(dirname "${BASH_SOURCE[0]}")/../run.sh" "APLe" base2new_test "$@"

@@ -1,12 +1,5 @@
 #!/usr/bin/env bash
-# APLe cross-dataset / domain generalisation, step 2: evaluate the *ImageNet* model (xd_train.sh) on
-# DATASET (its full test split, all classes; never a model trained on DATASET itself; not imagenet).
-# output: $OUTPUT/evaluation/APLe/${CFG}_16shots/DATASET/seedSEED
-# usage: bash scripts/aple/xd_test.sh DATA DATASET SEED [config options...]
-# Run from the repository root. Environment: CFG, LOADEP, SHOTS_LIST, OUTPUT, PYTHON, DRY_RUN=1 (see
-# scripts/lib/prompt_protocols.sh); per-protocol default configs: scripts/aple/config.sh.
+# APLe, evaluate the ImageNet model on DATASET (full test set).
+# usage: bash scripts/aple/xd_test.sh DATA DATASET SEED [config options...]   (= scripts/run.sh APLe xd_test ...; see there)
 set -euo pipefail
-HERE=$(dirname "${BASH_SOURCE[0]}")
-source "$HERE/config.sh"
-source "$HERE/../lib/prompt_protocols.sh"
-xd_test "$@"
+exec bash "$(dirname "${BASH_SOURCE[0]}")/../run.sh" "APLe" xd_test "$@"

@@ -1,11 +1,5 @@
 #!/usr/bin/env bash
-# APLe cross-dataset / domain generalisation, step 1: train on ImageNet (16 shots, all 1000 classes).
-# output: $OUTPUT/imagenet/APLe/${CFG}_16shots/seedSEED
-# usage: bash scripts/aple/xd_train.sh DATA SEED [config options...]
-# Run from the repository root. Environment: CFG, LOADEP, SHOTS_LIST, OUTPUT, PYTHON, DRY_RUN=1 (see
-# scripts/lib/prompt_protocols.sh); per-protocol default configs: scripts/aple/config.sh.
+# APLe, train on ImageNet (16 shots, all classes): the source model of cross_dataset and domain_generalization.
+# usage: bash scripts/aple/xd_train.sh DATA SEED [config options...]   (= scripts/run.sh APLe xd_train ...; see there)
 set -euo pipefail
-HERE=$(dirname "${BASH_SOURCE[0]}")
-source "$HERE/config.sh"
-source "$HERE/../lib/prompt_protocols.sh"
-xd_train "$@"
+exec bash "$(dirname "${BASH_SOURCE[0]}")/../run.sh" "APLe" xd_train "$@"

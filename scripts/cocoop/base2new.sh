@@ -1,10 +1,5 @@
 #!/usr/bin/env bash
-# Base-to-novel, both steps: train on the base classes (16 shots), then evaluate on the new classes.
-# usage: bash scripts/cocoop/base2new.sh DATA DATASET SEED [config options...]
-# Run from the repository root. Environment: CFG, LOADEP, SHOTS_LIST, PYTHON, DRY_RUN=1 (see
-# scripts/lib/prompt_protocols.sh); per-protocol default configs: scripts/cocoop/config.sh.
+# CoCoOp, base-to-novel, both steps (train on the base classes, then test on the new ones).
+# usage: bash scripts/cocoop/base2new.sh DATA DATASET SEED [config options...]   (= scripts/run.sh CoCoOp base2new ...; see there)
 set -euo pipefail
-HERE=$(dirname "${BASH_SOURCE[0]}")
-source "$HERE/config.sh"
-source "$HERE/../lib/prompt_protocols.sh"
-base2new "$@"
+exec bash "$(dirname "${BASH_SOURCE[0]}")/../run.sh" "CoCoOp" base2new "$@"

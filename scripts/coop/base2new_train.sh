@@ -1,11 +1,5 @@
 #!/usr/bin/env bash
-# Base-to-novel, step 1: train on the base classes (16 shots); the final test is on the base classes.
-# output: output/base2new/train_base/DATASET/shots_16/TRAINER/CFG/seedSEED
-# usage: bash scripts/coop/base2new_train.sh DATA DATASET SEED [config options...]
-# Run from the repository root. Environment: CFG, LOADEP, SHOTS_LIST, PYTHON, DRY_RUN=1 (see
-# scripts/lib/prompt_protocols.sh); per-protocol default configs: scripts/coop/config.sh.
+# CoOp, base-to-novel step 1: train on the base classes (16 shots), test on the base classes.
+# usage: bash scripts/coop/base2new_train.sh DATA DATASET SEED [config options...]   (= scripts/run.sh CoOp base2new_train ...; see there)
 set -euo pipefail
-HERE=$(dirname "${BASH_SOURCE[0]}")
-source "$HERE/config.sh"
-source "$HERE/../lib/prompt_protocols.sh"
-base2new_train "$@"
+exec bash "$(dirname "${BASH_SOURCE[0]}")/../run.sh" "CoOp" base2new_train "$@"

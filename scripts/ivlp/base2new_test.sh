@@ -1,11 +1,5 @@
 #!/usr/bin/env bash
-# Base-to-novel, step 2: evaluate the base-class model on the new classes (--eval-only).
-# output: output/base2new/test_new/DATASET/shots_16/TRAINER/CFG/seedSEED
-# usage: bash scripts/ivlp/base2new_test.sh DATA DATASET SEED [config options...]
-# Run from the repository root. Environment: CFG, LOADEP, SHOTS_LIST, PYTHON, DRY_RUN=1 (see
-# scripts/lib/prompt_protocols.sh); per-protocol default configs: scripts/ivlp/config.sh.
+# IVLP, base-to-novel step 2: evaluate the trained model on the new classes.
+# usage: bash scripts/ivlp/base2new_test.sh DATA DATASET SEED [config options...]   (= scripts/run.sh IVLP base2new_test ...; see there)
 set -euo pipefail
-HERE=$(dirname "${BASH_SOURCE[0]}")
-source "$HERE/config.sh"
-source "$HERE/../lib/prompt_protocols.sh"
-base2new_test "$@"
+exec bash "$(dirname "${BASH_SOURCE[0]}")/../run.sh" "IVLP" base2new_test "$@"

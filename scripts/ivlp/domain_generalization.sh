@@ -1,12 +1,5 @@
 #!/usr/bin/env bash
-# Domain generalisation: train on ImageNet (skipped when finished), evaluate on ImageNetV2,
-# ImageNet-Sketch, ImageNet-A and ImageNet-R (A/R: their 200-class subsets; prompts are rebuilt
-# for those class names when the model is loaded).
-# usage: bash scripts/ivlp/domain_generalization.sh DATA SEED [config options...]
-# Run from the repository root. Environment: CFG, LOADEP, SHOTS_LIST, PYTHON, DRY_RUN=1 (see
-# scripts/lib/prompt_protocols.sh); per-protocol default configs: scripts/ivlp/config.sh.
+# IVLP, domain generalisation: the ImageNet model (trained if needed) on the 4 ImageNet variants.
+# usage: bash scripts/ivlp/domain_generalization.sh DATA SEED [config options...]   (= scripts/run.sh IVLP domain_generalization ...; see there)
 set -euo pipefail
-HERE=$(dirname "${BASH_SOURCE[0]}")
-source "$HERE/config.sh"
-source "$HERE/../lib/prompt_protocols.sh"
-domain_generalization "$@"
+exec bash "$(dirname "${BASH_SOURCE[0]}")/../run.sh" "IVLP" domain_generalization "$@"

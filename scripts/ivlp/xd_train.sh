@@ -1,11 +1,5 @@
 #!/usr/bin/env bash
-# Cross-dataset / domain generalisation source: train on ImageNet (16 shots, all classes).
-# output: output/imagenet/TRAINER/CFG_16shots/seedSEED
-# usage: bash scripts/ivlp/xd_train.sh DATA SEED [config options...]
-# Run from the repository root. Environment: CFG, LOADEP, SHOTS_LIST, PYTHON, DRY_RUN=1 (see
-# scripts/lib/prompt_protocols.sh); per-protocol default configs: scripts/ivlp/config.sh.
+# IVLP, train on ImageNet (16 shots, all classes): the source model of cross_dataset and domain_generalization.
+# usage: bash scripts/ivlp/xd_train.sh DATA SEED [config options...]   (= scripts/run.sh IVLP xd_train ...; see there)
 set -euo pipefail
-HERE=$(dirname "${BASH_SOURCE[0]}")
-source "$HERE/config.sh"
-source "$HERE/../lib/prompt_protocols.sh"
-xd_train "$@"
+exec bash "$(dirname "${BASH_SOURCE[0]}")/../run.sh" "IVLP" xd_train "$@"

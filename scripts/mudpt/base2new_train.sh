@@ -1,11 +1,5 @@
 #!/usr/bin/env bash
-# Base-to-novel, step 1: train on the base classes (16 shots) and test on the base classes.
-# output: output/base2new/train_base/DATASET/shots_16/$TRAINER/$CFG/seedSEED
-# usage: bash scripts/mudpt/base2new_train.sh DATA DATASET SEED [config options...]
-# Run from the repository root. Environment: TRAINER, CFG, LOADEP, SHOTS_LIST, PYTHON, DRY_RUN=1 (see
-# scripts/lib/prompt_protocols.sh); per-protocol default configs: scripts/mudpt/config.sh.
+# MuDPT (TRAINER=UMuDPT for the uni-modal variant), base-to-novel step 1: train on the base classes (16 shots), test on the base classes.
+# usage: bash scripts/mudpt/base2new_train.sh DATA DATASET SEED [config options...]   (= scripts/run.sh ${TRAINER:-MuDPT} base2new_train ...; see there)
 set -euo pipefail
-HERE=$(dirname "${BASH_SOURCE[0]}")
-source "$HERE/config.sh"
-source "$HERE/../lib/prompt_protocols.sh"
-base2new_train "$@"
+exec bash "$(dirname "${BASH_SOURCE[0]}")/../run.sh" "${TRAINER:-MuDPT}" base2new_train "$@"

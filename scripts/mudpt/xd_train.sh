@@ -1,11 +1,5 @@
 #!/usr/bin/env bash
-# Cross-dataset / domain generalisation, step 1: train on ImageNet (16 shots, all 1000 classes).
-# output: output/imagenet/$TRAINER/${CFG}_16shots/seedSEED
-# usage: bash scripts/mudpt/xd_train.sh DATA SEED [config options...]
-# Run from the repository root. Environment: TRAINER, CFG, LOADEP, SHOTS_LIST, PYTHON, DRY_RUN=1 (see
-# scripts/lib/prompt_protocols.sh); per-protocol default configs: scripts/mudpt/config.sh.
+# MuDPT (TRAINER=UMuDPT for the uni-modal variant), train on ImageNet (16 shots, all classes): the source model of cross_dataset and domain_generalization.
+# usage: bash scripts/mudpt/xd_train.sh DATA SEED [config options...]   (= scripts/run.sh ${TRAINER:-MuDPT} xd_train ...; see there)
 set -euo pipefail
-HERE=$(dirname "${BASH_SOURCE[0]}")
-source "$HERE/config.sh"
-source "$HERE/../lib/prompt_protocols.sh"
-xd_train "$@"
+exec bash "$(dirname "${BASH_SOURCE[0]}")/../run.sh" "${TRAINER:-MuDPT}" xd_train "$@"

@@ -1,10 +1,5 @@
 #!/usr/bin/env bash
-# Cross-dataset transfer: train on ImageNet (skipped when finished), evaluate on the 10 other datasets.
-# usage: bash scripts/vpt/cross_dataset.sh DATA SEED [config options...]
-# Run from the repository root. Environment: CFG, LOADEP, SHOTS_LIST, PYTHON, DRY_RUN=1 (see
-# scripts/lib/prompt_protocols.sh); per-protocol default configs: scripts/vpt/config.sh.
+# VPT, cross-dataset transfer: the ImageNet model (trained if needed) on the 10 other datasets.
+# usage: bash scripts/vpt/cross_dataset.sh DATA SEED [config options...]   (= scripts/run.sh VPT cross_dataset ...; see there)
 set -euo pipefail
-HERE=$(dirname "${BASH_SOURCE[0]}")
-source "$HERE/config.sh"
-source "$HERE/../lib/prompt_protocols.sh"
-cross_dataset "$@"
+exec bash "$(dirname "${BASH_SOURCE[0]}")/../run.sh" "VPT" cross_dataset "$@"

@@ -16,8 +16,9 @@ import os.path as osp
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ..sweep.protocols import DATASETS_11, DG_TARGETS, XD_SOURCE, family_config
-from .records import DISPLAY_NAMES, Record
+from ..protocol import DATASETS_11, DG_TARGETS, DISPLAY_NAMES, XD_SOURCE, XD_TARGETS, family_config
+from .methods import MethodTable, default_methods
+from .records import Record
 
 __all__ = [
     "Cell",
@@ -31,11 +32,9 @@ __all__ = [
     "base2new_table",
     "transfer_table",
     "few_shot_tables",
-    "TRAINER_ORDER",
 ]
 
-TRAINER_ORDER = ["ZeroshotCLIP", "ZeroshotCLIP2", "CoOp", "CoCoOp", "VPT", "IVLP", "MaPLe", "MuDPT", "APLe"]
-XD_TARGETS = [d for d in DATASETS_11 if d != XD_SOURCE]
+XD_TARGETS = list(XD_TARGETS)
 MISSING_SEEDS = "†"
 PARTIAL_AVERAGE = "‡"
 
@@ -104,15 +103,17 @@ def _recipe_protocol(r):
     return {"transfer": "cross_dataset", "domain_generalization": "cross_dataset"}.get(r.protocol, r.protocol)
 
 
-def apply_families(records: List[Record]):
+def apply_families(records: List[Record], methods: Optional[MethodTable] = None):
     """Put runs made with a recipe's per-dataset/per-shot config into the recipe's main row.
 
     Example: the CoOp base2new recipe trains ImageNet with vit_b16_ep50_ctxv1 and the other datasets
     with vit_b16_ctxv1; the ImageNet runs are shown in the vit_b16_ctxv1 row. A config's runs are
     merged only when every one of them sits where the recipe uses that config (so a config run on its
     own, e.g. vit_b16_ep50 on every dataset, keeps its own row), and never into a dataset/shot slot
-    that the main config fills itself. Returns the notes that say so.
+    that the main config fills itself. The recipes are the trainers' ``RECIPES`` (``methods``, default:
+    the registry). Returns the notes that say so.
     """
+    methods = methods or default_methods()
     groups = {}
     for r in records:
         groups.setdefault((r.trainer, _recipe_protocol(r), r.config), []).append(r)
@@ -121,7 +122,7 @@ def apply_families(records: List[Record]):
         main_slots[(t, p, cfg)] = {(r.dataset, r.shots, r.role) for r in rs}
     merged = {}
     for (t, p, cfg), rs in groups.items():
-        fams = {family_config(t, p, r.dataset, r.shots, cfg) for r in rs}
+        fams = {family_config(methods.recipe(t, p), r.dataset, r.shots, cfg) for r in rs}
         if len(fams) != 1 or None in fams:
             continue
         fam = fams.pop()
@@ -135,12 +136,12 @@ def apply_families(records: List[Record]):
     notes = []
     for (t, p, fam, cfg), where in sorted(merged.items()):
         notes.append(f"{t} {p}: runs with {cfg} ({', '.join(sorted(where))}) are shown in the {fam} row, "
-                     f"as in the official recipe (vlprompt/sweep/recipes.json).")
+                     f"as in the official recipe (RECIPES of trainer {t}).")
     return notes
 
 
-def _trainer_rank(t):
-    return (TRAINER_ORDER.index(t) if t in TRAINER_ORDER else len(TRAINER_ORDER), t)
+def _trainer_rank(t, methods=None):
+    return (methods or default_methods()).rank(t)
 
 
 def _dataset_order(ds, standard):
@@ -233,11 +234,11 @@ def _fmt_ds(d):
 
 
 # ----------------------------------------------------------------------------- base-to-novel
-def base2new_table(records, seeds, metric="accuracy", pub=None, pub_mode=None):
+def base2new_table(records, seeds, metric="accuracy", pub=None, pub_mode=None, methods=None):
     recs = [r for r in records if r.protocol == "base2new"]
     if not recs:
         return None
-    keys = sorted({(r.trainer, r.group_config, r.shots) for r in recs}, key=lambda k: (_trainer_rank(k[0]), k[1:]))
+    keys = sorted({(r.trainer, r.group_config, r.shots) for r in recs}, key=lambda k: (_trainer_rank(k[0], methods), k[1:]))
     labels = _labels(keys, std_shots=16)
     datasets = _dataset_order({r.dataset for r in recs}, DATASETS_11)
     t = Table(
@@ -307,8 +308,8 @@ def base2new_table(records, seeds, metric="accuracy", pub=None, pub_mode=None):
         t.notes.append(f"{PARTIAL_AVERAGE} average over fewer than the {len(DATASETS_11)} standard datasets; not "
                        "comparable with published averages.")
     if pub_names:
-        t.notes.append("[published]: " + pub["base2new"]["per_dataset_source"] + "; averages from the sources listed "
-                       "in specs/published_results.md A.1.")
+        t.notes.append("[published]: " + pub["base2new"]["per_dataset_source"] + "; averages from the sources named "
+                       "per method in vlprompt/results/published.json (base2new.average).")
     t.notes += _not_reported_notes(pub, keys, pub_mode) if pub else []
     t.notes += missing.notes()
     return t
@@ -329,7 +330,8 @@ def _common_notes(seeds):
 
 
 # ----------------------------------------------------------------------------- transfer
-def transfer_table(records, protocol, seeds, metric="accuracy", pub=None, pub_mode=None, source=XD_SOURCE):
+def transfer_table(records, protocol, seeds, metric="accuracy", pub=None, pub_mode=None, source=XD_SOURCE,
+                   methods=None):
     standard = XD_TARGETS if protocol == "cross_dataset" else list(DG_TARGETS)
     tgt = [r for r in records if r.protocol == protocol]
     src = [r for r in records if r.protocol == "transfer"]
@@ -340,7 +342,7 @@ def transfer_table(records, protocol, seeds, metric="accuracy", pub=None, pub_mo
         # source-only runs (no targets evaluated yet) are shown here so that they are not lost
         keys_dg = {(r.trainer, r.group_config, r.shots) for r in records if r.protocol == "domain_generalization"}
         keys_t |= {(r.trainer, r.group_config, r.shots) for r in src} - keys_dg
-    keys = sorted(keys_t, key=lambda k: (_trainer_rank(k[0]), k[1:]))
+    keys = sorted(keys_t, key=lambda k: (_trainer_rank(k[0], methods), k[1:]))
     labels = _labels(keys, std_shots=16)
     targets = _dataset_order({r.dataset for r in tgt}, standard)
     src_name = _fmt_ds(source)
@@ -393,11 +395,11 @@ def transfer_table(records, protocol, seeds, metric="accuracy", pub=None, pub_mo
 
 
 # ----------------------------------------------------------------------------- few-shot
-def few_shot_tables(records, seeds, metric="accuracy", pub=None, pub_mode=None):
+def few_shot_tables(records, seeds, metric="accuracy", pub=None, pub_mode=None, methods=None):
     recs = [r for r in records if r.protocol == "few_shot"]
     if not recs:
         return []
-    keys = sorted({(r.trainer, r.group_config) for r in recs}, key=lambda k: (_trainer_rank(k[0]), k[1:]))
+    keys = sorted({(r.trainer, r.group_config) for r in recs}, key=lambda k: (_trainer_rank(k[0], methods), k[1:]))
     labels = _labels(keys)
     datasets = _dataset_order({r.dataset for r in recs}, DATASETS_11)
     shots = sorted({r.shots for r in recs if r.shots is not None})
@@ -468,12 +470,15 @@ def few_shot_tables(records, seeds, metric="accuracy", pub=None, pub_mode=None):
 
 
 # ----------------------------------------------------------------------------- all
-def build_tables(records, protocols=None, seeds=(1, 2, 3), metric="accuracy", published=None, source=XD_SOURCE):
+def build_tables(records, protocols=None, seeds=(1, 2, 3), metric="accuracy", published=None, source=XD_SOURCE,
+                 methods=None):
     """Tables for the requested protocols (None: every protocol found). ``published``: None, "matched"
-    (the published rows of the methods in our results) or "all"."""
+    (the published rows of the methods in our results) or "all". ``methods``: the row order and
+    recipes (:class:`MethodTable`; default: the registry, see :mod:`vlprompt.results.methods`)."""
+    methods = methods or default_methods()
     pub = load_published() if published else None
     wanted = set(protocols or ["base2new", "cross_dataset", "domain_generalization", "few_shot"])
-    family_notes = apply_families(records)
+    family_notes = apply_families(records, methods)
     dup = {}
     for r in records:
         dup.setdefault((r.trainer, r.group_config, r.protocol, r.role, r.dataset, r.shots, r.seed), []).append(r.path)
@@ -481,19 +486,21 @@ def build_tables(records, protocols=None, seeds=(1, 2, 3), metric="accuracy", pu
                  for p in dup.values() if len(p) > 1]
     tables = []
     if "base2new" in wanted:
-        t = base2new_table(records, seeds, metric, pub, published)
+        t = base2new_table(records, seeds, metric, pub, published, methods)
         if t:
             tables.append(t)
     for p in ("cross_dataset", "domain_generalization"):
         if p in wanted:
-            t = transfer_table(records, p, seeds, metric, pub, published, source)
+            t = transfer_table(records, p, seeds, metric, pub, published, source, methods)
             if t:
                 tables.append(t)
     if "few_shot" in wanted:
-        tables += few_shot_tables(records, seeds, metric, pub, published)
+        tables += few_shot_tables(records, seeds, metric, pub, published, methods)
     for t in tables:
         proto = t.name if not t.name.startswith("few_shot") else "few_shot"
         t.notes += [n for n in family_notes if n.split(" ")[0] in t.trainers
                     and (f" {proto}:" in n or (proto == "cross_dataset" and " transfer:" in n))]
         t.notes += dup_notes
+        if methods.note:
+            t.notes.append("Note: " + methods.note + ".")
     return tables

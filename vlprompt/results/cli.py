@@ -11,8 +11,9 @@ import os
 import os.path as osp
 import sys
 
-from ..sweep.protocols import DEFAULT_SEEDS, PROTOCOLS, XD_SOURCE
+from ..protocol import DEFAULT_SEEDS, PROTOCOLS, XD_SOURCE
 from .aggregate import build_tables
+from .methods import default_methods
 from .records import collect
 from .render import FORMATS, runs_csv, to_csv, to_latex, to_markdown
 
@@ -73,7 +74,10 @@ def main(argv=None):
               f"the CoOp output tree)", file=sys.stderr)
         return 1
     seeds = args.seeds or list(DEFAULT_SEEDS)
-    tables = build_tables(records, args.protocol, seeds, args.metric, args.with_published, args.source)
+    methods = default_methods()  # trainer order and recipes, from the trainers' declarations
+    if methods.note:
+        print(f"note: {methods.note}", file=sys.stderr)
+    tables = build_tables(records, args.protocol, seeds, args.metric, args.with_published, args.source, methods)
     if not tables:
         print(f"error: no runs of protocol(s) {' '.join(args.protocol or PROTOCOLS)} found", file=sys.stderr)
         return 1

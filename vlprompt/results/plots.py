@@ -10,9 +10,8 @@ import math
 import os
 import os.path as osp
 
-from ..sweep.protocols import DATASETS_11
+from ..protocol import DATASETS_11, DISPLAY_NAMES
 from .aggregate import _dataset_order, _trainer_rank, _values, apply_families, hm, mean_std
-from .records import DISPLAY_NAMES
 
 __all__ = ["plot_base2new", "plot_few_shot", "plot_prompt_length", "make_plots"]
 

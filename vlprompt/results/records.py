@@ -1,82 +1,40 @@
 """Collect run results from an output tree: ``results.json`` files, and ``log.txt`` for old runs.
 
-Each run becomes a :class:`Record`. Its protocol and role come from the output path (the CoOp tree
-written by ``vlprompt.sweep``; see vlprompt/sweep/protocols.py), or, for a path outside that tree,
-from the results.json fields ``subsample``/``phase``/``model_dir``/``dataset``:
+Each run becomes a :class:`Record`. Its protocol and role are, in this order:
 
-=========================================================  ==============  ========
-path (relative, ending in seed<S>)                          protocol        role
-=========================================================  ==============  ========
-base2new/train_base/<d>/shots_<K>/<T>/<cfg>/seed<S>         base2new        base
-base2new/test_new/<d>/shots_<K>/<T>/<cfg>/seed<S>           base2new        novel
-few_shot/<d>/<T>/<cfg>/shots_<K>/seed<S>                    few_shot        test
-<source>/<T>/<cfg>_<K>shots[/nctx.._csc.._ctp..]/seed<S>    transfer        source  (source = imagenet)
-<d>/<T>/<cfg>_<K>shots[/nctx.._csc.._ctp..]/seed<S>         few_shot        test    (CoOp's own tree)
-evaluation/<T>/<cfg>_<K>shots[/nctx..]/<d>/seed<S>          cross_dataset   target  (domain_generalization
-                                                                                     for the ImageNet variants)
-=========================================================  ==============  ========
+1. the ``protocol`` and ``role`` fields of results.json (written by the engine from
+   :func:`vlprompt.protocol.describe_run_dir`; the other run fields under ``run``);
+2. the run folder's place in the output tree, parsed by :func:`vlprompt.protocol.parse_run_dir`, the
+   same description the sweep builds folders with (old runs, and ``log.txt`` of runs without
+   results.json);
+3. for a results.json outside the tree, its fields ``subsample``/``phase``/``model_dir``/``dataset``.
+
+Protocol ``transfer`` with role ``source`` is the ImageNet training run shared by cross_dataset and
+domain_generalization; see vlprompt/protocol/tree.py for the layouts.
 """
 import json
 import os
 import os.path as osp
-import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from ..sweep.protocols import DATASETS_11, DG_TARGETS, XD_SOURCE
+from ..protocol import (
+    DATASET_CLASS_TO_KEY,
+    DISPLAY_NAMES,
+    KNOWN_DATASETS,
+    PROTOCOLS,
+    ROLES,
+    XD_SOURCE,
+    dataset_key,
+    parse_run_dir,
+    target_protocol,
+)
 from .legacy import read_run_log
 
-__all__ = ["Record", "collect", "infer_from_path", "DATASET_CLASS_TO_KEY", "dataset_key", "DISPLAY_NAMES"]
+__all__ = ["Record", "collect", "infer_from_path", "DATASET_CLASS_TO_KEY", "dataset_key", "DISPLAY_NAMES",
+           "KNOWN_DATASETS"]
 
-# DATASET.NAME (class name in results.json) -> yaml base name
-DATASET_CLASS_TO_KEY = {
-    "ImageNet": "imagenet",
-    "Caltech101": "caltech101",
-    "OxfordPets": "oxford_pets",
-    "StanfordCars": "stanford_cars",
-    "OxfordFlowers": "oxford_flowers",
-    "Food101": "food101",
-    "FGVCAircraft": "fgvc_aircraft",
-    "SUN397": "sun397",
-    "DescribableTextures": "dtd",
-    "EuroSAT": "eurosat",
-    "UCF101": "ucf101",
-    "ImageNetV2": "imagenetv2",
-    "ImageNetSketch": "imagenet_sketch",
-    "ImageNetA": "imagenet_a",
-    "ImageNetR": "imagenet_r",
-}
-
-# yaml base name -> column name used in the papers' tables
-DISPLAY_NAMES = {
-    "imagenet": "ImageNet",
-    "caltech101": "Caltech101",
-    "oxford_pets": "OxfordPets",
-    "stanford_cars": "StanfordCars",
-    "oxford_flowers": "Flowers102",
-    "food101": "Food101",
-    "fgvc_aircraft": "FGVCAircraft",
-    "sun397": "SUN397",
-    "dtd": "DTD",
-    "eurosat": "EuroSAT",
-    "ucf101": "UCF101",
-    "imagenetv2": "ImageNet-V2",
-    "imagenet_sketch": "ImageNet-Sketch",
-    "imagenet_a": "ImageNet-A",
-    "imagenet_r": "ImageNet-R",
-}
-
-KNOWN_DATASETS = set(DATASETS_11) | set(DG_TARGETS)
-
-
-def dataset_key(name):
-    """yaml base name for a yaml name, a class name or a config path."""
-    if name is None:
-        return None
-    base = osp.basename(str(name))
-    if base.endswith(".yaml"):
-        base = base[:-5]
-    return DATASET_CLASS_TO_KEY.get(base, base)
+RUN_FIELDS = ("protocol", "role", "dataset", "trainer", "config", "shots", "seed")
 
 
 @dataclass
@@ -92,7 +50,8 @@ class Record:
     path: str  # results.json or log file
     origin: str  # "json" | "log"
     config_dict: dict = field(default_factory=dict)
-    inferred: bool = False  # protocol taken from results.json fields, not from the path
+    inferred: bool = False  # protocol taken from results.json fields (subsample/phase), not from the tree
+    placed_by: str = "path"  # "json" (protocol/role recorded in results.json) | "path" | "fields"
     family: Optional[str] = None  # set by the tables when a recipe override is merged into its family
 
     @property
@@ -100,65 +59,9 @@ class Record:
         return self.family or self.config
 
 
-_SEED = re.compile(r"seed(\d+)$")
-_SHOTS_DIR = re.compile(r"shots_(\d+)$")
-_CFG_SHOTS = re.compile(r"(.+)_(\d+)shots$")
-_COOP_VARIANT = re.compile(r"nctx\d+_csc\w+_ctp\w+$")
-
-
-def _target_protocol(d):
-    return "domain_generalization" if d in DG_TARGETS else "cross_dataset"
-
-
 def infer_from_path(run_dir, source=XD_SOURCE):
     """dict(protocol, role, dataset, trainer, config, shots, seed) from a run directory, or None."""
-    parts = osp.normpath(osp.abspath(run_dir)).split(os.sep)
-    if len(parts) < 5:
-        return None
-    m = _SEED.match(parts[-1])
-    if not m:
-        return None
-    seed = int(m.group(1))
-    p = parts[:-1]  # without seedS
-
-    def at(i):
-        return p[i] if len(p) >= -i else None
-
-    # base2new/<train_base|test_new>/<d>/shots_K/T/cfg
-    if len(p) >= 6 and p[-6] == "base2new" and p[-5] in ("train_base", "test_new"):
-        ms = _SHOTS_DIR.match(p[-3])
-        if ms:
-            return dict(protocol="base2new", role="base" if p[-5] == "train_base" else "novel", dataset=p[-4],
-                        shots=int(ms.group(1)), trainer=p[-2], config=p[-1], seed=seed)
-    # few_shot/<d>/T/cfg/shots_K
-    if len(p) >= 5 and p[-5] == "few_shot":
-        ms = _SHOTS_DIR.match(p[-1])
-        if ms:
-            return dict(protocol="few_shot", role="test", dataset=p[-4], trainer=p[-3], config=p[-2],
-                        shots=int(ms.group(1)), seed=seed)
-    # evaluation/T/cfg_Kshots[/nctx..]/<d>
-    for off, variant in ((0, None), (1, at(-2))):
-        if len(p) >= 4 + off and p[-4 - off] == "evaluation":
-            mc = _CFG_SHOTS.match(p[-2 - off])
-            if mc and (variant is None or _COOP_VARIANT.match(variant)):
-                cfg = mc.group(1) + (f"/{variant}" if variant else "")
-                d = p[-1]
-                return dict(protocol=_target_protocol(d), role="target", dataset=d, trainer=p[-3 - off],
-                            config=cfg, shots=int(mc.group(2)), seed=seed)
-    # <d>/T/cfg_Kshots[/nctx..]
-    for off, variant in ((0, None), (1, at(-1))):
-        if len(p) >= 3 + off:
-            mc = _CFG_SHOTS.match(p[-1 - off])
-            if mc and (variant is None or _COOP_VARIANT.match(variant)):
-                cfg = mc.group(1) + (f"/{variant}" if variant else "")
-                d = p[-3 - off]
-                if d == source:
-                    return dict(protocol="transfer", role="source", dataset=d, trainer=p[-2 - off], config=cfg,
-                                shots=int(mc.group(2)), seed=seed)
-                if d in KNOWN_DATASETS:
-                    return dict(protocol="few_shot", role="test", dataset=d, trainer=p[-2 - off], config=cfg,
-                                shots=int(mc.group(2)), seed=seed)
-    return None
+    return parse_run_dir(run_dir, source)
 
 
 def _infer_from_fields(data):
@@ -168,10 +71,39 @@ def _infer_from_fields(data):
     if sub in ("base", "new"):
         return dict(protocol="base2new", role="base" if sub == "base" else "novel", dataset=d)
     if data.get("phase") == "eval" and data.get("model_dir"):
-        return dict(protocol=_target_protocol(d), role="target", dataset=d)
+        return dict(protocol=target_protocol(d), role="target", dataset=d)
     if data.get("phase") == "train":
         return dict(protocol="few_shot", role="test", dataset=d)
     return None
+
+
+def _place(data, from_path, path, problems):
+    """(run description, how it was found) for one results.json, or None (reported in ``problems``)."""
+    if data.get("protocol") and data.get("role"):
+        if data["protocol"] not in PROTOCOLS + ("transfer",) or data["role"] not in ROLES:
+            problems.append((path, f"unknown protocol/role {data['protocol']}/{data['role']} in results.json"))
+            return None
+        run = data.get("run") if isinstance(data.get("run"), dict) else {}
+        info = {k: run[k] for k in RUN_FIELDS if run.get(k) is not None}
+        info.update(protocol=data["protocol"], role=data["role"])
+        if from_path is not None and (from_path["protocol"], from_path["role"]) != (info["protocol"], info["role"]):
+            problems.append((path, f"results.json records {info['protocol']}/{info['role']} but the folder is a "
+                                   f"{from_path['protocol']}/{from_path['role']} folder; using results.json"))
+        fallback = from_path or dict(trainer=data.get("trainer"), config=data.get("config_name"),
+                                     dataset=dataset_key(data.get("dataset_config_file") or data.get("dataset")),
+                                     shots=_shots_of(data), seed=data.get("seed"))
+        for k in RUN_FIELDS:
+            info.setdefault(k, fallback.get(k))
+        return info, "json"
+    if from_path is not None:
+        return from_path, "path"
+    fi = _infer_from_fields(data)
+    if fi is None:
+        problems.append((path, "path is not in the CoOp output tree and the fields do not "
+                               "name a protocol (subsample all, no model_dir)"))
+        return None
+    return dict(fi, trainer=data.get("trainer"), config=data.get("config_name"), shots=_shots_of(data),
+                seed=data.get("seed")), "fields"
 
 
 def _load_json(path):
@@ -213,18 +145,12 @@ def collect(roots, source=XD_SOURCE):
                 except (ValueError, OSError) as e:
                     problems.append((path, f"unreadable: {e}"))
                     continue
-                inferred = False
-                if info is None:
-                    fi = _infer_from_fields(data)
-                    if fi is None:
-                        problems.append((path, "path is not in the CoOp output tree and the fields do not "
-                                               "name a protocol (subsample all, no model_dir)"))
-                        continue
-                    info = dict(fi, trainer=data.get("trainer"), config=data.get("config_name"),
-                                shots=_shots_of(data), seed=data.get("seed"))
-                    inferred = True
+                got = _place(data, info, path, problems)
+                if got is None:
+                    continue
+                info, placed_by = got
                 trainer = data.get("trainer") or info["trainer"]
-                if info.get("trainer") and trainer != info["trainer"] and not inferred:
+                if info.get("trainer") and trainer != info["trainer"] and placed_by == "path":
                     problems.append((path, f"trainer {trainer} in results.json but {info['trainer']} in the path; "
                                            "using results.json"))
                 metrics = {k: float(v) for k, v in data["metrics"].items() if isinstance(v, (int, float))}
@@ -233,7 +159,7 @@ def collect(roots, source=XD_SOURCE):
                     dataset=info["dataset"], shots=info["shots"],
                     seed=int(data["seed"]) if data.get("seed") is not None else info["seed"],
                     metrics=metrics, path=path, origin="json", config_dict=data.get("config") or {},
-                    inferred=inferred,
+                    inferred=placed_by == "fields", placed_by=placed_by,
                 ))
             else:
                 if info is None:

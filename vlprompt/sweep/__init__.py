@@ -1,7 +1,9 @@
 """Sweeps at scale: protocol presets, a local multi-GPU job runner and Slurm job arrays.
 
 ``python -m vlprompt.sweep --help`` for the command line; :func:`plan` / :func:`expand` for the
-run list of a protocol. Nothing here imports torch.
+run list of a protocol. The dataset lists and the output tree come from
+``vlprompt.protocol``; the default configs from the trainers' ``RECIPES`` (:func:`registry_specs`,
+which loads the trainers and so torch, unless specs are passed).
 """
 from .protocols import (
     DATASETS_11,
@@ -15,6 +17,7 @@ from .protocols import (
     expand,
     family_config,
     parse_method,
+    registry_specs,
     plan,
     read_max_epoch,
     route_datasets,
@@ -33,6 +36,7 @@ __all__ = [
     "expand",
     "family_config",
     "parse_method",
+    "registry_specs",
     "plan",
     "read_max_epoch",
     "route_datasets",

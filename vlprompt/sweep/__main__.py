@@ -3,9 +3,22 @@ import sys
 
 from .cli import main
 
+
+def _quiet_stdout():
+    """Point a broken stdout at /dev/null so that the exit status is ours, not 120 from a failed flush."""
+    try:
+        sys.stdout.flush()
+    except (BrokenPipeError, OSError, ValueError):
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+
+
 if __name__ == "__main__":
     try:
-        sys.exit(main())
-    except BrokenPipeError:  # output piped into head & co.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(1)
+        rc = main()
+    except BrokenPipeError:  # output piped into head & co. while planning
+        rc = 1
+    _quiet_stdout()
+    sys.exit(rc)

@@ -10,15 +10,19 @@ Examples (from the repository root)::
         --grid TRAINER.APLE.N_CTX=1,2,4,8 --gpus 0,1        # prompt-length ablation
     python -m vlprompt.sweep --methods MaPLe --protocol few_shot --root /data --slurm \\
         --partition gpu --time 04:00:00 --account myproj
+    python -m vlprompt.sweep --methods CoOp --protocol base2new --root /data --datasets dtd --seeds 1 \\
+        --opts TRAINER.COOP.CLASS_TOKEN_POSITION middle   # folder vit_b16_ctxv1_class_token_positionmiddle
 """
 import argparse
 import itertools
+import os
 import os.path as osp
 import shlex
 import sys
 import time
 
-from .protocols import DEFAULT_SEEDS, FEW_SHOT_SHOTS, PROTOCOLS, XD_SOURCE, SweepError, parse_method, plan, repo_root
+from .protocols import (DEFAULT_SEEDS, FEW_SHOT_SHOTS, PROTOCOLS, XD_SOURCE, SweepError, parse_method, plan,
+                        registry_specs, repo_root)
 from .runner import Runner, cpu_slots, default_prefix, gpu_slots, log_path
 
 __all__ = ["main", "build_parser", "grid_variants"]
@@ -31,11 +35,13 @@ def build_parser():
                     "train.py processes (resumable: runs with a results.json are skipped).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--methods", nargs="+", required=True, metavar="TRAINER[:CONFIG]",
+    p.add_argument("--recipes", action="store_true",
+                   help="print every registered trainer's default config per protocol (its RECIPES) and exit")
+    p.add_argument("--methods", nargs="+", default=None, metavar="TRAINER[:CONFIG]",
                    help="trainers, optionally with a config name (configs/trainers/TRAINER/CONFIG.yaml, or "
-                        "FOLDER/CONFIG for another folder); without a config the protocol's default from "
-                        "vlprompt/sweep/recipes.json is used")
-    p.add_argument("--protocol", "--protocols", nargs="+", required=True, dest="protocols", metavar="PROTOCOL",
+                        "FOLDER/CONFIG for another folder); without a config the protocol's default that the "
+                        "trainer declares (RECIPES) is used")
+    p.add_argument("--protocol", "--protocols", nargs="+", default=None, dest="protocols", metavar="PROTOCOL",
                    help=f"one or more of: {', '.join(PROTOCOLS)}")
     p.add_argument("--datasets", nargs="+", default=None, metavar="NAME",
                    help="dataset yaml names (default: the 11 for base2new/few_shot, the 10 non-ImageNet "
@@ -46,19 +52,32 @@ def build_parser():
                    help=f"few_shot shot counts (default: {' '.join(map(str, FEW_SHOT_SHOTS))}); base2new and "
                         "the transfer protocols always use 16")
     p.add_argument("--source", default=XD_SOURCE, help="source dataset of cross_dataset/domain_generalization")
-    p.add_argument("--root", "--data-root", dest="data_root", required=True, help="data root (train.py --root)")
+    p.add_argument("--root", "--data-root", dest="data_root", default=None, help="data root (train.py --root)")
     p.add_argument("--output-root", default="output", help="root of the CoOp output tree (default: output)")
     p.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE",
-                   help="extra config options appended to every run (use with --tag so runs do not collide)")
-    p.add_argument("--tag", default="", help="suffix added to the config folder name, e.g. _nctx4")
+                   help="extra config options appended to every run; they name the config folder "
+                        "(<cfg>_<key><value>..., e.g. OPTIM.MAX_EPOCH 2 -> <cfg>_max_epoch2) unless --tag is given")
+    p.add_argument("--tag", default="", help="suffix added to the config folder name instead of the --opts part, "
+                                             "e.g. _nctx4 (you promise that it names the options)")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
                    help="sweep a config key over values; each value runs as its own config folder "
                         "<cfg>_<key><value> (e.g. --grid TRAINER.APLE.N_CTX=1,2,4 -> <cfg>_n_ctx1 ...)")
+    p.add_argument("--only", choices=("train", "test"), default=None,
+                   help="only the runs that need no trained model (train: training and zero-shot runs) or only "
+                        "the tests of a trained model (test); a test whose training run is not complete is skipped")
+    p.add_argument("--load-epoch", type=int, default=None,
+                   help="epoch the test runs load (default: OPTIM.MAX_EPOCH of --opts, else of the config file)")
+    p.add_argument("--backbone", default=None,
+                   help="use the recipes' configs with their vit_b16 prefix replaced, e.g. rn50 (CoOp's ResNet "
+                        "configs); an explicit TRAINER:CONFIG is not changed")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--gpus", default=None, help="GPU ids, one job per GPU at a time (e.g. 0,1,2,3)")
     g.add_argument("--jobs", type=int, default=None,
                    help="number of parallel jobs without GPU pinning (CPU-only machines); default 1")
     p.add_argument("--dry-run", action="store_true", help="print the plan and the commands, run nothing")
+    p.add_argument("--print-commands", action="store_true",
+                   help="print one train.py command per run still to do (complete runs: a note on stderr), run "
+                        "nothing; paths under a relative --output-root stay relative (the bash scripts' DRY_RUN=1)")
     p.add_argument("--command", default=None,
                    help="command that replaces 'python train.py' (default: the current Python interpreter "
                         "and train.py at the repository root); the run's arguments are appended")
@@ -88,7 +107,12 @@ def build_parser():
 
 
 def grid_variants(grid, tag="", opts=()):
-    """[(tag, opts)] for the cartesian product of --grid KEY=V1,V2 specs."""
+    """[(tag, opts, slug_opts)] for the cartesian product of --grid KEY=V1,V2 specs.
+
+    ``opts`` are the options of every run; ``slug_opts`` the options that name the config folder
+    (:func:`vlprompt.protocol.option_slug`): every option without a tag, the grid's options only with
+    one (the tag names the fixed options).
+    """
     axes = []
     for spec in grid:
         key, sep, values = spec.partition("=")
@@ -98,9 +122,9 @@ def grid_variants(grid, tag="", opts=()):
         axes.append([(key, v) for v in vals])
     out = []
     for combo in itertools.product(*axes) if axes else [()]:
-        t = tag + "".join(f"_{k.split('.')[-1].lower()}{v}" for k, v in combo)
-        o = list(opts) + [x for kv in combo for x in kv]
-        out.append((t, o))
+        grid_opts = [x for kv in combo for x in kv]
+        o = list(opts) + grid_opts
+        out.append((tag, o, grid_opts if tag else o))
     return out
 
 
@@ -116,8 +140,48 @@ def _print_plan(runs, data_root, prefix, log_dir, output_root, out):
             print(f"    log: {log_path(r, log_dir, output_root)}", file=out)
 
 
+def _print_commands(runs, data_root, prefix, output_root, shown_root, out, err):
+    """The bash scripts' dry run: one command per run to do, in plan order."""
+
+    def show(a):
+        if shown_root is not None and (a == output_root or a.startswith(output_root + os.sep)):
+            return osp.join(shown_root, osp.relpath(a, output_root))
+        return a
+
+    for r in runs:
+        if r.is_complete():
+            print(f"Results exist at {show(r.output_dir)} (skip this job)", file=err)
+            continue
+        print(shlex.join(show(a) for a in r.command(data_root, prefix)), file=out)
+
+
+def print_recipes(specs, out):
+    """The method table as the sweep uses it: one line per trainer and protocol."""
+    for name, spec in sorted(specs.items(), key=lambda kv: (kv[1].order, kv[0])):
+        if not spec.recipes:
+            continue
+        flag = "  (eval only)" if spec.eval_only else ""
+        print(f"{name}{flag}", file=out)
+        for protocol, rec in spec.recipes.items():
+            extra = "".join(f"; {k} " + ", ".join(f"{a}: {b}" for a, b in rec[k].items())
+                            for k in ("per_dataset", "per_shots") if rec.get(k))
+            print(f"  {protocol:22s} {rec['config']}{extra}", file=out)
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.recipes:
+        try:
+            print_recipes(registry_specs(), sys.stdout)
+        except SweepError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
+    missing = [f for f, v in (("--methods", args.methods), ("--protocol", args.protocols), ("--root", args.data_root))
+               if not v]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
     repo = osp.abspath(args.repo_root or repo_root())
     prefix = shlex.split(args.command) if args.command else default_prefix()
     output_root = osp.abspath(args.output_root)
@@ -125,17 +189,25 @@ def main(argv=None):
     try:
         methods = [parse_method(m) for m in args.methods]
         runs, seen = [], set()
-        for tag, opts in grid_variants(args.grid, args.tag, args.opts):
+        for tag, opts, slug_opts in grid_variants(args.grid, args.tag, args.opts):
             for r in plan(methods, args.protocols, args.datasets, args.seeds, output_root=output_root,
-                          root=repo, few_shot_shots=args.shots or None, opts=opts, tag=tag,
-                          source=args.source):
+                          root=repo, few_shot_shots=args.shots or None, opts=opts, tag=tag, slug_opts=slug_opts,
+                          source=args.source, backbone=args.backbone, load_epoch=args.load_epoch):
                 if r.key not in seen:
                     seen.add(r.key)
                     runs.append(r)
+        if args.only == "train":
+            runs = [r for r in runs if r.depends_on is None]
+        elif args.only == "test":
+            runs = [r for r in runs if r.depends_on is not None]
         slots = gpu_slots(args.gpus) if args.gpus else cpu_slots(args.jobs or 1)
     except (SweepError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.print_commands:
+        shown = None if osp.isabs(args.output_root) else osp.normpath(args.output_root)
+        _print_commands(runs, data_root, prefix, output_root, shown, sys.stdout, sys.stderr)
+        return 0
     if not args.command and not osp.isfile(osp.join(repo, "train.py")) and not args.dry_run:
         print(f"error: {repo}/train.py not found (use --repo-root or --command)", file=sys.stderr)
         return 2

@@ -1,28 +1,48 @@
 """Protocol presets: expand (method, protocol, datasets, seeds) into the runs of the CoOp output tree.
 
-Every run is one ``python train.py ...`` call. A run is described by :class:`Run`; :func:`plan`
-builds the list for several methods and protocols and removes duplicates (cross-dataset and
-domain generalisation share their ImageNet training runs).
+Every run is one ``python train.py ...`` call, described by :class:`Run`. :func:`plan` builds the
+list for several methods and protocols and removes duplicates (cross-dataset and domain
+generalisation share their ImageNet training runs). The folders come from
+:func:`vlprompt.protocol.run_dir`, the same description the result tables parse; the dataset lists
+from :mod:`vlprompt.protocol`.
 
-Output trees (relative to the output root, CoOp/MaPLe conventions)::
+The default config of a method per protocol, and whether it trains at all, are what the trainer
+declares (``RECIPES``, ``EVAL_ONLY``; read through :func:`vlprompt.engine.methods.method_specs`). A
+caller may pass ``specs`` (name -> spec) instead; without them the registry is loaded once
+(:func:`registry_specs`, which imports the repository's ``trainers`` package and so torch).
 
-    base2new      train  base2new/train_base/<d>/shots_16/<T>/<cfg>/seed<S>
-                  test   base2new/test_new/<d>/shots_16/<T>/<cfg>/seed<S>
-    cross_dataset train  imagenet/<T>/<cfg>_16shots/seed<S>
-    / domain_gen. test   evaluation/<T>/<cfg>_16shots/<d>/seed<S>
-    few_shot      train  few_shot/<d>/<T>/<cfg>/shots_<K>/seed<S>
-
-The load epoch of a test run is ``OPTIM.MAX_EPOCH`` of the training config (read from the yaml, else
-the engine's default), or the value given in the options. Nothing here imports torch.
+Config options (``opts``) are part of the run's folder name (:func:`vlprompt.protocol.config_folder`)
+unless a ``tag`` names the variant, so a variant never lands in the default run's folder. The load
+epoch of a test run is ``OPTIM.MAX_EPOCH`` of the options, else of the yaml, else the engine's
+default.
 """
+import hashlib
 import json
 import os
 import os.path as osp
 import shlex
+import sys
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import yaml
+
+from vlprompt.protocol import (
+    B2N_SHOTS,
+    DATASETS_11,
+    DEFAULT_SEEDS,
+    DG_TARGETS,
+    FEW_SHOT_SHOTS,
+    PROTOCOLS,
+    XD_SHOTS,
+    XD_SOURCE,
+    TreeError,
+    config_folder,
+    default_datasets,
+    family_config as _family_config,
+    recipe_config,
+    run_dir,
+)
 
 __all__ = [
     "PROTOCOLS",
@@ -38,33 +58,10 @@ __all__ = [
     "plan",
     "route_datasets",
     "family_config",
-    "load_recipes",
+    "registry_specs",
     "read_max_epoch",
     "repo_root",
 ]
-
-PROTOCOLS = ("base2new", "cross_dataset", "domain_generalization", "few_shot")
-
-# The 11 datasets in the order of the papers' tables (yaml base names).
-DATASETS_11 = (
-    "imagenet",
-    "caltech101",
-    "oxford_pets",
-    "stanford_cars",
-    "oxford_flowers",
-    "food101",
-    "fgvc_aircraft",
-    "sun397",
-    "dtd",
-    "eurosat",
-    "ucf101",
-)
-DG_TARGETS = ("imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")
-DEFAULT_SEEDS = (1, 2, 3)
-FEW_SHOT_SHOTS = (1, 2, 4, 8, 16)
-B2N_SHOTS = 16
-XD_SHOTS = 16
-XD_SOURCE = "imagenet"
 
 
 class SweepError(ValueError):
@@ -76,20 +73,105 @@ def repo_root():
     return osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
-_RECIPES_CACHE = {}
+_REGISTRY = {}
 
 
-def load_recipes(path=None):
-    """The default-config table (``recipes.json`` next to this file)."""
-    path = path or osp.join(osp.dirname(osp.abspath(__file__)), "recipes.json")
-    if path not in _RECIPES_CACHE:
-        with open(path) as f:
-            _RECIPES_CACHE[path] = json.load(f)
-    return _RECIPES_CACHE[path]
+@dataclass(frozen=True)
+class SpecView:
+    """The fields of ``vlprompt.engine.methods.MethodSpec`` the sweep reads (as plain data)."""
+
+    name: str
+    recipes: dict
+    eval_only: bool = False
+    order: int = 1000
+    config_folder: str = ""
 
 
-def is_eval_only_trainer(trainer):
-    return trainer in load_recipes()["eval_only_trainers"]
+def _cache_key(root):
+    """Digest of every .py file that can change a trainer's declarations (trainers/, vlprompt/engine/)."""
+    h = hashlib.sha1(root.encode())
+    for sub in ("trainers", osp.join("vlprompt", "engine")):
+        for dirpath, dirnames, filenames in os.walk(osp.join(root, sub)):
+            dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+            for f in sorted(filenames):
+                if f.endswith(".py"):
+                    st = os.stat(osp.join(dirpath, f))
+                    h.update(f"{osp.join(dirpath, f)}:{st.st_mtime_ns}:{st.st_size};".encode())
+    return h.hexdigest()
+
+
+def _cache_path(root):
+    base = os.environ.get("VLPROMPT_CACHE_DIR") or osp.join(
+        os.environ.get("XDG_CACHE_HOME") or osp.join(osp.expanduser("~"), ".cache"), "vlprompt")
+    return osp.join(base, f"methods-{hashlib.sha1(root.encode()).hexdigest()[:12]}.json")
+
+
+def _engine_loaded():
+    return "vlprompt.engine.methods" in sys.modules
+
+
+def registry_specs():
+    """``{trainer name: SpecView}`` of every registered trainer.
+
+    Read from ``vlprompt.engine.methods.method_specs`` (plugins loaded, which imports torch) and kept
+    in ``~/.cache/vlprompt/methods-<repo>.json`` (or ``$VLPROMPT_CACHE_DIR``) until a .py file under
+    ``trainers/`` or ``vlprompt/engine/`` changes, so that planning a sweep or a script's dry run does
+    not import torch every time. ``VLPROMPT_CACHE_DIR=off`` disables the file. In a process that has
+    imported the engine already, the live registry is read instead (trainers registered at run time
+    included).
+    """
+    if _engine_loaded():
+        # the engine is loaded already (train.py, the toy demo, tests): read the live registry, which
+        # also holds trainers registered outside trainers/ (never written to the cache)
+        from vlprompt.engine.methods import load_plugins, method_specs
+
+        load_plugins()
+        return {s.name: SpecView(name=s.name, recipes=s.recipes, eval_only=s.eval_only, order=s.order,
+                                 config_folder=s.config_folder) for s in method_specs(with_recipes_only=False)}
+    if "specs" in _REGISTRY:
+        return _REGISTRY["specs"]
+    root = repo_root()
+    use_file = os.environ.get("VLPROMPT_CACHE_DIR") != "off"
+    key = _cache_key(root) if use_file else None
+    path = _cache_path(root) if use_file else None
+    rows = None
+    if use_file and osp.isfile(path):
+        try:
+            with open(path) as f:
+                data = json.load(f)
+            if data.get("key") == key:
+                rows = data["specs"]
+        except (OSError, ValueError, KeyError):
+            rows = None
+    if rows is None:
+        try:
+            from vlprompt.engine.methods import load_plugins, method_specs
+
+            load_plugins()
+            specs = method_specs(with_recipes_only=False)
+        except ImportError as e:
+            raise SweepError(f"Cannot load the method table (vlprompt.engine.methods, trainers/): {e}") from e
+        rows = [dict(name=s.name, recipes=s.recipes, eval_only=s.eval_only, order=s.order,
+                     config_folder=s.config_folder) for s in specs]
+        if use_file:
+            try:
+                os.makedirs(osp.dirname(path), exist_ok=True)
+                tmp = f"{path}.{os.getpid()}.tmp"
+                with open(tmp, "w") as f:
+                    json.dump({"key": key, "specs": rows}, f)
+                os.replace(tmp, path)
+            except OSError:
+                pass  # an unwritable cache only costs time: the table was read from the registry
+    _REGISTRY["specs"] = {r["name"]: SpecView(**r) for r in rows}
+    return _REGISTRY["specs"]
+
+
+def _specs(specs):
+    if specs is None:
+        return registry_specs()
+    if isinstance(specs, dict):
+        return specs
+    return {s.name: s for s in specs}
 
 
 @dataclass(frozen=True)
@@ -110,7 +192,7 @@ class Run:
     protocol: str
     phase: str  # "train" (trains, then tests), "test" (eval-only with --model-dir), "eval" (eval-only, no model)
     trainer: str
-    config: str  # the config folder name in the output tree (config name plus any tag)
+    config: str  # the config folder name in the output tree (config name plus any tag and option slug)
     config_file: str  # relative to the repository root
     dataset: str  # yaml base name
     seed: int
@@ -121,6 +203,7 @@ class Run:
     opts: List[str] = field(default_factory=list)
     depends_on: Optional[str] = None  # output_dir of the run that must succeed first
     protocols: List[str] = field(default_factory=list)  # every protocol that needs this run
+    role: str = ""  # base | novel | source | target | test (vlprompt.protocol.ROLES)
 
     @property
     def key(self):
@@ -179,9 +262,9 @@ def parse_method(text):
     return Method(trainer=trainer, config=config or None)
 
 
-def _known_trainers(root):
+def _known_trainers(root, specs):
     folder = osp.join(root, "configs", "trainers")
-    found = set(load_recipes()["defaults"])
+    found = set(specs)
     if osp.isdir(folder):
         found |= {d for d in os.listdir(folder) if osp.isdir(osp.join(folder, d)) and not d.startswith(".")}
     return sorted(found)
@@ -194,17 +277,17 @@ def _available_configs(root, folder):
     return sorted(f[:-5] for f in os.listdir(d) if f.endswith(".yaml"))
 
 
-def _config_path(trainer, config):
-    """(relative yaml path, name used in the output tree) for NAME or FOLDER/NAME."""
+def _config_path(folder, config):
+    """(relative yaml path, base name, folder) for NAME (in ``folder``) or FOLDER/NAME."""
     if "/" in config:
         folder, name = config.rsplit("/", 1)
     else:
-        folder, name = trainer, config
+        name = config
     return f"configs/trainers/{folder}/{name}.yaml", name, folder
 
 
-def _check_config(root, trainer, config, why):
-    rel, name, folder = _config_path(trainer, config)
+def _check_config(root, folder, config, why):
+    rel, name, folder = _config_path(folder, config)
     if not osp.isfile(osp.join(root, rel)):
         avail = _available_configs(root, folder)
         listing = ", ".join(avail) if avail else f"none (configs/trainers/{folder}/ is empty or missing)"
@@ -214,39 +297,29 @@ def _check_config(root, trainer, config, why):
     return rel, name
 
 
-def _recipe_config(trainer, protocol, dataset, shots):
-    rec = load_recipes()["defaults"].get(trainer, {}).get(protocol)
-    if rec is None:
-        return None
-    if dataset in rec.get("per_dataset", {}):
-        return rec["per_dataset"][dataset]
-    if shots is not None and str(shots) in rec.get("per_shots", {}):
-        return rec["per_shots"][str(shots)]
-    return rec["config"]
-
-
-def family_config(trainer, protocol, dataset, shots, config):
-    """The recipe's main config if ``config`` is the recipe's override for this dataset/shot count.
-
-    Used by the results tables to put e.g. CoOp's ImageNet run (50-epoch config) in the same row as
-    the other datasets. Returns None when ``config`` is not such an override.
-    """
-    rec = load_recipes()["defaults"].get(trainer, {}).get(protocol)
-    if rec is None or config == rec["config"]:
-        return None
-    if _recipe_config(trainer, protocol, dataset, shots) == config:
-        return rec["config"]
-    return None
+def family_config(trainer, protocol, dataset, shots, config, specs=None):
+    """The recipe's main config if ``config`` is the recipe's override for this dataset/shot count."""
+    spec = _specs(specs).get(trainer)
+    return _family_config(spec.recipes.get(protocol) if spec else None, dataset, shots, config)
 
 
 def read_max_epoch(path, opts=()):
-    """OPTIM.MAX_EPOCH from the options, else the yaml, else the engine's default."""
+    """OPTIM.MAX_EPOCH from the options (the last one wins, as in yacs), else the yaml, else the default."""
     opts = list(opts)
+    found = None
     for k, v in zip(opts[0::2], opts[1::2]):
         if k == "OPTIM.MAX_EPOCH":
-            return int(v)
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+            try:
+                found = int(v)
+            except ValueError:
+                raise SweepError(f"OPTIM.MAX_EPOCH must be an integer, got '{v}'") from None
+    if found is not None:
+        return found
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise SweepError(f"{path} is not valid YAML: {e}") from None
     optim = data.get("OPTIM") or {}
     if "MAX_EPOCH" in optim:
         return int(optim["MAX_EPOCH"])
@@ -260,64 +333,95 @@ def _check_dataset(root, d):
         folder = osp.join(root, "configs", "datasets")
         avail = sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml")) if osp.isdir(folder) else []
         raise SweepError(
-            f"Unknown dataset '{d}': configs/datasets/{d}.yaml not found under {root}. "
+            f"unknown dataset '{d}': configs/datasets/{d}.yaml not found under {root}. "
             f"Available: {', '.join(avail) if avail else 'none'}. "
             f"The 11 standard datasets are: {' '.join(DATASETS_11)}; DG targets: {' '.join(DG_TARGETS)}"
         )
 
 
-class _Ctx:
-    """What every expansion needs: repository root, output root, extra options, config tag."""
+def _swap_backbone(name, backbone):
+    if backbone is None:
+        return name
+    if not name.startswith("vit_b16"):
+        raise SweepError(f"--backbone {backbone}: the recipe config {name} does not start with vit_b16")
+    return backbone + name[len("vit_b16"):]
 
-    def __init__(self, root, output_root, opts=(), tag=""):
+
+class _Ctx:
+    """What every expansion needs: roots, method table, options, tag, backbone, load epoch."""
+
+    def __init__(self, root, output_root, specs, opts=(), tag="", slug_opts=None, backbone=None, load_epoch=None):
         self.root = root
         self.output_root = osp.abspath(output_root)
+        self.specs = specs
         self.opts = list(opts)
         self.tag = tag
+        # without a tag every option names the folder; a tag names the options itself
+        self.slug_opts = list(slug_opts) if slug_opts is not None else ([] if tag else list(self.opts))
+        self.backbone = backbone
+        self.load_epoch = load_epoch
         self._epochs = {}
+
+    def eval_only(self, trainer):
+        spec = self.specs.get(trainer)
+        return bool(spec and spec.eval_only)
 
     def resolve(self, method, protocol, dataset, shots):
         """(config yaml relative path, folder name, load epoch) for one run."""
+        spec = self.specs.get(method.trainer)
+        folder = (spec.config_folder if spec and spec.config_folder else method.trainer)
         if method.config is not None:
             config, why = method.config, f"given as {method}"
         else:
-            config = _recipe_config(method.trainer, protocol, dataset, shots)
+            config = recipe_config(spec.recipes.get(protocol) if spec else None, dataset, shots)
             if config is None:
-                avail = _available_configs(self.root, method.trainer)
+                avail = _available_configs(self.root, folder)
                 raise SweepError(
-                    f"No default config for {method.trainer} in protocol {protocol}; name one as "
-                    f"{method.trainer}:CONFIG. Available configs: {', '.join(avail) if avail else 'none'}"
+                    f"No default config for {method.trainer} in protocol {protocol} (its trainer declares no "
+                    f"RECIPES['{protocol}']); name one as {method.trainer}:CONFIG. Available configs: "
+                    f"{', '.join(avail) if avail else 'none'}"
                 )
-            why = f"default for {method.trainer}/{protocol} in vlprompt/sweep/recipes.json"
-        rel, name = _check_config(self.root, method.trainer, config, why)
+            config = _swap_backbone(config, self.backbone)
+            why = f"default for {method.trainer}/{protocol} (RECIPES of trainer {method.trainer})"
+        rel, name = _check_config(self.root, folder, config, why)
         if rel not in self._epochs:
-            self._epochs[rel] = read_max_epoch(osp.join(self.root, rel), self.opts)
-        return rel, name + self.tag, self._epochs[rel]
+            self._epochs[rel] = (self.load_epoch if self.load_epoch is not None
+                                 else read_max_epoch(osp.join(self.root, rel), self.opts))
+        try:
+            cfg_dir = config_folder(name, self.tag, self.slug_opts)
+        except TreeError as e:
+            raise SweepError(str(e)) from None
+        return rel, cfg_dir, self._epochs[rel]
 
-    def out(self, *parts):
-        return osp.join(self.output_root, *parts)
+    def out(self, protocol, role, **fields):
+        try:
+            return run_dir(protocol, role, root=self.output_root, **fields)
+        except TreeError as e:
+            raise SweepError(str(e)) from None
 
 
 def _expand_base2new(ctx, method, datasets, seeds, shots):
     t = method.trainer
-    zs = is_eval_only_trainer(t)
+    zs = ctx.eval_only(t)
     shots = B2N_SHOTS if shots is None else shots
     runs = []
     for d in datasets:
         rel, cfg, epoch = ctx.resolve(method, "base2new", d, shots)
         for s in seeds:
-            tail = (d, f"shots_{shots}", t, cfg, f"seed{s}")
-            train_dir = ctx.out("base2new", "train_base", *tail)
+            where = dict(dataset=d, trainer=t, config=cfg, shots=shots, seed=s)
+            train_dir = ctx.out("base2new", "base", **where)
             common = dict(protocol="base2new", trainer=t, config=cfg, config_file=rel, dataset=d, seed=s, shots=shots)
             train = Run(
                 phase="eval" if zs else "train",
+                role="base",
                 output_dir=train_dir,
                 opts=["DATASET.NUM_SHOTS", str(shots), "DATASET.SUBSAMPLE_CLASSES", "base"] + ctx.opts,
                 **common,
             )
             test = Run(
                 phase="eval" if zs else "test",
-                output_dir=ctx.out("base2new", "test_new", *tail),
+                role="novel",
+                output_dir=ctx.out("base2new", "novel", **where),
                 model_dir=None if zs else train_dir,
                 load_epoch=None if zs else epoch,
                 opts=["DATASET.NUM_SHOTS", str(shots), "DATASET.SUBSAMPLE_CLASSES", "new"] + ctx.opts,
@@ -330,18 +434,21 @@ def _expand_base2new(ctx, method, datasets, seeds, shots):
 
 def _expand_transfer(ctx, method, protocol, targets, seeds, shots, source):
     t = method.trainer
-    zs = is_eval_only_trainer(t)
+    zs = ctx.eval_only(t)
     shots = XD_SHOTS if shots is None else shots
     if source in targets:
-        raise SweepError(f"The source dataset {source} cannot also be a target of {protocol}")
+        raise SweepError(f"The source dataset {source} cannot also be a target of {protocol} (its test is part "
+                         f"of the training run)")
     rel, cfg, epoch = ctx.resolve(method, protocol, source, shots)
     runs = []
     for s in seeds:
-        train_dir = ctx.out(source, t, f"{cfg}_{shots}shots", f"seed{s}")
+        train_dir = ctx.out("transfer", "source", dataset=source, trainer=t, config=cfg, shots=shots, seed=s,
+                            source=source)
         common = dict(protocol=protocol, trainer=t, config=cfg, config_file=rel, seed=s)
         runs.append(
             Run(
                 phase="eval" if zs else "train",
+                role="source",
                 dataset=source,
                 shots=shots,
                 output_dir=train_dir,
@@ -353,9 +460,10 @@ def _expand_transfer(ctx, method, protocol, targets, seeds, shots, source):
             runs.append(
                 Run(
                     phase="eval" if zs else "test",
+                    role="target",
                     dataset=d,
                     shots=None,
-                    output_dir=ctx.out("evaluation", t, f"{cfg}_{shots}shots", d, f"seed{s}"),
+                    output_dir=ctx.out(protocol, "target", dataset=d, trainer=t, config=cfg, shots=shots, seed=s),
                     model_dir=None if zs else train_dir,
                     load_epoch=None if zs else epoch,
                     opts=list(ctx.opts),
@@ -369,47 +477,44 @@ def _expand_transfer(ctx, method, protocol, targets, seeds, shots, source):
 def _expand_few_shot(ctx, method, datasets, seeds, shots_list):
     t = method.trainer
     runs = []
-    if is_eval_only_trainer(t):
+    if ctx.eval_only(t):
         # Zero-shot does not depend on K: one all-class test per dataset, filed under shots_0.
         for d in datasets:
             rel, cfg, _ = ctx.resolve(method, "few_shot", d, None)
             for s in seeds:
                 runs.append(
                     Run(
-                        protocol="few_shot", phase="eval", trainer=t, config=cfg, config_file=rel, dataset=d,
-                        seed=s, shots=0, output_dir=ctx.out("few_shot", d, t, cfg, "shots_0", f"seed{s}"),
+                        protocol="few_shot", phase="eval", role="test", trainer=t, config=cfg, config_file=rel,
+                        dataset=d, seed=s, shots=0,
+                        output_dir=ctx.out("few_shot", "test", dataset=d, trainer=t, config=cfg, shots=0, seed=s),
                         opts=list(ctx.opts),
                     )
                 )
         return runs
     for d in datasets:
         for k in shots_list:
+            if k < 1:
+                raise SweepError(f"few_shot shot counts must be positive, got {k}")
             rel, cfg, _ = ctx.resolve(method, "few_shot", d, k)
             for s in seeds:
                 runs.append(
                     Run(
-                        protocol="few_shot", phase="train", trainer=t, config=cfg, config_file=rel, dataset=d,
-                        seed=s, shots=k, output_dir=ctx.out("few_shot", d, t, cfg, f"shots_{k}", f"seed{s}"),
+                        protocol="few_shot", phase="train", role="test", trainer=t, config=cfg, config_file=rel,
+                        dataset=d, seed=s, shots=k,
+                        output_dir=ctx.out("few_shot", "test", dataset=d, trainer=t, config=cfg, shots=k, seed=s),
                         opts=["DATASET.NUM_SHOTS", str(k)] + ctx.opts,
                     )
                 )
     return runs
 
 
-def default_datasets(protocol, source=XD_SOURCE):
-    if protocol == "cross_dataset":
-        return [d for d in DATASETS_11 if d != source]
-    if protocol == "domain_generalization":
-        return list(DG_TARGETS)
-    return list(DATASETS_11)
-
-
-def route_datasets(protocol, datasets, source=XD_SOURCE):
+def route_datasets(protocol, datasets, source=XD_SOURCE, strict=True):
     """The datasets of one protocol out of a list given for several protocols.
 
     The ImageNet variants (DG targets) go to domain_generalization only, every other dataset to
     base2new, few_shot and cross_dataset; the source dataset is never a transfer target (its
-    training run reports the source accuracy). None keeps each protocol's default list.
+    training run reports the source accuracy). None keeps each protocol's default list. With
+    ``strict`` a protocol that gets no dataset is an error; otherwise it gets an empty list.
     """
     if datasets is None:
         return None
@@ -420,7 +525,7 @@ def route_datasets(protocol, datasets, source=XD_SOURCE):
         out = [d for d in datasets if d not in DG_TARGETS]
         if protocol == "cross_dataset":
             out = [d for d in out if d != source]
-    if not out:
+    if not out and strict:
         raise SweepError(
             f"None of the datasets {' '.join(datasets)} belongs to protocol {protocol} "
             f"(domain_generalization takes {' '.join(DG_TARGETS)}; cross_dataset takes targets other than "
@@ -430,19 +535,25 @@ def route_datasets(protocol, datasets, source=XD_SOURCE):
 
 
 def expand(method, protocol, datasets=None, seeds=DEFAULT_SEEDS, *, output_root="output", root=None,
-           shots=None, opts=(), tag="", source=XD_SOURCE):
+           shots=None, opts=(), tag="", slug_opts=None, source=XD_SOURCE, specs=None, backbone=None,
+           load_epoch=None):
     """All runs of one method under one protocol.
 
     ``datasets``: the datasets (base2new, few_shot) or target datasets (cross_dataset,
     domain_generalization); None means the protocol's standard list. ``shots``: an int for
-    base2new/transfer (default 16) or a list for few_shot (default 1 2 4 8 16).
+    base2new/transfer (default 16) or a list for few_shot (default 1 2 4 8 16). ``opts``: config
+    options appended to every run; they name the config folder after ``tag`` (``slug_opts``; default:
+    ``opts`` without a tag, none with one). ``backbone``: replace the ``vit_b16`` prefix of the recipe's config names (e.g.
+    ``rn50``: CoOp's ResNet-50 configs). ``load_epoch``: override the test runs' load epoch.
+    ``specs``: the method table (default: the registry).
     """
     if isinstance(method, str):
         method = parse_method(method)
     if protocol not in PROTOCOLS:
         raise SweepError(f"Unknown protocol '{protocol}'. Valid protocols: {', '.join(PROTOCOLS)}")
     root = root or repo_root()
-    known = _known_trainers(root)
+    specs = _specs(specs)
+    known = _known_trainers(root, specs)
     if method.trainer not in known:
         raise SweepError(f"Unknown trainer '{method.trainer}'. Known trainers: {', '.join(known)}")
     if len(opts) % 2:
@@ -459,7 +570,9 @@ def expand(method, protocol, datasets=None, seeds=DEFAULT_SEEDS, *, output_root=
     for d in datasets + ([source] if protocol in ("cross_dataset", "domain_generalization") else []):
         _check_dataset(root, d)
     seeds = [int(s) for s in seeds]
-    ctx = _Ctx(root, output_root, opts, tag)
+    if any(s < 0 for s in seeds):
+        raise SweepError(f"Seeds must be non-negative integers, got {' '.join(map(str, seeds))}")
+    ctx = _Ctx(root, output_root, specs, opts, tag, slug_opts, backbone, load_epoch)
     if protocol == "base2new":
         if isinstance(shots, (list, tuple)):
             raise SweepError("base2new takes one shot count")
@@ -482,19 +595,26 @@ def expand(method, protocol, datasets=None, seeds=DEFAULT_SEEDS, *, output_root=
 def plan(methods, protocols, datasets=None, seeds=DEFAULT_SEEDS, *, few_shot_shots=None, **kw):
     """Runs for every method x protocol, duplicates (same output dir) merged, in a stable order.
 
-    ``datasets`` is routed to each protocol with :func:`route_datasets`; ``few_shot_shots`` are the
-    few-shot shot counts (default 1 2 4 8 16); other keywords go to :func:`expand` (``shots`` there is
-    the shot count of base2new and the transfer protocols). Two requests for the same output
-    directory with different commands are an error.
+    ``datasets`` is routed to each protocol with :func:`route_datasets` (with several protocols, one
+    that gets none of the datasets is left out; with none for any, it is an error);
+    ``few_shot_shots`` are the few-shot shot counts (default 1 2 4 8 16); other keywords go to
+    :func:`expand` (``shots`` there is the shot count of base2new and the transfer protocols). Two
+    requests for the same output directory with different commands are an error.
     """
     if isinstance(protocols, str):
         protocols = [protocols]
     for p in protocols:
         if p not in PROTOCOLS:
             raise SweepError(f"Unknown protocol '{p}'. Valid protocols: {', '.join(PROTOCOLS)}")
+    source = kw.get("source", XD_SOURCE)
+    routed = {p: route_datasets(p, datasets, source, strict=len(protocols) == 1) for p in protocols}
+    if datasets is not None and not any(routed.values()):
+        route_datasets(protocols[0], datasets, source)  # raises, naming the rule
     runs: Dict[str, Run] = {}
     for p in protocols:
-        ds = route_datasets(p, datasets, kw.get("source", XD_SOURCE))
+        ds = routed[p]
+        if ds is not None and not ds:
+            continue
         kw_p = dict(kw)
         if p == "few_shot":
             kw_p["shots"] = few_shot_shots

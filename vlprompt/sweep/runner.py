@@ -5,6 +5,12 @@ that depends on another (a test on its train run) starts only after that one suc
 already complete; if it failed, the dependent is reported as skipped. One failure never stops the
 other jobs. stdout and stderr of each job go to ``<log_dir>/<run path>.log`` (appended, with a header
 per attempt).
+
+Stopping: every job runs in its own session (process group), so a Ctrl-C in the terminal reaches only
+the sweep. On SIGINT, SIGTERM or SIGHUP the runner stops every running job's whole process group --
+SIGINT first, then SIGTERM, then SIGKILL, each after ``grace`` seconds -- writes the status file, and
+returns ``128 + signal`` (130 for Ctrl-C). A closed stdout (``sweep | tee log`` with tee gone) never
+stops this: the progress lines then go nowhere and the final message goes to stderr when it can.
 """
 import json
 import os
@@ -18,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-__all__ = ["Slot", "JobState", "Runner", "gpu_slots", "cpu_slots", "default_prefix", "log_path"]
+__all__ = ["Slot", "JobState", "Runner", "SweepInterrupted", "gpu_slots", "cpu_slots", "default_prefix", "log_path"]
 
 
 @dataclass(frozen=True)
@@ -68,8 +74,29 @@ class JobState:
     index: int = 0
 
 
+class SweepInterrupted(KeyboardInterrupt):
+    """A stop signal received by the sweep (``signum``: the signal)."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
 def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
+    raise SweepInterrupted(signum)
+
+
+_STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+def _write(stream, text):
+    """Write and flush; False when the stream is gone (broken pipe, closed)."""
+    try:
+        stream.write(text)
+        stream.flush()
+        return True
+    except (BrokenPipeError, OSError, ValueError):
+        return False
 
 
 def _fmt_secs(s):
@@ -95,7 +122,7 @@ class Runner:
     """Run a plan on slots. ``run()`` returns the process exit status (0: nothing failed)."""
 
     def __init__(self, runs, data_root, slots, *, output_root, log_dir=None, prefix=None, cwd=None,
-                 poll=0.2, stream=None, env=None):
+                 poll=0.2, stream=None, env=None, grace=10.0, err=None):
         self.data_root = data_root
         self.slots = list(slots)
         self.output_root = osp.abspath(output_root)
@@ -104,6 +131,8 @@ class Runner:
         self.cwd = cwd
         self.poll = poll
         self.stream = stream or sys.stdout
+        self.err = err or sys.stderr
+        self.grace = float(grace)
         self.env = dict(os.environ if env is None else env)
         self.jobs: Dict[str, JobState] = {}
         for i, r in enumerate(runs):
@@ -111,8 +140,18 @@ class Runner:
         self.total = len(self.jobs)
 
     # ---------------------------------------------------------------- output
+    def _out(self, text):
+        if self.stream is not None and not _write(self.stream, text):
+            # stdout went away (a pipe whose reader died): keep running, say it once on stderr
+            self.stream = None
+            self._note("stdout is closed (broken pipe); the sweep goes on, see the job logs and sweep_status.json")
+
+    def _note(self, text):
+        if self.err is not None and not _write(self.err, text + "\n"):
+            self.err = None
+
     def _say(self, msg):
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=self.stream, flush=True)
+        self._out(f"[{time.strftime('%H:%M:%S')}] {msg}\n")
 
     def _counts(self):
         c = {}
@@ -206,75 +245,96 @@ class Runner:
         for job in self.jobs.values():
             if job.run.is_complete():
                 job.status = "complete"
-        c = self._counts()
-        self._say(f"sweep: {self.total} runs, {c.get('complete', 0)} already complete, "
-                  f"{c.get('pending', 0)} to run on {len(self.slots)} slot(s) "
-                  f"({', '.join(s.name for s in self.slots)}); logs in {self.log_dir}")
-        free = list(self.slots)
-        running: List[JobState] = []
-        old_term = None
-        if threading.current_thread() is threading.main_thread():
+        main = threading.current_thread() is threading.main_thread()
+        old_handlers = {}
+        if main:
             # jobs run in their own sessions (so that a job's whole process tree can be stopped), so a
-            # SIGTERM to the sweep (kill, Slurm, systemd) must stop them explicitly, like Ctrl-C does
-            old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+            # signal to the sweep (Ctrl-C, kill, Slurm, a closed terminal) must stop them explicitly
+            old_handlers = {s: signal.signal(s, _raise_interrupt) for s in _STOP_SIGNALS}
         try:
-            while True:
-                for job in list(running):  # reap
-                    rc = job.proc.poll()
-                    if rc is not None:
-                        running.remove(job)
-                        free.append(job.slot)
-                        free.sort(key=self.slots.index)
-                        self._finish(job, rc)
-                self._skip_broken()
-                for job in self.jobs.values():  # start, in plan order
-                    if not free:
-                        break
-                    if job.status == "pending" and self._dep_state(job) == "ready":
-                        slot = free.pop(0)
-                        if self._start(job, slot):
-                            running.append(job)
-                        else:
-                            free.insert(0, slot)
-                self._skip_broken()
-                if not running:
-                    pending = [j for j in self.jobs.values() if j.status == "pending"]
-                    if not pending:
-                        break
-                    if not any(self._dep_state(j) == "ready" for j in pending):
-                        for j in pending:  # waiting on nothing that can still finish (cannot happen for a valid plan)
-                            j.status, j.reason = "skipped", f"dependency never ran: {j.run.depends_on}"
-                        break
-                    continue
-                time.sleep(self.poll)
-        except KeyboardInterrupt:
-            self._say("interrupted: stopping running jobs")
+            c = self._counts()
+            self._say(f"sweep: {self.total} runs, {c.get('complete', 0)} already complete, "
+                      f"{c.get('pending', 0)} to run on {len(self.slots)} slot(s) "
+                      f"({', '.join(s.name for s in self.slots)}); logs in {self.log_dir}")
+            self._loop()
+        except KeyboardInterrupt as e:
+            signum = getattr(e, "signum", signal.SIGINT)
+            if main:  # a second Ctrl-C must not abandon the jobs half-stopped
+                for s in _STOP_SIGNALS:
+                    signal.signal(s, signal.SIG_IGN)
+            name = signal.Signals(signum).name
+            running = [j for j in self.jobs.values() if j.proc is not None]
+            self._say(f"interrupted ({name}): stopping {len(running)} running job(s)")
             self._stop(running)
             self._summary()
-            return 130
+            self._note(f"sweep interrupted by {name}: stopped {len(running)} running job(s); run the same "
+                       f"command again to resume (finished runs are skipped)")
+            return 128 + int(signum)
         finally:
-            if old_term is not None:
-                signal.signal(signal.SIGTERM, old_term)
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
         return self._summary()
 
-    def _stop(self, running):
-        for job in running:
-            try:
-                os.killpg(job.proc.pid, signal.SIGTERM)
-            except (ProcessLookupError, PermissionError):
-                pass
-        deadline = time.time() + 10
-        for job in running:
-            try:
-                job.proc.wait(timeout=max(0.1, deadline - time.time()))
-            except subprocess.TimeoutExpired:
+    def _loop(self):
+        free = list(self.slots)
+        running: List[JobState] = []
+        while True:
+            for job in list(running):  # reap
+                rc = job.proc.poll()
+                if rc is not None:
+                    running.remove(job)
+                    free.append(job.slot)
+                    free.sort(key=self.slots.index)
+                    self._finish(job, rc)
+            self._skip_broken()
+            for job in self.jobs.values():  # start, in plan order
+                if not free:
+                    break
+                if job.status == "pending" and self._dep_state(job) == "ready":
+                    slot = free.pop(0)
+                    if self._start(job, slot):
+                        running.append(job)
+                    else:
+                        free.insert(0, slot)
+            self._skip_broken()
+            if not running:
+                pending = [j for j in self.jobs.values() if j.status == "pending"]
+                if not pending:
+                    break
+                if not any(self._dep_state(j) == "ready" for j in pending):
+                    for j in pending:  # waiting on nothing that can still finish (cannot happen for a valid plan)
+                        j.status, j.reason = "skipped", f"dependency never ran: {j.run.depends_on}"
+                    break
+                continue
+            time.sleep(self.poll)
+
+    def _stop(self, jobs):
+        """SIGINT, then SIGTERM, then SIGKILL to each job's process group, ``grace`` seconds apart."""
+        live = list(jobs)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+            for job in live:
                 try:
-                    os.killpg(job.proc.pid, signal.SIGKILL)
+                    os.killpg(job.proc.pid, sig)
                 except (ProcessLookupError, PermissionError):
                     pass
-                job.proc.wait()
+            deadline = time.time() + (self.grace if sig != signal.SIGKILL else 30.0)
+            while time.time() < deadline and any(j.proc.poll() is None for j in live):
+                time.sleep(0.05)
+            live = [j for j in live if j.proc.poll() is None]
+            if not live:
+                break
+        for job in jobs:
+            try:  # stragglers of a group whose leader has exited (e.g. data-loader workers)
+                os.killpg(job.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            job.proc.wait()
             job.status, job.rc, job.end = "interrupted", job.proc.returncode, time.time()
-            job._logf.close()
+            job.reason = f"stopped by the sweep (exit {job.proc.returncode})"
+            job.proc = None
+            logf = getattr(job, "_logf", None)
+            if logf is not None and not logf.closed:
+                logf.close()
 
     def states(self):
         return list(self.jobs.values())
@@ -284,21 +344,21 @@ class Runner:
         self._say(f"finished: {self._progress()}")
         failed = [j for j in self.jobs.values() if j.status in ("failed", "interrupted")]
         skipped = [j for j in self.jobs.values() if j.status == "skipped"]
+        lines = []
         if failed:
-            print(f"\n{len(failed)} failed job(s):", file=self.stream)
+            lines.append(f"\n{len(failed)} failed job(s):")
             for j in failed:
-                print(f"  FAILED  {j.run.describe()}  ({j.reason or j.status})\n          log: {j.log}",
-                      file=self.stream)
-                for line in _tail(j.log) if j.log else []:
-                    print(f"          | {line}", file=self.stream)
+                lines.append(f"  FAILED  {j.run.describe()}  ({j.reason or j.status})\n          log: {j.log}")
+                lines += [f"          | {line}" for line in (_tail(j.log) if j.log else [])]
         if skipped:
-            print(f"\n{len(skipped)} job(s) skipped because a dependency did not succeed:", file=self.stream)
-            for j in skipped:
-                print(f"  SKIPPED {j.run.describe()}  ({j.reason})", file=self.stream)
-        self.stream.flush()
+            lines.append(f"\n{len(skipped)} job(s) skipped because a dependency did not succeed:")
+            lines += [f"  SKIPPED {j.run.describe()}  ({j.reason})" for j in skipped]
+        if lines:
+            self._out("\n".join(lines) + "\n")
         status_file = osp.join(self.log_dir, "sweep_status.json")
         rows = [
-            {"output_dir": j.run.output_dir, "phase": j.run.phase, "status": j.status, "rc": j.rc,
+            {"output_dir": j.run.output_dir, "protocol": j.run.protocol, "role": getattr(j.run, "role", ""),
+             "phase": j.run.phase, "status": j.status, "rc": j.rc,
              "slot": j.slot.name if j.slot else None, "start": j.start, "end": j.end, "log": j.log,
              "reason": j.reason}
             for j in self.jobs.values()

@@ -1,0 +1,44 @@
+"""The evaluation protocols without torch: dataset lists and the output tree, built and parsed by one
+description (:mod:`vlprompt.protocol.tree`). Imports nothing beyond the standard library.
+
+``describe_run_dir(output_dir)`` tells what a run folder is (protocol, role, dataset, trainer,
+config, shots, seed); the engine records it in results.json, the result tables read it back, the
+sweep builds the same folders with ``run_dir``.
+"""
+from .datasets import (
+    B2N_SHOTS,
+    DATASET_CLASS_TO_KEY,
+    DATASETS_11,
+    DEFAULT_SEEDS,
+    DG_TARGETS,
+    DISPLAY_NAMES,
+    FEW_SHOT_SHOTS,
+    KNOWN_DATASETS,
+    PROTOCOLS,
+    XD_SHOTS,
+    XD_SOURCE,
+    XD_TARGETS,
+    dataset_key,
+    default_datasets,
+    target_protocol,
+)
+from .recipes import family_config, recipe_config
+from .tree import (
+    LAYOUTS,
+    ROLES,
+    Layout,
+    TreeError,
+    config_folder,
+    describe_run_dir,
+    layout_for,
+    option_slug,
+    parse_run_dir,
+    run_dir,
+)
+
+__all__ = [
+    "B2N_SHOTS", "DATASET_CLASS_TO_KEY", "DATASETS_11", "DEFAULT_SEEDS", "DG_TARGETS", "DISPLAY_NAMES",
+    "FEW_SHOT_SHOTS", "KNOWN_DATASETS", "PROTOCOLS", "XD_SHOTS", "XD_SOURCE", "XD_TARGETS", "dataset_key",
+    "default_datasets", "target_protocol", "LAYOUTS", "ROLES", "Layout", "TreeError", "config_folder",
+    "describe_run_dir", "family_config", "recipe_config", "layout_for", "option_slug", "parse_run_dir", "run_dir",
+]
