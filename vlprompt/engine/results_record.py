@@ -10,6 +10,7 @@ import os.path as osp
 import time
 
 from vlprompt.config import config_digest
+from vlprompt.protocol import describe_run_dir
 from vlprompt.utils import package_versions
 
 RESULTS_FILE = "results.json"
@@ -33,14 +34,6 @@ def _iso(t):
     return datetime.datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
 
 
-def _describe_run(output_dir):
-    try:
-        from vlprompt.protocol import describe_run_dir
-    except ImportError:  # the protocol layer is optional for ported engines
-        return None
-    return describe_run_dir(output_dir)
-
-
 def build_results_record(trainer, metrics, eval_seconds=None, world_size=1):
     """The dict written to ``OUTPUT_DIR/results.json`` after an evaluation on the test split."""
     cfg = trainer.cfg
@@ -49,7 +42,7 @@ def build_results_record(trainer, metrics, eval_seconds=None, world_size=1):
     now = time.time()
     started = info.get("started_at", trainer._time_created)
     trained = hasattr(trainer, "time_start")
-    run = _describe_run(cfg.OUTPUT_DIR) if cfg.OUTPUT_DIR else None
+    run = describe_run_dir(cfg.OUTPUT_DIR) if cfg.OUTPUT_DIR else None
     record = {
         "schema": RESULTS_SCHEMA,
         "trainer": cfg.TRAINER.NAME,
