@@ -38,7 +38,8 @@ def _smooth(b=2, c=3, h=64, w=64, dtype=torch.float64, seed=0):
 
 
 def _reference_loop(img, sigma=0.05, alpha=0.9):
-    """Literal per-sample reading of spec §5.3 (a)-(c), as an oracle for the batched version."""
+    """Literal per-sample reading of steps (a)-(c) of the public APLe code (docs/METHODS.md, APLe;
+    vlprompt/clip/adapters.py), as an oracle for the batched version."""
     outs = []
     for sample in img:  # (C, H, W)
         spec = torch.fft.fft2(sample)

@@ -35,7 +35,7 @@ def images():
 
 
 # ------------------------------------------------------------------------------------------------
-# parameter counts (specs/methods.md §4.2, §6)
+# parameter counts (MuDPT paper, arXiv 2306.11400; the public code's MuDPT / UUMuDPT classes)
 # ------------------------------------------------------------------------------------------------
 
 
@@ -71,7 +71,7 @@ def test_parameter_counts_at_vit_b16_width():
     assert (d["d_text"], d["d_vision"]) == (512, 768)
     cases = [
         # (N, J, injection, unidirectional, published/derived count)
-        (4, 9, "linear", False, 1_227_776),  # specs §4.2 (public MuDPT class)
+        (4, 9, "linear", False, 1_227_776),  # the public code's linear MuDPT class
         (4, 9, "transformer", False, 11_079_168),  # "about 11.08M" (paper / UUMuDPT)
         (2, 9, "transformer", True, 3_557_632),  # UMuDPT, "about 3.56M"
     ]
