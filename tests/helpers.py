@@ -187,3 +187,27 @@ def small_resnet_clip():
             vision_cfg=dict(image_size=224, layers=(1, 1, 1, 1), width=8, head_width=32),
             text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=2, mlp_ratio=2.0),
         ).eval()
+
+
+def method_model(trainer_name, clip_model, classnames, dataset="", **node_overrides):
+    """A method's model as its trainer builds it: ``TRAINER_REGISTRY.get(trainer_name).custom_clip(...)``.
+
+    The config is the default one (``get_cfg_default()`` + ``extend_cfg``) with ``DATASET.NAME =
+    dataset`` and ``cfg.TRAINER[<CFG_NODE>].<KEY> = value`` for every keyword (a key the node does not
+    have raises ``KeyError``, so a typo cannot leave a test running on the defaults). Block argument
+    errors come back as ``ConfigError`` naming ``TRAINER.<CFG_NODE>.<KEY>``.
+    """
+    import trainers  # noqa: F401  (registers the trainers and their config extensions)
+    from vlprompt.config import extend_cfg
+    from vlprompt.engine import TRAINER_REGISTRY
+
+    cls = TRAINER_REGISTRY.get(trainer_name)
+    cfg = get_cfg_default()
+    extend_cfg(cfg)
+    node = cfg.TRAINER[cls.CFG_NODE]
+    for key, value in node_overrides.items():
+        if key not in node:
+            raise KeyError(f"TRAINER.{cls.CFG_NODE} has no key {key!r} (keys: {sorted(node)})")
+        setattr(node, key, value)
+    cfg.DATASET.NAME = dataset
+    return cls.custom_clip(cfg, classnames, clip_model)

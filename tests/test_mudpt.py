@@ -1,6 +1,8 @@
 """MuDPT / UMuDPT (trainers/mudpt.py): parameter counts at ViT-B/16 width, injection directions and
-layers, gradients, precision, configs, end-to-end runs with checkpoint reload onto other classes, and
-the bash scripts (dry runs). Small random backbones on the CPU."""
+layers, gradients into every learned tensor, precision, configs, the official config end to end, the
+checkpoint layout (and what is refused), errors naming the config key, and the bash scripts (dry
+runs). Small random backbones on the CPU. The generic build / one-step update / checkpoint onto
+another class list / kill-and-resume checks are in tests/test_contract.py."""
 import json
 import os
 import os.path as osp
@@ -10,12 +12,12 @@ import pytest
 import torch
 
 import train as train_mod
-from tests.helpers import make_cfg, make_image_folder
+from tests.helpers import make_cfg, make_image_folder, method_model
 from trainers import mudpt as M
-from vlprompt.clip import build_clip_model, convert_clip_to_fp16, model_dims, tokenize
-from vlprompt.config import extend_cfg, get_cfg_default, merge_from_file
+from vlprompt.clip import ArgError, DeepPromptedCLIP, build_clip_model, convert_clip_to_fp16, model_dims, tokenize
+from vlprompt.config import ConfigError, extend_cfg, get_cfg_default, merge_from_file
 from vlprompt.engine import TRAINER_REGISTRY, build_trainer
-from vlprompt.utils import load_checkpoint, restore_stdout
+from vlprompt.utils import load_checkpoint, restore_stdout, save_checkpoint
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CLASSES = ["cat", "dog", "sea_lion"]
@@ -33,7 +35,7 @@ def images():
 
 
 # ------------------------------------------------------------------------------------------------
-# parameter counts (specs/methods.md §4.2, §6)
+# parameter counts (MuDPT paper, arXiv 2306.11400; the public code's MuDPT / UUMuDPT classes)
 # ------------------------------------------------------------------------------------------------
 
 
@@ -69,7 +71,7 @@ def test_parameter_counts_at_vit_b16_width():
     assert (d["d_text"], d["d_vision"]) == (512, 768)
     cases = [
         # (N, J, injection, unidirectional, published/derived count)
-        (4, 9, "linear", False, 1_227_776),  # specs §4.2 (public MuDPT class)
+        (4, 9, "linear", False, 1_227_776),  # the public code's linear MuDPT class
         (4, 9, "transformer", False, 11_079_168),  # "about 11.08M" (paper / UUMuDPT)
         (2, 9, "transformer", True, 3_557_632),  # UMuDPT, "about 3.56M"
     ]
@@ -135,8 +137,8 @@ def run_model(model, images):
     v_ins, h2 = _capture(clip_vis)
     try:
         with torch.no_grad():
-            t = model.encode_text()
-            v = model.encode_image(images)
+            t = model.text_features()
+            v = model.image_features(images)
     finally:
         for h in h1 + h2:
             h.remove()
@@ -147,7 +149,7 @@ def run_model(model, images):
 def test_effective_prompts_at_every_layer(tiny, images, injection):
     torch.manual_seed(1)
     N, J = 2, 4
-    model = M.MuDPTCLIP(tiny, CLASSES, N, J, "a photo of a", injection)
+    model = M.mudpt_clip(tiny, CLASSES, N, J, "a photo of a", injection)
     pl = model.prompt_learner
     _, _, t_ins, v_ins = run_model(model, images)
     with torch.no_grad():
@@ -181,7 +183,7 @@ def _perturbed(model, name, index=None):
 def test_injection_directions_and_layers(tiny, images, injection):
     torch.manual_seed(2)
     N, J = 2, 4
-    model = M.MuDPTCLIP(tiny, CLASSES, N, J, "a photo of a", injection)
+    model = M.mudpt_clip(tiny, CLASSES, N, J, "a photo of a", injection)
     t0, v0, t_ins0, v_ins0 = run_model(model, images)
     state = {k: v.clone() for k, v in model.prompt_learner.state_dict().items()}
 
@@ -229,7 +231,7 @@ def test_injection_directions_and_layers(tiny, images, injection):
 def test_umudpt_has_no_independent_vision_parameters(tiny, images):
     torch.manual_seed(3)
     N, J = 2, 4
-    model = M.MuDPTCLIP(tiny, CLASSES, N, J, "a photo of a", "transformer", unidirectional=True)
+    model = M.mudpt_clip(tiny, CLASSES, N, J, "a photo of a", "transformer", unidirectional=True)
     pl = model.prompt_learner
     names = {n for n, _ in pl.named_parameters()}
     assert {"ctx", "deep_prompts"} <= names
@@ -254,21 +256,38 @@ def test_ctx_init_keeps_only_the_first_n_words(tiny):
         emb = tiny.token_embedding(tokenize("a photo of a"))[0, 1:3]
     torch.testing.assert_close(pl.ctx.detach(), emb)
     assert M.MuDPTPromptLearner(tiny, ["dog"], 4, 3, "a photo of a").prompt_prefix == "a photo of a"
-    with pytest.raises(ValueError, match="N_CTX"):
+    with pytest.raises(ArgError, match='^n_ctx: 5 tokens but the init phrase "a photo of a" has only 4 words'):
         M.MuDPTPromptLearner(tiny, ["dog"], 5, 3, "a photo of a")
+    # through the trainer the same mistake names the config key
+    with pytest.raises(ConfigError, match=r"^TRAINER\.MUDPT\.N_CTX: 5 tokens"):
+        method_model("MuDPT", tiny, ["dog"], N_CTX=5, DEEP_PROMPT_DEPTH=3)
+    with pytest.raises(ConfigError, match=r"^TRAINER\.UMUDPT\.N_CTX: 5 tokens"):
+        method_model("UMuDPT", tiny, ["dog"], N_CTX=5, DEEP_PROMPT_DEPTH=3)
     rnd = M.MuDPTPromptLearner(tiny, ["dog"], 3, 3, "")
     assert rnd.prompt_prefix == "X X X"
 
 
 def test_bad_settings_raise_clear_errors(tiny):
-    with pytest.raises(ValueError, match="INJECTION"):
-        M.MuDPTPromptLearner(tiny, CLASSES, 2, 3, "", "attention")
-    with pytest.raises(ValueError, match="UNIDIRECTIONAL"):
-        M.MuDPTPromptLearner(tiny, CLASSES, 2, 3, "", "linear", unidirectional=True)
-    with pytest.raises(ValueError, match="DEEP_PROMPT_DEPTH"):
-        M.MuDPTPromptLearner(tiny, CLASSES, 2, 13, "")
+    # the blocks name their argument (ArgError) ...
+    for args, kwargs, arg in (((2, 3, "", "attention"), {}, "injection"),
+                              ((2, 3, "", "linear"), dict(unidirectional=True), "unidirectional"),
+                              ((2, 13, ""), {}, "depth"),
+                              ((0, 3, ""), {}, "n_ctx")):
+        with pytest.raises(ArgError, match=f"^{arg}: ") as e:
+            M.MuDPTPromptLearner(tiny, CLASSES, *args, **kwargs)
+        assert e.value.arg == arg
+    # ... and the trainers map it to the config key
+    for name, overrides, match in (
+        ("MuDPT", dict(INJECTION="attention"), r"^TRAINER\.MUDPT\.INJECTION: must be one of \('transformer', 'linear'\)"),
+        ("MuDPT", dict(INJECTION="linear", UNIDIRECTIONAL=True), r"^TRAINER\.MUDPT\.UNIDIRECTIONAL: .*INJECTION transformer"),
+        ("MuDPT", dict(DEEP_PROMPT_DEPTH=13), r"^TRAINER\.MUDPT\.DEEP_PROMPT_DEPTH: .*larger than"),
+        ("MuDPT", dict(N_CTX=0, CTX_INIT=""), r"^TRAINER\.MUDPT\.N_CTX: "),
+        ("UMuDPT", dict(DEEP_PROMPT_DEPTH=13), r"^TRAINER\.UMUDPT\.DEEP_PROMPT_DEPTH: .*larger than"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            method_model(name, tiny, CLASSES, **overrides)
     # depth 1: shallow prompts only, still injected text -> vision at the input
-    m = M.MuDPTCLIP(tiny, CLASSES, 2, 1, "")
+    m = M.mudpt_clip(tiny, CLASSES, 2, 1, "")
     assert m.prompt_learner.deep_prompts is None
     with torch.no_grad():
         assert m(torch.zeros(1, 3, 224, 224)).shape == (1, 3)
@@ -283,9 +302,9 @@ def test_bad_settings_raise_clear_errors(tiny):
 def test_fp16_clip_with_fp32_injection_weights(images, injection):
     ref_clip = build_clip_model("test-vit-tiny")
     torch.manual_seed(4)
-    ref = M.MuDPTCLIP(ref_clip, CLASSES, 2, 4, "a photo of a", injection)
+    ref = M.mudpt_clip(ref_clip, CLASSES, 2, 4, "a photo of a", injection)
     half_clip = convert_clip_to_fp16(build_clip_model("test-vit-tiny"))
-    half = M.MuDPTCLIP(half_clip, CLASSES, 2, 4, "a photo of a", injection)
+    half = M.mudpt_clip(half_clip, CLASSES, 2, 4, "a photo of a", injection)
     half.prompt_learner.load_state_dict(ref.prompt_learner.state_dict())
     assert half.text_encoder.dtype == torch.float16
     with torch.no_grad():
@@ -301,7 +320,7 @@ def test_fp16_clip_with_fp32_injection_weights(images, injection):
 
 def test_bf16_autocast_keeps_fp32_weights_and_logits(tiny, images):
     torch.manual_seed(5)
-    model = M.MuDPTCLIP(tiny, CLASSES, 2, 3, "a photo of a")
+    model = M.mudpt_clip(tiny, CLASSES, 2, 3, "a photo of a")
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(images)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
@@ -357,7 +376,7 @@ def test_config_defaults_and_files():
 
 
 # ------------------------------------------------------------------------------------------------
-# trainer: freezing, gradients, end to end, checkpoint reload
+# trainers: the variant they build, gradients, the official config end to end, checkpoints
 # ------------------------------------------------------------------------------------------------
 
 
@@ -365,7 +384,6 @@ def test_config_defaults_and_files():
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("mudpt_data")
     make_image_folder(str(root / "six"), n_classes=6, n_per_class=6)
-    make_image_folder(str(root / "other"), n_classes=4, n_per_class=4, seed=1, class_prefix="thing")
     return root
 
 
@@ -373,6 +391,32 @@ def _yaml(tmp_path, folder):
     p = tmp_path / f"{folder}.yaml"
     p.write_text(f'DATASET:\n  NAME: "ImageFolder"\n  FOLDER: "{folder}"\n')
     return str(p)
+
+
+def test_trainers_build_their_variant(tiny):
+    small = dict(N_CTX=2, DEEP_PROMPT_DEPTH=3)
+    models = {
+        "MuDPT": method_model("MuDPT", tiny, CLASSES, **small),
+        "MuDPT-linear": method_model("MuDPT", tiny, CLASSES, INJECTION="linear", **small),
+        "MuDPT-uni": method_model("MuDPT", tiny, CLASSES, UNIDIRECTIONAL=True, **small),
+        "UMuDPT": method_model("UMuDPT", tiny, CLASSES, **small),
+    }
+    want = {"MuDPT": ("transformer", False), "MuDPT-linear": ("linear", False), "MuDPT-uni": ("transformer", True),
+            "UMuDPT": ("transformer", True)}
+    for name, model in models.items():
+        pl = model.prompt_learner
+        assert isinstance(model, DeepPromptedCLIP) and isinstance(pl, M.MuDPTPromptLearner), name
+        assert (pl.injection_type, pl.unidirectional) == want[name], name
+        # both towers prompted with (N, J) = (2, 3)
+        assert (model.text_encoder.n_prompts, model.text_encoder.depth) == (2, 3), name
+        assert (model.image_encoder.n_prompts, model.image_encoder.depth) == (2, 3), name
+    assert isinstance(models["MuDPT-linear"].prompt_learner.injection, M.LinearInjection)
+    assert isinstance(models["MuDPT"].prompt_learner.injection, M.TransformerInjection)
+    # UMuDPT is MuDPT with UNIDIRECTIONAL True: the same learned tensors
+    shapes = lambda m: {k: tuple(v.shape) for k, v in m.prompt_learner.state_dict().items()}  # noqa: E731
+    assert shapes(models["UMuDPT"]) == shapes(models["MuDPT-uni"])
+    assert M.MuDPT.MODEL_NAME == "MultimodalDeepPromptTuning"  # the official checkpoint folders
+    assert M.UMuDPT.MODEL_NAME == "UnifiedMultimodalDeepPromptTuning"
 
 
 @pytest.mark.parametrize("trainer,opts", [
@@ -396,9 +440,12 @@ def test_gradients_reach_all_learned_parameters_and_nothing_else(data_root, tmp_
     assert {id(p) for g in tr.optim.param_groups for p in g["params"]} == learned
     tr.set_model_mode("train")
     assert learner.training and not tr.model.text_encoder.transformer.training
-    tr.batch_idx, tr.num_batches = 0, 100
+    tr.epoch, tr.batch_idx, tr.num_batches = 0, 0, 100
     batch = next(iter(tr.train_loader_x))
-    tr.forward_backward(batch)
+    summary = tr.forward_backward(batch)
+    # the official MuDPT trainer logs the training accuracy, the UMuDPT one only the loss
+    assert set(summary) == ({"loss", "acc"} if trainer == "MuDPT" else {"loss"})
+    # every prompt and every injection weight (both directions) receives a gradient
     for name, p in learner.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     for name, p in tr.model.named_parameters():
@@ -413,95 +460,85 @@ def run_cli(argv):
         restore_stdout()
 
 
-def run_main(argv):
-    try:
-        return train_mod.main(train_mod.build_parser().parse_args(argv))
-    finally:
-        restore_stdout()
-
-
 TINY_OPTS = ["MODEL.BACKBONE.NAME", "test-vit-tiny", "USE_CUDA", "False", "DATALOADER.NUM_WORKERS", "0",
              "DATALOADER.TEST.BATCH_SIZE", "16", "OPTIM.MAX_EPOCH", "1", "TRAIN.PRINT_FREQ", "1",
              "OPTIM.LR", "0.05"]
 
 
-def test_base_to_new_end_to_end_with_official_config(data_root, tmp_path):
-    """Train on base classes with the real B2N config (tiny backbone), reload onto the new classes."""
+def test_base_classes_end_to_end_with_official_config(data_root, tmp_path):
+    """Train on the base classes with the real B2N config (tiny backbone): the official layout of
+    the learned state, its size, and the log's accuracy."""
     cfg_file = osp.join(ROOT, "configs", "trainers", "MuDPT", "vit_b16_bz4_ep10_nctx4_depth9.yaml")
-    ds = _yaml(tmp_path, "six")
     train_dir = tmp_path / "train_base"
-    common = ["--root", str(data_root), "--seed", "1", "--trainer", "MuDPT", "--dataset-config-file", ds,
-              "--config-file", cfg_file]
-    rc = run_cli(common + ["--output-dir", str(train_dir), "DATASET.NUM_SHOTS", "2",
-                           "DATASET.SUBSAMPLE_CLASSES", "base"] + TINY_OPTS)
+    rc = run_cli(["--root", str(data_root), "--seed", "1", "--trainer", "MuDPT", "--dataset-config-file",
+                  _yaml(tmp_path, "six"), "--config-file", cfg_file, "--output-dir", str(train_dir),
+                  "DATASET.NUM_SHOTS", "2", "DATASET.SUBSAMPLE_CLASSES", "base"] + TINY_OPTS)
     assert rc == 0
-    ckpt_path = train_dir / "MultimodalDeepPromptTuning" / "model.pth.tar-1"
-    ckpt = load_checkpoint(str(ckpt_path))
+    ckpt = load_checkpoint(str(train_dir / "MultimodalDeepPromptTuning" / "model.pth.tar-1"))
     keys = set(ckpt["state_dict"])
     assert {"ctx", "deep_prompts", "visual_ctx", "visual_ctx_deep_prompts"} <= keys
     assert all(k.split(".")[0] in ("ctx", "deep_prompts", "visual_ctx", "visual_ctx_deep_prompts", "injection")
                for k in keys)  # learned state only: no CLIP weights, no class buffers
+    assert any(k.startswith("injection.tv.") for k in keys) and any(k.startswith("injection.vt.") for k in keys)
     assert ckpt["state_dict"]["deep_prompts"].shape[:2] == (8, 4)
     res = json.loads((train_dir / "results.json").read_text())
     assert res["trainer"] == "MuDPT" and res["num_classes"] == 3
     d = model_dims(build_clip_model("test-vit-tiny"))
-    assert res["extra"]["trainable_params"] == expected_params(d["d_text"], d["d_vision"], 4, 9, "transformer")
+    n = expected_params(d["d_text"], d["d_vision"], 4, 9, "transformer")
+    assert res["extra"]["trainable_params"] == n == sum(v.numel() for v in ckpt["state_dict"].values())
     log = (train_dir / "log.txt").read_text()
+    assert "MuDPT: injection=transformer, N_CTX=4, DEEP_PROMPT_DEPTH=9" in log
     assert "epoch [1/1] batch [1/" in log and "acc" in log and "* accuracy:" in log
 
-    test_dir = tmp_path / "test_new"
-    tr = run_main(common + ["--output-dir", str(test_dir), "--model-dir", str(train_dir), "--load-epoch", "1",
-                            "--eval-only", "DATASET.NUM_SHOTS", "2", "DATASET.SUBSAMPLE_CLASSES", "new"] + TINY_OPTS)
-    pl = tr.model.prompt_learner
-    assert pl.classnames == ["class 3", "class 4", "class 5"]
-    for k, v in ckpt["state_dict"].items():
-        torch.testing.assert_close(pl.state_dict()[k], v, rtol=0, atol=0)
-    log = (test_dir / "log.txt").read_text()
-    assert 'Loading weights to MultimodalDeepPromptTuning from "' in log
-    res = json.loads((test_dir / "results.json").read_text())
-    assert res["subsample"] == "new" and res["num_classes"] == 3 and res["phase"] == "eval"
+
+def _trainer(data_root, out, name, opts=()):
+    node = "MUDPT" if name == "MuDPT" else "UMUDPT"
+    cfg = make_cfg(data_root, trainer=name, folder="six", output_dir=out,
+                   opts=[f"TRAINER.{node}.N_CTX", 2, f"TRAINER.{node}.DEEP_PROMPT_DEPTH", 3, *opts])
+    try:
+        return build_trainer(cfg)
+    finally:
+        restore_stdout()
 
 
-@pytest.mark.parametrize("trainer,cfg_rel,opts,model_name", [
-    ("MuDPT", "MuDPT/vit_b16_bz4_ep10_nctx4_depth9_linear.yaml",
-     ["TRAINER.MUDPT.DEEP_PROMPT_DEPTH", "3"], "MultimodalDeepPromptTuning"),
-    ("UMuDPT", "UMuDPT/vit_b16_bz4_ep5_nctx2_depth9.yaml", [], "UnifiedMultimodalDeepPromptTuning"),
-])
-def test_train_then_evaluate_on_another_dataset(data_root, tmp_path, trainer, cfg_rel, opts, model_name):
-    """Cross-dataset style: a model trained on one class list evaluates on another (4 other classes)."""
-    cfg_file = osp.join(ROOT, "configs", "trainers", cfg_rel)
-    src = tmp_path / "src"
-    common = ["--root", str(data_root), "--seed", "1", "--trainer", trainer, "--config-file", cfg_file]
-    rc = run_cli(common + ["--dataset-config-file", _yaml(tmp_path, "six"), "--output-dir", str(src),
-                           "DATASET.NUM_SHOTS", "1"] + TINY_OPTS + opts)
-    assert rc == 0
-    assert (src / model_name / "model.pth.tar-1").is_file()
-    tr = run_main(common + ["--dataset-config-file", _yaml(tmp_path, "other"), "--output-dir", str(tmp_path / "tgt"),
-                            "--model-dir", str(src), "--load-epoch", "1", "--eval-only"] + TINY_OPTS + opts)
-    assert tr.model.prompt_learner.n_cls == 4
-    assert tr.model.prompt_learner.token_suffix.shape[0] == 4
-    res = json.loads((tmp_path / "tgt" / "results.json").read_text())
-    assert res["num_classes"] == 4 and res["trainer"] == trainer
-    # a model of the other variant does not load silently
-    if trainer == "UMuDPT":
-        bad = osp.join(ROOT, "configs", "trainers", "MuDPT", "vit_b16_bz4_ep10_nctx4_depth9.yaml")
-        os.makedirs(tmp_path / "fake" / "MultimodalDeepPromptTuning")
-        os.symlink(src / model_name / "model.pth.tar-1", tmp_path / "fake" / "MultimodalDeepPromptTuning" / "model.pth.tar-1")
-        with pytest.raises(RuntimeError, match="missing"):
-            run_main(["--root", str(data_root), "--seed", "1", "--trainer", "MuDPT", "--config-file", bad,
-                      "--dataset-config-file", _yaml(tmp_path, "other"), "--output-dir", str(tmp_path / "bad"),
-                      "--model-dir", str(tmp_path / "fake"), "--load-epoch", "1", "--eval-only",
-                      "TRAINER.MUDPT.N_CTX", "2"] + TINY_OPTS)
+def test_checkpoints_of_another_variant_or_the_official_layout_are_refused(data_root, tmp_path):
+    umudpt = _trainer(data_root, tmp_path / "u", "UMuDPT")
+    umudpt.save_model(0, str(tmp_path / "u"))
+    mudpt = _trainer(data_root, tmp_path / "m", "MuDPT")
+    # a UMuDPT model (no vision prompts, one-directional injection) does not load silently into MuDPT
+    folder = tmp_path / "fake" / "MultimodalDeepPromptTuning"
+    os.makedirs(folder)
+    os.symlink(tmp_path / "u" / "UnifiedMultimodalDeepPromptTuning" / "model.pth.tar-1", folder / "model.pth.tar-1")
+    with pytest.raises(RuntimeError, match=r"missing from the checkpoint: .*'visual_ctx'"):
+        mudpt.load_model(str(tmp_path / "fake"), epoch=1)
+    # the official repository's whole-model layout changed between its commits: refused with a reason
+    sd = {k: v.clone() for k, v in mudpt.model.prompt_learner.state_dict().items()}
+    official = {f"mudpt_prompt_learner.{k}": v for k, v in sd.items() if not k.startswith("visual")}
+    official["image_encoder.transformer.resblocks.1.visual_ctx"] = sd["visual_ctx"]
+    save_checkpoint({"state_dict": official, "epoch": 3}, str(tmp_path / "official" / "MultimodalDeepPromptTuning"))
+    with pytest.raises(RuntimeError, match="layout of the official MuDPT repository"):
+        mudpt.load_model(str(tmp_path / "official"), epoch=3)
+    # a whole-model checkpoint with "prompt_learner." keys (next to frozen CLIP weights) loads
+    whole = {f"prompt_learner.{k}": v + 1 for k, v in sd.items()}
+    whole["image_encoder.conv1.weight"] = torch.zeros(1)
+    save_checkpoint({"state_dict": whole, "epoch": 2}, str(tmp_path / "whole" / "MultimodalDeepPromptTuning"))
+    mudpt.load_model(str(tmp_path / "whole"), epoch=2)
+    for k, v in mudpt.model.prompt_learner.state_dict().items():
+        torch.testing.assert_close(v, sd[k] + 1, rtol=0, atol=0)
 
 
-def test_trainers_registered_and_bad_injection_refused(data_root, tmp_path):
+def test_trainers_registered_and_bad_settings_refused(data_root, tmp_path):
     assert TRAINER_REGISTRY.get("MuDPT") is M.MuDPT
     assert TRAINER_REGISTRY.get("UMuDPT") is M.UMuDPT
-    for opts, match in [(["TRAINER.MUDPT.INJECTION", "mlp"], "INJECTION"),
-                        (["TRAINER.MUDPT.INJECTION", "linear", "TRAINER.MUDPT.UNIDIRECTIONAL", "True"], "UNIDIRECTIONAL"),
-                        (["TRAINER.MUDPT.PREC", "fp8"], "PREC")]:
-        cfg = make_cfg(data_root, trainer="MuDPT", folder="six", output_dir=tmp_path, opts=opts)
-        with pytest.raises(ValueError, match=match):
+    for trainer, opts, match in [
+        ("MuDPT", ["TRAINER.MUDPT.INJECTION", "mlp"], r"TRAINER\.MUDPT\.INJECTION: must be one of"),
+        ("MuDPT", ["TRAINER.MUDPT.INJECTION", "linear", "TRAINER.MUDPT.UNIDIRECTIONAL", "True"],
+         r"TRAINER\.MUDPT\.UNIDIRECTIONAL: "),
+        ("MuDPT", ["TRAINER.MUDPT.PREC", "fp8"], r"TRAINER\.MUDPT\.PREC must be one of"),
+        ("UMuDPT", ["TRAINER.UMUDPT.DEEP_PROMPT_DEPTH", "20"], r"TRAINER\.UMUDPT\.DEEP_PROMPT_DEPTH: "),
+    ]:
+        cfg = make_cfg(data_root, trainer=trainer, folder="six", output_dir=tmp_path, opts=opts)
+        with pytest.raises(ConfigError, match=match):
             try:
                 build_trainer(cfg)
             finally:
