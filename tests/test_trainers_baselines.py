@@ -286,8 +286,6 @@ def test_bad_inputs_raise_errors_naming_the_config_key(tiny, images):
             assert model.eval()(images[:1]).shape == (1, 3)
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError, reason="vlprompt.clip.blocks.prompt_geometry reads "
-                   "model_dims()['vision_layers'], which a ResNet image tower does not have, even for depth 0")
 def test_ivlp_language_only_runs_on_a_resnet_image_tower(images):
     # deep language prompting prompts no image layer, so (as before the method kit) any image tower works
     model = method_model("IVLP", small_resnet_clip(), CLASSES, PROMPT_DEPTH_TEXT=2, N_CTX_VISION=0,

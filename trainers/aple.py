@@ -102,7 +102,7 @@ def stage_epochs(order, max_epoch, counts=()):
     if counts:
         counts = [int(c) for c in counts]
         if len(counts) != len(order) or any(c < 0 for c in counts) or sum(counts) != max_epoch:
-            raise ValueError(
+            raise ConfigError(
                 f"TRAINER.APLE.STAGE_EPOCHS={tuple(counts)} must give one non-negative epoch count per stage of "
                 f"STAGE_ORDER={tuple(order)}, summing to OPTIM.MAX_EPOCH={max_epoch}"
             )
@@ -110,7 +110,7 @@ def stage_epochs(order, max_epoch, counts=()):
         base, extra = divmod(max_epoch, len(order))
         counts = [base + (1 if i < extra else 0) for i in range(len(order))]
         if 0 in counts:
-            raise ValueError(
+            raise ConfigError(
                 f"OPTIM.MAX_EPOCH={max_epoch} is too short for one epoch per stage of {tuple(order)} with "
                 "STAGE_SCHEDULE epoch; set TRAINER.APLE.STAGE_EPOCHS explicitly or train longer"
             )

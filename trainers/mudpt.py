@@ -370,6 +370,7 @@ class UMuDPT(MuDPT):
 
     CFG_NODE = "UMUDPT"
     CFG_DEFAULTS = {"N_CTX": 2, "CTX_INIT": "a photo of a", "DEEP_PROMPT_DEPTH": 9, "PREC": "fp32"}
+    CFG_ARGS = {"n_ctx": "N_CTX", "depth": "DEEP_PROMPT_DEPTH", "ctx_init": "CTX_INIT"}
     MODEL_NAME = "UnifiedMultimodalDeepPromptTuning"
     LOG_ACC = False  # the official UMuDPT trainer logs only the loss
 

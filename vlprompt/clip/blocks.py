@@ -48,7 +48,7 @@ def prompt_geometry(clip_model, n_ctx, depth, towers=("text", "vision"), allow_z
     dims = model_dims(clip_model)
     if "vision" in towers and int(depth) > 0:
         require_vit(clip_model)
-    layers = min(dims["text_layers" if t == "text" else "vision_layers"] for t in towers)
+    layers = min(dims.get("text_layers" if t == "text" else "vision_layers", 0) for t in towers)
     n = int(n_ctx)
     if int(depth) > 0 and n < 1:
         raise ArgError(n_arg, f"the number of prompt tokens must be >= 1, got {n}")
