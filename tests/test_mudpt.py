@@ -602,9 +602,9 @@ def test_scripts(scratch_root):
     done = scratch_root / "output" / "few_shot" / "dtd" / "MuDPT" / cfg / "shots_4" / "seed3"
     done.mkdir(parents=True)
     (done / "results.json").write_text("{}")
-    rc, out, _ = _script(scratch_root, "few_shot.sh", "/DATA", "dtd", "3")
+    rc, out, err = _script(scratch_root, "few_shot.sh", "/DATA", "dtd", "3")
     runs = [ln for ln in out.splitlines() if " train.py " in ln]
-    assert rc == 0 and len(runs) == 4 and "Results exist at" in out
+    assert rc == 0 and len(runs) == 4 and "Results exist at" in out + err
     for k, line in zip((1, 2, 8, 16), runs):
         assert f"--output-dir output/few_shot/dtd/MuDPT/{cfg}/shots_{k}/seed3 DATASET.NUM_SHOTS {k}" in line
         assert f"configs/trainers/MuDPT/{cfg}.yaml" in line
