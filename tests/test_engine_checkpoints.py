@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import train as train_mod
+import trainers  # noqa: F401  (registers the trainers)
 from tests.helpers import make_image_folder
 from vlprompt.engine import LAST_CHECKPOINT, TRAINER_REGISTRY
 from vlprompt.utils import load_checkpoint, restore_stdout
@@ -134,3 +135,30 @@ def test_overwrite_trains_again_from_scratch(data_root, uninterrupted, tmp_path,
     assert not torch.equal(ctx(out), old)
     record = json.load(open(out / "results.json"))
     assert record["config"]["OPTIM"]["LR"] == 0.5 and record["epochs"] == 3
+
+
+def test_lr_schedule_per_iteration(data_root, tmp_path):
+    """LR_SCHEDULE_UNIT "iteration": the schedulers step after every iteration (and not again at the
+    epoch end); the default steps once per epoch."""
+    from tests.helpers import make_cfg
+    from vlprompt.engine import build_trainer
+
+    cls = TRAINER_REGISTRY.get("CoOp")
+
+    class CoOpPerIteration(cls):
+        LR_SCHEDULE_UNIT = "iteration"
+
+    for klass, expected in ((cls, 2), (CoOpPerIteration, None)):
+        cfg = make_cfg(data_root, trainer="CoOp", folder="five", output_dir=str(tmp_path / klass.__name__),
+                       opts=["TRAINER.COOP.PREC", "fp32", "TRAINER.COOP.N_CTX", "4", "OPTIM.MAX_EPOCH", "2",
+                             "TEST.NO_TEST", "True", "OPTIM.WARMUP_EPOCH", "0"])
+        cfg.freeze()
+        try:
+            t = klass(cfg)
+            t.train()
+        finally:
+            restore_stdout()
+        sched = t._optimizers["prompt_learner"][1]
+        if expected is None:
+            expected = 2 * len(t.train_loader_x)
+        assert sched.last_epoch == expected, (klass.__name__, sched.last_epoch)

@@ -50,6 +50,11 @@ def dist_info():
 class TrainerBase:
     """Model and optimiser bookkeeping, the optimisation step, hooks, checkpoints and the epoch loop."""
 
+    #: when the engine steps the LR schedulers: once at the end of every epoch (Dassl, every CoOp-family
+    #: method) or after every training iteration ("iteration": schedules counted in iterations, e.g.
+    #: CLIP-LoRA's cosine over 500 x shots iterations)
+    LR_SCHEDULE_UNIT = "epoch"
+
     def __init__(self):
         self._models = OrderedDict()
         self._optims = OrderedDict()
@@ -281,7 +286,7 @@ class TrainerBase:
             self.before_epoch()
             self._call_hooks("before_epoch")
             self.run_epoch()
-            if getattr(self, "_lr_stepped_epoch", None) != self.epoch:
+            if self.LR_SCHEDULE_UNIT == "epoch" and getattr(self, "_lr_stepped_epoch", None) != self.epoch:
                 self.update_lr()
             self._call_hooks("after_epoch")
             self.after_epoch()
@@ -557,6 +562,8 @@ class TrainerX(SimpleTrainer):
             losses.update(loss_summary)
 
             self._log_iteration(losses, batch_time, data_time)
+            if self.LR_SCHEDULE_UNIT == "iteration":
+                self.update_lr()
             end = time.time()
 
     def parse_batch_train(self, batch):
@@ -612,6 +619,8 @@ class TrainerXU(SimpleTrainer):
             batch_time.update(time.time() - end)
             losses.update(loss_summary)
             self._log_iteration(losses, batch_time, data_time)
+            if self.LR_SCHEDULE_UNIT == "iteration":
+                self.update_lr()
             end = time.time()
 
     def parse_batch_train(self, batch_x, batch_u):
