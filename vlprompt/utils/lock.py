@@ -72,12 +72,14 @@ class OutputDirLock:
         self._fd = None
         self.created_dir = False
         self.took_over = None
+        self.takeover_message = ""
 
     @property
     def held(self):
         return self._fd is not None
 
-    def acquire(self):
+    def acquire(self, quiet=False):
+        """Take the lock; ``quiet=True`` leaves printing :attr:`takeover_message` to the caller."""
         if self._fd is not None:
             return self
         if fcntl is None:  # pragma: no cover
@@ -104,8 +106,11 @@ class OutputDirLock:
         owner = _read_owner(fd)
         if owner.get("pid") is not None and owner.get("pid") != os.getpid():
             self.took_over = owner
-            print(f"Taking over the stale lock {self.path} of process {owner.get('pid')} on host "
-                  f"{owner.get('host')} (since {owner.get('since')}), which is no longer running")
+            self.takeover_message = (
+                f"Taking over the stale lock {self.path} of process {owner.get('pid')} on host "
+                f"{owner.get('host')} (since {owner.get('since')}), which is no longer running")
+            if not quiet:
+                print(self.takeover_message)
         record = {"pid": os.getpid(), "host": socket.gethostname(),
                   "since": time.strftime("%Y-%m-%d %H:%M:%S"), "command": self.command}
         os.ftruncate(fd, 0)
