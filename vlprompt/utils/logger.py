@@ -73,14 +73,15 @@ class Logger:
         if self._pending is not None:
             self._pending.append(msg)
             return
+        # the file first: a line seen on the console is already in log.txt
+        if self.file is not None and not self.file.closed:
+            self.file.write(msg)
         self.console.write(msg)
         if "\n" in msg:  # a piped stdout is block-buffered: push complete lines through
             try:
                 self.console.flush()
             except (OSError, ValueError):
                 pass
-        if self.file is not None and not self.file.closed:
-            self.file.write(msg)
 
     def flush(self):
         if self._pending is not None:

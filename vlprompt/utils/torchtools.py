@@ -90,20 +90,25 @@ def load_checkpoint(fpath, weights_only=True):
         checkpoint = torch.load(fpath, map_location=map_location, weights_only=True)
     except Exception as e:
         text = str(e)
-        if "Unsupported global" in text or "Weights only load failed" in text:
+        if "WeightsUnpickler error: Unsupported global" in text or (
+                "Unsupported global" in text and "Weights only load failed" in text):
             raise CheckpointError(
                 fpath,
                 f'Checkpoint "{fpath}" contains pickled Python objects (a legacy Dassl checkpoint pickles its '
                 "warmup scheduler), which vlprompt never loads because unpickling can run arbitrary code. "
                 "Re-save its state dicts as plain tensors in the environment that wrote it, or retrain.",
             ) from None
+        if "WeightsUnpickler error:" in text:  # not a pickle of plain data: damaged bytes
+            text = text.split("WeightsUnpickler error:", 1)[1]
         first = text.strip().splitlines()[0] if text.strip() else ""
         first = first.split(". ")[0][:200]
+        if "weights_only" in first:  # torch's advice to unpickle is never passed on
+            first = ""
         raise CheckpointError(
             fpath,
             f'Checkpoint "{fpath}" ({size:,} bytes) is truncated or corrupt and cannot be read '
             f"({type(e).__name__}{': ' + first if first else ''}). " + _WHAT_TO_DO,
-        ) from e
+        ) from (None if "weights_only" in str(e) else e)
     if not isinstance(checkpoint, dict):
         raise CheckpointError(fpath, f'Checkpoint "{fpath}" holds a {type(checkpoint).__name__}, not a dict of '
                                      "state dicts. " + _WHAT_TO_DO)
