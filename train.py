@@ -20,7 +20,9 @@ import argparse
 import json
 import os
 import os.path as osp
+import signal
 import sys
+import threading
 import time
 
 import torch
@@ -352,6 +354,14 @@ def _error_message(e):
     return msg.strip()
 
 
+class Terminated(BaseException):
+    """SIGTERM, turned into an exception so that the run unwinds (lock released, log closed)."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def _debug_requested(argv):
     return "--debug" in argv or os.environ.get("VLPROMPT_DEBUG", "") not in ("", "0")
 
@@ -385,5 +395,33 @@ def cli(argv=None):
     return 0
 
 
+def entry_point(argv=None):
+    """``python train.py``: :func:`cli`, plus one line (no traceback) when interrupted.
+
+    Ctrl-C (SIGINT) exits 130 and SIGTERM exits 143, after the run unwinds (the output-folder lock is
+    released, the log is closed; the last checkpoint stays for the resume). In-process callers of
+    :func:`cli` get the ``KeyboardInterrupt`` itself.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return cli(argv)
+    except (KeyboardInterrupt, Terminated) as e:
+        if _debug_requested(argv):
+            raise
+        name, code = ("SIGTERM", 143) if isinstance(e, Terminated) else ("Ctrl-C / SIGINT", 130)
+        out = "the output folder"
+        if "--output-dir" in argv[:-1]:
+            out = argv[argv.index("--output-dir") + 1]
+        line = (f"Interrupted ({name}). The checkpoints and log in {out} are kept: run the same command "
+                "again to resume.")
+        logger = sys.stdout if isinstance(sys.stdout, Logger) else None
+        if logger is not None and logger.file is not None and not logger.file.closed:
+            logger.file.write(line + "\n")
+        print(line, file=sys.stderr)
+        return code
+
+
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(entry_point())

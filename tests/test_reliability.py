@@ -47,7 +47,7 @@ if delay:
         return fb(self, batch)
     cls.forward_backward = forward_backward
 import train
-sys.exit(train.cli(sys.argv[1:]))
+sys.exit(train.entry_point(sys.argv[1:]))
 """
 
 
@@ -197,6 +197,21 @@ def test_log_of_a_killed_run_ends_at_its_last_line(tmp_path, data_root, dataset_
         kill9(proc)
     log = (out / "log.txt").read_text()
     assert "** Config **" in log and "epoch [1/3] batch [2/3]" in log
+
+
+@pytest.mark.parametrize("sig,rc,name", [(signal.SIGINT, 130, "Ctrl-C / SIGINT"), (signal.SIGTERM, 143, "SIGTERM")])
+def test_interrupted_run_says_one_line_and_unwinds(tmp_path, data_root, dataset_yaml, method_yaml, sig, rc, name):
+    out = tmp_path / "run"
+    proc = spawn(args_for(data_root, dataset_yaml, method_yaml, out, "TRAIN.CHECKPOINT_FREQ", "1"), delay=0.3)
+    read_until(proc, "epoch [2/3] batch [1/3]")
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == rc, err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert err.startswith(f"Interrupted ({name}). The checkpoints and log in {out} are kept")
+    assert not (out / ".vlprompt.lock").exists()  # the run unwound: the lock was released
+    assert (out / "log.txt").read_text().rstrip().endswith("again to resume.")
+    assert (out / "head" / "checkpoint").read_text().strip() == "model.pth.tar-1"
 
 
 # ------------------------------------------------------------------------------------------------
