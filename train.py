@@ -141,6 +141,9 @@ class RunError(RuntimeError):
     """A problem with the requested run that the user must resolve (printed without a traceback)."""
 
 
+# How long train.py holds its output back while it validates the inputs (see main()).
+LOG_PATIENCE_S = 10.0
+
 # Keys that do not change what a run computes (config_digest leaves them out too).
 _DIGEST_FREE_KEYS = {"OUTPUT_DIR", "RESUME", "DATASET.ROOT", "SEED", "VERBOSE"}
 
@@ -275,8 +278,9 @@ def main(args):
         check_output_dir(cfg, args)  # with the lock held, so no run can finish in between
         if lock is not None:
             clean_stale_tmp(cfg.OUTPUT_DIR)
-            # hold the argument/config dump (console and log.txt) until the inputs are validated
-            setup_logger(cfg.OUTPUT_DIR, defer=True)
+            # hold the argument/config dump (console and log.txt) until the inputs are validated, or for
+            # at most LOG_PATIENCE_S seconds (a large dataset's split takes a while to check)
+            setup_logger(cfg.OUTPUT_DIR, defer=True, patience=LOG_PATIENCE_S)
             if lock.took_over:
                 print(lock.takeover_message)
         else:

@@ -277,11 +277,11 @@ def main(argv=None):
         "no_empty_log": count(lambda r: not r["empty_logs"]),
         "runner_SIGINT_SIGTERM_no_orphans": count(lambda r: r["orphans"] == 0, graceful),
         "runner_SIGINT_SIGTERM_no_orphans_piped": count(lambda r: r["orphans"] == 0, lambda r: graceful(r) and r["piped"]),
-        "runner_SIGKILL_orphans_kept_out_by_lock": count(
-            lambda r: r["lock_refusals"] > 0 or r["orphans"] == 0,
-            lambda r: r["target"] == "runner" and r["signal"] == "SIGKILL" and r["killed"]),
+        "runner_SIGKILL_left_orphans": count(
+            lambda r: r["orphans"] > 0, lambda r: r["target"] == "runner" and r["signal"] == "SIGKILL" and r["killed"]),
+        "resumed_job_refused_by_lock_(orphan_alive)": sum(r["lock_refusals"] for r in records),
     }
-    print("\nsummary (held / tried):")
+    print("\nsummary (held / tried, or a count):")
     for k, v in summary.items():
         print(f"  {k:42s} {v}")
     if args.json:

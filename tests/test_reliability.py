@@ -186,6 +186,39 @@ def test_logger_writes_each_line_through(tmp_path):
     log.close()
 
 
+def test_deferred_log_commit_discard_and_patience(tmp_path):
+    import io
+
+    console = io.StringIO()
+    held = Logger(str(tmp_path / "a" / "log.txt"), console=console, defer=True)
+    held.write("args dump\n")
+    assert console.getvalue() == "" and not (tmp_path / "a").exists()
+    held.discard()  # a refused run: nothing shown, nothing written
+    held.write("after\n")
+    assert console.getvalue() == "after\n" and not (tmp_path / "a").exists()
+
+    console = io.StringIO()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "log.txt").write_text("old run\n")
+    held = Logger(str(tmp_path / "b" / "log.txt"), console=console, defer=True)
+    held.write("args dump\n")
+    path = held.commit()
+    assert path.startswith(str(tmp_path / "b" / "log.txt-")) and open(path).read() == "args dump\n"
+    assert console.getvalue() == "args dump\n"
+    held.close()
+
+    console = io.StringIO()
+    slow = Logger(str(tmp_path / "c" / "log.txt"), console=console, defer=True, patience=0.05)
+    slow.write("reading a large split\n")
+    timer = slow._timer
+    timer.join(30)  # the patience ran out: the log starts by itself
+    assert not slow.deferred and (tmp_path / "c" / "log.txt").read_text() == "reading a large split\n"
+    slow.discard()  # too late to drop: the log stays
+    slow.write("more\n")
+    assert (tmp_path / "c" / "log.txt").read_text() == "reading a large split\nmore\n"
+    slow.close()
+
+
 def test_log_of_a_killed_run_ends_at_its_last_line(tmp_path, data_root, dataset_yaml, method_yaml):
     out = tmp_path / "run"
     proc = spawn(args_for(data_root, dataset_yaml, method_yaml, out), delay=0.3)
