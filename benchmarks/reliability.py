@@ -81,6 +81,21 @@ def find_procs(out, needle):
     return sorted(pids)
 
 
+def group_members(pgid):
+    """pids of the live processes of process group ``pgid``."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z" and int(fields[2]) == pgid:
+                pids.append(int(d))
+    return pids
+
+
 def jobs_of(out):
     return find_procs(out, "train.py")
 
@@ -159,8 +174,14 @@ def trial(args, i, kind, rng, ref, duration, work):
         victim = runner[0] if runner else proc.pid
         if sig == signal.SIGKILL:
             os.kill(victim, sig)
-        else:
-            os.killpg(os.getpgid(proc.pid), sig)  # Ctrl-C / hang-up reach the whole foreground group
+        else:  # Ctrl-C / hang-up reach the pipeline's processes (runner and cat), not the shell above them
+            pgid = os.getpgid(proc.pid)
+            for pid in group_members(pgid):
+                if pid != proc.pid or not piped:
+                    try:
+                        os.kill(pid, sig)
+                    except ProcessLookupError:
+                        pass
     else:
         deadline = time.time() + 60
         while time.time() < deadline and proc.poll() is None:
@@ -178,7 +199,7 @@ def trial(args, i, kind, rng, ref, duration, work):
         rc = proc.wait(timeout=30 if target == "runner" else 600)
     except subprocess.TimeoutExpired:
         rc = None
-    rec["runner_rc"] = rc
+    rec["runner_rc"] = rc  # piped: the pipeline's status (bash with pipefail)
     rec["runner_exited"] = rc is not None
     if rc is None:  # the runner ignored the signal: stop it for good (and record that)
         os.killpg(os.getpgid(proc.pid), signal.SIGKILL)
@@ -229,6 +250,8 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="work folder (default: a temporary folder, removed at the end)")
     p.add_argument("--keep", action="store_true", help="keep every trial's output tree")
     p.add_argument("--json", default=None, help="also write the report here")
+    p.add_argument("--kinds", nargs="+", default=None, metavar="SIGNAL:TARGET:piped|file",
+                   help="only these kill kinds, e.g. SIGINT:runner:piped SIGTERM:runner:piped")
     args = p.parse_args(argv)
     work = args.out or tempfile.mkdtemp(prefix="vlprompt_reliability_")
     os.makedirs(work, exist_ok=True)
@@ -248,6 +271,11 @@ def main(argv=None):
           f"[2, {0.9 * duration:.0f}] s")
 
     kinds = list(itertools.product(["SIGKILL", "SIGINT", "SIGTERM"], ["runner", "job"], [False, True]))
+    if args.kinds:
+        wanted = {tuple(k.split(":")) for k in args.kinds}
+        kinds = [k for k in kinds if (k[0], k[1], "piped" if k[2] else "file") in wanted]
+        if not kinds:
+            p.error(f"no kill kind matches {args.kinds}")
     rng.shuffle(kinds)
     records = []
     for i in range(args.trials):
