@@ -49,11 +49,6 @@ class _DuplicateKeyError(yaml.YAMLError):
         self.line = line
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key repeated in one mapping (PyYAML keeps the last one
-    silently, which drops the whole earlier block)."""
-
-
 def _construct_mapping_no_duplicates(loader, node, deep=False):
     loader.flatten_mapping(node)
     seen = {}
@@ -64,7 +59,8 @@ def _construct_mapping_no_duplicates(loader, node, deep=False):
         except TypeError:
             continue  # the base constructor reports unhashable keys
         if key in seen:
-            path = ".".join(str(k) for k in getattr(node, "_vlprompt_path", ())) + ("." if getattr(node, "_vlprompt_path", ()) else "")
+            parents = getattr(node, "_vlprompt_path", ())
+            path = "".join(f"{k}." for k in parents)
             raise _DuplicateKeyError(f"{path}{key}", (seen[key] + 1, key_node.start_mark.line + 1))
         seen[key] = key_node.start_mark.line
     return loader.construct_mapping(node, deep=deep)
@@ -82,13 +78,16 @@ def _annotate_paths(node, path=()):
             _annotate_paths(child, path)
 
 
-class _AnnotatingLoader(_StrictLoader):
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key repeated in one mapping (PyYAML keeps the last one
+    silently, which drops the whole earlier block)."""
+
     def construct_document(self, node):
         _annotate_paths(node)
         return super().construct_document(node)
 
 
-_AnnotatingLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping_no_duplicates)
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping_no_duplicates)
 
 
 def load_yaml(path):
@@ -96,7 +95,7 @@ def load_yaml(path):
     :class:`ConfigError` naming the file, the key and the lines."""
     with open(path, "r") as f:
         try:
-            return yaml.load(f, Loader=_AnnotatingLoader)
+            return yaml.load(f, Loader=_StrictLoader)
         except _DuplicateKeyError as e:
             first, second = e.line
             raise ConfigError(
