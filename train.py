@@ -336,8 +336,8 @@ def _user_error_code(e):
 
     if isinstance(e, (RunError, ConfigError, MissingWeightsError, UserError)):
         return 2
-    if isinstance(e, FileNotFoundError):  # a path given by the user (dataset file, split, model dir)
-        return 2
+    if isinstance(e, (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)):
+        return 2  # a path given by the user (dataset file, split, model dir, an unwritable output folder)
     cls_name = type(e).__name__
     if cls_name in ("AnnotationError", "ToyDataError"):  # datasets/common.py, vlprompt/toy/data.py
         return 2

@@ -197,3 +197,11 @@ def test_real_command_line_prints_one_line(tmp_path, data_root, dataset_yaml, me
     assert p.stdout == ""
     assert p.stderr.count("\n") == 1 and p.stderr.startswith("Error: ") and "'CoOp'" in p.stderr
     assert not out.exists()
+
+
+def test_output_folder_that_cannot_be_created(tmp_path, data_root, dataset_yaml, method_yaml, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    rc = run_cli(args_for(data_root, dataset_yaml, method_yaml, blocker / "out"))
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("Error: ") and str(blocker / "out") in err and "Traceback" not in err
