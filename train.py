@@ -8,10 +8,21 @@
 
 With no arguments (or ``--demo``) it runs the embedded demo: APLe base-to-novel on the procedural
 toy world with the shipped toy CLIP, offline, in a few minutes on a CPU.
+
+A mistake in the inputs (config file, option, trainer or dataset name, --root, a missing dataset
+folder or image, an unreadable image or checkpoint, an output folder in use or holding a finished
+run) ends in one ``Error: ...`` line on stderr and exit status 2, without a traceback; a run refused
+before it starts leaves nothing in the output folder. A non-finite loss stops training with one
+``Error:`` line and exit status 1 (the log and the last checkpoint are kept). ``--debug`` (or
+``VLPROMPT_DEBUG=1``) shows the traceback instead.
 """
 import argparse
+import json
+import os
 import os.path as osp
+import signal
 import sys
+import threading
 import time
 
 import torch
@@ -21,13 +32,23 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 from vlprompt.config import (  # noqa: E402
+    config_digest,
     extend_cfg,
     get_cfg_default,
     merge_from_file,
     merge_from_list,
 )
 from vlprompt.engine import RESULTS_FILE, build_trainer  # noqa: E402
-from vlprompt.utils import collect_env_info, set_random_seed, setup_logger  # noqa: E402
+from vlprompt.utils import (  # noqa: E402
+    OutputDirLock,
+    UserError,
+    atomic_write,
+    clean_stale_tmp,
+    collect_env_info,
+    set_random_seed,
+    setup_logger,
+)
+from vlprompt.utils.logger import Logger  # noqa: E402
 
 
 def import_plugins():
@@ -56,6 +77,8 @@ def build_parser():
     parser.add_argument("--model-dir", type=str, default="", help="load model from this directory for eval-only mode")
     parser.add_argument("--load-epoch", type=int, help="load model weights at this epoch for evaluation")
     parser.add_argument("--no-train", action="store_true", help="do not call trainer.train()")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (also: VLPROMPT_DEBUG=1)")
     parser.add_argument("--demo", action="store_true",
                         help="run the embedded toy-world demo (APLe base-to-novel with the toy CLIP)")
     parser.add_argument("opts", default=None, nargs=argparse.REMAINDER,
@@ -118,14 +141,126 @@ class RunError(RuntimeError):
     """A problem with the requested run that the user must resolve (printed without a traceback)."""
 
 
-def check_output_dir(cfg, args):
-    """Refuse to overwrite a finished run unless TRAIN.OVERWRITE is set."""
+# How long train.py holds its output back while it validates the inputs (see main()).
+LOG_PATIENCE_S = 10.0
+
+# Keys that do not change what a run computes (config_digest leaves them out too).
+_DIGEST_FREE_KEYS = {"OUTPUT_DIR", "RESUME", "DATASET.ROOT", "SEED", "VERBOSE"}
+
+
+def _flatten(node, prefix=""):
+    out = {}
+    if isinstance(node, dict):
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    if isinstance(node, tuple):
+        node = list(node)
+    return {prefix[:-1]: node}
+
+
+def _config_differences(old, new, limit=8):
+    """``KEY: old -> new`` for the keys that differ between two config dicts."""
+    a = _flatten(old)
+    b = _flatten(json.loads(json.dumps(new, default=str)))
+    keys = sorted(k for k in set(a) | set(b) if k not in _DIGEST_FREE_KEYS and a.get(k, "<absent>") != b.get(k, "<absent>"))
+    shown = [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in keys[:limit]]
+    if len(keys) > limit:
+        shown.append(f"... ({len(keys) - limit} more)")
+    return shown
+
+
+def _cfg_dict(cfg):
+    from yacs.config import CfgNode
+
+    if isinstance(cfg, CfgNode):
+        return {k: _cfg_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+def check_output_dir(cfg, args=None):
+    """Refuse to write into a folder holding a finished run unless TRAIN.OVERWRITE is set.
+
+    A finished run with another effective config (``config_digest`` in its results.json) is named
+    with both digests and the differing keys; one with the same config gets "already finished".
+    """
     results = osp.join(cfg.OUTPUT_DIR, RESULTS_FILE)
-    if osp.exists(results) and not cfg.TRAIN.OVERWRITE:
+    if not osp.exists(results) or cfg.TRAIN.OVERWRITE:
+        return
+    try:
+        with open(results) as f:
+            record = json.load(f)
+    except (OSError, ValueError) as e:
         raise RunError(
-            f"{cfg.OUTPUT_DIR} already holds a finished run ({results}). Nothing was changed. "
-            "Use another --output-dir, or add TRAIN.OVERWRITE True to run again into it."
+            f"{cfg.OUTPUT_DIR} holds an unreadable {RESULTS_FILE} ({e}). Nothing was changed. Use another "
+            "--output-dir, or add TRAIN.OVERWRITE True to run again into it."
+        ) from None
+    old_digest = record.get("config_digest") if isinstance(record, dict) else None
+    new_digest = config_digest(cfg)
+    if old_digest and old_digest != new_digest:
+        diffs = _config_differences(record.get("config") or {}, _cfg_dict(cfg))
+        detail = ("; differing keys: " + "; ".join(diffs)) if diffs else ""
+        raise RunError(
+            f"{cfg.OUTPUT_DIR} holds a finished run with another config (its {RESULTS_FILE} has config digest "
+            f"{old_digest}, this run's is {new_digest}{detail}). Nothing was changed. Use another --output-dir, "
+            "or add TRAIN.OVERWRITE True to replace that run."
         )
+    raise RunError(
+        f"{cfg.OUTPUT_DIR} already holds a finished run ({results}). Nothing was changed. "
+        "Use another --output-dir, or add TRAIN.OVERWRITE True to run again into it."
+    )
+
+
+def validate_inputs(cfg, args):
+    """Cheap checks of the inputs before anything is written or printed at length."""
+    from vlprompt.data.datasets import DATASET_REGISTRY
+    from vlprompt.engine import TRAINER_REGISTRY
+    from vlprompt.utils import check_availability
+
+    trainers = TRAINER_REGISTRY.registered_names()
+    if not cfg.TRAINER.NAME:
+        raise RunError(f"No trainer given: pass --trainer NAME (registered trainers: {sorted(trainers)})")
+    check_availability(cfg.TRAINER.NAME, trainers)
+    datasets = DATASET_REGISTRY.registered_names()
+    if not cfg.DATASET.NAME:
+        raise RunError("No dataset given (DATASET.NAME is empty): pass --dataset-config-file "
+                       f"configs/datasets/<name>.yaml (registered datasets: {sorted(datasets)})")
+    check_availability(cfg.DATASET.NAME, datasets)
+    if not cfg.DATASET.ROOT:
+        raise RunError("No data root given (--root / DATASET.ROOT is empty): pass --root DATA, the folder "
+                       "that holds the dataset folders (see docs/DATASETS.md)")
+    if not cfg.OUTPUT_DIR:
+        raise RunError("No output folder given: pass --output-dir DIR")
+    if args.eval_only and args.model_dir and not osp.isdir(args.model_dir):
+        raise RunError(f'--model-dir "{args.model_dir}" does not exist or is not a folder')
+
+
+def _first_missing_ancestor(path):
+    """The topmost folder of ``path`` that does not exist yet (None when ``path`` exists)."""
+    path = osp.abspath(path)
+    top = None
+    while not osp.exists(path):
+        top = path
+        parent = osp.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return top
+
+
+def _remove_created_dirs(path, top):
+    """Remove ``path`` and its parents up to ``top`` where they are empty (a refused run's traces)."""
+    if top is None:
+        return
+    path = osp.abspath(path)
+    while True:
+        try:
+            os.rmdir(path)
+        except OSError:
+            return
+        if path == top:
+            return
+        path = osp.dirname(path)
 
 
 def main(args):
@@ -133,37 +268,106 @@ def main(args):
 
     cfg = setup_cfg(args)
     rank, world = init_distributed_from_env()
-    if cfg.SEED >= 0:
-        print(f"Setting fixed seed: {cfg.SEED}")
-        set_random_seed(cfg.SEED)
-    check_output_dir(cfg, args)
-    if rank == 0:
-        setup_logger(cfg.OUTPUT_DIR)
-    else:
-        silence_non_main_stdout()
-    if torch.cuda.is_available() and cfg.USE_CUDA:
-        torch.backends.cudnn.benchmark = True
-    print_args(args, cfg)
-    if rank == 0:
-        with open(osp.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
-            f.write(cfg.dump())
-    print("Collecting env info ...")
-    print(f"** System info **\n{collect_env_info()}\n")
+    validate_inputs(cfg, args)
+    created_top = _first_missing_ancestor(cfg.OUTPUT_DIR)
+    lock = OutputDirLock(cfg.OUTPUT_DIR, command=" ".join(["train.py"] + sys.argv[1:])[:300]) if rank == 0 else None
+    started_ok = False
+    try:
+        if lock is not None:
+            lock.acquire(quiet=True)
+        check_output_dir(cfg, args)  # with the lock held, so no run can finish in between
+        if lock is not None:
+            clean_stale_tmp(cfg.OUTPUT_DIR)
+            # hold the argument/config dump (console and log.txt) until the inputs are validated, or for
+            # at most LOG_PATIENCE_S seconds (a large dataset's split takes a while to check)
+            setup_logger(cfg.OUTPUT_DIR, defer=True, patience=LOG_PATIENCE_S)
+            if lock.took_over:
+                print(lock.takeover_message)
+        else:
+            silence_non_main_stdout()
+        if cfg.SEED >= 0:
+            print(f"Setting fixed seed: {cfg.SEED}")
+            set_random_seed(cfg.SEED)
+        if torch.cuda.is_available() and cfg.USE_CUDA:
+            torch.backends.cudnn.benchmark = True
+        print_args(args, cfg)
 
-    started = time.time()
-    trainer = build_trainer(cfg)
-    trainer.run_info.update(
-        config_file=args.config_file, dataset_config_file=args.dataset_config_file,
-        model_dir=args.model_dir, load_epoch=args.load_epoch, started_at=started,
-        phase="eval" if args.eval_only else "train",
-    )
-    if args.eval_only:
-        trainer.load_model(args.model_dir, epoch=args.load_epoch)
-        trainer.test()
+        started = time.time()
+        trainer = build_trainer(cfg)  # reads the dataset and builds the model: the inputs are now validated
+        started_ok = True
+        if isinstance(sys.stdout, Logger):
+            sys.stdout.commit()
+        if rank == 0:
+            with atomic_write(osp.join(cfg.OUTPUT_DIR, "config.yaml"), "w") as f:
+                f.write(cfg.dump())
+        print("Collecting env info ...")
+        print(f"** System info **\n{collect_env_info()}\n")
+        trainer.run_info.update(
+            config_file=args.config_file, dataset_config_file=args.dataset_config_file,
+            model_dir=args.model_dir, load_epoch=args.load_epoch, started_at=started,
+            phase="eval" if args.eval_only else "train",
+        )
+        if args.eval_only:
+            trainer.load_model(args.model_dir, epoch=args.load_epoch)
+            trainer.test()
+            return trainer
+        if not args.no_train:
+            trainer.train()
         return trainer
-    if not args.no_train:
-        trainer.train()
-    return trainer
+    except BaseException as e:
+        logger = sys.stdout if isinstance(sys.stdout, Logger) else None
+        if not started_ok and logger is not None and logger.deferred:
+            if _user_error_code(e) is not None:
+                logger.discard()  # refused: nothing shown, nothing written
+            else:
+                logger.commit()  # a bug: keep what was printed, for the report
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+            if not started_ok:
+                _remove_created_dirs(cfg.OUTPUT_DIR, created_top)
+
+
+def _user_error_code(e):
+    """Exit status for an exception that is the user's mistake (2) or a stopped run (1); None for a bug."""
+    from vlprompt.clip import MissingWeightsError
+    from vlprompt.config import ConfigError
+
+    if isinstance(e, (RunError, ConfigError, MissingWeightsError, UserError)):
+        return 2
+    if isinstance(e, (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)):
+        return 2  # a path given by the user (dataset file, split, model dir, an unwritable output folder)
+    cls_name = type(e).__name__
+    if cls_name in ("AnnotationError", "ToyDataError"):  # datasets/common.py, vlprompt/toy/data.py
+        return 2
+    if isinstance(e, FloatingPointError):
+        return 1
+    return None
+
+
+def _error_message(e):
+    """The message of ``e``; for an error re-raised from a DataLoader worker, the original one."""
+    msg = str(e)
+    if "Original Traceback" in msg:
+        last = [ln for ln in msg.strip().splitlines() if ln.strip()][-1]
+        head, sep, tail = last.partition(": ")
+        msg = tail if sep and "Error" in head.split(".")[-1] else last
+    if isinstance(e, OSError) and e.strerror and e.filename:  # e.g. FileNotFoundError(errno, text, path)
+        msg = f'{e.strerror}: "{e.filename}"'
+    return msg.strip()
+
+
+class Terminated(BaseException):
+    """SIGTERM, turned into an exception so that the run unwinds (lock released, log closed)."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _debug_requested(argv):
+    return "--debug" in argv or os.environ.get("VLPROMPT_DEBUG", "") not in ("", "0")
 
 
 def cli(argv=None):
@@ -176,17 +380,52 @@ def cli(argv=None):
         except ImportError as e:
             parser.error(f"the embedded demo is unavailable ({e}); pass --trainer/--config-file etc.")
         return demo_main([a for a in argv if a != "--demo"])
-    import_plugins()
-    from vlprompt.clip import MissingWeightsError
-    from vlprompt.config import ConfigError
-
+    debug = args.debug or _debug_requested([])
     try:
+        import_plugins()
         main(args)
-    except (RunError, ConfigError, MissingWeightsError) as e:
-        print(f"Error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:
+        code = _user_error_code(e)
+        if code is None or debug:
+            raise
+        line = f"Error: {_error_message(e)}"
+        if code == 1:
+            line += " (exit status 1: the run stopped; its log.txt and last checkpoint are kept)"
+        logger = sys.stdout if isinstance(sys.stdout, Logger) else None
+        if logger is not None and logger.file is not None and not logger.file.closed:
+            logger.file.write(line + "\n")  # the log says why the run stopped
+        print(line, file=sys.stderr)
+        return code
     return 0
 
 
+def entry_point(argv=None):
+    """``python train.py``: :func:`cli`, plus one line (no traceback) when interrupted.
+
+    Ctrl-C (SIGINT) exits 130 and SIGTERM exits 143, after the run unwinds (the output-folder lock is
+    released, the log is closed; the last checkpoint stays for the resume). In-process callers of
+    :func:`cli` get the ``KeyboardInterrupt`` itself.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return cli(argv)
+    except (KeyboardInterrupt, Terminated) as e:
+        if _debug_requested(argv):
+            raise
+        name, code = ("SIGTERM", 143) if isinstance(e, Terminated) else ("Ctrl-C / SIGINT", 130)
+        out = "the output folder"
+        if "--output-dir" in argv[:-1]:
+            out = argv[argv.index("--output-dir") + 1]
+        line = (f"Interrupted ({name}). The checkpoints and log in {out} are kept: run the same command "
+                "again to resume.")
+        logger = sys.stdout if isinstance(sys.stdout, Logger) else None
+        if logger is not None and logger.file is not None and not logger.file.closed:
+            logger.file.write(line + "\n")
+        print(line, file=sys.stderr)
+        return code
+
+
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(entry_point())

@@ -116,3 +116,23 @@ def test_digest_ignores_location_and_seed():
     assert config_digest(a) == config_digest(b)
     b.OPTIM.LR = 0.5
     assert config_digest(a) != config_digest(b)
+
+
+def test_duplicate_key_names_file_key_and_lines(tmp_path):
+    cfg = get_cfg_default()
+    top = tmp_path / "top.yaml"
+    top.write_text("OPTIM:\n  LR: 0.1\nDATASET:\n  NAME: x\nOPTIM:\n  MAX_EPOCH: 3\n")
+    with pytest.raises(ConfigError) as e:
+        merge_from_file(cfg, str(top))
+    msg = str(e.value)
+    assert str(top) in msg and "Duplicate key OPTIM " in msg and "lines 1 and 5" in msg
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("OPTIM:\n  LR: 0.1\n  MAX_EPOCH: 2\n  LR: 0.2\n")
+    with pytest.raises(ConfigError, match=r"Duplicate key OPTIM\.LR .*lines 2 and 4"):
+        merge_from_file(cfg, str(nested))
+    assert cfg.OPTIM.LR == get_cfg_default().OPTIM.LR  # nothing was merged
+    # the same key in two different sections is fine
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("OPTIM:\n  NAME: sgd\nDATASET:\n  NAME: x\n")
+    merge_from_file(cfg, str(ok))
+    assert cfg.OPTIM.NAME == "sgd" and cfg.DATASET.NAME == "x"

@@ -27,6 +27,8 @@ __all__ = [
     "merge_from_list",
     "config_digest",
     "ConfigError",
+    "ConfigFileNotFoundError",
+    "load_yaml",
 ]
 
 _EXTENSIONS = []
@@ -34,6 +36,76 @@ _EXTENSIONS = []
 
 class ConfigError(ValueError):
     """A config file or option that cannot be merged."""
+
+
+class ConfigFileNotFoundError(ConfigError, FileNotFoundError):
+    """A config file that does not exist (a ``ConfigError`` and a ``FileNotFoundError``)."""
+
+
+class _DuplicateKeyError(yaml.YAMLError):
+    def __init__(self, key_path, line):
+        super().__init__(f"duplicate key {key_path}")
+        self.key_path = key_path
+        self.line = line
+
+
+def _construct_mapping_no_duplicates(loader, node, deep=False):
+    loader.flatten_mapping(node)
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            hash(key)
+        except TypeError:
+            continue  # the base constructor reports unhashable keys
+        if key in seen:
+            parents = getattr(node, "_vlprompt_path", ())
+            path = "".join(f"{k}." for k in parents)
+            raise _DuplicateKeyError(f"{path}{key}", (seen[key] + 1, key_node.start_mark.line + 1))
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+def _annotate_paths(node, path=()):
+    """Record each mapping node's key path (for the duplicate-key message)."""
+    if isinstance(node, yaml.MappingNode):
+        node._vlprompt_path = path
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
+            _annotate_paths(value_node, path + (key,))
+    elif isinstance(node, yaml.SequenceNode):
+        for child in node.value:
+            _annotate_paths(child, path)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key repeated in one mapping (PyYAML keeps the last one
+    silently, which drops the whole earlier block)."""
+
+    def construct_document(self, node):
+        _annotate_paths(node)
+        return super().construct_document(node)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping_no_duplicates)
+
+
+def load_yaml(path):
+    """Read a YAML config file strictly: malformed YAML or a repeated key raises
+    :class:`ConfigError` naming the file, the key and the lines."""
+    with open(path, "r") as f:
+        try:
+            return yaml.load(f, Loader=_StrictLoader)
+        except _DuplicateKeyError as e:
+            first, second = e.line
+            raise ConfigError(
+                f"Duplicate key {e.key_path} in {path} (lines {first} and {second}): YAML would silently keep "
+                "only the last one. Merge the two blocks into one."
+            ) from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f", line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+            raise ConfigError(f"Malformed YAML in {path}{where}: {e}") from e
 
 
 def get_cfg_default():
@@ -130,14 +202,12 @@ def merge_from_file(cfg, path):
     if not path:
         return cfg
     if not osp.isfile(path):
-        raise FileNotFoundError(f'Config file not found: "{path}"')
-    with open(path, "r") as f:
-        try:
-            loaded = yaml.safe_load(f)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f", line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
-            raise ConfigError(f"Malformed YAML in {path}{where}: {e}") from e
+        hint = ""
+        if osp.isdir(path):
+            hint = " (it is a folder)"
+        raise ConfigFileNotFoundError(f'Config file not found: "{path}"{hint}. Check the path '
+                                      "(configs/datasets/*.yaml, configs/trainers/<METHOD>/*.yaml).")
+    loaded = load_yaml(path)
     if loaded is None:
         return cfg
     if not isinstance(loaded, dict):

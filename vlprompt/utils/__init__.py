@@ -1,9 +1,13 @@
+from .errors import CheckpointError, DataNotFoundError, ImageReadError, UnknownNameError, UserError
 from .registry import Registry, check_availability
 from .meters import AverageMeter, MetricMeter
 from .logger import Logger, setup_logger, restore_stdout
 from .tools import (
     atomic_write,
     check_isfile,
+    clean_stale_tmp,
+    current_umask,
+    default_file_mode,
     import_submodules,
     collect_env_info,
     listdir_nohidden,
@@ -16,6 +20,7 @@ from .tools import (
     write_json,
 )
 from .torchtools import (
+    CheckpointError,
     count_num_param,
     load_checkpoint,
     load_pretrained_weights,
@@ -23,3 +28,4 @@ from .torchtools import (
     save_checkpoint,
     strip_module_prefix,
 )
+from .lock import OutputDirLock, OutputDirLocked

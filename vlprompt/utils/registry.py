@@ -1,15 +1,18 @@
 """Name -> object registries (Dassl's ``Registry``)."""
 import difflib
 
+from .errors import UnknownNameError
+
 
 def check_availability(requested, available):
-    """Raise ``ValueError`` when ``requested`` is not in ``available``, suggesting the closest names."""
+    """Raise :class:`UnknownNameError` (a ``ValueError``) when ``requested`` is not in ``available``,
+    suggesting the closest names."""
     available = list(available)
     if requested in available:
         return
     close = difflib.get_close_matches(str(requested), [str(a) for a in available], n=3, cutoff=0.4)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise ValueError(
+    raise UnknownNameError(
         f"The requested one {requested!r} is not available.{hint} "
         f"Available: {sorted(available)}"
     )

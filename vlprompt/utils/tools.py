@@ -5,13 +5,18 @@ import json
 import os
 import os.path as osp
 import random
+import re
 import sys
 import tempfile
+import threading
+import time
 import warnings
 
 import numpy as np
 import torch
 from PIL import Image
+
+from .errors import DataNotFoundError, ImageReadError
 
 
 def mkdir_if_missing(dirname):
@@ -32,17 +37,44 @@ def check_isfile(fpath):
     return isfile
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask():
+    """The process umask (read from /proc on Linux, else set-and-restore under a lock)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def default_file_mode():
+    """The mode ``open(path, "w")`` would give a new file: 0o666 minus the umask."""
+    return 0o666 & ~current_umask()
+
+
 @contextlib.contextmanager
 def atomic_write(fpath, mode="w", **kwargs):
     """Write to a temporary file next to ``fpath`` and rename it into place on success.
 
-    Readers never see a half-written file; an exception leaves the old file untouched.
+    Readers never see a half-written file; an exception leaves the old file untouched. The file
+    gets the mode a plain ``open(fpath, "w")`` would give it (0o666 minus the umask), not the
+    0o600 of ``tempfile.mkstemp``. The temporary file is ``.<name>.<8 chars>.tmp`` beside the
+    target; one left behind by a killed process is removed by :func:`clean_stale_tmp`.
     """
     fpath = osp.abspath(fpath)
     dirname = osp.dirname(fpath)
     mkdir_if_missing(dirname)
     fd, tmp = tempfile.mkstemp(prefix="." + osp.basename(fpath) + ".", suffix=".tmp", dir=dirname)
     try:
+        os.fchmod(fd, default_file_mode())
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
             f.flush()
@@ -52,6 +84,41 @@ def atomic_write(fpath, mode="w", **kwargs):
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
+
+
+# ``tempfile.mkstemp`` names: 8 characters from this alphabet (CPython's _RandomNameSequence).
+_TMP_RE = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+PROCESS_START = time.time()
+
+
+def clean_stale_tmp(directory, older_than=None):
+    """Remove partial writes (``.<name>.<8 chars>.tmp`` from :func:`atomic_write`) in ``directory``.
+
+    Only files last modified before ``older_than`` (default: when this process imported vlprompt)
+    are removed, so a write in progress in this process is never touched; with the output-folder
+    lock held no other live process writes there. Not recursive. Returns the removed paths.
+    """
+    if older_than is None:
+        older_than = PROCESS_START
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        if not _TMP_RE.match(name):
+            continue
+        path = osp.join(directory, name)
+        try:
+            if not osp.isfile(path) or os.stat(path).st_mtime >= older_than:
+                continue
+            os.remove(path)
+        except OSError:
+            continue
+        removed.append(path)
+    if removed:
+        print(f"Removed {len(removed)} partial file(s) left by an interrupted write in {directory}")
+    return removed
 
 
 def read_json(fpath):
@@ -78,14 +145,24 @@ def listdir_nohidden(path, sort=False):
 
 
 def read_image(path):
-    """Read an image as RGB PIL image; errors name the file."""
+    """Read an image as RGB PIL image, decoding all of it.
+
+    A missing file raises :class:`DataNotFoundError`; a truncated or undecodable one raises
+    :class:`ImageReadError`; both name the file and say what to do.
+    """
     if not osp.exists(path):
-        raise FileNotFoundError(f'Image file not found: "{path}"')
+        raise DataNotFoundError(
+            f'Image file not found: "{path}". Check the dataset folder, or run '
+            "python -m vlprompt.data.doctor --root <DATA> to list every problem."
+        )
     try:
         with Image.open(path) as img:
             return img.convert("RGB")
     except Exception as e:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError)
-        raise OSError(f'Cannot read image "{path}": {e}') from e
+        raise ImageReadError(
+            f'Cannot read image "{path}" ({e}). Replace or re-download the file; '
+            "python -m vlprompt.data.doctor --root <DATA> lists every such file."
+        ) from e
 
 
 def set_random_seed(seed):

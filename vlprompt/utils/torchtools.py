@@ -10,9 +10,11 @@ from collections import OrderedDict
 
 import torch
 
-from .tools import atomic_write, mkdir_if_missing
+from .errors import CheckpointError
+from .tools import atomic_write, clean_stale_tmp, mkdir_if_missing
 
 __all__ = [
+    "CheckpointError",
     "save_checkpoint",
     "load_checkpoint",
     "resume_from_checkpoint",
@@ -34,9 +36,12 @@ def save_checkpoint(state, save_dir, is_best=False, remove_module_from_keys=True
     """Save ``state`` to ``save_dir/<model_name or model.pth.tar-<epoch>>`` atomically.
 
     Also writes ``save_dir/checkpoint`` holding the basename just written (Dassl behaviour) and,
-    with ``is_best``, copies the file to ``model-best.pth.tar``. Returns the path written.
+    with ``is_best``, copies the file to ``model-best.pth.tar``. Files get the umask's mode.
+    Partial ``*.tmp`` files left in ``save_dir`` by an interrupted earlier write are removed first
+    (:func:`clean_stale_tmp`). Returns the path written.
     """
     mkdir_if_missing(save_dir)
+    clean_stale_tmp(save_dir)
     if remove_module_from_keys and "state_dict" in state:
         state = dict(state)
         state["state_dict"] = strip_module_prefix(state["state_dict"])
@@ -57,39 +62,85 @@ def save_checkpoint(state, save_dir, is_best=False, remove_module_from_keys=True
     return fpath
 
 
+_WHAT_TO_DO = ("Delete it (a resumed run then starts from the previous checkpoint or from scratch), "
+               "or point --model-dir/--resume at a folder with intact checkpoints.")
+
+
 def load_checkpoint(fpath, weights_only=True):
     """Load a checkpoint on the CPU (or the default CUDA device when available).
 
-    ``weights_only=True`` (the default) refuses pickled objects. Legacy Dassl checkpoints pickle
-    their warmup scheduler; pass ``weights_only=False`` for such files **only if you trust them**.
+    Always ``torch.load(..., weights_only=True)``: plain tensors, numbers, strings and containers,
+    never pickled objects. A missing, empty, truncated, corrupt or unsafe (pickled objects) file
+    raises :class:`CheckpointError` naming the file and saying what to do. ``weights_only`` is
+    kept for call compatibility; passing ``False`` raises ``ValueError`` (vlprompt never unpickles).
     """
     if fpath is None:
         raise ValueError("File path is None")
+    if weights_only is not True:
+        raise ValueError("vlprompt loads checkpoints with weights_only=True only (no pickled objects)")
     fpath = osp.abspath(osp.expanduser(fpath))
-    if not osp.exists(fpath):
-        raise FileNotFoundError(f'Checkpoint file not found: "{fpath}"')
+    if not osp.isfile(fpath):
+        raise CheckpointError(fpath, f'Checkpoint file not found: "{fpath}"')
+    size = osp.getsize(fpath)
+    if size == 0:
+        raise CheckpointError(fpath, f'Checkpoint "{fpath}" is empty (0 bytes; an interrupted write?). '
+                                     + _WHAT_TO_DO)
     map_location = None if torch.cuda.is_available() else "cpu"
     try:
-        return torch.load(fpath, map_location=map_location, weights_only=weights_only)
+        checkpoint = torch.load(fpath, map_location=map_location, weights_only=True)
     except Exception as e:
-        if weights_only and "Unsupported global" in str(e):
-            raise RuntimeError(
-                f'"{fpath}" contains pickled Python objects (probably a legacy Dassl checkpoint whose '
-                "scheduler state pickles its successor). vlprompt loads checkpoints with "
-                "weights_only=True. If you trust the file, load it with "
-                "load_checkpoint(path, weights_only=False)."
-            ) from e
-        raise
+        text = str(e)
+        if "WeightsUnpickler error: Unsupported global" in text or (
+                "Unsupported global" in text and "Weights only load failed" in text):
+            raise CheckpointError(
+                fpath,
+                f'Checkpoint "{fpath}" contains pickled Python objects (a legacy Dassl checkpoint pickles its '
+                "warmup scheduler), which vlprompt never loads because unpickling can run arbitrary code. "
+                "Re-save its state dicts as plain tensors in the environment that wrote it, or retrain.",
+            ) from None
+        if "WeightsUnpickler error:" in text:  # not a pickle of plain data: damaged bytes
+            text = text.split("WeightsUnpickler error:", 1)[1]
+        first = text.strip().splitlines()[0] if text.strip() else ""
+        first = first.split(". ")[0][:200]
+        if "weights_only" in first:  # torch's advice to unpickle is never passed on
+            first = ""
+        raise CheckpointError(
+            fpath,
+            f'Checkpoint "{fpath}" ({size:,} bytes) is truncated or corrupt and cannot be read '
+            f"({type(e).__name__}{': ' + first if first else ''}). " + _WHAT_TO_DO,
+        ) from (None if "weights_only" in str(e) else e)
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(fpath, f'Checkpoint "{fpath}" holds a {type(checkpoint).__name__}, not a dict of '
+                                     "state dicts. " + _WHAT_TO_DO)
+    return checkpoint
 
 
 def resume_from_checkpoint(fdir, model, optimizer=None, scheduler=None, return_checkpoint=False):
     """Resume from the file named in ``fdir/checkpoint``; returns the stored epoch
-    (and the loaded checkpoint dict with ``return_checkpoint=True``)."""
-    with open(osp.join(fdir, "checkpoint"), "r") as f:
-        model_name = f.readlines()[0].strip("\n")
+    (and the loaded checkpoint dict with ``return_checkpoint=True``).
+
+    Partial ``*.tmp`` files in ``fdir`` are removed first. A missing/empty pointer file, a missing,
+    truncated or corrupt checkpoint, or one without ``state_dict``/``epoch`` raises
+    :class:`CheckpointError` naming the file (the engine catches it to fall back).
+    """
+    clean_stale_tmp(fdir)
+    pointer = osp.join(fdir, "checkpoint")
+    try:
+        with open(pointer, "r") as f:
+            lines = f.readlines()
+    except OSError as e:
+        raise CheckpointError(pointer, f'Cannot read the checkpoint pointer "{pointer}" ({e.strerror or e}). '
+                                       + _WHAT_TO_DO) from None
+    model_name = lines[0].strip() if lines else ""
+    if not model_name:
+        raise CheckpointError(pointer, f'The checkpoint pointer "{pointer}" is empty. ' + _WHAT_TO_DO)
     fpath = osp.join(fdir, model_name)
     print(f'Loading checkpoint from "{fpath}"')
     checkpoint = load_checkpoint(fpath)
+    missing = [k for k in ("state_dict", "epoch") if k not in checkpoint]
+    if missing:
+        raise CheckpointError(osp.abspath(fpath), f'Checkpoint "{osp.abspath(fpath)}" has no {" or ".join(missing)}: '
+                                                  "it is not a vlprompt/Dassl training checkpoint. " + _WHAT_TO_DO)
     model.load_state_dict(checkpoint["state_dict"])
     print("Loaded model weights")
     if optimizer is not None and checkpoint.get("optimizer") is not None:

@@ -9,7 +9,7 @@ import os.path as osp
 import random
 from collections import defaultdict
 
-from vlprompt.utils import listdir_nohidden, mkdir_if_missing, read_json, write_json
+from vlprompt.utils import DataNotFoundError, listdir_nohidden, mkdir_if_missing, read_json, write_json
 
 __all__ = [
     "Datum",
@@ -31,7 +31,7 @@ class Datum:
         if not isinstance(impath, str):
             raise TypeError(f"impath must be a str, got {type(impath).__name__}")
         if not osp.isfile(impath):
-            raise FileNotFoundError(f'No image file found at "{impath}"')
+            raise DataNotFoundError(f'No image file found at "{impath}"')
         self._impath = impath
         self._label = label
         self._domain = domain
@@ -192,8 +192,9 @@ class DatasetBase:
 
 
 def dataset_missing_error(name, path, what="dataset folder"):
-    """A FileNotFoundError that names the dataset, the expected path and the helper commands."""
-    return FileNotFoundError(
+    """A :class:`DataNotFoundError` (a FileNotFoundError) naming the dataset, the expected path and
+    the helper commands."""
+    return DataNotFoundError(
         f"{name}: {what} not found at \"{path}\".\n"
         f"  Check --root / DATASET.ROOT, or see docs/DATASETS.md.\n"
         f"  Diagnose:  python -m vlprompt.data.doctor --root <DATA> --dataset {name}\n"
@@ -221,8 +222,10 @@ def read_split(filepath, path_prefix):
             impath, label, classname = item
             impath = osp.join(path_prefix, impath)
             if not osp.isfile(impath):
-                raise FileNotFoundError(
-                    f'Image "{impath}" listed in {filepath} ("{key}" entry {i}) does not exist'
+                raise DataNotFoundError(
+                    f'Image "{impath}" listed in {filepath} ("{key}" entry {i}) does not exist. '
+                    "Restore the file, or delete the split file to rebuild it from the images present "
+                    "(python -m vlprompt.data.doctor --root <DATA> lists every missing file)."
                 )
             out.append(Datum(impath=impath, label=int(label), classname=classname))
         return out
@@ -351,7 +354,13 @@ def _datums_from_json(items, prefix, fpath):
         if not (isinstance(entry, (list, tuple)) and len(entry) == 3):
             raise ValueError(f"Few-shot cache {fpath}: malformed entry {i}: {entry!r}")
         rel, label, classname = entry
-        out.append(Datum(impath=osp.join(prefix, rel), label=int(label), classname=classname))
+        impath = osp.join(prefix, rel)
+        if not osp.isfile(impath):
+            raise DataNotFoundError(
+                f'Image "{impath}" listed in the few-shot cache {fpath} (entry {i}) does not exist. '
+                "Restore the file, or delete the cache to resample the few-shot subset."
+            )
+        out.append(Datum(impath=impath, label=int(label), classname=classname))
     return out
 
 
