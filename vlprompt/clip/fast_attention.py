@@ -93,7 +93,7 @@ def _qkv(block, h):
     return qkv[0], qkv[1], qkv[2]
 
 
-def _attend(block, q, k, v, mask, N, L, E, dtype):
+def _attend(block, q, k, v, mask, N, L, E):
     attn = block.attn
     if mask is not None:
         mask = mask.to(q.dtype) if mask.dtype != torch.bool else mask
@@ -109,14 +109,14 @@ def _finish(block, x, o):
 
 
 def block_forward(block, x, attn_mask=None):
-    """``block(x, attn_mask=attn_mask)`` for a batch-first ``x`` (N, L, E); ``attn_mask`` (L, L) additive
-    float (or bool, True = masked out... as in ``nn.MultiheadAttention``: True = *not* allowed)."""
+    """``block(x, attn_mask=attn_mask)`` for a batch-first ``x`` (N, L, E). ``attn_mask`` (L, L): additive
+    float, or bool with ``nn.MultiheadAttention``'s meaning (True = may *not* attend)."""
     if attn_mask is not None and attn_mask.dtype == torch.bool:
         attn_mask = torch.zeros(attn_mask.shape, dtype=x.dtype, device=x.device).masked_fill(attn_mask, float("-inf"))
     N, L, E = x.shape
     h = block.ln_1(x)
     q, k, v = _qkv(block, h)
-    o = _attend(block, q, k, v, attn_mask, N, L, E, x.dtype)
+    o = _attend(block, q, k, v, attn_mask, N, L, E)
     return _finish(block, x, o)
 
 
@@ -131,12 +131,12 @@ def prefix_block_forward(block, prefix, rows, prefix_mask, rows_mask):
     P, E = prefix.shape[1], prefix.shape[2]
     hp = block.ln_1(prefix)
     qp, kp, vp = _qkv(block, hp)
-    new_prefix = _finish(block, prefix, _attend(block, qp, kp, vp, prefix_mask, 1, P, E, prefix.dtype))
+    new_prefix = _finish(block, prefix, _attend(block, qp, kp, vp, prefix_mask, 1, P, E))
     new_rows = []
     for x, m in zip(rows, rows_mask):
         N, S, _ = x.shape
         q, k, v = _qkv(block, block.ln_1(x))
         k = torch.cat([kp.expand(N, -1, -1, -1), k], dim=2)
         v = torch.cat([vp.expand(N, -1, -1, -1), v], dim=2)
-        new_rows.append(_finish(block, x, _attend(block, q, k, v, m, N, S, E, x.dtype)))
+        new_rows.append(_finish(block, x, _attend(block, q, k, v, m, N, S, E)))
     return new_prefix, new_rows
