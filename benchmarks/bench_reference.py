@@ -161,7 +161,7 @@ def plot(rows, out_png):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
     for name in sorted({r["trainer"] for r in rows}):
         rs = sorted((r for r in rows if r["trainer"] == name), key=lambda r: r["classes"])
         ks = [r["classes"] for r in rs]
@@ -170,6 +170,13 @@ def plot(rows, out_png):
                                 label=f"{name} ({'vlprompt' if arm == 'ours' else 'official way'})")
             axes[1].plot(ks, [r[f"eval_images_per_s_{arm}"] for r in rs], style, color=line[0].get_color(),
                          label=f"{name} ({'vlprompt' if arm == 'ours' else 'official way'})")
+        c = line[0].get_color()
+        axes[2].plot(ks, [r["train_ratio_median"] for r in rs], "-o", color=c, label=f"{name} train")
+        axes[2].plot(ks, [r["eval_ratio_median"] for r in rs], ":s", color=c, label=f"{name} eval")
+    axes[2].axhline(1.0, color="k", lw=0.8)
+    axes[2].set(xscale="log", xlabel="classes K", ylabel="official / vlprompt (median)",
+                title="speed-up over the official way (A/B)")
+    axes[2].legend(fontsize=7)
     axes[0].set(xscale="log", yscale="log", xlabel="classes K", ylabel="train step (s, median)", title="train step")
     axes[1].set(xscale="log", yscale="log", xlabel="classes K", ylabel="eval images / s", title="evaluation throughput")
     for ax in axes:
