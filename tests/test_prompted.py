@@ -286,7 +286,8 @@ def test_text_feature_cache():
     assert len(calls) == 7
 
 
-def test_precision_cpu_fallback_and_fp16_conversion(images):
+def test_precision_cpu_fallback_and_fp16_conversion(images, monkeypatch):
+    monkeypatch.setenv("VLPROMPT_CPU_BF16", "0")  # a CPU without native bf16 (see test_precision_cpu.py)
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
         assert resolve_precision("fp16", "cpu") == "fp32"

@@ -13,33 +13,93 @@ amp      fp32 model, forward under ``torch.autocast(float16)``, loss scaled with
 bf16     fp32 model, forward under ``torch.autocast(bfloat16)``, no scaler.
 =======  ==========================================================================================
 
-On a CPU, fp16/amp/bf16 fall back to fp32 with a warning printed once per process.
+On a CPU:
+
+* ``bf16`` runs as CPU bf16 autocast when the CPU has native bf16 instructions (x86 ``avx512_bf16`` /
+  ``amx_bf16``, Arm ``bf16``; see :func:`cpu_supports_bf16`), with the frozen CLIP and every trainable
+  parameter in fp32 (master copies), and logits/loss in fp32 (the logit head and the loss run
+  outside autocast);
+* ``amp`` runs the same way (bf16 autocast, no loss scaler: bf16 has fp32's exponent range);
+* ``fp16``, and ``bf16``/``amp`` on a CPU without native bf16, fall back to fp32 with a warning
+  printed once per process (emulated bf16 is slower than fp32).
+
+``VLPROMPT_CPU_BF16=0`` (or ``1``) overrides the detection.
 """
 import contextlib
+import functools
+import os
+import platform
 import warnings
 
 import torch
 
-__all__ = ["PRECISIONS", "Precision", "resolve_precision", "convert_clip_to_fp16"]
+__all__ = ["PRECISIONS", "Precision", "resolve_precision", "convert_clip_to_fp16", "cpu_supports_bf16"]
 
 PRECISIONS = ("fp32", "fp16", "amp", "bf16")
 _WARNED = set()
 
 
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return set()
+    flags = set()
+    for line in text.splitlines():
+        key = line.split(":", 1)[0].strip().lower()
+        if key in ("flags", "features"):
+            flags.update(line.split(":", 1)[1].split())
+    return flags
+
+
+@functools.lru_cache(maxsize=None)
+def _detect_cpu_bf16():
+    if not torch.backends.mkldnn.is_available():
+        return False
+    flags = _cpu_flags()
+    machine = platform.machine().lower()
+    if machine in ("x86_64", "amd64", "i686", "x86"):
+        return bool(flags & {"avx512_bf16", "amx_bf16"})
+    if machine in ("aarch64", "arm64"):
+        return "bf16" in flags
+    return False
+
+
+def cpu_supports_bf16():
+    """Whether this CPU computes bf16 natively (so CPU bf16 autocast is faster than fp32).
+
+    ``VLPROMPT_CPU_BF16`` = ``1``/``0`` forces the answer; otherwise oneDNN must be available and the
+    CPU flags (``/proc/cpuinfo``) must list ``avx512_bf16`` or ``amx_bf16`` (x86) or ``bf16`` (Arm)."""
+    env = os.environ.get("VLPROMPT_CPU_BF16", "").strip()
+    if env in ("0", "1"):
+        return env == "1"
+    return _detect_cpu_bf16()
+
+
+def _warn_once(key, msg):
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(msg)
+        print(f"Warning: {msg}")
+
+
 def resolve_precision(prec, device):
-    """Effective precision for ``device``: ``prec`` itself, or ``"fp32"`` on a CPU (warned once)."""
+    """Effective precision for ``device``: ``prec`` itself, or ``"fp32"`` where it cannot run (warned
+    once): on a CPU, ``fp16`` always and ``bf16``/``amp`` without native bf16 (see the module doc)."""
     prec = str(prec).lower()
     if prec not in PRECISIONS:
         raise ValueError(f"PREC must be one of {PRECISIONS}, got '{prec}'")
     dev = torch.device(device)
-    if prec != "fp32" and dev.type != "cuda":
-        if prec not in _WARNED:
-            _WARNED.add(prec)
-            msg = f"PREC {prec} is not supported on {dev.type}; falling back to fp32"
-            warnings.warn(msg)
-            print(f"Warning: {msg}")
+    if prec == "fp32" or dev.type == "cuda":
+        return prec
+    if dev.type == "cpu" and prec in ("bf16", "amp"):
+        if cpu_supports_bf16():
+            return prec
+        _warn_once(prec, f"PREC {prec} needs a CPU with native bf16 (avx512_bf16/amx_bf16); falling back to fp32")
         return "fp32"
-    return prec
+    _warn_once(prec, f"PREC {prec} is not supported on {dev.type}; falling back to fp32")
+    return "fp32"
 
 
 def convert_clip_to_fp16(clip_model):
@@ -64,8 +124,9 @@ class Precision:
 
     Args:
         prec: one of :data:`PRECISIONS`.
-        device: the training device (CPU -> fp32 fallback).
-        allow_cpu: keep fp16/bf16 on a CPU (tests only; CPU fp16 kernels are slow).
+        device: the training device (see :func:`resolve_precision` for what a CPU runs).
+        allow_cpu: keep the requested mode on a CPU whatever it supports (tests only; CPU fp16 and
+            emulated bf16 kernels are slow).
 
     Attributes: ``requested``, ``mode`` (effective), ``device``.
     """
@@ -85,8 +146,10 @@ class Precision:
 
     @property
     def autocast_dtype(self):
-        """``torch.float16`` for amp, ``torch.bfloat16`` for bf16, else None."""
-        return {"amp": torch.float16, "bf16": torch.bfloat16}.get(self.mode)
+        """``torch.float16`` for amp on CUDA, ``torch.bfloat16`` for bf16 (and for amp on a CPU), else None."""
+        if self.mode == "amp":
+            return torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        return {"bf16": torch.bfloat16}.get(self.mode)
 
     def prepare_clip(self, clip_model):
         """Put the frozen CLIP in the dtype this mode needs (fp16 weights for ``fp16``; else fp32)."""
@@ -102,7 +165,7 @@ class Precision:
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
     def make_scaler(self):
-        """A ``torch.amp.GradScaler`` for amp, else None."""
-        if self.mode == "amp":
+        """A ``torch.amp.GradScaler`` for fp16 autocast (amp on CUDA), else None."""
+        if self.autocast_dtype == torch.float16:
             return torch.amp.GradScaler(self.device.type)
         return None

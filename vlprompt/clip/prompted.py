@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .backbone import model_dims
+from .fast_attention import block_forward, blocks_fast_reason, fast_block_reason, prefix_block_forward
 
 __all__ = [
     "PromptedTextEncoder",
@@ -66,10 +67,44 @@ def _as_batched(p, batch, width, what):
     return p
 
 
-def _run_block(block, x, attn_mask, batch_first):
+def _run_block(block, x, attn_mask, batch_first, fast=True):
+    """One residual block on a batch-first ``x``: the exact fast path (one contiguous in-projection and
+    ``scaled_dot_product_attention``, see :mod:`vlprompt.clip.fast_attention`) when ``fast`` and the
+    block is eligible, else the block's own forward (sequence-first blocks get a transposed view)."""
+    if fast and fast_block_reason(block) is None:
+        return block_forward(block, x, attn_mask)
     if batch_first:
         return block(x, attn_mask=attn_mask)
     return block(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
+
+
+#: encoders use the exact fast paths (fast attention, shared text prefix, length groups) by default;
+#: set to False (or pass ``fast=False`` to an encoder) to run open_clip's blocks as they are.
+FAST_PATHS = True
+
+
+def _length_groups(lengths, max_groups):
+    """Split classes by sequence length: a list of ``(indices, length)`` with ``<= max_groups`` groups.
+
+    Starts from one group per distinct length and merges the adjacent pair whose merge pads the fewest
+    tokens until at most ``max_groups`` remain (each class is padded to its group's longest length)."""
+    vals, counts = torch.unique(lengths, sorted=True, return_counts=True)
+    groups = [[int(v), int(c)] for v, c in zip(vals.tolist(), counts.tolist())]
+    while len(groups) > max(1, max_groups):
+        costs = [groups[i][1] * (groups[i + 1][0] - groups[i][0]) for i in range(len(groups) - 1)]
+        i = min(range(len(costs)), key=costs.__getitem__)
+        groups[i + 1][1] += groups[i][1]
+        del groups[i]
+    out, lo = [], -1
+    for length, _ in groups:
+        idx = ((lengths > lo) & (lengths <= length)).nonzero().flatten()
+        out.append((idx, length))
+        lo = length
+    return out
+
+
+def _grad_reaches(t):
+    return torch.is_grad_enabled() and t.requires_grad
 
 
 class PromptedTextEncoder(nn.Module):
@@ -88,10 +123,20 @@ class PromptedTextEncoder(nn.Module):
 
     Only positions ``0..max(eot_idx)`` are run through the transformer: with the causal mask no
     position attends to a later one, so this is exact (tested against the full 77-token pass).
+
+    Exact fast paths (``fast``; None: follow :data:`FAST_PATHS`), used when every block is open_clip's
+    ``ResidualAttentionBlock`` without hooks (else the blocks' own forwards run, padded to the longest
+    EOT): (1) one contiguous in-projection + ``scaled_dot_product_attention`` per block; (2) classes
+    grouped by EOT position (at most ``max_length_groups`` groups), each group run only up to its own
+    longest EOT; (3) the leading positions shared by all classes (SOS, a generic context, frozen prefix
+    words; see :meth:`shared_prefix_length`) computed once, the other positions attending to its keys
+    and values. All three are exact because of the causal mask (tested to 1e-6 with gradients).
     """
 
-    def __init__(self, clip_model, n_prompts=0, depth=0):
+    def __init__(self, clip_model, n_prompts=0, depth=0, fast=None, max_length_groups=8):
         super().__init__()
+        self.fast = fast
+        self.max_length_groups = int(max_length_groups)
         if not hasattr(clip_model, "transformer") or not hasattr(clip_model, "token_embedding"):
             raise TypeError(
                 f"{type(clip_model).__name__} has no built-in text transformer; prompted encoders need an "
@@ -129,7 +174,12 @@ class PromptedTextEncoder(nn.Module):
         token_ids = token_ids.to(self.token_embedding.weight.device)
         return self.forward(self.embed(token_ids), token_ids.argmax(dim=-1))
 
-    def forward(self, prompts, eot_idx, deep_prompts=None, prompt_slice=None, truncate=True):
+    def forward(self, prompts, eot_idx, deep_prompts=None, prompt_slice=None, truncate=True, shared_prefix=None):
+        """Text features (K, d_embed). ``shared_prefix`` (optional int): the caller guarantees that token
+        positions ``< shared_prefix`` of ``prompts`` are the *same tensor* for every class (e.g. SOS and a
+        generic context expanded over classes), so the prefix may be computed once even when gradients
+        flow into it; checked against the values (``ValueError`` if the rows differ there). ``None``:
+        share only what the values prove without gradients (evaluation); ``0``: never share."""
         if prompts.dim() != 3 or prompts.shape[-1] != self.width:
             raise ValueError(f"prompts: expected (K, T, {self.width}), got {tuple(prompts.shape)}")
         K, T, _ = prompts.shape
@@ -151,29 +201,117 @@ class PromptedTextEncoder(nn.Module):
             prompt_slice = slice(1, 1 + self.n_prompts)
         if deep_prompts and prompt_slice.stop > L:
             raise ValueError(f"prompt slots {prompt_slice} reach beyond the EOT token (position {L - 1})")
-
-        dtype = self.dtype
-        x = prompts[:, :L].to(dtype) + self.positional_embedding[:L].to(dtype)
-        mask = self.attn_mask[:L, :L].to(device=x.device)
-        batch_first = getattr(self.transformer, "batch_first", True)
-        for i, block in enumerate(self.transformer.resblocks):
-            if 1 <= i <= len(deep_prompts) and deep_prompts[i - 1] is not None:
-                p = _as_batched(deep_prompts[i - 1], K, self.width, f"deep text prompt for block {i}")
-                n_slots = prompt_slice.stop - prompt_slice.start
+        n_slots = prompt_slice.stop - prompt_slice.start
+        for i, p in enumerate(deep_prompts, start=1):
+            if p is not None:
+                p = _as_batched(p, K, self.width, f"deep text prompt for block {i}")
                 if p.shape[1] != n_slots:
                     raise ValueError(
                         f"deep text prompt for block {i}: expected {n_slots} tokens (slots {prompt_slice.start}.."
                         f"{prompt_slice.stop - 1}), got {p.shape[1]}"
                     )
-                x = torch.cat([x[:, : prompt_slice.start], p.to(x.dtype), x[:, prompt_slice.stop:]], dim=1)
-            x = _run_block(block, x, mask, batch_first)
-        x = x[torch.arange(K, device=x.device), eot_idx]
+
+        dtype = self.dtype
+        x = prompts[:, :L].to(dtype) + self.positional_embedding[:L].to(dtype)
+        mask = self.attn_mask[:L, :L].to(device=x.device)
+        fast = FAST_PATHS if self.fast is None else bool(self.fast)
+        if fast and blocks_fast_reason(self.transformer.resblocks) is None:
+            x = self._blocks_fast(x, eot_idx, deep_prompts, prompt_slice, mask, truncate, shared_prefix)
+        else:
+            x = self._blocks_plain(x, eot_idx, deep_prompts, prompt_slice, mask)
         x = self.ln_final(x)
         if isinstance(self.text_projection, nn.Linear):
             return self.text_projection(x)
         if self.text_projection is None:
             return x
         return x @ self.text_projection
+
+    def _blocks_plain(self, x, eot_idx, deep_prompts, prompt_slice, mask):
+        """The blocks' own forwards on all K prompts padded to the longest EOT; returns EOT states (K, d)."""
+        K = x.shape[0]
+        batch_first = getattr(self.transformer, "batch_first", True)
+        for i, block in enumerate(self.transformer.resblocks):
+            if 1 <= i <= len(deep_prompts) and deep_prompts[i - 1] is not None:
+                p = _as_batched(deep_prompts[i - 1], K, self.width, f"deep text prompt for block {i}")
+                x = torch.cat([x[:, : prompt_slice.start], p.to(x.dtype), x[:, prompt_slice.stop:]], dim=1)
+            x = _run_block(block, x, mask, batch_first, fast=False)
+        return x[torch.arange(K, device=x.device), eot_idx]
+
+    def shared_prefix_length(self, x, eot_idx, deep_prompts, prompt_slice, declared=None):
+        """How many leading positions all K prompts share (0: none), detected from the inputs.
+
+        A position is shared when its embedding is identical for every class and no deep prompt differs
+        there. Without a declaration (``declared is None``) nothing is shared when gradients flow into
+        the prompts: equal values do not prove that the rows are one tensor (class-specific contexts
+        initialised from the same words are equal but must get their own gradients). A (K, N, d) deep
+        prompt shares its slots only if it is an expanded view (stride 0 over classes) or carries no
+        gradient and has equal rows. The prefix always ends before the earliest EOT.
+        """
+        K = x.shape[0]
+        if K < 2 or declared == 0:
+            return 0
+        limit = int(eot_idx.min().item())
+        if declared is None:
+            if _grad_reaches(x):
+                return 0
+        else:
+            limit = min(limit, int(declared))
+        head = x[:, :limit]
+        diff = (head != head[:1]).flatten(2).any(dim=2).any(dim=0).nonzero()
+        P = int(diff[0]) if len(diff) else limit
+        if declared is not None and P < min(int(declared), limit):
+            raise ValueError(
+                f"shared_prefix={declared} was given, but the class prompts differ at position {P}; pass the "
+                "number of leading positions that are the same for every class (or None to detect it)"
+            )
+        a, b = prompt_slice.start, prompt_slice.stop
+        for p in deep_prompts:
+            if p is None or a >= P:
+                continue
+            if p.dim() == 3 and p.shape[0] > 1:
+                shareable = p.stride(0) == 0 or (not _grad_reaches(p) and bool((p == p[:1]).all()))
+            else:
+                shareable = True
+            if not shareable or b > P:
+                P = a
+        return P if P >= 2 else 0
+
+    def _blocks_fast(self, x, eot_idx, deep_prompts, prompt_slice, mask, truncate, declared):
+        """Exact fast path: shared prefix once, classes grouped by length, fast attention blocks."""
+        K, L, _ = x.shape
+        P = self.shared_prefix_length(x, eot_idx, deep_prompts, prompt_slice, declared)
+        lengths = eot_idx + 1 if truncate else torch.full_like(eot_idx, L)
+        groups = _length_groups(lengths, self.max_length_groups)
+        a, b = prompt_slice.start, prompt_slice.stop
+        prefix = x[:1, :P]
+        rows = [x[idx, P:n] for idx, n in groups]
+        prefix_mask = mask[:P, :P].contiguous()
+        rows_mask = [mask[P:n, :n].contiguous() for _, n in groups]
+        for i, block in enumerate(self.transformer.resblocks):
+            if 1 <= i <= len(deep_prompts) and deep_prompts[i - 1] is not None:
+                p = deep_prompts[i - 1]
+                if b <= P:  # slots inside the shared prefix (shared deep prompt: one row)
+                    p1 = p[:1] if p.dim() == 3 else p.unsqueeze(0)
+                    prefix = torch.cat([prefix[:, :a], p1.to(x.dtype), prefix[:, b:]], dim=1)
+                else:
+                    pb = _as_batched(p, K, self.width, f"deep text prompt for block {i}").to(x.dtype)
+                    new_rows = []
+                    for (idx, n), r in zip(groups, rows):
+                        lo, hi = a - P, min(b, n) - P
+                        if hi > lo:
+                            r = torch.cat([r[:, :lo], pb[idx, : hi - lo], r[:, hi:]], dim=1)
+                        new_rows.append(r)
+                    rows = new_rows
+            if P > 0:
+                prefix, rows = prefix_block_forward(block, prefix, rows, prefix_mask, rows_mask)
+            else:
+                rows = [block_forward(block, r, m) for r, m in zip(rows, rows_mask)]
+        order = torch.cat([idx for idx, _ in groups])
+        feats = torch.cat([r[torch.arange(r.shape[0], device=r.device), eot_idx[idx] - P]
+                           for (idx, _), r in zip(groups, rows)])
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(K, device=order.device)
+        return feats[inverse]
 
 
 class PromptedVisionEncoder(nn.Module):
@@ -190,10 +328,15 @@ class PromptedVisionEncoder(nn.Module):
     Forward: ``images`` (B, 3, H, W); ``prompts`` (N, d_v) or per-image (B, N, d_v), required iff
     ``depth >= 1``; ``deep_prompts`` sequence of ``<= J-1`` entries, each (N, d_v), (B, N, d_v) or None.
     Returns (B, d_embed) image features (not normalised).
+
+    ``fast`` (None: follow :data:`FAST_PATHS`): run open_clip's residual blocks through the exact fast
+    attention path (:mod:`vlprompt.clip.fast_attention`); blocks it does not recognise, and blocks with
+    hooks, always run their own forward. A ResNet tower is called as it is.
     """
 
-    def __init__(self, clip_model, n_prompts=0, depth=0):
+    def __init__(self, clip_model, n_prompts=0, depth=0, fast=None):
         super().__init__()
+        self.fast = fast
         visual = clip_model.visual
         self.visual = visual
         dims = model_dims(clip_model)
@@ -256,13 +399,14 @@ class PromptedVisionEncoder(nn.Module):
             x = torch.cat([x, p.to(x.dtype)], dim=1)
         x = v.ln_pre(x)
         batch_first = getattr(v.transformer, "batch_first", True)
+        fast = (FAST_PATHS if self.fast is None else bool(self.fast)) and blocks_fast_reason(v.transformer.resblocks) is None
         for i, block in enumerate(v.transformer.resblocks):
             if 1 <= i <= len(deep_prompts) and deep_prompts[i - 1] is not None:
                 p = _as_batched(deep_prompts[i - 1], B, self.width, f"deep vision prompt for block {i}")
                 if p.shape[1] != n:
                     raise ValueError(f"deep vision prompt for block {i}: expected {n} tokens, got {p.shape[1]}")
                 x = torch.cat([x[:, : x.shape[1] - n], p.to(x.dtype)], dim=1)
-            x = _run_block(block, x, None, batch_first)
+            x = _run_block(block, x, None, batch_first, fast=fast)
         pooled = v.ln_post(x[:, 0])
         if v.proj is not None:
             pooled = pooled @ v.proj

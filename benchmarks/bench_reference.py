@@ -1,0 +1,229 @@
+"""vlprompt against the official way of computing the same thing, side by side in one process.
+
+For every trainer (built from its real config, ViT-B/16 with random weights, fabricated classes) and
+every class count K: one training step (``forward_backward``: forward, backward and the optimiser
+step, learned state restored before every call so both arms see the same weights) and one evaluation
+(``--eval-batches`` test batches of ``--eval-batch`` images, text features included), each computed by
+vlprompt and by the reference arm (:mod:`reference`), A/B interleaved after one warm-up each; median
+and min of ``--reps`` repetitions, and the largest loss / logit difference between the arms.
+
+    python benchmarks/bench_reference.py --trainers CoOp MaPLe APLe --classes 10 100 1000 \\
+        --reps 5 --out benchmarks/results/reference_cpu.json
+    python benchmarks/bench_reference.py --plot benchmarks/results/reference_cpu.json  # -> .png next to it
+
+Progress goes to stderr; results are written after every (trainer, K) so an interrupted run keeps
+what it measured.
+"""
+import argparse
+import copy
+import json
+import os
+import os.path as osp
+import statistics
+import sys
+import tempfile
+import time
+
+HERE = osp.dirname(osp.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from bench_trainers import CASES  # noqa: E402
+from common import build, sync  # noqa: E402
+
+#: small batches keep a 2-core CPU run within minutes; the real configs' batch sizes are the default on CUDA
+CPU_BATCH = {"CoOp": 4, "CoCoOp": 1}
+
+
+def _snapshot(tr):
+    models = {n: copy.deepcopy(m.state_dict()) for n, m in tr._models.items()}
+    optims = {n: copy.deepcopy(o.state_dict()) for n, o in tr._optims.items() if o is not None}
+    return models, optims
+
+
+def _restore(tr, snap):
+    models, optims = snap
+    for n, sd in models.items():
+        tr._models[n].load_state_dict(sd)
+    for n, sd in optims.items():
+        tr._optims[n].load_state_dict(sd)
+
+
+def _floats(summary):
+    return {k: float(v) for k, v in summary.items() if isinstance(v, (int, float))}
+
+
+def ab(fn_a, fn_b, reps, device):
+    """Interleaved A/B timing after one warm-up each: (results_a, results_b, times_a, times_b)."""
+    ra, rb = fn_a(), fn_b()
+    ta, tb = [], []
+    for _ in range(reps):
+        for fn, ts in ((fn_a, ta), (fn_b, tb)):
+            sync(device)
+            t = time.perf_counter()
+            fn()
+            sync(device)
+            ts.append(time.perf_counter() - t)
+    return ra, rb, ta, tb
+
+
+def _stats(ts):
+    return {"median_s": statistics.median(ts), "min_s": min(ts), "times_s": ts}
+
+
+def bench_one(trainer, n_classes, device, reps, eval_batches, eval_batch, data_root, batch_size=None, log=print):
+    import torch
+
+    from reference import official_way
+
+    opts = []
+    bs = batch_size or (CPU_BATCH.get(trainer) if device == "cpu" else None)
+    if bs:
+        opts += ["DATALOADER.TRAIN_X.BATCH_SIZE", str(bs)]
+    torch.manual_seed(0)
+    tr = build(trainer, CASES[trainer], n_classes, device=device, opts=opts, data_root=data_root)
+    batch = next(iter(tr.train_loader_x))
+    tr.epoch, tr.batch_idx, tr.num_batches = 0, 0, 10**9
+    snap = _snapshot(tr)
+
+    def step():
+        _restore(tr, snap)
+        tr.set_model_mode("train")
+        return _floats(tr.forward_backward(batch))
+
+    def step_ref():
+        with official_way(tr):
+            return step()
+
+    log(f"[ref] {trainer} K={n_classes}: train step x{reps} (A/B) ...")
+    s_ours, s_ref, t_ours, t_ref = ab(step, step_ref, reps, device)
+    loss_diff = max(abs(s_ours[k] - s_ref[k]) for k in s_ours if k in s_ref and "acc" not in k)
+    _restore(tr, snap)
+
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.randn(eval_batch, 3, 224, 224, generator=g).to(tr.device) for _ in range(eval_batches)]
+
+    def evaluate():
+        tr.set_model_mode("eval")
+        if hasattr(tr.model, "text_cache"):
+            tr.model.text_cache.clear()  # a fresh evaluation: text features once, then cached
+        with torch.no_grad():
+            return torch.cat([tr.model_inference(x) for x in xs])
+
+    def evaluate_ref():
+        with official_way(tr):
+            return evaluate()
+
+    log(f"[ref] {trainer} K={n_classes}: evaluation ({eval_batches} x {eval_batch} images) x{reps} (A/B) ...")
+    l_ours, l_ref, e_ours, e_ref = ab(evaluate, evaluate_ref, reps, device)
+    n_img = eval_batches * eval_batch
+    row = {
+        "trainer": trainer, "classes": n_classes, "device": device, "batch": int(batch["img"].shape[0]),
+        "eval_images": n_img, "eval_batch": eval_batch, "reps": reps, "torch_threads": torch.get_num_threads(),
+        "train_ours": _stats(t_ours), "train_official": _stats(t_ref),
+        "eval_ours": _stats(e_ours), "eval_official": _stats(e_ref),
+        "train_ratio_median": statistics.median(t_ref) / statistics.median(t_ours),
+        "train_ratio_min": min(t_ref) / min(t_ours),
+        "eval_ratio_median": statistics.median(e_ref) / statistics.median(e_ours),
+        "eval_ratio_min": min(e_ref) / min(e_ours),
+        "eval_images_per_s_ours": n_img / statistics.median(e_ours),
+        "eval_images_per_s_official": n_img / statistics.median(e_ref),
+        "loss_ours": s_ours, "loss_official": s_ref, "max_loss_diff": loss_diff,
+        "max_logit_diff": float((l_ours - l_ref).abs().max()),
+    }
+    log(f"[ref] {trainer} K={n_classes}: train {row['train_ratio_median']:.2f}x, eval {row['eval_ratio_median']:.2f}x, "
+        f"loss diff {loss_diff:.1e}, logit diff {row['max_logit_diff']:.1e}")
+    return row
+
+
+def write_json(rows, path):
+    os.makedirs(osp.dirname(osp.abspath(path)) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(rows, f, indent=2)
+    os.replace(tmp, path)
+
+
+def table(rows):
+    lines = ["| trainer | K | train official (s) | train vlprompt (s) | train ratio | eval official (s) | "
+             "eval vlprompt (s) | eval ratio | max loss diff | max logit diff |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['trainer']} | {r['classes']} | {r['train_official']['median_s']:.2f} | {r['train_ours']['median_s']:.2f} | "
+            f"{r['train_ratio_median']:.2f}x (min {r['train_ratio_min']:.2f}x) | {r['eval_official']['median_s']:.2f} | "
+            f"{r['eval_ours']['median_s']:.2f} | {r['eval_ratio_median']:.2f}x (min {r['eval_ratio_min']:.2f}x) | "
+            f"{r['max_loss_diff']:.1e} | {r['max_logit_diff']:.1e} |")
+    return "\n".join(lines)
+
+
+def plot(rows, out_png):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    for name in sorted({r["trainer"] for r in rows}):
+        rs = sorted((r for r in rows if r["trainer"] == name), key=lambda r: r["classes"])
+        ks = [r["classes"] for r in rs]
+        for arm, style in (("ours", "-o"), ("official", "--x")):
+            line = axes[0].plot(ks, [r[f"train_{arm}"]["median_s"] for r in rs], style,
+                                label=f"{name} ({'vlprompt' if arm == 'ours' else 'official way'})")
+            axes[1].plot(ks, [r[f"eval_images_per_s_{arm}"] for r in rs], style, color=line[0].get_color(),
+                         label=f"{name} ({'vlprompt' if arm == 'ours' else 'official way'})")
+        c = line[0].get_color()
+        axes[2].plot(ks, [r["train_ratio_median"] for r in rs], "-o", color=c, label=f"{name} train")
+        axes[2].plot(ks, [r["eval_ratio_median"] for r in rs], ":s", color=c, label=f"{name} eval")
+    axes[2].axhline(1.0, color="k", lw=0.8)
+    axes[2].set(xscale="log", xlabel="classes K", ylabel="official / vlprompt (median)",
+                title="speed-up over the official way (A/B)")
+    axes[2].legend(fontsize=7)
+    axes[0].set(xscale="log", yscale="log", xlabel="classes K", ylabel="train step (s, median)", title="train step")
+    axes[1].set(xscale="log", yscale="log", xlabel="classes K", ylabel="eval images / s", title="evaluation throughput")
+    for ax in axes:
+        ax.grid(True, which="both", alpha=0.3)
+    axes[1].legend(fontsize=7)
+    dev = rows[0]["device"] if rows else "?"
+    fig.suptitle(f"ViT-B/16 (random weights), {dev}: vlprompt vs the official way")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    return out_png
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--trainers", nargs="+", default=list(CASES), choices=list(CASES))
+    p.add_argument("--classes", nargs="+", type=int, default=[50])
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--eval-batches", type=int, default=2)
+    p.add_argument("--eval-batch", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=0, help="training batch (0: config, or the small CPU batch)")
+    p.add_argument("--out", default="")
+    p.add_argument("--append", action="store_true", help="add rows to an existing --out file")
+    p.add_argument("--plot", default="", metavar="JSON", help="only draw the plot for a results file")
+    args = p.parse_args(argv)
+    if args.plot:
+        with open(args.plot) as f:
+            rows = json.load(f)
+        print(plot(rows, osp.splitext(args.plot)[0] + ".png"))
+        return 0
+    if args.reps < 1:
+        p.error("--reps must be >= 1")
+    rows = []
+    if args.append and args.out and osp.exists(args.out):
+        with open(args.out) as f:
+            rows = json.load(f)
+    data_root = tempfile.mkdtemp(prefix="vlprompt_ref_")
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    for t in args.trainers:
+        for k in args.classes:
+            rows.append(bench_one(t, k, args.device, args.reps, args.eval_batches, args.eval_batch, data_root,
+                                  args.batch_size or None, log))
+            if args.out:
+                write_json(rows, args.out)
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
