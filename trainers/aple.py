@@ -135,6 +135,7 @@ class MultiModalPromptLearner(ClassPromptLearner):
         print(f'Initial context: "{init.prefix}"')
         print(f"Number of APLe context words (tokens): {n_ctx}; prompt depth: {depth}")
         self.depth = depth
+        self.shared_prefix_length = 1 + n_ctx  # SOS + the generic context
         dims = model_dims(clip_model)
         d_t, d_v = dims["d_text"], dims["d_vision"]
         self.compound_prompts_text_ctx = nn.Parameter(init.vectors)

@@ -79,6 +79,14 @@ class CoOpPromptLearner(ClassPromptLearner):
         index = self.position_index.unsqueeze(-1).expand(-1, -1, prompts.shape[-1])
         return torch.gather(prompts, 1, index)
 
+    @property
+    def shared_prefix_length(self):
+        """Leading positions that are one tensor for every class: SOS + the generic context before
+        the class name (class-specific contexts: SOS only)."""
+        if self.csc:
+            return 1
+        return {"end": 1 + self.n_ctx, "middle": 1 + self.n_ctx // 2, "front": 1}[self.position]
+
     def text_prompts(self):
         return self.forward(), []
 

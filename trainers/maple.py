@@ -30,6 +30,7 @@ class CoupledPrompts(ClassPromptLearner):
         print(f"Number of MaPLe context words (tokens): {n_ctx}")
         self.depth = depth
         self.text_geometry = self.vision_geometry = (n_ctx, depth)
+        self.shared_prefix_length = 1 + n_ctx  # SOS + the generic context
         dims = model_dims(clip_model)
         d_t, d_v = dims["d_text"], dims["d_vision"]
         self.ctx = nn.Parameter(init.vectors)

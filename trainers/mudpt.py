@@ -241,6 +241,7 @@ class MuDPTPromptLearner(ClassPromptLearner):
         d_t, d_v = dims["d_text"], dims["d_vision"]
         self.d_text, self.d_vision = d_t, d_v
         self.depth = depth
+        self.shared_prefix_length = 1 + n_ctx  # SOS + P_t^0 (deep prompts are shared over classes too)
         self.injection_type = injection
         self.unidirectional = bool(unidirectional)
         self.init_from_phrase = init.from_phrase

@@ -147,7 +147,9 @@ class DeepPromptedCLIP(PromptedCLIP):
     def text_features(self):
         """Text features (K, d) of the current prompts (not normalised)."""
         prompts, deep_text = self.prompt_learner.text_prompts()
-        return self.text_encoder(prompts, self.prompt_learner.eot_idx, deep_text)
+        # leading positions that are one tensor for every class (SOS + a generic context): computed once
+        shared = getattr(self.prompt_learner, "shared_prefix_length", None)
+        return self.text_encoder(prompts, self.prompt_learner.eot_idx, deep_text, shared_prefix=shared)
 
     def class_text_features(self):
         """Text features used for the logits: cached during evaluation, or the fixed ones."""
@@ -200,6 +202,7 @@ class IndependentPrompts(ClassPromptLearner):
         print(f"Number of context words (tokens) for Vision prompting: {n_v if j_v > 0 else 0}")
         self.text_geometry = (n_t, j_t)
         self.vision_geometry = (n_v if j_v > 0 else 0, j_v)
+        self.shared_prefix_length = 1 + n_t  # SOS + the generic context (deep prompts are shared too)
         self.ctx = nn.Parameter(init.vectors)
         self.deep_text_prompts = random_deep_prompts(j_t - 1, n_t, dims["d_text"])
         if j_v > 0:
