@@ -668,13 +668,14 @@ def test_fp16_weights_and_autocast_precisions(tiny_clip, data_root, tmp_path):
     assert model.teacher_logits(x).dtype == torch.float32
     z.sum().backward()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.prompt_learner.parameters())
-    # bf16 / amp autocast (forced on the CPU) through the token-wise step, GradScaler included for amp
+    # bf16 / amp autocast (on a CPU amp is bf16 autocast) through the token-wise step, and the engine's
+    # GradScaler path of every stage (a scaler given explicitly: CUDA amp uses one)
     tr = build_tiny_trainer(data_root, tmp_path)
     img, lab = first_batch(tr)
     tr.set_model_mode("train")
-    for prec in ("bf16", "amp"):
-        tr.precision = Precision(prec, "cpu", allow_cpu=True)
-        tr.scaler = tr.precision.make_scaler()
+    for prec in ("bf16", "amp", "scaler"):
+        tr.precision = Precision("fp32" if prec == "scaler" else prec, "cpu", allow_cpu=True)
+        tr.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0) if prec == "scaler" else tr.precision.make_scaler()
         before = snapshot(tr.model.prompt_learner)
         summary = tr.run_stages(img, lab, ["text", "vision", "joint"])
         assert all(math.isfinite(v) for v in summary.values())
