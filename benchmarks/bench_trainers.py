@@ -14,15 +14,28 @@ import sys
 
 HERE = osp.dirname(osp.abspath(__file__))
 
-CASES = {
-    "CoOp": "CoOp/vit_b16_ctxv1.yaml",
-    "CoCoOp": "CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml",
-    "MaPLe": "MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml",
-    "IVLP": "IVLP/vit_b16_c2_ep5_batch4_2+2ctx.yaml",
-    "VPT": "VPT/vit_b16_c2_ep5_batch4_4.yaml",
-    "APLe": "APLe/vit_b16_c2_ep5_batch4_2ctx.yaml",
-    "MuDPT": "MuDPT/vit_b16_bz4_ep10_nctx4_depth9.yaml",
-}
+
+
+def _cases():
+    """{trainer: "<folder>/<config>.yaml"}: every registered trainer with something to train, with its
+    base-to-novel recipe config (from the registry, never a hand-kept list)."""
+    root = osp.dirname(HERE)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from vlprompt.engine.methods import load_plugins, method_specs
+
+    load_plugins()
+    out = {}
+    for spec in method_specs():
+        recipe = spec.recipes.get("base2new") or next(iter(spec.recipes.values()))
+        if spec.eval_only:
+            continue
+        name = recipe["config"]
+        out[spec.name] = f"{name}.yaml" if "/" in name else f"{spec.config_folder}/{name}.yaml"
+    return out
+
+
+CASES = _cases()
 
 
 def run_one(trainer, config, n_classes, device, iters, eval_images):
