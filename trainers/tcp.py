@@ -22,12 +22,13 @@ whatever N_CTX is).
 
 Deliberate differences (docs/METHODS.md, TCP): ``t_hat`` comes from the same frozen CLIP in the run's
 precision (officially a second copy that stays fp16 even with PREC fp32, and the meta-net is fp16
-whenever ``TRAINER.COCOOP.PREC`` is, i.e. by default); masters are fp32, so Adam needs no eps change
-for fp16 (the official README sets eps 1e-3); the logits do not detach the (frozen) image features
-and logit scale, which changes no gradient.
+whenever ``TRAINER.COCOOP.PREC`` is, i.e. by default); the logits do not detach the (frozen) image
+features and logit scale, which changes no gradient. Reproduced: Adam's eps is 1e-3 as in every
+official run (``ADAM_EPS``; the official README patches Dassl's Adam, against fp16 NaNs), although
+the fp32 master copies here would not need it.
 
-Config ``TRAINER.TCP.{N_CTX=4, CTX_INIT=False, PREC="fp16", KG_WEIGHT=8.0, CLASS_TOKEN_LAYER=8}``
-(official train.py default N_CTX 16, but every official run passes 4).
+Config ``TRAINER.TCP.{N_CTX=4, CTX_INIT=False, PREC="fp16", KG_WEIGHT=8.0, CLASS_TOKEN_LAYER=8,
+ADAM_EPS=1e-3}`` (official train.py default N_CTX 16, but every official run passes 4).
 """
 from collections import OrderedDict
 
@@ -198,7 +199,9 @@ class TCP(ClipPromptTrainer):
     CFG_NODE = "TCP"
     # official train.py defaults (TRAINER.COOP there), except N_CTX: 16 there, but the meta-net makes 4
     # tokens and every official run passes N_CTX 4 (scripts/base2new_train.sh), so 4 here
-    CFG_DEFAULTS = dict(N_CTX=4, CTX_INIT=False, PREC="fp16", KG_WEIGHT=8.0, CLASS_TOKEN_LAYER=8)
+    # ADAM_EPS: the official README patches Dassl's Adam to eps 1e-3 (every official run); applied
+    # when OPTIM.NAME is "adam" (0 keeps the optimiser's own eps)
+    CFG_DEFAULTS = dict(N_CTX=4, CTX_INIT=False, PREC="fp16", KG_WEIGHT=8.0, CLASS_TOKEN_LAYER=8, ADAM_EPS=1e-3)
     CFG_ARGS = {"n_ctx": "N_CTX", "ctx_init": "CTX_INIT", "class_token_layer": "CLASS_TOKEN_LAYER"}
     MODEL_NAME = "prompt_learner"
     LOG_ACC = True
@@ -211,6 +214,15 @@ class TCP(ClipPromptTrainer):
                                    class_token_layer=m.CLASS_TOKEN_LAYER)
         print(f'Zero-shot template (meta-net input, regulariser): "{teacher_template}"')
         return TCPCLIP(clip_model, learner, teacher_template)
+
+    def build_optimizers(self, learnable):
+        optimizers = super().build_optimizers(learnable)
+        eps = float(self.method_cfg.ADAM_EPS)
+        if eps > 0 and str(self.cfg.OPTIM.NAME).lower() == "adam":
+            for optim, _ in optimizers.values():
+                for group in optim.param_groups:
+                    group["eps"] = eps
+        return optimizers
 
     def loss_terms(self, image, label):
         model = self.model
