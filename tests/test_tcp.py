@@ -145,6 +145,10 @@ def test_loss_terms_and_bad_settings(tmp_path):
     assert torch.allclose(terms["ce"], F.cross_entropy(logits, torch.tensor([0, 3])))
     expected = 8.0 * knowledge_gap(t.model.text_features(), t.model.zero_shot.text_features())
     assert torch.allclose(terms["kg"], expected) and terms["kg"].item() > 0
+    assert "eps" not in t.optim.param_groups[0]  # SGD here: untouched
+    adam = build("OPTIM.NAME", "adam")
+    assert adam.optim.param_groups[0]["eps"] == 1e-3  # the official (patched Dassl) Adam eps
+    assert build("OPTIM.NAME", "adam", "TRAINER.TCP.ADAM_EPS", "0.0").optim.param_groups[0]["eps"] == 1e-8
     with pytest.raises(ConfigError, match="TRAINER.TCP.CLASS_TOKEN_LAYER"):
         build("TRAINER.TCP.CLASS_TOKEN_LAYER", "12")
     with pytest.raises(ConfigError, match="TRAINER.TCP.N_CTX"):
@@ -158,6 +162,7 @@ def test_config_defaults_and_files():
     extend_cfg(cfg)
     node = cfg.TRAINER.TCP
     assert (node.N_CTX, node.CTX_INIT, node.PREC, node.KG_WEIGHT, node.CLASS_TOKEN_LAYER) == (4, False, "fp16", 8.0, 8)
+    assert node.ADAM_EPS == 1e-3
     merge_from_file(cfg, osp.join(ROOT, "configs", "trainers", "TCP", "vit_b16_ep100_ctxv1.yaml"))
     assert (cfg.OPTIM.NAME, cfg.OPTIM.LR, cfg.OPTIM.MAX_EPOCH) == ("adam", 0.002, 50)
     assert (cfg.DATALOADER.TRAIN_X.BATCH_SIZE, cfg.DATALOADER.TEST.BATCH_SIZE) == (32, 500)
