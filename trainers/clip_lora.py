@@ -11,13 +11,11 @@ as the official ``logit_scale = 100``). Evaluation (official ``evaluate_lora``):
 is reconstructed: docs/METHODS.md (## CLIP-LoRA).
 
 Iteration budget: with ``TRAINER.CLIPLORA.N_ITERS`` > 0 and ``DATASET.NUM_SHOTS`` > 0 the run takes
-exactly ``N_ITERS * NUM_SHOTS`` optimisation steps, split over ``OPTIM.MAX_EPOCH`` engine epochs of
-``ceil(total / MAX_EPOCH)`` iterations (the last one takes the rest); an epoch chains as many shuffled
-passes over the few-shot set as it needs. Otherwise (``N_ITERS`` 0 or all shots) an epoch is one pass
+exactly ``N_ITERS * NUM_SHOTS`` optimisation steps, split evenly over ``OPTIM.MAX_EPOCH`` engine epochs
+(epoch ``e`` runs ``floor((e+1) T / E) - floor(e T / E)`` iterations: 50 x shots each for the official
+500 x shots and 10 epochs); an epoch chains as many shuffled passes over the few-shot set as it needs. Otherwise (``N_ITERS`` 0 or all shots) an epoch is one pass
 and the budget is ``MAX_EPOCH`` passes. Either way the cosine schedule spans the whole budget.
 """
-import math
-
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
@@ -179,23 +177,28 @@ class CLIPLoRA(ClipPromptTrainer):
         per_pass = len(self._pass_loader)
         if int(m.N_ITERS) > 0 and shots > 0:
             self.total_iters = int(m.N_ITERS) * shots
-            self.iters_per_epoch = math.ceil(self.total_iters / self.max_epoch)
+            if self.total_iters < self.max_epoch:
+                raise ConfigError(f"TRAINER.CLIPLORA.N_ITERS x DATASET.NUM_SHOTS = {self.total_iters} iterations "
+                                  f"cannot fill OPTIM.MAX_EPOCH = {self.max_epoch} epochs: lower OPTIM.MAX_EPOCH")
+            self.budgeted = True
+            sizes = sorted({self.epoch_iterations(e) for e in range(self.max_epoch)})
             print(f"CLIP-LoRA budget: {m.N_ITERS} x {shots} shots = {self.total_iters} iterations in "
-                  f"{self.max_epoch} epochs of {self.iters_per_epoch} (one pass over the few-shot set = "
+                  f"{self.max_epoch} epochs of {'/'.join(map(str, sizes))} (one pass over the few-shot set = "
                   f"{per_pass} batches)")
         else:
             self.total_iters = self.max_epoch * per_pass
-            self.iters_per_epoch = None
+            self.budgeted = False
             print(f"CLIP-LoRA budget: {self.max_epoch} epochs x {per_pass} batches = {self.total_iters} iterations")
 
     def epoch_iterations(self, epoch):
         """Iterations of epoch ``epoch`` (0-based) under the budget."""
-        if self.iters_per_epoch is None:
+        if not self.budgeted:
             return len(self._pass_loader)
-        return max(0, min(self.iters_per_epoch, self.total_iters - epoch * self.iters_per_epoch))
+        t, n = self.total_iters, self.max_epoch
+        return (epoch + 1) * t // n - epoch * t // n
 
     def before_epoch(self):
-        if self.iters_per_epoch is not None:
+        if self.budgeted:
             self.train_loader_x = _IterationBudget(self._pass_loader, self.epoch_iterations(self.epoch))
         super().before_epoch()
 
