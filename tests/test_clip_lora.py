@@ -314,3 +314,51 @@ def test_official_save_lora_file_loads_through_load_model(data_root, tmp_path):
     n_last = order.index(("text", last_t))
     assert torch.equal(other.model.lora.text[str(last_t)]["k_proj"].w_lora_B, weights[f"layer_{n_last}"]["k_proj"]["w_lora_B"])
     assert torch.equal(other.model.lora.vision["0"]["v_proj"].w_lora_A, weights[f"layer_{len(layout['text'])}"]["v_proj"]["w_lora_A"])
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_budgeted_run_killed_after_an_epoch_resumes_bit_for_bit(data_root, tmp_path, monkeypatch):
+    """Epochs that chain passes over the few-shot set resume exactly (budget 3 x 2 shots in 3 epochs
+    of 2 iterations; one pass = 2 batches of 4 out of the 10 few-shot images)."""
+    import train as train_mod
+
+    yaml_file = tmp_path / "five.yaml"
+    yaml_file.write_text('DATASET:\n  NAME: "ImageFolder"\n  FOLDER: "five"\n')
+    common = ["--root", str(data_root), "--seed", "1", "--trainer", "CLIPLoRA", "--dataset-config-file", str(yaml_file),
+              "MODEL.BACKBONE.NAME", "test-vit-tiny", "USE_CUDA", "False", "DATALOADER.NUM_WORKERS", "0",
+              "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "DATASET.NUM_SHOTS", "2", "TRAINER.CLIPLORA.N_ITERS", "3",
+              "OPTIM.MAX_EPOCH", "3", "OPTIM.NAME", "adamw", "OPTIM.LR", "0.01", "OPTIM.WARMUP_EPOCH", "0",
+              "TEST.NO_TEST", "True", "TRAINER.CLIPLORA.PREC", "fp32"]
+
+    def run(argv):
+        try:
+            return train_mod.cli(argv)
+        finally:
+            restore_stdout()
+
+    full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
+    assert run(["--output-dir", full, *common]) == 0
+    original = CLIPLoRA.run_epoch
+
+    def run_epoch_then_stop(self):
+        if self.epoch == 2:
+            raise _Stop()
+        return original(self)
+
+    monkeypatch.setattr(CLIPLoRA, "run_epoch", run_epoch_then_stop)
+    with pytest.raises(_Stop):
+        run(["--output-dir", killed, *common])
+    from vlprompt.engine import LAST_CHECKPOINT
+
+    resume_point = load_checkpoint(osp.join(killed, "lora", LAST_CHECKPOINT))
+    assert resume_point["epoch"] == 2  # the rerun starts from epoch 3, not from scratch
+    monkeypatch.setattr(CLIPLoRA, "run_epoch", original)
+    assert run(["--output-dir", killed, *common]) == 0
+    a = load_checkpoint(osp.join(full, "lora", "model.pth.tar-3"))
+    b = load_checkpoint(osp.join(killed, "lora", "model.pth.tar-3"))
+    assert a["state_dict"] and all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 6  # 3 x 2 iterations stepped
+    assert any(v.abs().sum() > 0 for k, v in a["state_dict"].items() if k.endswith("w_lora_B"))  # it learned
