@@ -77,7 +77,8 @@ def test_build_and_forward(spec, data_root, tmp_path):
 
 @pytest.mark.parametrize("spec", TRAINABLE, ids=lambda s: s.name)
 def test_one_step_updates_exactly_the_learnable_tensors(spec, data_root, tmp_path):
-    t = _trainer(spec, data_root, tmp_path)
+    # no weight decay: it moves parameters whose gradient is exactly zero (LoRA's A while B is 0)
+    t = _trainer(spec, data_root, tmp_path, extra=["OPTIM.WEIGHT_DECAY", "0.0"])
     module = t._models[spec.model_name]
     frozen_before = {n: p.detach().clone() for n, p in t.model.named_parameters() if not p.requires_grad}
     before = {n: p.detach().clone() for n, p in module.named_parameters()}
