@@ -149,6 +149,19 @@ _C.TEST.COMPUTE_CMAT = False
 _C.TEST.NO_TEST = False
 _C.TEST.SPLIT = "test"
 _C.TEST.FINAL_MODEL = "last_step"
+# vlprompt: evaluate from the frozen-feature store wherever that is exact (trainers whose test-time
+# image features are those of the frozen, unprompted image tower: FROZEN_IMAGE_FEATURES = True).
+# Cached and uncached evaluation give identical logits. False: always encode the images.
+_C.TEST.FEATURE_CACHE = True
+
+###########################
+# Feature store (vlprompt)
+###########################
+_C.FEATURES = CN()
+# Folder of the store; "" = $VLPROMPT_FEATURE_CACHE, else ~/.cache/vlprompt/features (shared by every
+# run of a sweep without any wiring). Feature-based methods (linear probe, CLIP-Adapter, Tip-Adapter)
+# also keep their training features there.
+_C.FEATURES.DIR = ""
 
 ###########################
 # Trainer specifics (each trainer adds its node through a config extension)
