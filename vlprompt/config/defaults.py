@@ -162,6 +162,12 @@ _C.FEATURES = CN()
 # run of a sweep without any wiring). Feature-based methods (linear probe, CLIP-Adapter, Tip-Adapter)
 # also keep their training features there.
 _C.FEATURES.DIR = ""
+# Feature-based methods train from stored features of augmented views of the training images
+# (False: from images, encoding them with the frozen tower at every step).
+_C.FEATURES.TRAIN_CACHE = True
+# Number of distinct augmented views; epoch e uses view e % TRAIN_VIEWS. 0 = one per epoch (a fresh
+# augmentation every epoch, as with the image loader).
+_C.FEATURES.TRAIN_VIEWS = 0
 
 ###########################
 # Trainer specifics (each trainer adds its node through a config extension)
