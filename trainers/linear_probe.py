@@ -155,6 +155,13 @@ class LinearProbeCLIP(TrainerX):
     def extra_results(self):
         return dict(self.search)
 
+    def train(self):
+        """Nothing to train (the model was fitted when the trainer was built): run the final test, as a
+        training run ends (so ``train.py`` without ``--eval-only`` works too)."""
+        print("LinearProbeCLIP: nothing to train by gradient steps; testing the model built from the training split")
+        if not self.cfg.TEST.NO_TEST:
+            self.test()
+
     def forward_backward(self, batch):
         raise RuntimeError("LinearProbeCLIP is fitted when it is built: run it with --eval-only")
 

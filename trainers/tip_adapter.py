@@ -262,6 +262,13 @@ class TipAdapter(TrainerX):
         beta, alpha, acc = self.search
         return {"beta": beta, "alpha": alpha, "val_acc": acc, "cache_size": int(self.model.cache.weight.shape[0])}
 
+    def train(self):
+        """Nothing to train (the model was built and its alpha/beta searched when the trainer was built): run the final test, as a
+        training run ends (so ``train.py`` without ``--eval-only`` works too)."""
+        print("TipAdapter: nothing to train by gradient steps; testing the model built from the training split")
+        if not self.cfg.TEST.NO_TEST:
+            self.test()
+
     def forward_backward(self, batch):
         raise RuntimeError("TipAdapter is training-free: run it with --eval-only (TipAdapterF fine-tunes the keys)")
 
