@@ -1,6 +1,6 @@
 """Linear probe specifics: the official C search (coarse grid + log-space bisection, transcribed here
 independently from CoOp's lpclip/linear_probe.py), logits equal to scikit-learn's decision function, the
-saved head, and a toy-world run."""
+saved head (toy-world runs: tests/test_features_toy.py)."""
 import os.path as osp
 
 import numpy as np
@@ -86,14 +86,3 @@ def test_logits_are_the_decision_function_and_the_head_is_saved(tmp_path):
     assert torch.equal(head["coef"], t.coef) and torch.equal(head["intercept"], t.intercept)
     assert t.get_model_names() == [] and set(t.extra_results()) == {"C", "val_acc"}
 
-
-def test_linear_probe_on_the_toy_world(tmp_path):
-    from tests.test_toy import _run_trainer
-    from vlprompt.toy.data import ensure_toy_dataset
-
-    root = str(tmp_path / "toy")
-    ensure_toy_dataset("ToyShapes", root, log=None)
-    opts = ["DATASET.NUM_SHOTS", "8", "TRAINER.LINEAR_PROBE.SEARCH_STEPS", "2", "FEATURES.DIR", str(tmp_path / "s")]
-    acc, tr = _run_trainer("LinearProbeCLIP", root, tmp_path / "lp", opts=opts)
-    restore_stdout()
-    assert acc > 100.0 / tr.num_classes * 3  # far above chance on frozen toy-CLIP features

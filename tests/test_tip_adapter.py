@@ -1,8 +1,6 @@
 """Tip-Adapter / Tip-Adapter-F specifics: the cache (keys from augmented views of the store), the logits
 formula, the official alpha/beta search, the keys as Tip-Adapter-F's only learnable tensor, checkpoints
-onto other class lists by class name, and a toy-world run that beats zero-shot CLIP."""
-import os.path as osp
-
+onto other class lists by class name (toy-world runs: tests/test_features_toy.py)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -50,7 +48,7 @@ def test_cache_keys_logits_and_search(data_root, tmp_path):
     m = t.model
     items, tfm = t.dm.dataset.train_x, t.train_loader_x.dataset.transform
     views = [view_features(t, items, tfm, "train", view=v, seed=1)[0] for v in range(3)]
-    assert all(hit for hit in [view_features(t, items, tfm, "train", view=0, seed=1)[1]])  # stored by the build
+    assert view_features(t, items, tfm, "train", view=0, seed=1)[1]  # a hit: the build stored every view
     assert not torch.equal(views[0], views[1])  # random crops/flips differ between views
     expect = F.normalize(torch.stack(views).mean(0), dim=-1)
     assert torch.allclose(m.cache.weight, expect, atol=1e-6)
@@ -108,17 +106,3 @@ def test_tip_f_learns_the_keys_and_transfers_by_class_name(data_root, tmp_path):
     with torch.no_grad():
         assert t3.model_inference(torch.randn(2, 3, 224, 224)).shape == (2, 3)
 
-
-def test_tip_adapter_beats_zero_shot_on_the_toy_world(tmp_path):
-    from tests.test_toy import _run_trainer
-    from vlprompt.toy.data import ensure_toy_dataset
-
-    root = str(tmp_path / "toy")
-    ensure_toy_dataset("ToyShapes", root, log=None)
-    opts = ["DATASET.NUM_SHOTS", "16", "DATASET.SUBSAMPLE_CLASSES", "base", "FEATURES.DIR", str(tmp_path / "store")]
-    zs, _ = _run_trainer("ZeroshotCLIP", root, tmp_path / "zs", opts=opts)
-    restore_stdout()
-    acc, tr = _run_trainer("TipAdapter", root, tmp_path / "tip", opts=opts)
-    restore_stdout()
-    assert osp.isfile(osp.join(str(tmp_path / "tip"), "results.json"))
-    assert acc >= zs + 3.0, f"Tip-Adapter {acc:.2f} vs zero-shot {zs:.2f}"
