@@ -2,12 +2,13 @@
 
     python benchmarks/bench_feature_store.py --out benchmarks/results/feature_store_cpu.json
 
-The sweep: ZeroshotCLIP, CoOp and CoCoOp (their base-to-novel configs, ViT-B/16 with random weights:
-the real architecture and FLOPs) x seeds 1-3 x {base, new} on a fabricated ImageFolder dataset, i.e. 18
-evaluation runs. Each run's trainer is built once; its evaluation (``trainer.test()``) is then timed
+The sweep: ZeroshotCLIP, ZeroshotCLIP2, CoOp, CoCoOp and CLIP_Adapter (their base-to-novel configs,
+ViT-B/16 with random weights: the real architecture and FLOPs) x seeds 1-3 x {base, new} on a fabricated
+ImageFolder dataset, i.e. 30 evaluation runs (``--methods`` for a subset; the issue's minimum is
+ZeroshotCLIP, CoOp, CoCoOp: 18 runs). Each run's trainer is built once; its evaluation (``trainer.test()``) is then timed
 alternately without the store (``TEST.FEATURE_CACHE False``) and with it, in ``--rounds`` rounds. Each
 round has its own store folder, empty when the sweep starts, so a round's store timings include
-computing every entry once (the cold sweep: the first run of each split misses, the other 8 hit). The
+computing every entry once (the cold sweep: the first run of each split misses, all the others hit; with R runs per split the cold sweep's ratio cannot exceed R). The
 logits of both modes are compared run by run (they must be identical).
 
 Reports per round the evaluation time of the whole sweep in both modes and their ratio (median and min
@@ -27,8 +28,9 @@ import time
 HERE = osp.dirname(osp.abspath(__file__))
 sys.path.insert(0, HERE)
 
-SWEEP = [("ZeroshotCLIP", "CoOp/vit_b16.yaml"), ("CoOp", "CoOp/vit_b16_ctxv1.yaml"),
-         ("CoCoOp", "CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml")]
+SWEEP = [("ZeroshotCLIP", "CoOp/vit_b16.yaml"), ("ZeroshotCLIP2", "CoOp/vit_b16.yaml"),
+         ("CoOp", "CoOp/vit_b16_ctxv1.yaml"), ("CoCoOp", "CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml"),
+         ("CLIP_Adapter", "CLIP_Adapter/vit_b16.yaml")]
 
 
 def _evaluate(trainer, store_dir):
@@ -70,6 +72,7 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--methods", nargs="+", default=[m for m, _ in SWEEP], help="a subset of " + str([m for m, _ in SWEEP]))
     p.add_argument("--out", default="")
     args = p.parse_args(argv)
 
@@ -86,7 +89,8 @@ def main(argv=None):
     warm_store = tempfile.mkdtemp(prefix="vlprompt_store_warmup_")
     runs, identical = [], True
     warmed = False
-    for trainer_name, config in SWEEP:
+    sweep = [(m, c) for m, c in SWEEP if m in args.methods]
+    for trainer_name, config in sweep:
         for seed in args.seeds:
             for subsample in ("base", "new"):
                 opts = ["DATASET.SUBSAMPLE_CLASSES", subsample, "SEED", str(seed), "DATASET.NUM_SHOTS", "-1"]
@@ -119,7 +123,7 @@ def main(argv=None):
         per_round.append({"plain_s": plain, "store_s": store, "ratio": plain / store})
     hit_ratios = [x["plain_s"][r] / x["store_s"][r] for x in runs for r in range(args.rounds) if x["store_hit"][r]]
     by_method = {}
-    for name, _ in SWEEP:
+    for name, _ in sweep:
         rows = [x for x in runs if x["trainer"] == name]
         plain = sum(statistics.median(x["plain_s"]) for x in rows)
         store = sum(statistics.median(x["store_s"]) for x in rows)

