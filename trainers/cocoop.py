@@ -89,7 +89,11 @@ class CoCoOpCLIP(PromptedCLIP):
         return torch.cat(out, dim=0).view(B, K, -1)
 
     def forward(self, image):
-        image_features = F.normalize(self.image_encoder(image).float(), dim=-1)
+        return self.logits_from_image_features(self.image_encoder(image))
+
+    def logits_from_image_features(self, raw_features):
+        """Logits from the frozen tower's (unnormalised) features of a batch."""
+        image_features = F.normalize(raw_features.float(), dim=-1)
         ctx_shifted = self.prompt_learner(image_features)
         text_features = self.conditioned_text_features(ctx_shifted)
         return self.logits(image_features, text_features)
@@ -118,6 +122,10 @@ class CoCoOp(ClipPromptTrainer):
     CFG_DEFAULTS = dict(N_CTX=16, CTX_INIT="", PREC="fp16", CHUNK_SIZE=2048)
     CFG_ARGS = {"n_ctx": "N_CTX", "ctx_init": "CTX_INIT", "chunk_size": "CHUNK_SIZE"}
     MODEL_NAME = "prompt_learner"
+    FROZEN_IMAGE_FEATURES = True  # the Meta-Net reads the frozen tower's features: evaluation uses the store
+
+    def logits_from_image_features(self, features):
+        return self.model.logits_from_image_features(features)
 
     @classmethod
     def build_custom_clip(cls, cfg, classnames, clip_model):

@@ -107,6 +107,11 @@ class CoOp(ClipPromptTrainer):
     CFG_ARGS = {"n_ctx": "N_CTX", "ctx_init": "CTX_INIT", "class_token_position": "CLASS_TOKEN_POSITION"}
     MODEL_NAME = "prompt_learner"
     LOG_ACC = True
+    FROZEN_IMAGE_FEATURES = True  # the image tower is not prompted: evaluation uses the feature store
+
+    def logits_from_image_features(self, features):
+        """Logits from the frozen tower's features (``DeepPromptedCLIP.forward`` after the image pass)."""
+        return self.model.logits(features, self.model.class_text_features())
 
     @classmethod
     def build_custom_clip(cls, cfg, classnames, clip_model):

@@ -32,6 +32,7 @@ class ZeroshotCLIP(TrainerX):
     RECIPES = recipes("CoOp/vit_b16", xd="CoOp/vit_b16")
     TABLE_ORDER = 10
     EVAL_ONLY = True
+    FROZEN_IMAGE_FEATURES = True  # evaluated from the feature store (vlprompt.features)
 
     def templates(self):
         return [get_template(self.cfg.DATASET.NAME)]
@@ -49,8 +50,20 @@ class ZeroshotCLIP(TrainerX):
         self.head.text_features()  # computed once, at build time
         self.clip_model = clip_model
 
-    def model_inference(self, image):
+    def model_inference(self, image, features=None):
+        if features is not None:
+            return self.logits_from_image_features(features)
         return self.head.logits(image)
+
+    def frozen_image_tower(self):
+        return self.head.image_encoder
+
+    @torch.no_grad()
+    def logits_from_image_features(self, features):
+        """Logits from the frozen tower's features (what ``head.logits`` computes after the tower)."""
+        from vlprompt.clip.prompted import normalized_logits
+
+        return normalized_logits(features, self.head.text_features(), self.head.logit_scale)
 
     def forward_backward(self, batch):
         raise RuntimeError(f"{type(self).__name__} has nothing to train: run it with --eval-only")

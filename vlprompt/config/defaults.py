@@ -149,6 +149,25 @@ _C.TEST.COMPUTE_CMAT = False
 _C.TEST.NO_TEST = False
 _C.TEST.SPLIT = "test"
 _C.TEST.FINAL_MODEL = "last_step"
+# vlprompt: evaluate from the frozen-feature store wherever that is exact (trainers whose test-time
+# image features are those of the frozen, unprompted image tower: FROZEN_IMAGE_FEATURES = True).
+# Cached and uncached evaluation give identical logits. False: always encode the images.
+_C.TEST.FEATURE_CACHE = True
+
+###########################
+# Feature store (vlprompt)
+###########################
+_C.FEATURES = CN()
+# Folder of the store; "" = $VLPROMPT_FEATURE_CACHE, else ~/.cache/vlprompt/features (shared by every
+# run of a sweep without any wiring). Feature-based methods (linear probe, CLIP-Adapter, Tip-Adapter)
+# also keep their training features there.
+_C.FEATURES.DIR = ""
+# Feature-based methods train from stored features of augmented views of the training images
+# (False: from images, encoding them with the frozen tower at every step).
+_C.FEATURES.TRAIN_CACHE = True
+# Number of distinct augmented views; epoch e uses view e % TRAIN_VIEWS. 0 = one per epoch (a fresh
+# augmentation every epoch, as with the image loader).
+_C.FEATURES.TRAIN_VIEWS = 0
 
 ###########################
 # Trainer specifics (each trainer adds its node through a config extension)

@@ -221,8 +221,13 @@ class ClipPromptTrainer(TrainerX):
             summary["acc"] = compute_accuracy(logits, label)[0].item()
         return summary
 
-    def model_inference(self, image):
+    def model_inference(self, image, features=None):
+        """(B, K) fp32 logits of a test batch. ``features``: the frozen, unprompted image tower's
+        features of the batch (from the feature store; trainers with ``FROZEN_IMAGE_FEATURES``): the
+        image pass is skipped and ``logits_from_image_features(features)`` gives the logits."""
         with self.precision.autocast():
+            if features is not None:
+                return self.logits_from_image_features(features).float()
             return self.model(image).float()
 
     # -------------------------------------------------------------------------------------------

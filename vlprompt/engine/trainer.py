@@ -352,6 +352,12 @@ class EvalProgress:
 class SimpleTrainer(TrainerBase):
     """A trainer with data, evaluator, checkpoint policy and results.json."""
 
+    #: True when the test-time image features are those of the frozen, unprompted image tower (they do
+    #: not depend on anything learned): evaluation then runs from the feature store (TEST.FEATURE_CACHE).
+    #: Such a trainer provides ``model_inference(None, features=F)`` (logits from the tower's features
+    #: of a batch) and a tower (``frozen_image_tower()`` or ``self.model.image_encoder``).
+    FROZEN_IMAGE_FEATURES = False
+
     def __init__(self, cfg):
         super().__init__()
         self.check_cfg(cfg)
@@ -468,12 +474,22 @@ class SimpleTrainer(TrainerBase):
             data_loader = self.test_loader
         print(f"Evaluate on the *{split}* set")
         t0 = time.time()
-        progress = EvalProgress(split, len(data_loader), enabled=self.is_main_process)
-        for batch_idx, batch in enumerate(progress.wrap(data_loader)):
-            input, label = self.parse_batch_test(batch)
-            output = self.model_inference(input)
-            self.evaluator.process(output, label)
-            progress.update(batch_idx + 1)
+        # The feature store (vlprompt.features): a trainer whose test-time image features are those of
+        # the frozen, unprompted image tower (FROZEN_IMAGE_FEATURES) is evaluated from stored features,
+        # computed once per backbone/split/transform in these very batches (identical logits).
+        from vlprompt.features.extract import cached_eval_batches
+
+        cached = cached_eval_batches(self, data_loader, split)
+        if cached is not None:
+            for feats, label in cached:
+                self.evaluator.process(self.model_inference(None, features=feats), label)
+        else:
+            progress = EvalProgress(split, len(data_loader), enabled=self.is_main_process)
+            for batch_idx, batch in enumerate(progress.wrap(data_loader)):
+                input, label = self.parse_batch_test(batch)
+                output = self.model_inference(input)
+                self.evaluator.process(output, label)
+                progress.update(batch_idx + 1)
         results = self.evaluator.evaluate()
         for k, v in results.items():
             self.write_scalar(f"{split}/{k}", v, self.epoch)

@@ -1,0 +1,91 @@
+"""Training from stored features, for feature-based methods (CLIP-Adapter, Tip-Adapter-F).
+
+:class:`FeatureEpochs` is a mixin for a :class:`vlprompt.engine.clip_trainer.ClipPromptTrainer` whose
+learnable part sits after the frozen, unprompted image tower. Its ``run_epoch`` replaces the image
+loader by the stored features of one augmented view of the training images per epoch:
+
+* epoch ``e`` uses view ``e % V`` (``V`` = ``FEATURES.TRAIN_VIEWS``; 0 = one view per epoch, i.e. a
+  fresh augmentation every epoch as with the image loader); view ``v`` of image ``i`` is drawn with the
+  training transform under a seed derived from ``(SEED, v, i)``, so every run with this seed shares
+  the views, and a rerun (another LR, another ratio) computes no image feature at all;
+* the batches follow the image loader's rules: a random permutation from the global torch RNG per
+  epoch (checkpointed and resumed by the engine), ``DATALOADER.TRAIN_X.BATCH_SIZE``, ``drop_last``
+  when there is at least one full batch (a method may keep the last partial batch: ``drop_last()``);
+* every batch goes through the trainer's ``forward_backward({"feat": F, "label": y})`` and the engine
+  step, with the usual log line.
+
+``FEATURES.TRAIN_CACHE False`` trains from images through the engine's own loop instead (the
+trainer's ``forward_backward`` then receives image batches and encodes them with the frozen tower).
+"""
+import time
+
+import torch
+
+from vlprompt.utils import AverageMeter, MetricMeter
+
+from .extract import frozen_tower, view_features
+
+__all__ = ["FeatureEpochs", "run_seed"]
+
+
+def run_seed(cfg):
+    """The seed that keys a run's augmented views (``SEED``, or 0 when unset)."""
+    return int(cfg.SEED) if int(cfg.SEED) >= 0 else 0
+
+
+class FeatureEpochs:
+    """Mixin: ``run_epoch`` over stored features of augmented training views (module docstring)."""
+
+    def train_from_store(self):
+        return bool(self.cfg.FEATURES.TRAIN_CACHE) if "FEATURES" in self.cfg else True
+
+    def n_train_views(self):
+        v = int(self.cfg.FEATURES.TRAIN_VIEWS) if "FEATURES" in self.cfg else 0
+        return v if v > 0 else max(int(self.max_epoch), 1)
+
+    def train_view_offset(self):
+        """First view index of the training epochs (a method whose other views serve another purpose,
+        e.g. Tip-Adapter-F's cache keys, starts after them)."""
+        return 0
+
+    def drop_last(self):
+        """Drop the last partial batch when there is at least one full batch (the engine's loader rule)."""
+        return True
+
+    def train_transform(self):
+        return self.train_loader_x.dataset.transform
+
+    def train_view_features(self, view):
+        """(N, d) raw tower features of augmented view ``view`` of ``train_x`` (CPU)."""
+        feats, _ = view_features(self, self.dm.dataset.train_x, self.train_transform(), "train", view=view,
+                                 seed=run_seed(self.cfg))
+        return feats
+
+    def image_features_of(self, batch):
+        """Raw frozen-tower features of a batch: stored (``feat``) or encoded from ``img``."""
+        if "feat" in batch:
+            return batch["feat"].to(self.device)
+        tower = frozen_tower(self)
+        with torch.no_grad(), self.precision.autocast():
+            return tower(batch["img"].to(self.device))
+
+    def run_epoch(self):
+        if not self.train_from_store():
+            return super().run_epoch()
+        self.set_model_mode("train")
+        losses, batch_time, data_time = MetricMeter(), AverageMeter(), AverageMeter()
+        end = time.time()
+        feats = self.train_view_features(self.train_view_offset() + self.epoch % self.n_train_views())
+        labels = torch.tensor([int(it.label) for it in self.dm.dataset.train_x], dtype=torch.long)
+        n, bs = feats.shape[0], int(self.cfg.DATALOADER.TRAIN_X.BATCH_SIZE)
+        order = torch.randperm(n)
+        full = n // bs
+        self.num_batches = full if (full >= 1 and self.drop_last()) else -(-n // bs)
+        for self.batch_idx in range(self.num_batches):
+            idx = order[self.batch_idx * bs:(self.batch_idx + 1) * bs]
+            batch = {"feat": feats[idx].to(self.device), "label": labels[idx].to(self.device)}
+            data_time.update(time.time() - end)
+            losses.update(self.forward_backward(batch))
+            batch_time.update(time.time() - end)
+            self._log_iteration(losses, batch_time, data_time)
+            end = time.time()
