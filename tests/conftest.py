@@ -13,6 +13,18 @@ if ROOT not in sys.path:
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _feature_store_in_a_temp_dir(tmp_path_factory):
+    """The feature store of every run of the suite lives in a session temp folder, never in ~/.cache."""
+    old = os.environ.get("VLPROMPT_FEATURE_CACHE")
+    os.environ["VLPROMPT_FEATURE_CACHE"] = str(tmp_path_factory.mktemp("feature_store"))
+    yield
+    if old is None:
+        os.environ.pop("VLPROMPT_FEATURE_CACHE", None)
+    else:
+        os.environ["VLPROMPT_FEATURE_CACHE"] = old
+
+
 @pytest.fixture(autouse=True)
 def _restore_stdout():
     yield

@@ -108,6 +108,3 @@ class CLIP_Adapter(FeatureEpochs, ClipPromptTrainer):
     def loss_terms(self, features, label):
         logits = self.model.logits_from_image_features(features)
         return {"ce": torch.nn.functional.cross_entropy(logits, label)}, logits
-
-    def logits_from_image_features(self, features):
-        return self.model.logits_from_image_features(features)

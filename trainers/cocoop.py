@@ -124,9 +124,6 @@ class CoCoOp(ClipPromptTrainer):
     MODEL_NAME = "prompt_learner"
     FROZEN_IMAGE_FEATURES = True  # the Meta-Net reads the frozen tower's features: evaluation uses the store
 
-    def logits_from_image_features(self, features):
-        return self.model.logits_from_image_features(features)
-
     @classmethod
     def build_custom_clip(cls, cfg, classnames, clip_model):
         m = cfg.TRAINER.COCOOP

@@ -109,10 +109,6 @@ class CoOp(ClipPromptTrainer):
     LOG_ACC = True
     FROZEN_IMAGE_FEATURES = True  # the image tower is not prompted: evaluation uses the feature store
 
-    def logits_from_image_features(self, features):
-        """Logits from the frozen tower's features (``DeepPromptedCLIP.forward`` after the image pass)."""
-        return self.model.logits(features, self.model.class_text_features())
-
     @classmethod
     def build_custom_clip(cls, cfg, classnames, clip_model):
         m = cfg.TRAINER.COOP

@@ -79,6 +79,8 @@ def build_kgcoop_clip(clip_model, classnames, template, n_ctx=16, ctx_init=False
 class KgCoOp(ClipPromptTrainer):
     """Knowledge-guided Context Optimization."""
 
+    FROZEN_IMAGE_FEATURES = True  # the image tower is not prompted: evaluation uses the feature store
+
     RECIPES = {
         # official: configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml + scripts/base2new_train.sh (W 8.0)
         "base2new": {"config": "vit_b16_ep100_ctxv1"},

@@ -130,6 +130,8 @@ def project_conflicting(grads, kd_grads, lambda_=1.0):
 class ProGrad(ClipPromptTrainer):
     """Prompt-aligned Gradient (CoOp + ProGrad's gradient projection)."""
 
+    FROZEN_IMAGE_FEATURES = True  # the image tower is not prompted: evaluation uses the feature store
+
     # The official repository ships RN50 configs only (rn50 = 200 epochs, rn50_ep50, rn50_ep100). The
     # ViT-B/16 configs are reconstructions (marked in the files): the RN50 files with the backbone
     # changed; base-to-novel uses ep100 like scripts/base2new_train_prograd.sh.

@@ -186,6 +186,8 @@ class TCPCLIP(DeepPromptedCLIP):
 class TCP(ClipPromptTrainer):
     """Textual-based Class-aware Prompt tuning."""
 
+    FROZEN_IMAGE_FEATURES = True  # the image tower is not prompted: evaluation uses the feature store
+
     RECIPES = {
         # official: configs/trainers/TCP/vit_b16_ep100_ctxv1.yaml + scripts/base2new_train.sh (N_CTX 4)
         "base2new": {"config": "vit_b16_ep100_ctxv1"},

@@ -255,9 +255,6 @@ class TipAdapter(TrainerX):
                 features = self.model.image_encoder(image)
             return self.model.logits_from_image_features(features)
 
-    def logits_from_image_features(self, features):
-        return self.model.logits_from_image_features(features)
-
     def extra_results(self):
         beta, alpha, acc = self.search
         return {"beta": beta, "alpha": alpha, "val_acc": acc, "cache_size": int(self.model.cache.weight.shape[0])}
@@ -334,9 +331,6 @@ class TipAdapterF(FeatureEpochs, ClipPromptTrainer):
         summary = super().forward_backward(batch)
         self.update_lr()  # the official cosine schedule steps every iteration
         return summary
-
-    def logits_from_image_features(self, features):
-        return self.model.logits_from_image_features(features)
 
     def test(self, split=None):
         """Validation during training uses the current alpha/beta (the initial ones: the official

@@ -167,6 +167,13 @@ class DeepPromptedCLIP(PromptedCLIP):
     def forward(self, image):
         return self.logits(self.image_features(image), self.class_text_features())
 
+    def logits_from_image_features(self, features):
+        """Logits from the frozen, unprompted tower's features (the feature store's): the same as
+        :meth:`forward` after the image pass. Only for models whose image tower is not prompted."""
+        if self.prompts_vision:
+            raise RuntimeError("this model prompts the image tower: its image features cannot come from a store")
+        return self.logits(features, self.class_text_features())
+
     def set_classnames(self, classnames):
         """Rebuild every class-derived buffer: the learner's and those of every other child with
         ``set_classnames`` (the fixed text side, zero-shot heads a method adds)."""

@@ -221,6 +221,11 @@ class ClipPromptTrainer(TrainerX):
             summary["acc"] = compute_accuracy(logits, label)[0].item()
         return summary
 
+    def logits_from_image_features(self, features):
+        """Logits from stored frozen-tower features (trainers with ``FROZEN_IMAGE_FEATURES``); default:
+        the model's ``logits_from_image_features``."""
+        return self.model.logits_from_image_features(features)
+
     def model_inference(self, image, features=None):
         """(B, K) fp32 logits of a test batch. ``features``: the frozen, unprompted image tower's
         features of the batch (from the feature store; trainers with ``FROZEN_IMAGE_FEATURES``): the

@@ -29,6 +29,8 @@ import uuid
 
 import torch
 
+from vlprompt.utils.errors import UserError
+
 from .keys import canonical_json, key_digest
 
 __all__ = ["FeatureStore", "FeatureStoreError", "default_store_dir", "ENV_VAR", "SUFFIX"]
@@ -41,7 +43,7 @@ _CHUNK = 1 << 22
 _REPORTED = set()  # (path, reason): each problem entry is reported once per process
 
 
-class FeatureStoreError(RuntimeError):
+class FeatureStoreError(UserError, RuntimeError):
     """The store cannot be written (full disk, read-only folder); the message says what to do."""
 
 
