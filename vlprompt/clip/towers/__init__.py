@@ -19,6 +19,7 @@ any other image tower                                                           
 =====================================  ========================================  ===================================
 """
 from ..backbone import tower_kinds
+from ..prompted import PromptedTextEncoder, PromptedVisionEncoder
 from .text import BidirectionalTextEncoder, CausalCustomTextEncoder, encode_class_texts
 from .vision import PlainVisionEncoder, TimmEvaPromptedEncoder, TimmViTPromptedEncoder
 
@@ -44,8 +45,6 @@ SUPPORTED_TEXT_TOWERS = (
 
 def prompted_text_encoder(clip_model, n_prompts=0, depth=0):
     """The prompted text encoder for ``clip_model``'s text tower (see the module table)."""
-    from ..prompted import PromptedTextEncoder
-
     kind = tower_kinds(clip_model)[0]
     if kind == "causal":
         if hasattr(clip_model, "transformer"):
@@ -61,8 +60,6 @@ def prompted_text_encoder(clip_model, n_prompts=0, depth=0):
 
 def prompted_vision_encoder(clip_model, n_prompts=0, depth=0):
     """The prompted image encoder for ``clip_model``'s image tower (see the module table)."""
-    from ..prompted import PromptedVisionEncoder
-
     kind = tower_kinds(clip_model)[1]
     if kind in ("clip_vit", "resnet"):
         return PromptedVisionEncoder(clip_model, n_prompts, depth)

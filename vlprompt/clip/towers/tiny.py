@@ -3,7 +3,7 @@ and PE-Core (built in a second, not the minutes a base-size model takes on a CPU
 
 Each mirrors its family's open_clip config (``ViT-B-16-SigLIP``, ``EVA02-B-16``, ``PE-Core-B-16``) and
 timm architecture (``vit_base_patch16_siglip_224``, ``eva02_base_patch16_clip_224``,
-``vit_pe_core_base_patch16_224``) with the same options, at 4 layers, patch 32 (7x7 grid) and narrow
+``vit_pe_core_base_patch16_224``) with the same options, at 12 layers (the depth of the base models, so the shipped prompt depths fit), patch 32 (7x7 grid) and narrow
 widths (text 32, vision 48: different, so width mix-ups fail loudly). The timm trunks are registered in
 timm's model registry under ``vlprompt_tiny_*`` so that open_clip builds them through its normal path.
 Weights come from a fixed seed that does not disturb the caller's RNG streams.
@@ -15,7 +15,7 @@ import torch
 
 __all__ = ["build_siglip_tiny", "build_eva02_tiny", "build_pecore_tiny", "TINY_FAMILIES"]
 
-_COMMON = dict(img_size=224, patch_size=32, embed_dim=48, depth=4, num_heads=2)
+_COMMON = dict(img_size=224, patch_size=32, embed_dim=48, depth=12, num_heads=2)
 _DROP = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "features_only")
 
 
@@ -56,7 +56,7 @@ def _register():
         return Eva(**dict(args, **_clean(kwargs)))
 
 
-_TEXT = dict(vocab_size=49408, width=32, heads=2, layers=4, mlp_ratio=2.0)
+_TEXT = dict(vocab_size=49408, width=32, heads=2, layers=12, mlp_ratio=2.0)
 
 #: family -> CustomTextCLIP kwargs (open_clip model-config layout)
 TINY_FAMILIES = {
