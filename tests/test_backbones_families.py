@@ -430,14 +430,33 @@ def test_apply_preprocessing_respects_explicit_keys(tmp_path, capsys):
 
 @pytest.fixture
 def factory_in_prompted_clip(monkeypatch):
-    """PromptedCLIP builds its encoders with vlprompt.clip.towers.prompted_encoders (the integration
-    change in PromptedCLIP.__init__); applied here until that change is in."""
+    """The two integration changes outside this branch's files, applied here until they are in:
+    PromptedCLIP builds its encoders with ``vlprompt.clip.towers.prompted_encoders``, and
+    ``prompt_init._phrase_vectors`` uses the model's tokenizer (``towers.phrase_vectors``)."""
+    import vlprompt.clip.prompt_init as prompt_init
     import vlprompt.clip.prompted as prompted
-    from vlprompt.clip.towers import prompted_text_encoder, prompted_vision_encoder
+    from vlprompt.clip.towers import phrase_vectors, prompted_text_encoder, prompted_vision_encoder
 
     if "prompted_encoders" not in inspect.getsource(prompted.PromptedCLIP.__init__):
         monkeypatch.setattr(prompted, "PromptedTextEncoder", prompted_text_encoder)
         monkeypatch.setattr(prompted, "PromptedVisionEncoder", prompted_vision_encoder)
+    src = inspect.getsource(prompt_init._phrase_vectors)
+    if "phrase_vectors(" not in src.split(":", 1)[1] and "model_tokenizer" not in src:
+        monkeypatch.setattr(prompt_init, "_phrase_vectors", phrase_vectors)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_phrase_init_uses_the_model_tokenizer(name, factory_in_prompted_clip):
+    from vlprompt.clip import init_text_context
+
+    m = model(name)
+    init = init_text_context(m, 2, "a photo of a", rule="maple")
+    tok = model_tokenizer(m)
+    ids = tok(["a photo"])
+    s = tok.first_slot
+    with torch.no_grad():
+        want = m.text.token_embedding(ids[0, s:s + 2]) if hasattr(m, "text") else m.token_embedding(ids[0, s:s + 2])
+    torch.testing.assert_close(init.vectors, want)
 
 
 def _specs():

@@ -67,19 +67,34 @@ class ClipBPETokenizer:
 
 
 class NoStartBPETokenizer(ClipBPETokenizer):
-    """SigLIP's token layout with CLIP's BPE vocabulary: ``words [EOS] pad ...`` (no start token),
-    always padded to the full context length. Used by the small random-weight SigLIP test backbone
-    (the real SigLIP tokenizer is a Hugging Face sentencepiece model that needs a download)."""
+    """SigLIP's token layout: ``words [EOS] pad ...`` (no start token), always padded to the full
+    context length. Used by the small random-weight SigLIP test backbone (the real SigLIP tokenizer is
+    a Hugging Face sentencepiece model that needs a download).
+
+    With ``vocab_size``, word ids are CLIP BPE ids mapped into ``[2, vocab_size)`` by a fixed
+    permutation-like fold, EOS is 1 and padding 0 (SigLIP's ids for ``</s>`` and its 32000-word
+    vocabulary): ids differ from CLIP's, so code that tokenizes with CLIP's tokenizer instead of the
+    model's fails (out-of-range start token) or picks other embeddings, as it would with real SigLIP.
+    """
 
     has_start_token = False
 
-    def __init__(self, context_length=64, pad_id=0):
+    def __init__(self, context_length=64, pad_id=0, vocab_size=None):
         super().__init__(context_length)
         self.pad_id = int(pad_id)
+        self.vocab_size = vocab_size
+        if vocab_size is not None:
+            self.eot = 1
 
     @property
     def first_slot(self):
         return 0
+
+    def encode(self, text):
+        ids = _tokenizer().encode(text)
+        if self.vocab_size is None:
+            return ids
+        return [2 + (i * 7919) % (self.vocab_size - 2) for i in ids]
 
     def __call__(self, texts, context_length=None):
         if isinstance(texts, str):

@@ -20,7 +20,7 @@ any other image tower                                                           
 """
 from ..backbone import tower_kinds
 from ..prompted import PromptedTextEncoder, PromptedVisionEncoder
-from .text import BidirectionalTextEncoder, CausalCustomTextEncoder, encode_class_texts
+from .text import BidirectionalTextEncoder, CausalCustomTextEncoder, encode_class_texts, phrase_vectors
 from .vision import PlainVisionEncoder, TimmEvaPromptedEncoder, TimmViTPromptedEncoder
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "TimmEvaPromptedEncoder",
     "PlainVisionEncoder",
     "encode_class_texts",
+    "phrase_vectors",
     "SUPPORTED_TEXT_TOWERS",
 ]
 

@@ -20,7 +20,7 @@ from ..backbone import model_dims, text_tower, tower_kinds
 from ..prompted import PromptedTextEncoder, check_prompt_config
 from ..tokenizer import model_tokenizer, tokenize
 
-__all__ = ["CausalCustomTextEncoder", "BidirectionalTextEncoder", "encode_class_texts"]
+__all__ = ["CausalCustomTextEncoder", "BidirectionalTextEncoder", "encode_class_texts", "phrase_vectors"]
 
 
 class _TextTowerView:
@@ -160,3 +160,21 @@ def encode_class_texts(clip_model, classnames, templates, device=None, chunk_siz
         feats = F.normalize(torch.cat(feats), dim=-1)
         acc = feats if acc is None else acc + feats
     return F.normalize(acc / len(templates), dim=-1)
+
+
+@torch.no_grad()
+def phrase_vectors(clip_model, phrase, n, context_length=None):
+    """Token embeddings (n, d_t) fp32 of the first ``n`` word tokens of ``phrase`` under the **model's**
+    tokenizer (from its first word slot: 1 after CLIP's start token, 0 for SigLIP). The family-aware
+    form of ``prompt_init._phrase_vectors`` (``context_length`` is accepted and the model's is used)."""
+    tok = model_tokenizer(clip_model)
+    n_tok = tok.count(phrase)
+    if n_tok < n:
+        raise ValueError(
+            f'The init phrase "{phrase}" has {n_tok} tokens, fewer than the {n} context tokens to '
+            "initialise; use a longer phrase, fewer context tokens, or an empty CTX_INIT (random init)"
+        )
+    embedding = text_tower(clip_model).token_embedding
+    ids = tok([phrase]).to(embedding.weight.device)
+    s = tok.first_slot
+    return embedding(ids).float()[0, s:s + n].clone()

@@ -4,7 +4,10 @@ and PE-Core (built in a second, not the minutes a base-size model takes on a CPU
 Each mirrors its family's open_clip config (``ViT-B-16-SigLIP``, ``EVA02-B-16``, ``PE-Core-B-16``) and
 timm architecture (``vit_base_patch16_siglip_224``, ``eva02_base_patch16_clip_224``,
 ``vit_pe_core_base_patch16_224``) with the same options, at 12 layers (the depth of the base models, so the shipped prompt depths fit), patch 32 (7x7 grid) and narrow
-widths (text 32, vision 48: different, so width mix-ups fail loudly). The timm trunks are registered in
+widths (text 32, vision 48: different, so width mix-ups fail loudly). The SigLIP one has SigLIP's
+32000-word vocabulary and token layout (no start token, EOS 1, padding to 64) through
+:class:`vlprompt.clip.tokenizer.NoStartBPETokenizer`, so code that tokenizes with CLIP's tokenizer
+instead of the model's fails on it as it would on real SigLIP. The timm trunks are registered in
 timm's model registry under ``vlprompt_tiny_*`` so that open_clip builds them through its normal path.
 Weights come from a fixed seed that does not disturb the caller's RNG streams.
 """
@@ -63,7 +66,7 @@ TINY_FAMILIES = {
     "siglip": dict(
         embed_dim=48, init_logit_bias=-10.0, init_logit_scale=float(np.log(10.0)),
         vision_cfg=dict(image_size=224, timm_model_name="vlprompt_tiny_siglip", timm_pool="map", timm_proj="none"),
-        text_cfg=dict(_TEXT, context_length=64, no_causal_mask=True, pool_type="last", proj_bias=True,
+        text_cfg=dict(_TEXT, vocab_size=32000, context_length=64, no_causal_mask=True, pool_type="last", proj_bias=True,
                       norm_kwargs={"eps": 1e-6}),
     ),
     "eva02": dict(
@@ -91,7 +94,10 @@ def build_tiny(family, seed=20240101):
         torch.manual_seed(seed)
         model = open_clip.model.CustomTextCLIP(**cfg)
     ctx = cfg["text_cfg"]["context_length"]
-    tok = NoStartBPETokenizer(ctx) if family == "siglip" else ClipBPETokenizer(ctx)
+    if family == "siglip":
+        tok = NoStartBPETokenizer(ctx, vocab_size=cfg["text_cfg"]["vocab_size"])
+    else:
+        tok = ClipBPETokenizer(ctx)
     object.__setattr__(model, "vlprompt_tokenizer", tok)
     from ..backbone import adapt_model
 
