@@ -512,3 +512,36 @@ def test_every_method_trains_one_step_on_every_family(spec, name, data_root, tmp
     t.set_model_mode("eval")
     with torch.no_grad():
         assert t.model_inference(batch["img"]).shape == (2, 5)
+
+
+def test_squash_resize_mode_keeps_the_whole_image():
+    from PIL import Image
+
+    from vlprompt.config import get_cfg_default
+    from vlprompt.data.transforms.transforms import build_transform
+
+    img = Image.new("RGB", (400, 200), (255, 0, 0))
+    img.paste((0, 0, 255), (0, 0, 20, 200))  # a blue stripe on the left 5%: cropped away by "shortest"
+    cfg = get_cfg_default()
+    cfg.INPUT.TRANSFORMS = ()
+    crop = build_transform(cfg, is_train=False)(img)
+    cfg.INPUT.RESIZE_MODE = "squash"
+    squash = build_transform(cfg, is_train=False)(img)
+    assert crop.shape == squash.shape == (3, 224, 224)
+    assert squash[2, 100, 2] > 0.9 and crop[2, 100, 2] < 0.1
+    cfg.INPUT.RESIZE_MODE = "longest"
+    with pytest.raises(ValueError, match="INPUT.RESIZE_MODE must be one of"):
+        build_transform(cfg, is_train=False)
+
+
+def test_apply_preprocessing_writes_resize_mode_where_the_key_exists(capsys):
+    from vlprompt.config import get_cfg_default
+
+    cfg = get_cfg_default()
+    cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.PRETRAINED_TAG = "PE-Core-B-16", "meta"
+    apply_backbone_preprocess(cfg)
+    assert "resize_mode=squash; INPUT.RESIZE_MODE does not exist" in capsys.readouterr().out
+    cfg.INPUT.RESIZE_MODE = "shortest"
+    used = apply_backbone_preprocess(cfg)
+    assert cfg.INPUT.RESIZE_MODE == "squash" and cfg.INPUT.INTERPOLATION == "bilinear"
+    assert used["RESIZE_MODE"] == ("squash", "from pretrained tag 'meta' of PE-Core-B-16")
