@@ -545,3 +545,35 @@ def test_apply_preprocessing_writes_resize_mode_where_the_key_exists(capsys):
     used = apply_backbone_preprocess(cfg)
     assert cfg.INPUT.RESIZE_MODE == "squash" and cfg.INPUT.INTERPOLATION == "bilinear"
     assert used["RESIZE_MODE"] == ("squash", "from pretrained tag 'meta' of PE-Core-B-16")
+
+
+NEW_CONFIGS = sorted(
+    f"configs/trainers/{m}/{fam}_{rest}.yaml"
+    for m, rest in [("CoOp", "b16_ctxv1"), ("MaPLe", "b16_c2_ep5_batch4_2ctx"), ("APLe", "b16_c2_ep5_batch4_2ctx"),
+                    ("MuDPT", "b16_bz4_ep10_nctx4_depth9")]
+    for fam in ("siglip", "eva02")
+)
+
+
+@pytest.mark.parametrize("path", NEW_CONFIGS)
+def test_family_configs_merge_and_match_the_tag(path):
+    import os.path as osp
+
+    from vlprompt.config import get_cfg_default, extend_cfg, merge_from_file
+    from vlprompt.engine.methods import load_plugins
+
+    load_plugins()
+    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    cfg = get_cfg_default()
+    extend_cfg(cfg)
+    merge_from_file(cfg, osp.join(root, path))
+    bb = cfg.MODEL.BACKBONE
+    assert bb.NAME in ("ViT-B-16-SigLIP", "EVA02-B-16") and bb.PRETRAINED_TAG
+    check_quickgelu(bb.NAME, bb.PRETRAINED_TAG)
+    pre = backbone_preprocess(bb.NAME, bb.PRETRAINED_TAG)
+    assert list(cfg.INPUT.PIXEL_MEAN) == pytest.approx(pre["mean"]) and list(cfg.INPUT.PIXEL_STD) == pytest.approx(pre["std"])
+    assert cfg.INPUT.INTERPOLATION == pre["interpolation"]
+    node = path.split("/")[2].upper()  # configs/trainers/<Method>/...
+    assert cfg.TRAINER[node].PREC == "amp"
+    text = open(osp.join(root, path)).read()
+    assert "HYPER-PARAMETERS ARE OURS" in text
