@@ -577,3 +577,12 @@ def test_family_configs_merge_and_match_the_tag(path):
     assert cfg.TRAINER[node].PREC == "amp"
     text = open(osp.join(root, path)).read()
     assert "HYPER-PARAMETERS ARE OURS" in text
+
+
+def test_fp16_weights_refused_with_a_reason_for_custom_text_families():
+    from vlprompt.clip.backbone import fp16_weights_supported
+
+    assert fp16_weights_supported(model("test-vit-tiny")) == (True, "")
+    for name in FAMILIES:
+        ok, reason = fp16_weights_supported(model(name))
+        assert not ok and "PREC amp or bf16" in reason

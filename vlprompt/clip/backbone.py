@@ -48,6 +48,7 @@ __all__ = [
     "apply_backbone_preprocess",
     "input_keys_set_in",
     "VISION_PROMPT_FAMILIES",
+    "fp16_weights_supported",
 ]
 
 # CLIP names -> open_clip architecture names (QuickGELU variants: what OpenAI trained with).
@@ -642,3 +643,18 @@ def model_dims(model):
         d["vision_layers"] = len(trunk.blocks)
         d["vision_heads"] = trunk.blocks[0].attn.num_heads
     return d
+
+
+def fp16_weights_supported(model):
+    """``(ok, reason)``: whether ``PREC fp16`` (fp16 weights, vlprompt.clip.precision.convert_clip_to_fp16)
+    applies to this model. open_clip's ``convert_weights_to_lp`` handles the open_clip ``CLIP`` towers
+    only; on ``CustomTextCLIP`` it fails on a Linear text projection (SigLIP) and timm LayerNorms keep fp32
+    weights. Use ``amp`` or ``bf16`` (fp32 weights + autocast) for those."""
+    text_kind, vision_kind = tower_kinds(model)
+    if hasattr(model, "transformer") and vision_kind in ("clip_vit", "resnet"):
+        return True, ""
+    return False, (
+        f"PREC fp16 (fp16 weights) supports open_clip CLIP towers only; this backbone has a "
+        f"{'CustomTextCLIP text tower' if not hasattr(model, 'transformer') else 'CLIP text tower'} and a "
+        f"{vision_kind} image tower. Use PREC amp or bf16 (fp32 weights with autocast)"
+    )
