@@ -502,9 +502,12 @@ def apply_backbone_preprocess(cfg, explicit=()):
 
     ``explicit``: INPUT key names the user set (:func:`input_keys_set_in`). Prints one line per key
     saying which value is used and why; returns ``{key: (value, reason)}``. ``RESIZE_MODE`` is written
-    only where ``cfg.INPUT`` has that key. Must run before the data loaders are built.
+    only where ``cfg.INPUT`` has that key. Must run before the data loaders are built. Also runs
+    :func:`check_quickgelu` (a mismatch raises :class:`QuickGELUMismatchError` before any data is read).
     """
     bb = cfg.MODEL.BACKBONE
+    if bb.NAME and bb.PRETRAINED_TAG and not bb.RANDOM_INIT:
+        check_quickgelu(bb.NAME, bb.PRETRAINED_TAG)  # at config time, before any data is read
     pre = backbone_preprocess(bb.NAME, bb.PRETRAINED_TAG) if bb.NAME else None
     used = {}
     if pre is None:
