@@ -477,7 +477,8 @@ def data_root(tmp_path_factory):
 
 @pytest.mark.parametrize("spec", _specs(), ids=lambda s: s.name)
 @pytest.mark.parametrize("name", FAMILIES)
-def test_every_method_trains_one_step_on_every_family(spec, name, data_root, tmp_path, factory_in_prompted_clip):
+def test_every_method_trains_one_step_on_every_family(spec, name, data_root, tmp_path, factory_in_prompted_clip,
+                                                     capsys):
     from tests.helpers import make_cfg
     from vlprompt.engine import build_trainer
     from vlprompt.utils import restore_stdout
@@ -489,6 +490,9 @@ def test_every_method_trains_one_step_on_every_family(spec, name, data_root, tmp
         t = build_trainer(cfg)
     finally:
         restore_stdout()
+    log = capsys.readouterr().out
+    assert f"Backbone towers: text {EXPECTED[name][0]}, image {EXPECTED[name][1]}; logit scale exp(s) = " in log
+    assert ("logit bias not used" in log) == (name == "test-siglip-tiny")
     batch = {"img": images(2), "label": torch.tensor([0, 3]), "domain": torch.zeros(2, dtype=torch.long),
              "impath": [""] * 2, "index": torch.arange(2)}
     if spec.eval_only:

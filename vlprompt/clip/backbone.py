@@ -368,7 +368,11 @@ def build_clip_from_cfg(cfg):
         bb.NAME, path=bb.PATH, pretrained_tag=bb.PRETRAINED_TAG, cache_dir=bb.CACHE_DIR,
         random_init=bb.RANDOM_INIT,
     )
-    res = model_dims(model)["image_size"]
+    dims = model_dims(model)
+    res = dims["image_size"]
+    print(f"Backbone towers: text {dims['text_kind']}, image {dims['vision_kind']}; "
+          f"logit scale exp(s) = {float(model.logit_scale.detach().exp()):.2f}"
+          + ("; logit bias not used (it cancels in softmax over classes)" if getattr(model, "logit_bias", None) is not None else ""))
     if tuple(cfg.INPUT.SIZE) != (res, res):
         raise ValueError(
             f"INPUT.SIZE {tuple(cfg.INPUT.SIZE)} does not match the backbone's input resolution "
