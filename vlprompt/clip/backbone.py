@@ -10,7 +10,19 @@ Random-weight backbones make every code path runnable without weights:
 
 * ``test-vit-tiny``: a small ViT CLIP (224x224 input, 12+12 layers, narrow and with different text
   and vision widths so width mix-ups fail loudly), built in memory from a fixed seed;
-* ``MODEL.BACKBONE.RANDOM_INIT True``: any named architecture at its real size.
+* ``MODEL.BACKBONE.RANDOM_INIT True``: any named architecture at its real size;
+* ``test-siglip-tiny`` / ``test-eva02-tiny`` / ``test-pecore-tiny``: small random-weight open_clip
+  ``CustomTextCLIP`` models with the tower structure of SigLIP, EVA02 and PE-Core
+  (:mod:`vlprompt.clip.towers.tiny`).
+
+Families are told apart by the model's **structure** (:func:`tower_kinds`), never by its name:
+open_clip ``CLIP`` (built-in text transformer) or ``CustomTextCLIP`` (``model.text``), and the image
+tower (open_clip ViT, ModifiedResNet, timm ViT, timm EVA, other timm trunks).
+
+Pretrained tags: a QuickGELU mismatch between the tag and the model name is an error naming the right
+model name (:func:`check_quickgelu`); the tag's preprocessing (mean, std, interpolation, resize mode)
+is returned by :func:`backbone_preprocess` and applied to ``cfg.INPUT`` by
+:func:`apply_backbone_preprocess` unless the user set those keys.
 """
 import os
 import os.path as osp
@@ -27,6 +39,16 @@ __all__ = [
     "build_clip_from_cfg",
     "MissingWeightsError",
     "model_dims",
+    "tower_kinds",
+    "adapt_model",
+    "text_tower",
+    "check_quickgelu",
+    "QuickGELUMismatchError",
+    "backbone_preprocess",
+    "apply_backbone_preprocess",
+    "input_keys_set_in",
+    "VISION_PROMPT_FAMILIES",
+    "fp16_weights_supported",
 ]
 
 # CLIP names -> open_clip architecture names (QuickGELU variants: what OpenAI trained with).
@@ -88,7 +110,12 @@ def _build_test_vit_tiny(**_):
 BUILTIN_BACKBONES = {"test-vit-tiny": _build_test_vit_tiny}
 #: built-in backbones named by the dotted path of their builder ("package.module:function"), imported
 #: only when the backbone is requested (so this layer imports nothing from the layers above it)
-LAZY_BACKBONES = {"toy-clip": "vlprompt.toy.clip_model:build_toy_clip"}
+LAZY_BACKBONES = {
+    "toy-clip": "vlprompt.toy.clip_model:build_toy_clip",
+    "test-siglip-tiny": "vlprompt.clip.towers.tiny:build_siglip_tiny",
+    "test-eva02-tiny": "vlprompt.clip.towers.tiny:build_eva02_tiny",
+    "test-pecore-tiny": "vlprompt.clip.towers.tiny:build_pecore_tiny",
+}
 
 
 def register_builtin_backbone(name, builder):
@@ -270,6 +297,8 @@ def build_clip_model(name, path="", pretrained_tag="", cache_dir="", random_init
         source = f"built-in {name}"
     else:
         clip_name, oc_name = normalize_backbone_name(name)
+        if pretrained_tag and not random_init:
+            check_quickgelu(name, pretrained_tag)
         if random_init:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
@@ -307,6 +336,25 @@ def build_clip_model(name, path="", pretrained_tag="", cache_dir="", random_init
     model.float()
     model.eval()
     model.vlprompt_backbone = {"name": name, "source": source}
+    adapt_model(model, None if builder is not None else oc_name)
+    return model
+
+
+def adapt_model(model, open_clip_name=None):
+    """Prepare an open_clip model for vlprompt (idempotent; returns it).
+
+    * ``open_clip_name``: recorded as ``model.vlprompt_tokenizer_name`` (the tokenizer that
+      :func:`vlprompt.clip.tokenizer.model_tokenizer` loads for bidirectional text towers);
+    * ``CustomTextCLIP``: ``model.token_embedding`` becomes a plain (unregistered) reference to
+      ``model.text.token_embedding``, so code written for open_clip ``CLIP`` that embeds token ids
+      (``prompt_init.token_embeddings``) reads the text tower's; nothing enters the state dict and
+      ``.to()`` / fp16 conversion act on the one module.
+    """
+    if open_clip_name and not hasattr(model, "vlprompt_tokenizer_name"):
+        model.vlprompt_tokenizer_name = open_clip_name
+    text = getattr(model, "text", None)
+    if not hasattr(model, "transformer") and text is not None and hasattr(text, "token_embedding"):
+        model.__dict__["token_embedding"] = text.token_embedding
     return model
 
 
@@ -315,12 +363,16 @@ def build_clip_from_cfg(cfg):
     bb = cfg.MODEL.BACKBONE
     if not bb.NAME:
         raise ValueError("MODEL.BACKBONE.NAME is empty: set it in the method yaml or with --backbone")
-    print(f"Loading CLIP (backbone: {bb.NAME})")
+    print(f"Loading CLIP (backbone: {bb.NAME}{', pretrained tag ' + bb.PRETRAINED_TAG if bb.PRETRAINED_TAG else ''})")
     model = build_clip_model(
         bb.NAME, path=bb.PATH, pretrained_tag=bb.PRETRAINED_TAG, cache_dir=bb.CACHE_DIR,
         random_init=bb.RANDOM_INIT,
     )
-    res = model_dims(model)["image_size"]
+    dims = model_dims(model)
+    res = dims["image_size"]
+    print(f"Backbone towers: text {dims['text_kind']}, image {dims['vision_kind']}; "
+          f"logit scale exp(s) = {float(model.logit_scale.detach().exp()):.2f}"
+          + ("; logit bias not used (it cancels in softmax over classes)" if getattr(model, "logit_bias", None) is not None else ""))
     if tuple(cfg.INPUT.SIZE) != (res, res):
         raise ValueError(
             f"INPUT.SIZE {tuple(cfg.INPUT.SIZE)} does not match the backbone's input resolution "
@@ -329,26 +381,287 @@ def build_clip_from_cfg(cfg):
     return model
 
 
+
+# --------------------------------------------------------------------------------------------------
+# QuickGELU: open_clip only warns when the tag was trained with another activation than the model
+# name builds; here it is an error naming the right model name.
+
+
+class QuickGELUMismatchError(ValueError):
+    """The pretrained tag was trained with a different activation than the named model builds."""
+
+
+def _quickgelu_sibling(oc_name):
+    return oc_name[: -len("-quickgelu")] if oc_name.endswith("-quickgelu") else oc_name + "-quickgelu"
+
+
+def check_quickgelu(name, tag):
+    """Raise :class:`QuickGELUMismatchError` if ``tag`` was trained with QuickGELU and ``name`` builds
+    nn.GELU (or the reverse); the message names the model name to use. Unknown tags pass (the loader
+    reports them)."""
+    import open_clip
+    from open_clip.pretrained import get_pretrained_cfg
+
+    if not tag or _lazy_builtin(name) is not None:
+        return
+    _, oc_name = normalize_backbone_name(name)
+    sibling = _quickgelu_sibling(oc_name)
+    own = get_pretrained_cfg(oc_name, tag)
+    other = get_pretrained_cfg(sibling, tag) if sibling in open_clip.list_models() else {}
+    pcfg = own or other
+    if not pcfg:
+        return
+    tag_qg = bool(pcfg.get("quick_gelu", False))
+    model_qg = bool((open_clip.get_model_config(oc_name) or {}).get("quick_gelu", False))
+    if tag_qg == model_qg:
+        return
+    right = sibling if sibling in open_clip.list_models() else None
+    act = "QuickGELU" if tag_qg else "nn.GELU"
+    built = "QuickGELU" if model_qg else "nn.GELU"
+    fix = (f'set MODEL.BACKBONE.NAME "{right}"' if right else
+           "no open_clip model name pairs this tag with its activation")
+    raise QuickGELUMismatchError(
+        f"MODEL.BACKBONE.PRETRAINED_TAG '{tag}' was trained with {act}, but MODEL.BACKBONE.NAME "
+        f"'{name}' builds {built} (open_clip {oc_name}); the weights would run with the wrong "
+        f"activation. {fix}."
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Preprocessing of a pretrained tag (mean, std, interpolation, resize mode).
+
+#: INPUT keys written by :func:`apply_backbone_preprocess`, per open_clip preprocess field
+PREPROCESS_KEYS = {"mean": "PIXEL_MEAN", "std": "PIXEL_STD", "interpolation": "INTERPOLATION",
+                   "resize_mode": "RESIZE_MODE"}
+
+
+def backbone_preprocess(name, tag=""):
+    """The preprocessing a pretrained tag was trained with, from open_clip's tables (no weights read).
+
+    Returns ``{"mean": [3], "std": [3], "interpolation": str, "resize_mode": str, "source": str}`` or
+    ``None`` when no tag is known (built-in test backbones, ``MODEL.BACKBONE.PATH`` without a tag).
+    CLIP names (``ViT-B/16``) without a tag mean the ``openai`` tag.
+    """
+    from open_clip.pretrained import get_pretrained_cfg
+
+    if _lazy_builtin(name) is not None:
+        return None
+    clip_name, oc_name = normalize_backbone_name(name)
+    tag = tag or ("openai" if clip_name else "")
+    if not tag:
+        return None
+    pcfg = get_pretrained_cfg(oc_name, tag) or get_pretrained_cfg(_quickgelu_sibling(oc_name), tag)
+    if not pcfg:
+        return None
+    out = {k: pcfg[k] for k in PREPROCESS_KEYS if pcfg.get(k) is not None}
+    for k in ("mean", "std"):
+        if k in out:
+            out[k] = [float(v) for v in out[k]]
+    out["source"] = f"pretrained tag '{tag}' of {oc_name}"
+    return out
+
+
+def _flatten_yaml_keys(node, prefix=""):
+    keys = set()
+    if isinstance(node, dict):
+        for k, v in node.items():
+            path = f"{prefix}{k}"
+            keys.add(path)
+            keys |= _flatten_yaml_keys(v, path + ".")
+    return keys
+
+
+def input_keys_set_in(sources):
+    """``INPUT.*`` keys that the user set for the final backbone, from the merge sources in order.
+
+    ``sources``: yaml paths (str) and option lists (``["KEY", value, ...]``), in merge order. A yaml's
+    ``INPUT.*`` keys count only if no later source changes ``MODEL.BACKBONE.NAME`` or
+    ``PRETRAINED_TAG`` (a method yaml written for ViT-B/16 sets CLIP's mean; that is not a choice
+    for the SigLIP backbone given on the command line). Keys in option lists always count.
+    Returns a set of key names such as ``{"PIXEL_MEAN"}``.
+    """
+    import yaml
+
+    per_source = []
+    for src in sources:
+        if not src:
+            continue
+        if isinstance(src, str):
+            with open(src) as f:
+                keys = _flatten_yaml_keys(yaml.safe_load(f) or {})
+            per_source.append((keys, False))
+        else:
+            per_source.append(({str(k) for k in list(src)[0::2]}, True))
+    explicit = set()
+    for i, (keys, is_opts) in enumerate(per_source):
+        later = set().union(*[k for k, _ in per_source[i + 1:]]) if i + 1 < len(per_source) else set()
+        backbone_changed_later = bool(later & {"MODEL.BACKBONE.NAME", "MODEL.BACKBONE.PRETRAINED_TAG"})
+        if is_opts or not backbone_changed_later:
+            explicit |= {k.split(".", 1)[1] for k in keys if k.startswith("INPUT.") and k.count(".") == 1}
+    return explicit
+
+
+def apply_backbone_preprocess(cfg, explicit=()):
+    """Write the backbone tag's preprocessing into ``cfg.INPUT`` unless the user set the key.
+
+    ``explicit``: INPUT key names the user set (:func:`input_keys_set_in`). Prints one line per key
+    saying which value is used and why; returns ``{key: (value, reason)}``. ``RESIZE_MODE`` is written
+    only where ``cfg.INPUT`` has that key. Must run before the data loaders are built. Also runs
+    :func:`check_quickgelu` (a mismatch raises :class:`QuickGELUMismatchError` before any data is read).
+    """
+    bb = cfg.MODEL.BACKBONE
+    if bb.NAME and bb.PRETRAINED_TAG and not bb.RANDOM_INIT:
+        check_quickgelu(bb.NAME, bb.PRETRAINED_TAG)  # at config time, before any data is read
+    pre = backbone_preprocess(bb.NAME, bb.PRETRAINED_TAG) if bb.NAME else None
+    used = {}
+    if pre is None:
+        print("Preprocessing: INPUT.* from the config (no pretrained tag to take preprocessing from)")
+        return used
+    was_frozen = cfg.is_frozen()
+    cfg.defrost()
+    for field, key in PREPROCESS_KEYS.items():
+        if field not in pre:
+            continue
+        value = pre[field]
+        if key not in cfg.INPUT:
+            print(f"Preprocessing: {pre['source']} uses {field}={value}; INPUT.{key} does not exist in this "
+                  "config, so it is not applied")
+            continue
+        current = list(cfg.INPUT[key]) if isinstance(value, list) else cfg.INPUT[key]
+        if key in explicit:
+            reason = "set in the config" + ("" if current == value else f" ({pre['source']} uses {value})")
+            used[key] = (current, reason)
+        else:
+            cfg.INPUT[key] = value
+            reason = f"from {pre['source']}"
+            used[key] = (value, reason)
+        print(f"Preprocessing: INPUT.{key} = {used[key][0]} ({used[key][1]})")
+    if was_frozen:
+        cfg.freeze()
+    return used
+
+
+# --------------------------------------------------------------------------------------------------
+# Tower structure (never the model name).
+
+#: image towers that take vision prompts, as named in errors
+VISION_PROMPT_FAMILIES = (
+    "open_clip ViT (OpenAI / LAION / DFN / MetaCLIP CLIP ViTs)",
+    "timm ViT trunks (SigLIP, SigLIP2)",
+    "timm EVA trunks (EVA02, PE-Core)",
+)
+
+
+def text_tower(model):
+    """The module holding the text transformer: the model itself for open_clip ``CLIP`` (built-in
+    tower), ``model.text`` for ``CustomTextCLIP``. Raises ``TypeError`` naming the tower otherwise."""
+    if hasattr(model, "transformer") and hasattr(model, "token_embedding"):
+        return model
+    text = getattr(model, "text", None)
+    if text is not None and hasattr(text, "transformer") and hasattr(text, "token_embedding"):
+        return text
+    kind = type(text).__name__ if text is not None else type(model).__name__
+    raise TypeError(
+        f"{kind}: this text tower is not an open_clip text transformer (Hugging Face text towers are "
+        "not supported); supported: open_clip CLIP and CustomTextCLIP with a built-in TextTransformer"
+    )
+
+
+def tower_kinds(model):
+    """``(text_kind, vision_kind)`` read from the model's modules.
+
+    text: ``"causal"`` (causal mask, EOT/argmax pooling: CLIP, EVA02, PE-Core), ``"bidirectional"``
+    (no mask, last-token pooling: SigLIP, SigLIP2), or ``"unsupported:<why>"``.
+    vision: ``"clip_vit"``, ``"resnet"``, ``"timm_vit"``, ``"timm_eva"`` or ``"other:<class>"``.
+    """
+    try:
+        tt = text_tower(model)
+        pool = getattr(tt, "pool_type", getattr(tt, "text_pool_type", "argmax"))
+        causal = getattr(tt, "attn_mask", None) is not None
+        if getattr(tt, "cls_emb", None) is not None:
+            text = "unsupported:appended class token (CoCa)"
+        elif causal and pool in ("argmax", "eos"):
+            text = "causal"
+        elif not causal and pool == "last":
+            text = "bidirectional"
+        else:
+            text = f"unsupported:{'causal' if causal else 'bidirectional'} attention with '{pool}' pooling"
+    except TypeError as e:
+        text = f"unsupported:{e}"
+    visual = model.visual
+    trunk = getattr(visual, "trunk", None)
+    if hasattr(visual, "conv1") and hasattr(visual, "class_embedding"):
+        vision = "clip_vit"
+    elif type(visual).__name__ == "ModifiedResNet":
+        vision = "resnet"
+    elif trunk is not None and hasattr(trunk, "blocks") and hasattr(trunk, "patch_embed"):
+        vision = "timm_eva" if hasattr(trunk, "rope") else "timm_vit"
+    else:
+        vision = f"other:{type(trunk if trunk is not None else visual).__name__}"
+    return text, vision
+
+
 def model_dims(model):
-    """Widths, depths and sizes read from an open_clip CLIP model (nothing hard-coded)."""
+    """Widths, depths and sizes read from an open_clip CLIP / CustomTextCLIP model (nothing hard-coded).
+
+    Keys: ``d_text``, ``text_layers``, ``text_heads``, ``context_length``, ``d_embed``, ``image_size``,
+    ``is_vit`` (the image tower takes vision prompts), ``text_kind`` / ``vision_kind``
+    (:func:`tower_kinds`), and for prompt-capable image towers ``d_vision``, ``vision_layers``,
+    ``vision_heads``. Text keys are ``None`` for text towers that are not open_clip transformers.
+    """
     visual = model.visual
     size = getattr(visual, "image_size", None)
     if size is None:
         size = getattr(visual, "input_resolution", 224)
     if isinstance(size, (tuple, list)):
         size = size[0]
-    is_vit = hasattr(visual, "conv1") and hasattr(visual, "class_embedding")
-    d = {
-        "d_text": model.transformer.width,
-        "text_layers": len(model.transformer.resblocks),
-        "text_heads": model.transformer.resblocks[0].attn.num_heads,
-        "context_length": model.positional_embedding.shape[0],
-        "d_embed": model.text_projection.shape[1] if model.text_projection is not None else model.transformer.width,
-        "image_size": int(size),
-        "is_vit": is_vit,
-    }
-    if is_vit:
+    text_kind, vision_kind = tower_kinds(model)
+    is_vit = vision_kind in ("clip_vit", "timm_vit", "timm_eva")
+    d = {"image_size": int(size), "is_vit": is_vit, "text_kind": text_kind, "vision_kind": vision_kind}
+    try:
+        tt = text_tower(model)
+    except TypeError:
+        tt = None
+    if tt is not None:
+        proj = tt.text_projection
+        if isinstance(proj, torch.nn.Linear):
+            d_embed = proj.out_features
+        elif proj is not None:
+            d_embed = proj.shape[1]
+        else:
+            d_embed = tt.transformer.width
+        d.update(
+            d_text=tt.transformer.width,
+            text_layers=len(tt.transformer.resblocks),
+            text_heads=tt.transformer.resblocks[0].attn.num_heads,
+            context_length=tt.positional_embedding.shape[0],
+            d_embed=d_embed,
+        )
+    else:
+        d.update(d_text=None, text_layers=None, text_heads=None, context_length=None,
+                 d_embed=getattr(getattr(model, "text", None), "output_dim", None))
+    if vision_kind == "clip_vit":
         d["d_vision"] = visual.transformer.width
         d["vision_layers"] = len(visual.transformer.resblocks)
         d["vision_heads"] = visual.transformer.resblocks[0].attn.num_heads
+    elif vision_kind in ("timm_vit", "timm_eva"):
+        trunk = visual.trunk
+        d["d_vision"] = trunk.embed_dim
+        d["vision_layers"] = len(trunk.blocks)
+        d["vision_heads"] = trunk.blocks[0].attn.num_heads
     return d
+
+
+def fp16_weights_supported(model):
+    """``(ok, reason)``: whether ``PREC fp16`` (fp16 weights, vlprompt.clip.precision.convert_clip_to_fp16)
+    applies to this model. open_clip's ``convert_weights_to_lp`` handles the open_clip ``CLIP`` towers
+    only; on ``CustomTextCLIP`` it fails on a Linear text projection (SigLIP) and timm LayerNorms keep fp32
+    weights. Use ``amp`` or ``bf16`` (fp32 weights + autocast) for those."""
+    text_kind, vision_kind = tower_kinds(model)
+    if hasattr(model, "transformer") and vision_kind in ("clip_vit", "resnet"):
+        return True, ""
+    return False, (
+        f"PREC fp16 (fp16 weights) supports open_clip CLIP towers only; this backbone has a "
+        f"{'CustomTextCLIP text tower' if not hasattr(model, 'transformer') else 'CLIP text tower'} and a "
+        f"{vision_kind} image tower. Use PREC amp or bf16 (fp32 weights with autocast)"
+    )

@@ -18,23 +18,27 @@ features from a :class:`ZeroShotHead`.
 import torch
 import torch.nn as nn
 
-from .backbone import model_dims
+from .backbone import VISION_PROMPT_FAMILIES, model_dims
 from .errors import ArgError
 from .prompt_init import clean_classname, init_text_context, random_deep_prompts, random_prompt
 from .prompt_learner import ClassPromptLearner
-from .prompted import PromptedCLIP, PromptedVisionEncoder, check_prompt_config
-from .zeroshot import encode_class_texts
+from .prompted import PromptedCLIP, check_prompt_config
+from .towers import encode_class_texts, prompted_vision_encoder
 
 __all__ = ["ArgError", "require_vit", "prompt_geometry", "ZeroShotHead", "DeepPromptedCLIP"]
 
 
 def require_vit(clip_model, method="This method"):
-    """Raise a clear error unless the image tower is a ViT (the one ViT guard of the kit)."""
+    """Raise a clear error unless the image tower takes vision prompts (the one ViT guard of the kit):
+    open_clip ViTs, timm ViT trunks (SigLIP) and timm EVA trunks (EVA02, PE-Core)."""
     if not model_dims(clip_model)["is_vit"]:
+        visual = clip_model.visual
+        tower = type(getattr(visual, "trunk", visual)).__name__
         raise ArgError(
             "backbone",
-            f"{method} prompts the image tower: it needs a ViT backbone (e.g. ViT-B/16), not a "
-            f"{type(clip_model.visual).__name__} (e.g. RN50)",
+            f"{method} prompts the image tower, and this backbone's image tower ({tower}) takes no prompts; "
+            f"supported image towers: {'; '.join(VISION_PROMPT_FAMILIES)} (e.g. ViT-B/16, ViT-B-16-SigLIP, "
+            "EVA02-B-16, PE-Core-B-16; not RN50 or ConvNeXt)",
         )
 
 
@@ -80,7 +84,7 @@ class ZeroShotHead(nn.Module):
             if "{}" not in t:
                 raise ArgError("templates", f'every template must contain "{{}}", got "{t}"')
         self.templates = templates
-        self.image_encoder = PromptedVisionEncoder(clip_model, 0, 0)
+        self.image_encoder = prompted_vision_encoder(clip_model, 0, 0)
         self.logit_scale = clip_model.logit_scale
         self.register_buffer("features", None, persistent=False)
         self.set_classnames(classnames)

@@ -190,15 +190,27 @@ def _build_transform_train(cfg, choices, target_size, normalize):
     return Compose(tfm)
 
 
+#: test-time resize modes (open_clip's names): "shortest" resizes the smaller edge then center-crops
+#: (CLIP's), "squash" resizes both edges to the input size (SigLIP, DFN-5B, PE-Core)
+RESIZE_MODES = ("shortest", "squash")
+
+
 def _build_transform_test(cfg, choices, target_size, normalize):
     print("Building transform_test")
     tfm = []
     interp = INTERPOLATION_MODES[cfg.INPUT.INTERPOLATION]
     input_size = cfg.INPUT.SIZE
-    print(f"+ resize the smaller edge to {max(input_size)}")
-    tfm.append(Resize(max(input_size), interpolation=interp))
-    print(f"+ {target_size} center crop")
-    tfm.append(CenterCrop(input_size))
+    mode = cfg.INPUT.get("RESIZE_MODE", "shortest")  # key added by the config layer; CLIP's behaviour without it
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"INPUT.RESIZE_MODE must be one of {list(RESIZE_MODES)}, got {mode!r}")
+    if mode == "squash":
+        print(f"+ resize to {target_size} (squash: aspect ratio not kept)")
+        tfm.append(Resize(tuple(input_size), interpolation=interp))
+    else:
+        print(f"+ resize the smaller edge to {max(input_size)}")
+        tfm.append(Resize(max(input_size), interpolation=interp))
+        print(f"+ {target_size} center crop")
+        tfm.append(CenterCrop(input_size))
     print("+ to torch tensor of range [0, 1]")
     tfm.append(ToTensor())
     if "normalize" in choices:
