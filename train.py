@@ -133,6 +133,14 @@ def setup_cfg(args):
         merge_from_file(cfg, args.config_file)
     reset_cfg(cfg, args)
     merge_from_list(cfg, args.opts)
+    # the pretrained tag's preprocessing (mean, std, interpolation, resize mode) unless the user set it
+    from vlprompt.clip.backbone import apply_backbone_preprocess, input_keys_set_in
+
+    flags = ["MODEL.BACKBONE.NAME", args.backbone] if args.backbone else []
+    if args.transforms:
+        flags += ["INPUT.TRANSFORMS", args.transforms]
+    apply_backbone_preprocess(cfg, input_keys_set_in([args.dataset_config_file, args.config_file, flags,
+                                                      list(args.opts or [])]))
     cfg.freeze()
     return cfg
 

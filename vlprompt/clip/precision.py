@@ -155,6 +155,13 @@ class Precision:
         """Put the frozen CLIP in the dtype this mode needs (fp16 weights for ``fp16``; else fp32)."""
         clip_model.float()
         if self.mode == "fp16":
+            from .backbone import fp16_weights_supported
+
+            ok, why = fp16_weights_supported(clip_model)
+            if not ok:
+                from vlprompt.config import ConfigError
+
+                raise ConfigError(why)
             convert_clip_to_fp16(clip_model)
         return clip_model
 

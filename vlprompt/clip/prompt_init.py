@@ -91,14 +91,10 @@ class ContextInit:
 
 
 def _phrase_vectors(clip_model, phrase, n, context_length):
-    n_tok = count_tokens(phrase)
-    if n_tok < n:
-        raise ValueError(
-            f'The init phrase "{phrase}" has {n_tok} tokens, fewer than the {n} context tokens to '
-            "initialise; use a longer phrase, fewer context tokens, or an empty CTX_INIT (random init)"
-        )
-    emb = token_embeddings(clip_model, tokenize(phrase, context_length))
-    return emb[0, 1 : 1 + n].clone()
+    """Token embeddings of the first ``n`` tokens of ``phrase`` (the model's tokenizer and first word slot)."""
+    from .towers.text import phrase_vectors
+
+    return phrase_vectors(clip_model, phrase, n)
 
 
 def init_text_context(clip_model, n_ctx, ctx_init="", rule="coop", context_length=77, where="n_ctx"):

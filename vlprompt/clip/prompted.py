@@ -496,8 +496,9 @@ class PromptedCLIP(nn.Module):
 
     def __init__(self, clip_model, text_prompts=(0, 0), vision_prompts=(0, 0)):
         super().__init__()
-        self.text_encoder = PromptedTextEncoder(clip_model, *text_prompts)
-        self.image_encoder = PromptedVisionEncoder(clip_model, *vision_prompts)
+        from .towers import prompted_encoders  # the encoders of the model's tower types
+
+        self.text_encoder, self.image_encoder = prompted_encoders(clip_model, text_prompts, vision_prompts)
         self.logit_scale = clip_model.logit_scale
         self.dims = model_dims(clip_model)
         self.text_cache = TextFeatureCache()

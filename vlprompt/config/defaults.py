@@ -20,6 +20,9 @@ _C.VERBOSE = True
 _C.INPUT = CN()
 _C.INPUT.SIZE = (224, 224)
 _C.INPUT.INTERPOLATION = "bilinear"
+# test-time resize: "shortest" (CLIP: shorter side to SIZE, then centre crop) or "squash" (both sides to SIZE;
+# some open_clip pretrained tags use it)
+_C.INPUT.RESIZE_MODE = "shortest"
 _C.INPUT.TRANSFORMS = ()
 _C.INPUT.NO_TRANSFORM = False
 _C.INPUT.PIXEL_MEAN = [0.485, 0.456, 0.406]
