@@ -41,7 +41,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from vlprompt.clip import DeepPromptedCLIP, IndependentPrompts, ZeroShotHead, tokenize
+from vlprompt.clip import DeepPromptedCLIP, IndependentPrompts, PromptedTextEncoder, ZeroShotHead, tokenize
 from vlprompt.clip.templates import format_classnames
 from vlprompt.config import ConfigError
 from vlprompt.engine import TRAINER_REGISTRY, HookBase
@@ -83,24 +83,25 @@ class EnsembleTeacher(ZeroShotHead):
     for every class list and never saved.
     """
 
-    chunk_size = 512
+    chunk_size = 1024
+
+    def __init__(self, clip_model, classnames, templates):
+        super().__init__(clip_model, classnames, templates)
+        # EOT-truncated text pass (equal to open_clip's encode_text; 60 templates x K classes)
+        self.text_encoder = PromptedTextEncoder(clip_model)
 
     @torch.no_grad()
     def text_features(self):
         if self.features is None:
-            clip = self._clip_model
-            device = clip.positional_embedding.device
-            ctx_len = clip.positional_embedding.shape[0]
+            ctx_len = self.text_encoder.context_length
             names = format_classnames(self.classnames)
-            total = None
-            for template in self.templates:
-                texts = [template.replace("{}", n) for n in names]
-                feats = torch.cat([
-                    clip.encode_text(tokenize(texts[i:i + self.chunk_size], context_length=ctx_len).to(device)).float()
-                    for i in range(0, len(texts), self.chunk_size)
-                ])
-                total = feats if total is None else total + feats
-            self.features = F.normalize(total / len(self.templates), dim=-1)
+            texts = [t.replace("{}", n) for t in self.templates for n in names]
+            raw = torch.cat([
+                self.text_encoder.encode_tokens(tokenize(texts[i:i + self.chunk_size], context_length=ctx_len)).float()
+                for i in range(0, len(texts), self.chunk_size)
+            ])
+            mean = raw.view(len(self.templates), len(names), -1).mean(dim=0)
+            self.features = F.normalize(mean, dim=-1)
         return self.features
 
 
