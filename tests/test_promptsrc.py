@@ -21,6 +21,7 @@ import torch.nn.functional as F
 import train as train_mod
 import trainers.promptsrc as promptsrc
 from tests.helpers import make_cfg, make_image_folder
+from tests.test_toy import toy_root  # noqa: F401  (the session-wide toy datasets, built once)
 from trainers.promptsrc import (
     IMAGENET_TEMPLATES,
     EnsembleTeacher,
@@ -361,15 +362,6 @@ def test_parameter_count_at_vit_b16():
 # ------------------------------------------------------------------------------------------------
 # the toy world
 # ------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def toy_root(tmp_path_factory):
-    from vlprompt.toy.data import ensure_toy_dataset
-
-    root = tmp_path_factory.mktemp("toydata")
-    ensure_toy_dataset("ToyShapes", str(root), log=None)
-    return str(root)
 
 
 def test_beats_zero_shot_on_toy_base_classes(toy_root, tmp_path):
