@@ -29,6 +29,8 @@ import os.path as osp
 
 import torch
 
+from vlprompt.utils.errors import UserError
+
 __all__ = [
     "CLIP_NAME_TO_OPENCLIP",
     "OPENAI_FILENAMES",
@@ -387,7 +389,7 @@ def build_clip_from_cfg(cfg):
 # name builds; here it is an error naming the right model name.
 
 
-class QuickGELUMismatchError(ValueError):
+class QuickGELUMismatchError(UserError, ValueError):
     """The pretrained tag was trained with a different activation than the named model builds."""
 
 

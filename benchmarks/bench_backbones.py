@@ -5,7 +5,7 @@ process (families interleaved in every round, warm-up first; median and min repo
 Also checks, at base size, that the unprompted prompted encoders equal open_clip's encode_text /
 encode_image (max abs difference reported).
 
-    PYTHONPATH=. python docs/_staging/bench_backbones.py --device cpu --rounds 5 --out bench_backbones_cpu.json
+    PYTHONPATH=. python benchmarks/bench_backbones.py --device cpu --rounds 5 --out bench_backbones_cpu.json
 
 SigLIP's real tokenizer is a Hugging Face sentencepiece model (needs a download); here the token ids
 are CLIP BPE ids folded into SigLIP's vocabulary (same sequence length 64, so the same cost).
