@@ -139,10 +139,20 @@ def setup_cfg(args):
     flags = ["MODEL.BACKBONE.NAME", args.backbone] if args.backbone else []
     if args.transforms:
         flags += ["INPUT.TRANSFORMS", args.transforms]
-    apply_backbone_preprocess(cfg, input_keys_set_in([args.dataset_config_file, args.config_file, flags,
-                                                      list(args.opts or [])]))
+    import contextlib
+    import io
+
+    buf = io.StringIO()  # printed into the run's log with the config dump (not before the inputs are checked)
+    with contextlib.redirect_stdout(buf):
+        apply_backbone_preprocess(cfg, input_keys_set_in([args.dataset_config_file, args.config_file, flags,
+                                                          list(args.opts or [])]))
+    PREPROCESS_LOG[:] = buf.getvalue().splitlines()
     cfg.freeze()
     return cfg
+
+
+#: what apply_backbone_preprocess said about the preprocessing in use (printed after the config dump)
+PREPROCESS_LOG = []
 
 
 class RunError(RuntimeError):
@@ -299,6 +309,8 @@ def main(args):
         if torch.cuda.is_available() and cfg.USE_CUDA:
             torch.backends.cudnn.benchmark = True
         print_args(args, cfg)
+        for line in PREPROCESS_LOG:
+            print(line)
 
         started = time.time()
         trainer = build_trainer(cfg)  # reads the dataset and builds the model: the inputs are now validated

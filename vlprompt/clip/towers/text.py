@@ -95,8 +95,9 @@ class BidirectionalTextEncoder(nn.Module):
         token_ids = token_ids.to(self.token_embedding.weight.device)
         return self.forward(self.embed(token_ids), self._tokenizer.eot_positions(token_ids))
 
-    def forward(self, prompts, eot_idx, deep_prompts=None, prompt_slice=None, truncate=True):
-        # ``truncate`` is accepted for interface compatibility; this tower is always run at full length
+    def forward(self, prompts, eot_idx, deep_prompts=None, prompt_slice=None, truncate=True, shared_prefix=None):
+        # ``truncate`` and ``shared_prefix`` are accepted for interface compatibility: without a causal mask
+        # no position is independent of later ones, so this tower is always run in full
         if prompts.dim() != 3 or prompts.shape[-1] != self.width:
             raise ValueError(f"prompts: expected (K, T, {self.width}), got {tuple(prompts.shape)}")
         K, T, _ = prompts.shape
