@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from vlprompt.clip import CUSTOM_TEMPLATES, DeepPromptedCLIP, ZeroShotHead, get_template
 from vlprompt.engine import TRAINER_REGISTRY
+from vlprompt.engine.methods import recipes
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
 
 from .coop import CoOpPromptLearner
@@ -81,15 +82,10 @@ class KgCoOp(ClipPromptTrainer):
 
     FROZEN_IMAGE_FEATURES = True  # the image tower is not prompted: evaluation uses the feature store
 
-    RECIPES = {
-        # official: configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml + scripts/base2new_train.sh (W 8.0)
-        "base2new": {"config": "vit_b16_ep100_ctxv1"},
-        # the official repo ships no cross-dataset / DG / few-shot script for ViT-B/16 beyond
-        # xd_train.sh (same config, 4 shots, all classes): the same config is used (docs/METHODS.md)
-        "cross_dataset": {"config": "vit_b16_ep100_ctxv1"},
-        "domain_generalization": {"config": "vit_b16_ep100_ctxv1"},
-        "few_shot": {"config": "vit_b16_ep100_ctxv1"},
-    }
+    # official: configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml + scripts/base2new_train.sh (W 8.0); the
+    # official repo ships no other protocol scripts for ViT-B/16: cross-dataset, DG and few-shot use the
+    # same config (docs/METHODS.md)
+    RECIPES = recipes("vit_b16_ep100_ctxv1", xd="vit_b16_ep100_ctxv1")
     TABLE_ORDER = 100
 
     CFG_NODE = "KGCOOP"

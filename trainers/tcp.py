@@ -40,6 +40,7 @@ from vlprompt.clip import ArgError, ClassPromptLearner, DeepPromptedCLIP, ZeroSh
 from vlprompt.clip import clean_classname, count_tokens, init_text_context, model_dims, tokenize
 from vlprompt.clip.prompt_init import token_embeddings
 from vlprompt.engine import TRAINER_REGISTRY
+from vlprompt.engine.methods import recipes
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
 
 from .kgcoop import KGCOOP_INIT_PHRASE, knowledge_gap
@@ -188,14 +189,10 @@ class TCP(ClipPromptTrainer):
 
     FROZEN_IMAGE_FEATURES = True  # the image tower is not prompted: evaluation uses the feature store
 
-    RECIPES = {
-        # official: configs/trainers/TCP/vit_b16_ep100_ctxv1.yaml + scripts/base2new_train.sh (N_CTX 4)
-        "base2new": {"config": "vit_b16_ep100_ctxv1"},
-        # no other protocol scripts ship: the same config (docs/METHODS.md, TCP)
-        "cross_dataset": {"config": "vit_b16_ep100_ctxv1"},
-        "domain_generalization": {"config": "vit_b16_ep100_ctxv1"},
-        "few_shot": {"config": "vit_b16_ep100_ctxv1"},
-    }
+    # official: configs/trainers/TCP/vit_b16_ep100_ctxv1.yaml + scripts/base2new_train.sh (N_CTX 4); the
+    # official repo ships no other protocol scripts for ViT-B/16: cross-dataset, DG and few-shot use the
+    # same config (docs/METHODS.md)
+    RECIPES = recipes("vit_b16_ep100_ctxv1", xd="vit_b16_ep100_ctxv1")
     TABLE_ORDER = 130
 
     CFG_NODE = "TCP"
