@@ -17,7 +17,9 @@ import gpu_check  # noqa: E402
 def test_arguments_defaults_and_errors(tmp_path):
     full = gpu_check.parse_args([])
     assert (full.device, full.classes, full.iters, full.eval_batch, full.eval_batches) == ("cuda", 100, 10, 100, 5)
-    assert full.precisions == ["fp32", "fp16", "amp", "bf16"] and len(full.trainers) == 7
+    from bench_trainers import CASES  # every registered trainer with something to train
+
+    assert full.precisions == ["fp32", "fp16", "amp", "bf16"] and full.trainers == list(CASES)
     assert full.out.endswith(osp.join("results", "gpu_check_cuda.json"))
     tiny = gpu_check.parse_args(["--device", "cpu", "--tiny", "--precisions", "bf16"])
     assert (tiny.classes, tiny.iters, tiny.warmup, tiny.eval_batch) == (5, 1, 0, 2)

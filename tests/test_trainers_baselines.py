@@ -278,7 +278,7 @@ def test_bad_inputs_raise_errors_naming_the_config_key(tiny, images):
     # the vision-prompting methods need a ViT image tower
     rn = small_resnet_clip()  # 2 text layers
     for name, overrides in (("MaPLe", {}), ("IVLP", dict(PROMPT_DEPTH_TEXT=2)), ("VPT", {})):
-        with pytest.raises(ConfigError, match=f"^{name}: backbone: .*needs a ViT backbone"):
+        with pytest.raises(ConfigError, match=f"^{name}: backbone: .*prompts the image tower.*takes no prompts"):
             method_model(name, rn, CLASSES, **overrides)
     # CoOp / CoCoOp run on a ResNet image tower
     for model in (method_model("CoOp", rn, CLASSES, N_CTX=2), method_model("CoCoOp", rn, CLASSES, N_CTX=2)):

@@ -255,6 +255,9 @@ class TipAdapter(TrainerX):
                 features = self.model.image_encoder(image)
             return self.model.logits_from_image_features(features)
 
+    def logits_from_image_features(self, features):
+        return self.model.logits_from_image_features(features)
+
     def extra_results(self):
         beta, alpha, acc = self.search
         return {"beta": beta, "alpha": alpha, "val_acc": acc, "cache_size": int(self.model.cache.weight.shape[0])}
