@@ -21,5 +21,5 @@ setup(
     package_data={"vlprompt": ["**/*.json", "**/*.txt", "**/*.csv", "**/*.pt", "**/*.safetensors"]},
     python_requires=">=3.9",
     install_requires=read_requirements(),
-    extras_require={"dev": ["pytest>=7.4"]},
+    extras_require={"dev": ["pytest>=7.4", "pytest-xdist>=3.5"]},
 )
