@@ -429,20 +429,14 @@ def test_apply_preprocessing_respects_explicit_keys(tmp_path, capsys):
 
 
 @pytest.fixture
-def factory_in_prompted_clip(monkeypatch):
-    """The two integration changes outside this branch's files, applied here until they are in:
-    PromptedCLIP builds its encoders with ``vlprompt.clip.towers.prompted_encoders``, and
-    ``prompt_init._phrase_vectors`` uses the model's tokenizer (``towers.phrase_vectors``)."""
+def factory_in_prompted_clip():
+    """PromptedCLIP builds its encoders with the tower-type factory and context init uses the model's
+    tokenizer (both integrated): checked here, so the family tests fail if either is undone."""
+    import vlprompt.clip.blocks as blocks
     import vlprompt.clip.prompt_init as prompt_init
-    import vlprompt.clip.prompted as prompted
-    from vlprompt.clip.towers import phrase_vectors, prompted_text_encoder, prompted_vision_encoder
 
-    if "prompted_encoders" not in inspect.getsource(prompted.PromptedCLIP.__init__):
-        monkeypatch.setattr(prompted, "PromptedTextEncoder", prompted_text_encoder)
-        monkeypatch.setattr(prompted, "PromptedVisionEncoder", prompted_vision_encoder)
-    src = inspect.getsource(prompt_init._phrase_vectors)
-    if "phrase_vectors(" not in src.split(":", 1)[1] and "model_tokenizer" not in src:
-        monkeypatch.setattr(prompt_init, "_phrase_vectors", phrase_vectors)
+    assert "prompted_encoders" in inspect.getsource(blocks.PromptedCLIP.__init__)
+    assert "phrase_vectors" in inspect.getsource(prompt_init._phrase_vectors)
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -22,7 +22,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR
 from vlprompt.clip import tokenize
 from vlprompt.clip.lora import POSITIONS, PROJECTIONS, apply_lora, official_lora_keys
 from vlprompt.clip.prompt_init import clean_classname
-from vlprompt.clip.prompted import PromptedCLIP
+from vlprompt.clip.blocks import PromptedCLIP
 from vlprompt.config import ConfigError
 from vlprompt.engine import TRAINER_REGISTRY
 from vlprompt.engine.clip_trainer import ClipPromptTrainer

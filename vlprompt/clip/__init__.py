@@ -22,6 +22,5 @@ from .prompted import (
 from .prompt_init import ContextInit, clean_classname, init_text_context, prompt_strings, random_deep_prompts, random_prompt
 from .prompt_learner import CLASS_DERIVED_KEYS, ClassPromptLearner, drop_class_derived_keys
 from .precision import PRECISIONS, Precision, convert_clip_to_fp16, resolve_precision
-from .prompted import PromptedCLIP
 from .errors import ArgError
-from .blocks import DeepPromptedCLIP, IndependentPrompts, VisionPrompts, ZeroShotHead, prompt_geometry, require_vit
+from .blocks import PromptedCLIP, DeepPromptedCLIP, IndependentPrompts, VisionPrompts, ZeroShotHead, prompt_geometry, require_vit

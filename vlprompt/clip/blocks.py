@@ -22,10 +22,10 @@ from .backbone import VISION_PROMPT_FAMILIES, model_dims
 from .errors import ArgError
 from .prompt_init import clean_classname, init_text_context, random_deep_prompts, random_prompt
 from .prompt_learner import ClassPromptLearner
-from .prompted import PromptedCLIP, check_prompt_config
-from .towers import encode_class_texts, prompted_vision_encoder
+from .prompted import TextFeatureCache, check_prompt_config, normalized_logits
+from .towers import encode_class_texts, prompted_encoders, prompted_vision_encoder
 
-__all__ = ["ArgError", "require_vit", "prompt_geometry", "ZeroShotHead", "DeepPromptedCLIP"]
+__all__ = ["PromptedCLIP", "ArgError", "require_vit", "prompt_geometry", "ZeroShotHead", "DeepPromptedCLIP"]
 
 
 def require_vit(clip_model, method="This method"):
@@ -60,6 +60,64 @@ def prompt_geometry(clip_model, n_ctx, depth, towers=("text", "vision"), allow_z
         return check_prompt_config(n, depth, layers, depth_arg, allow_zero_depth=allow_zero_depth)
     except ValueError as e:
         raise ArgError(depth_arg, str(e).split(": ", 1)[-1]) from None
+
+
+class PromptedCLIP(nn.Module):
+    """Base for a method's "CustomCLIP": frozen prompted encoders + learnable module(s).
+
+    Subclasses create ``self.prompt_learner`` (or override :meth:`learnable_modules`) and implement
+    ``forward(image) -> logits (B, K)`` (fp32). Provided here:
+
+    * ``text_encoder`` / ``image_encoder``: :class:`PromptedTextEncoder` / :class:`PromptedVisionEncoder`
+      built with the given ``(N, J)`` prompt settings;
+    * ``logit_scale``: CLIP's frozen logit scale;
+    * :meth:`train`: only the learnable modules change mode; the frozen CLIP stays in eval mode
+      (BatchNorm statistics of ResNet towers are never updated) whatever is called on the model;
+    * :meth:`cached_text_features`: image-independent text features computed once per evaluation
+      (see :class:`TextFeatureCache`);
+    * :meth:`set_classnames`: swap the label space (calls ``set_classnames`` on every learnable module
+      that has it, then clears the cache).
+
+    The frozen CLIP's weights are reachable from this module (so ``.to(device)`` moves them), but a
+    trainer registers only the learnable module(s), so checkpoints hold only the learned state.
+    """
+
+    def __init__(self, clip_model, text_prompts=(0, 0), vision_prompts=(0, 0)):
+        super().__init__()
+        # the encoders of the model's tower types
+        self.text_encoder, self.image_encoder = prompted_encoders(clip_model, text_prompts, vision_prompts)
+        self.logit_scale = clip_model.logit_scale
+        self.dims = model_dims(clip_model)
+        self.text_cache = TextFeatureCache()
+
+    def learnable_modules(self):
+        """The modules holding every trainable parameter (default: ``[self.prompt_learner]``)."""
+        return [self.prompt_learner]
+
+    def train(self, mode=True):
+        self.training = mode
+        learnable = {id(m) for m in self.learnable_modules()}
+        for module in self.children():
+            if id(module) in learnable:
+                module.train(mode)
+            else:
+                module.eval()
+        return self
+
+    def cached_text_features(self, compute, owner=None):
+        """``compute()`` (text features that do not depend on the image), cached during evaluation."""
+        return self.text_cache.get(owner if owner is not None else self.learnable_modules()[0], compute)
+
+    def set_classnames(self, classnames):
+        """Rebuild every class-derived buffer for ``classnames`` (a list of K names)."""
+        for m in self.learnable_modules():
+            if hasattr(m, "set_classnames"):
+                m.set_classnames(classnames)
+        self.text_cache.clear()
+
+    def logits(self, image_features, text_features):
+        """fp32 ``exp(logit_scale) * cos`` logits; see :func:`normalized_logits`."""
+        return normalized_logits(image_features, text_features, self.logit_scale)
 
 
 class ZeroShotHead(nn.Module):

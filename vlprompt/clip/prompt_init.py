@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from .errors import ArgError
+from .templates import clean_classname
 from .tokenizer import count_tokens, tokenize
 
 __all__ = [
@@ -42,9 +43,6 @@ INIT_STD = 0.02
 RULES = ("coop", "maple", "mudpt")
 
 
-def clean_classname(name):
-    """Class names and init phrases use ``_`` for spaces in some datasets: ``"sea_lion" -> "sea lion"``."""
-    return name.replace("_", " ").strip()
 
 
 def prompt_strings(prefix, classnames):

@@ -75,8 +75,11 @@ def get_template(dataset_name, family="coop"):
     return _EXTRA_TEMPLATES.get(dataset_name, DEFAULT_TEMPLATE)
 
 
-def format_classnames(classnames):
-    """Class names as used in prompts (:func:`vlprompt.clip.prompt_init.clean_classname`)."""
-    from .prompt_init import clean_classname
+def clean_classname(name):
+    """Class names and init phrases use ``_`` for spaces in some datasets: ``"sea_lion" -> "sea lion"``."""
+    return name.replace("_", " ").strip()
 
+
+def format_classnames(classnames):
+    """Class names as used in prompts (:func:`clean_classname` of each)."""
     return [clean_classname(c) for c in classnames]

@@ -82,9 +82,10 @@ def _get_cmd(info, root, split_only=False):
 
 
 def _fetch_hint(info, root):
-    from vlprompt.data.download import available_sources  # lazy: download imports the doctor too
+    from vlprompt.data.catalog import DATASETS
+    from vlprompt.data.hub import load_catalog, sources_with_data
 
-    if available_sources(info):
+    if sources_with_data(info, load_catalog(known_datasets=set(DATASETS))):
         return f"run: {_get_cmd(info, root)}"
     return f"manual download; steps: {_get_cmd(info, root)} (or docs/DATASETS.md)"
 

@@ -46,7 +46,7 @@ import zipfile
 import zlib
 
 from vlprompt.data.catalog import DATASETS, gdrive_url, gdrive_view_url, get_info
-from vlprompt.data.hub import HubClient, HubError, load_catalog
+from vlprompt.data.hub import HubClient, HubError, load_catalog, sources_with_data
 from vlprompt.data.integrity import IntegrityError, check_file, write_manifest
 
 __all__ = [
@@ -439,9 +439,7 @@ def hub_catalog():
 
 def available_sources(info):
     """The sources that can fetch ``info``'s data, in its documented default order."""
-    cat = hub_catalog()
-    have = {"original": bool(info.archives), "hub": bool(cat.files_for(info.name))}
-    return [s for s in cat.order_for(info.name) if have.get(s)]
+    return sources_with_data(info, hub_catalog())
 
 
 def sources_to_try(info, source):

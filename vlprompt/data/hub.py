@@ -354,3 +354,10 @@ class HubClient:
     def member_checks(hf):
         """``[(relative path, sha256, source)]`` of archive members whose checksum is on record."""
         return [(rel, rec["sha256"], rec.get("source", "")) for rel, rec in sorted(hf.members.items())]
+
+
+def sources_with_data(info, catalog):
+    """The sources that can fetch ``info``'s data (``original`` if it has archives, ``hub`` if a recorded
+    mirror holds it), in the catalog's documented default order for that dataset."""
+    have = {"original": bool(info.archives), "hub": bool(catalog.files_for(info.name))}
+    return [s for s in catalog.order_for(info.name) if have.get(s)]
