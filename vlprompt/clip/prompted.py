@@ -6,7 +6,7 @@ frozen modules they reference belong to the CLIP model, and every learnable prom
 caller (a prompt learner), so a trainer that registers only its prompt learner checkpoints only the
 learned state.
 
-Conventions (see ``docs/METHODS.md`` and ``specs/methods.md`` §0, §3.2):
+Conventions (docs/METHODS.md, "Prompted encoders"):
 
 * **Depth** ``J`` counts the input layer: prompts for layer 0 enter with the input, ``deep_prompts[i-1]``
   replaces the prompt tokens at the *input* of transformer block ``i`` for ``i = 1..J-1``; blocks
