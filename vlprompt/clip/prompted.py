@@ -56,6 +56,22 @@ def check_prompt_config(n_prompts, depth, n_layers, where, allow_zero_depth=True
     return n_prompts, depth
 
 
+def check_vision_prompt_args(depth, prompts, deep_prompts):
+    """The prompts a vision encoder built for ``depth`` may be given; returns ``deep_prompts`` as a list.
+    Shared by every vision tower type (``vlprompt.clip.towers``)."""
+    if depth >= 1 and prompts is None:
+        raise ValueError("This vision encoder was built with prompts (depth >= 1) but none were given")
+    if depth == 0 and (prompts is not None or deep_prompts):
+        raise ValueError("This vision encoder was built without prompts (depth 0) but prompts were given")
+    deep_prompts = list(deep_prompts) if deep_prompts is not None else []
+    if len(deep_prompts) > max(depth - 1, 0):
+        raise ValueError(
+            f"{len(deep_prompts)} deep vision prompts given, but this encoder was built for depth "
+            f"{depth} (at most {max(depth - 1, 0)} deep prompt sets)"
+        )
+    return deep_prompts
+
+
 def _as_batched(p, batch, width, what):
     """(N, d) -> (batch, N, d) view; (batch, N, d) passes through. Checks the width."""
     if p.dim() == 2:
@@ -372,16 +388,7 @@ class PromptedVisionEncoder(nn.Module):
             if prompts is not None or deep_prompts:
                 raise ValueError("This image tower is not a ViT and takes no prompts")
             return self.visual(images.to(self.dtype))
-        if self.depth >= 1 and prompts is None:
-            raise ValueError("This vision encoder was built with prompts (depth >= 1) but none were given")
-        if self.depth == 0 and (prompts is not None or deep_prompts):
-            raise ValueError("This vision encoder was built without prompts (depth 0) but prompts were given")
-        deep_prompts = list(deep_prompts) if deep_prompts is not None else []
-        if len(deep_prompts) > max(self.depth - 1, 0):
-            raise ValueError(
-                f"{len(deep_prompts)} deep vision prompts given, but this encoder was built for depth "
-                f"{self.depth} (at most {max(self.depth - 1, 0)} deep prompt sets)"
-            )
+        deep_prompts = check_vision_prompt_args(self.depth, prompts, deep_prompts)
         v = self.visual
         B = images.shape[0]
         x = v.conv1(images.to(self.dtype))

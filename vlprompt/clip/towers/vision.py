@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from ..backbone import VISION_PROMPT_FAMILIES, model_dims, tower_kinds
-from ..prompted import check_prompt_config
+from ..prompted import check_prompt_config, check_vision_prompt_args
 
 __all__ = ["TimmViTPromptedEncoder", "TimmEvaPromptedEncoder", "PlainVisionEncoder"]
 
@@ -73,17 +73,7 @@ class _TimmPromptedBase(nn.Module):
         return self.trunk.patch_embed.proj.weight.dtype
 
     def _check(self, prompts, deep_prompts):
-        if self.depth >= 1 and prompts is None:
-            raise ValueError("This vision encoder was built with prompts (depth >= 1) but none were given")
-        if self.depth == 0 and (prompts is not None or deep_prompts):
-            raise ValueError("This vision encoder was built without prompts (depth 0) but prompts were given")
-        deep_prompts = list(deep_prompts) if deep_prompts is not None else []
-        if len(deep_prompts) > max(self.depth - 1, 0):
-            raise ValueError(
-                f"{len(deep_prompts)} deep vision prompts given, but this encoder was built for depth "
-                f"{self.depth} (at most {max(self.depth - 1, 0)} deep prompt sets)"
-            )
-        return deep_prompts
+        return check_vision_prompt_args(self.depth, prompts, deep_prompts)
 
     def _prompt_tokens(self, prompts, batch, dtype):
         p = _batched(prompts, batch, self.width, "vision prompts")
