@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vlprompt.clip import ArgError, ClassPromptLearner, DeepPromptedCLIP, ZeroShotHead, get_template
+from vlprompt.clip import CUSTOM_TEMPLATES, ArgError, ClassPromptLearner, DeepPromptedCLIP, ZeroShotHead, get_template
 from vlprompt.clip import clean_classname, count_tokens, init_text_context, model_dims, tokenize
 from vlprompt.clip.prompt_init import token_embeddings
 from vlprompt.engine import TRAINER_REGISTRY
@@ -68,21 +68,10 @@ TCP_DEFAULT_PROMPT_TEMPLATE = "X X X X {}."
 
 #: TCP's zero-shot texts (official ``CUSTOM_TEMPLATES_ori``): meta-net input and regulariser target.
 TCP_TEACHER_TEMPLATES = {
-    "OxfordPets": "a photo of a {}, a type of pet.",
-    "OxfordFlowers": "a photo of a {}, a type of flower.",
+    **CUSTOM_TEMPLATES,  # CoOp's table, except these three
     "FGVCAircraft": "a photo of an aircraft {}.",
     "DescribableTextures": "a photo of a {}, a type of texture.",
-    "EuroSAT": "a centered satellite photo of {}.",
-    "StanfordCars": "a photo of a {}.",
     "Food101": "a photo of a {}, a type of food.",
-    "SUN397": "a photo of a {}.",
-    "Caltech101": "a photo of a {}.",
-    "UCF101": "a photo of a person doing {}.",
-    "ImageNet": "a photo of a {}.",
-    "ImageNetSketch": "a photo of a {}.",
-    "ImageNetV2": "a photo of a {}.",
-    "ImageNetA": "a photo of a {}.",
-    "ImageNetR": "a photo of a {}.",
 }
 
 #: number of class-aware tokens the meta-net makes (officially ``4 * ctx_dim`` outputs)
