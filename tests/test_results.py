@@ -218,15 +218,15 @@ def test_results_cli_writes_files(tmp_path, capsys):
 # --------------------------------------------------------------------------- paths and legacy logs
 def test_infer_from_path():
     assert infer_from_path("/o/base2new/test_new/dtd/shots_16/MaPLe/cfg/seed2") == dict(
-        protocol="base2new", role="novel", dataset="dtd", shots=16, trainer="MaPLe", config="cfg", seed=2)
+        protocol="base2new", role="novel", dataset="dtd", shots=16, trainer="MaPLe", config="cfg", seed=2, backbone=None)
     assert infer_from_path("/o/few_shot/dtd/CoOp/vit_b16/shots_4/seed1")["protocol"] == "few_shot"
     assert infer_from_path("/o/imagenet/CoOp/vit_b16_ep50_16shots/seed1") == dict(
         protocol="transfer", role="source", dataset="imagenet", trainer="CoOp", config="vit_b16_ep50", shots=16,
-        seed=1)
+        seed=1, backbone=None)
     # CoOp's own trees, with the nctx folder
     assert infer_from_path("/o/evaluation/CoOp/vit_b16_ep50_16shots/nctx16_cscFalse_ctpend/imagenet_r/seed3") == dict(
         protocol="domain_generalization", role="target", dataset="imagenet_r", trainer="CoOp",
-        config="vit_b16_ep50/nctx16_cscFalse_ctpend", shots=16, seed=3)
+        config="vit_b16_ep50/nctx16_cscFalse_ctpend", shots=16, seed=3, backbone=None)
     assert infer_from_path("/o/dtd/CoOp/rn50_4shots/nctx16_cscFalse_ctpend/seed1")["protocol"] == "few_shot"
     assert infer_from_path("/o/somewhere/else/seed1") is None
 
