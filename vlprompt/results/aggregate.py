@@ -575,7 +575,6 @@ def build_tables(records, protocols=None, seeds=(1, 2, 3), metric="accuracy", pu
     which published numbers go where."""
     methods = methods or default_methods()
     pub = load_published() if published else None
-    family_notes = apply_families(records, methods)
     by_bb = {}
     for r in records:
         by_bb.setdefault(r.backbone, []).append(r)
@@ -587,6 +586,7 @@ def build_tables(records, protocols=None, seeds=(1, 2, 3), metric="accuracy", pu
         while slug in slugs:
             slug += "_"
         slugs.add(slug)
+        family_notes = apply_families(by_bb[bb], methods)
         ts = _tables_of(by_bb[bb], protocols, seeds, metric, published_for(pub, bb), published, source, methods,
                         family_notes)
         where = f"backbone {bb}" if bb is not None else "backbone not recorded"

@@ -68,6 +68,7 @@ __all__ = [
     "Method",
     "Run",
     "SweepError",
+    "UnsupportedBackbone",
     "parse_method",
     "expand",
     "plan",
