@@ -509,7 +509,8 @@ def few_shot_tables(records, seeds, metric="accuracy", pub=None, pub_mode=None, 
         for name in _published_names(pub, keys, pub_mode):
             cells = []
             for K in shots:
-                vals = [v for d in DATASETS_11 if (v := blk["per_dataset"].get(d, {}).get(name, {}).get(str(K))) is not None]
+                vals = [v for d in DATASETS_11
+                        if (v := blk["per_dataset"].get(d, {}).get(name, {}).get(str(K))) is not None]
                 cells.append(Cell(sum(vals) / len(vals), published=True) if len(vals) == len(DATASETS_11) else EMPTY)
             if all(c.empty for c in cells):
                 continue

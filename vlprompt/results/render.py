@@ -144,6 +144,7 @@ def runs_csv(records):
                      r.shots if r.shots is not None else -1,
                      r.seed if r.seed is not None else -1)
     for r in sorted(records, key=key):
-        w.writerow([r.protocol, r.role, r.dataset, r.trainer, r.config, r.backbone or "", "" if r.shots is None else r.shots,
+        w.writerow([r.protocol, r.role, r.dataset, r.trainer, r.config, r.backbone or "",
+                    "" if r.shots is None else r.shots,
                     "" if r.seed is None else r.seed] + [r.metrics.get(m, "") for m in metrics] + [r.origin, r.path])
     return buf.getvalue()

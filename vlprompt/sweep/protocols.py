@@ -474,7 +474,8 @@ class _Ctx:
         builtin = bool(info and info.builtin)
         if not want.tag and not builtin and want.name not in CLIP_NAMES:
             raise SweepError(
-                f"{method.trainer} on {want.name}: {config} is written for {backbone_label(*own) or 'another backbone'} "
+                f"{method.trainer} on {want.name}: {config} is written for "
+                f"{backbone_label(*own) or 'another backbone'} "
                 f"and the method ships no {want.name} config, so the pretrained tag must be given: "
                 f"--backbones {want.name}@TAG (tags: open_clip.list_pretrained_tags_by_model('{want.name}'))")
         opts = ["MODEL.BACKBONE.NAME", want.name]
