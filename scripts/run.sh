@@ -23,6 +23,7 @@
 #   SHOTS_LIST="1 2 4 8 16"  few-shot shot counts
 #   LOADEP=E        epoch the tests load (default: OPTIM.MAX_EPOCH of the options, else of the config)
 #   FS_BACKBONE=rn50  few_shot with the recipe's configs on another backbone (vit_b16_* -> rn50_*)
+#   BACKBONES="ViT-B/16 ViT-B-16-SigLIP@webli"  run on each backbone (NAME[@TAG]; the sweep's --backbones)
 #   GPUS=0,1        one job per GPU (default: one job at a time)
 #   PYTHON          interpreter (default: python)
 #   SWEEP_OPTS      further options of python -m vlprompt.sweep, e.g. "--jobs 2" or "--slurm ..."
@@ -82,6 +83,7 @@ fi
 [[ -z "${SHOTS_LIST:-}" ]] || { read -r -a shots <<< "$SHOTS_LIST"; args+=(--shots "${shots[@]}"); }
 [[ -z "${LOADEP:-}" ]] || args+=(--load-epoch "$LOADEP")
 [[ -z "${FS_BACKBONE:-}" || "$protocol" != few_shot ]] || args+=(--backbone "$FS_BACKBONE")
+[[ -z "${BACKBONES:-}" ]] || { read -r -a bbs <<< "$BACKBONES"; args+=(--backbones "${bbs[@]}"); }
 [[ -z "${GPUS:-}" ]] || args+=(--gpus "$GPUS")
 [[ "${DRY_RUN:-0}" != 1 ]] || args+=(--print-commands)
 # shellcheck disable=SC2206

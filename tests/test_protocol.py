@@ -71,7 +71,7 @@ def test_round_trip(protocol, role, dataset, config):
     rel = run_dir(protocol, role, **fields)
     got = parse_run_dir(osp.join("/some/output", rel))
     expected = "transfer" if role == "source" else protocol
-    assert got == dict(protocol=expected, role=role, **fields)
+    assert got == dict(protocol=expected, role=role, backbone=None, **fields)
     assert describe_run_dir(osp.join("/some/output", rel)) == got
     assert run_dir(got["protocol"], got["role"], **{k: got[k] for k in fields}) == rel
 
@@ -89,7 +89,7 @@ def test_tree_is_the_coop_maple_tree():
 def test_read_only_coop_layouts():
     assert parse_run_dir("/o/evaluation/CoOp/vit_b16_ep50_16shots/nctx16_cscFalse_ctpend/imagenet_r/seed3") == dict(
         protocol="domain_generalization", role="target", dataset="imagenet_r", trainer="CoOp",
-        config="vit_b16_ep50/nctx16_cscFalse_ctpend", shots=16, seed=3)
+        config="vit_b16_ep50/nctx16_cscFalse_ctpend", shots=16, seed=3, backbone=None)
     got = parse_run_dir("/o/dtd/CoOp/rn50_4shots/nctx16_cscFalse_ctpend/seed1")
     assert got["protocol"] == "few_shot" and got["shots"] == 4 and got["config"] == "rn50/nctx16_cscFalse_ctpend"
     assert parse_run_dir("/o/dtd/CoOp/rn50_4shots/seed1")["role"] == "test"
@@ -159,3 +159,99 @@ def test_recipe_rules():
     assert family_config(rec, "imagenet", 16, "inet") == "main"
     assert family_config(rec, "dtd", 16, "inet") is None  # not where the recipe uses it
     assert family_config(rec, "dtd", 16, "main") is None
+
+
+# --------------------------------------------------------------------------- the backbone level
+BACKBONES = ["ViT-B/16", "ViT-B-16-SigLIP@webli", "EVA02-B-16@merged2b_s8b_b131k", "ViT-L/14@336px@openai",
+             "hf-hub:timm/ViT-B-16-SigLIP"]
+
+
+@pytest.mark.parametrize("protocol,role,dataset", CASES)
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_backbone_level_round_trip_and_never_the_default_folder(protocol, role, dataset, backbone):
+    fields = dict(dataset=dataset, trainer="MaPLe", config="vit_b16_c2_ep5_batch4_2ctx", shots=16, seed=2)
+    rel = run_dir(protocol, role, backbone=backbone, **fields)
+    default = run_dir(protocol, role, **fields)
+    parts = rel.split("/")
+    level = [i for i, p in enumerate(parts) if p.startswith("bb-")]
+    assert len(level) == 1 and parts[:level[0]] + parts[level[0] + 1:] == default.split("/")  # one level more
+    assert parts[level[0] - 1].startswith("vit_b16_c2_ep5_batch4_2ctx")  # right after <cfg>
+    got = describe_run_dir(osp.join("/out", rel))
+    expected = "transfer" if role == "source" else protocol
+    assert got == dict(protocol=expected, role=role, backbone=backbone, **fields)
+    assert run_dir(got["protocol"], got["role"], backbone=got["backbone"], **{k: got[k] for k in fields}) == rel
+    assert describe_run_dir(osp.join("/out", default))["backbone"] is None
+
+
+def test_backbone_folders_are_distinct_and_readable():
+    from vlprompt.protocol import backbone_folder, backbone_from_folder
+
+    folders = [backbone_folder(b) for b in BACKBONES + ["ViT-B-16", "ViT-B-16-SigLIP", "ViT-B-16-SigLIP@webli2"]]
+    assert len(set(folders)) == len(folders)
+    assert backbone_folder("ViT-B-16-SigLIP@webli") == "bb-ViT-B-16-SigLIP@webli"
+    assert backbone_folder("ViT-B/16") == "bb-ViT-B%2F16"
+    assert all(backbone_from_folder(f) == b for f, b in zip(folders, BACKBONES))
+    rel = run_dir("base2new", "base", dataset="dtd", trainer="VPT", config="vit_b16_c2_ep5_batch4_4", shots=16, seed=1,
+                  backbone="ViT-B-16-SigLIP@webli")
+    assert rel == "base2new/train_base/dtd/shots_16/VPT/vit_b16_c2_ep5_batch4_4/bb-ViT-B-16-SigLIP@webli/seed1"
+    # CoOp's own nctx variant folder is not a backbone level (read-only layouts still parse)
+    got = parse_run_dir("/o/imagenet/CoOp/vit_b16_ep50_16shots/nctx16_cscFalse_ctpend/seed1")
+    assert got["config"] == "vit_b16_ep50/nctx16_cscFalse_ctpend" and got["backbone"] is None
+    with pytest.raises(TreeError, match="NAME or NAME@TAG"):
+        run_dir("base2new", "base", dataset="dtd", trainer="T", config="c", shots=16, seed=1, backbone="ViT-B/16@")
+
+
+def test_backbone_specs_labels_and_family_configs():
+    from vlprompt.protocol import (BackboneError, backbone_label, backbone_of_config_name, family_config_name,
+                                   parse_backbone, same_backbone)
+
+    assert parse_backbone("default") is None
+    b = parse_backbone("ViT-B-16-SigLIP@webli")
+    assert (b.name, b.tag, str(b)) == ("ViT-B-16-SigLIP", "webli", "ViT-B-16-SigLIP@webli")
+    assert (parse_backbone("ViT-L/14@336px").name, parse_backbone("ViT-L/14@336px").tag) == ("ViT-L/14@336px", "")
+    assert parse_backbone("ViT-L/14@336px@openai").tag == "openai"
+    for bad in ("", "@webli", "ViT-B-16@", "a@b@c"):
+        with pytest.raises(BackboneError, match="NAME or NAME@TAG"):
+            parse_backbone(bad)
+    # OpenAI's weights have one label whichever way they are named
+    assert backbone_label("ViT-B/16") == backbone_label("ViT-B/16", "openai") == "ViT-B/16"
+    assert backbone_label("ViT-B-16-quickgelu", "openai") == "ViT-B/16"
+    assert backbone_label("ViT-B-16", "laion2b_s34b_b88k") == "ViT-B-16@laion2b_s34b_b88k"
+    assert same_backbone(("ViT-B-16-SigLIP", ""), ("ViT-B-16-SigLIP", "webli"))
+    assert not same_backbone(("ViT-B-16-SigLIP", "webli"), ("ViT-B-16-SigLIP", "other"))
+    assert not same_backbone(("ViT-B/16", ""), ("EVA02-B-16", "merged2b_s8b_b131k"))
+    assert family_config_name("vit_b16_ctxv1", "ViT-B-16-SigLIP") == "siglip_b16_ctxv1"
+    assert family_config_name("vit_b16_ep50_ctxv1", "RN50") == "rn50_ep50_ctxv1"
+    assert family_config_name("CoOp/vit_b16", "EVA02-B-16") == "CoOp/eva02_b16"
+    assert family_config_name("rn50_imagenet", "ViT-B-16-quickgelu") == "vit_b16_imagenet"
+    assert family_config_name("vit_b16_ctxv1", "ViT-B/16") is None  # its own
+    assert family_config_name("vit_b16_ctxv1", "PE-Core-B-16") is None  # no configs of its own
+    assert family_config_name("toy", "RN50") is None
+    assert backbone_of_config_name("rn50_ep50") == "RN50" and backbone_of_config_name("vit_b16") == "ViT-B/16"
+    assert backbone_of_config_name("siglip_b16_ctxv1/nctx16_cscFalse_ctpend") == "ViT-B-16-SigLIP"
+    assert backbone_of_config_name("toy") is None and backbone_of_config_name("rn501") is None
+
+
+def test_config_prefixes_match_the_config_files():
+    """Every configs/trainers/*/<prefix>*.yaml names the backbone CONFIG_PREFIXES gives its prefix (so the
+    sweep's choice of a method's config for a backbone is data, checked here), and the CLIP name table
+    is the backbone layer's."""
+    import yaml
+
+    from vlprompt.clip.backbone import CLIP_NAME_TO_OPENCLIP
+    from vlprompt.protocol import CLIP_NAMES, backbone_of_config_name
+
+    assert CLIP_NAMES == CLIP_NAME_TO_OPENCLIP
+    folder = osp.join(ROOT, "configs", "trainers")
+    checked = 0
+    for method in sorted(os.listdir(folder)):
+        for f in sorted(os.listdir(osp.join(folder, method))):
+            want = backbone_of_config_name(f[:-5]) if f.endswith(".yaml") else None
+            if want is None:
+                continue
+            data = yaml.safe_load(open(osp.join(folder, method, f))) or {}
+            got = ((data.get("MODEL") or {}).get("BACKBONE") or {}).get("NAME")
+            assert got == want, f"configs/trainers/{method}/{f}: MODEL.BACKBONE.NAME {got!r}, its prefix says {want}"
+            checked += 1
+    assert checked > 80
+    assert osp.isfile(osp.join(folder, "CoOp", "siglip_b16_ctxv1.yaml"))

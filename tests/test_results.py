@@ -24,7 +24,7 @@ CLASS = {"dtd": "DescribableTextures", "eurosat": "EuroSAT", "imagenet": "ImageN
 
 
 def write_result(out, rel, trainer, dataset, seed, acc, subsample="all", shots=16, phase="train", model_dir="",
-                 config_name="cfg", n_ctx=None):
+                 config_name="cfg", n_ctx=None, backbone="ViT-B/16", tag=None):
     d = osp.join(out, rel)
     os.makedirs(d, exist_ok=True)
     config = {"TRAINER": {"NAME": trainer}, "SEED": seed}
@@ -32,7 +32,7 @@ def write_result(out, rel, trainer, dataset, seed, acc, subsample="all", shots=1
         config["TRAINER"]["APLE"] = {"N_CTX": n_ctx}
     data = {
         "schema": 1, "trainer": trainer, "dataset": CLASS.get(dataset, dataset), "subsample": subsample,
-        "shots": shots, "seed": seed, "backbone": "ViT-B/16",
+        "shots": shots, "seed": seed, "backbone": backbone,
         "config_file": f"configs/trainers/{trainer}/{config_name}.yaml", "config_name": config_name,
         "dataset_config_file": f"configs/datasets/{dataset}.yaml", "config_digest": "0" * 16, "phase": phase,
         "model_dir": model_dir, "load_epoch": None, "split": "test",
@@ -40,6 +40,8 @@ def write_result(out, rel, trainer, dataset, seed, acc, subsample="all", shots=1
         "num_classes": 10, "num_test": 100, "epochs": 5, "wall_time_s": 1.0, "started_at": "", "finished_at": "",
         "output_dir": d, "versions": {}, "config": config,
     }
+    if tag is not None:
+        data["pretrained_tag"] = tag
     with open(osp.join(d, "results.json"), "w") as f:
         json.dump(data, f)
     return d
@@ -218,15 +220,15 @@ def test_results_cli_writes_files(tmp_path, capsys):
 # --------------------------------------------------------------------------- paths and legacy logs
 def test_infer_from_path():
     assert infer_from_path("/o/base2new/test_new/dtd/shots_16/MaPLe/cfg/seed2") == dict(
-        protocol="base2new", role="novel", dataset="dtd", shots=16, trainer="MaPLe", config="cfg", seed=2)
+        protocol="base2new", role="novel", dataset="dtd", shots=16, trainer="MaPLe", config="cfg", seed=2, backbone=None)
     assert infer_from_path("/o/few_shot/dtd/CoOp/vit_b16/shots_4/seed1")["protocol"] == "few_shot"
     assert infer_from_path("/o/imagenet/CoOp/vit_b16_ep50_16shots/seed1") == dict(
         protocol="transfer", role="source", dataset="imagenet", trainer="CoOp", config="vit_b16_ep50", shots=16,
-        seed=1)
+        seed=1, backbone=None)
     # CoOp's own trees, with the nctx folder
     assert infer_from_path("/o/evaluation/CoOp/vit_b16_ep50_16shots/nctx16_cscFalse_ctpend/imagenet_r/seed3") == dict(
         protocol="domain_generalization", role="target", dataset="imagenet_r", trainer="CoOp",
-        config="vit_b16_ep50/nctx16_cscFalse_ctpend", shots=16, seed=3)
+        config="vit_b16_ep50/nctx16_cscFalse_ctpend", shots=16, seed=3, backbone=None)
     assert infer_from_path("/o/dtd/CoOp/rn50_4shots/nctx16_cscFalse_ctpend/seed1")["protocol"] == "few_shot"
     assert infer_from_path("/o/somewhere/else/seed1") is None
 
@@ -461,3 +463,92 @@ def test_parse_test_res_counts_a_resumed_run_once(tmp_path, capsys):
     (exp / "seed3").mkdir()
     assert parse_test_res.main([str(exp)]) == 1
     assert "seed3/log.txt not found" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- backbones
+def test_tables_per_backbone_published_only_beside_its_backbone(tmp_path):
+    """Two backbones: one set of tables each (suffixed names, the backbone in the title); the published
+    ViT-B/16 numbers only beside ViT-B/16; a SigLIP run in the bb- level and one with a config of its own."""
+    out = str(tmp_path / "output")
+    m = "vit_b16_c2_ep5_batch4_2ctx"
+    for s in (1, 2, 3):
+        b2n(out, "MaPLe", m, "dtd", s, 80.0 + s, 60.0 + s)
+        # MaPLe on SigLIP through the recipe config + command-line backbone (bb- level)
+        tail = f"dtd/shots_16/MaPLe/{m}/bb-ViT-B-16-SigLIP@webli/seed{s}"
+        tr = write_result(out, f"base2new/train_base/{tail}", "MaPLe", "dtd", s, 70.0, "base", config_name=m,
+                          backbone="ViT-B-16-SigLIP", tag="webli")
+        write_result(out, f"base2new/test_new/{tail}", "MaPLe", "dtd", s, 50.0, "new", phase="eval", model_dir=tr,
+                     config_name=m, backbone="ViT-B-16-SigLIP", tag="webli")
+        # CoOp on SigLIP with its own config (no level): the backbone comes from results.json
+        b2n(out, "CoOp", "siglip_b16_ctxv1", "dtd", s, 75.0, 55.0, backbone="ViT-B-16-SigLIP", tag="webli")
+    ts = _tables(out, published="matched")
+    assert sorted(ts) == ["base2new_vit_b_16", "base2new_vit_b_16_siglip_webli"]
+    vit, sig = ts["base2new_vit_b_16"], ts["base2new_vit_b_16_siglip_webli"]
+    assert vit.title.endswith("; backbone ViT-B/16") and sig.title.endswith("; backbone ViT-B-16-SigLIP@webli")
+    md_vit, md_sig = to_markdown(vit), to_markdown(sig)
+    assert "| DTD | MaPLe | 82.00 ± 0.82 | 62.00 ± 0.82 |" in md_vit and "70.00" not in md_vit
+    assert "MaPLe [published]" in md_vit and "[published]" not in md_sig
+    assert "| DTD | CoOp | 75.00 ± 0.00 | 55.00 ± 0.00 |" in md_sig and "|  | MaPLe | 70.00 ± 0.00 |" in md_sig
+    assert "No published numbers are stored for ViT-B-16-SigLIP@webli" in md_sig
+    records, _ = collect(out)
+    assert {r.backbone for r in records} == {"ViT-B/16", "ViT-B-16-SigLIP@webli"}
+    assert ",MaPLe,vit_b16_c2_ep5_batch4_2ctx,ViT-B-16-SigLIP@webli,16,1," in runs_csv(records)
+    # CSV and LaTeX of a per-backbone table
+    assert to_csv(sig).splitlines()[2].startswith("ours,DTD,MaPLe,70.0000,0.0000,3,")
+    assert "\\caption{Base-to-novel generalization (accuracy, \\%, mean $\\pm$ std over seeds); backbone " \
+           "ViT-B-16-SigLIP@webli}" in to_latex(sig)
+    rep = str(tmp_path / "rep")
+    assert results_main([out, "--out", rep, "--format", "md"]) == 0
+    assert sorted(os.listdir(rep)) == ["base2new_vit_b_16.md", "base2new_vit_b_16_siglip_webli.md", "runs.csv"]
+
+
+def test_rn50_few_shot_published_beside_rn50_runs_only(tmp_path):
+    """published.json's few_shot_rn50 block (Tip-Adapter's RN50 numbers) appears next to RN50 few-shot results,
+    never next to ViT-B/16 ones."""
+    out = str(tmp_path / "output")
+    for s in (1, 2, 3):
+        write_result(out, f"few_shot/dtd/TipAdapter/rn50_dtd/shots_1/seed{s}", "TipAdapter", "dtd", s, 45.0 + s,
+                     shots=1, phase="eval", config_name="rn50_dtd", backbone="RN50")
+        write_result(out, f"few_shot/dtd/ZeroshotCLIP/vit_b16/bb-RN50/shots_0/seed{s}", "ZeroshotCLIP", "dtd", s,
+                     42.0, shots=-1, phase="eval", config_name="vit_b16", backbone="RN50")
+        write_result(out, f"few_shot/dtd/TipAdapter/vit_b16_dtd/bb-ViT-B%2F16/shots_1/seed{s}", "TipAdapter", "dtd",
+                     s, 55.0, shots=1, phase="eval", config_name="rn50_dtd")
+    ts = _tables(out, published="matched")
+    assert sorted(ts) == ["few_shot_0shots_rn50", "few_shot_1shots_rn50", "few_shot_1shots_vit_b_16",
+                          "few_shot_average_rn50", "few_shot_average_vit_b_16"]
+    one = to_markdown(ts["few_shot_1shots_rn50"])
+    pub = json.load(open(osp.join(ROOT, "vlprompt", "results", "published.json")))["few_shot_rn50"]["per_dataset"]
+    want = pub["dtd"]["Tip-Adapter"]["1"]
+    mean11 = sum(pub[d]["Tip-Adapter"]["1"] for d in pub) / 11
+    assert f"| Tip-Adapter [published] | *{want:.2f}* | *{mean11:.2f}* |" in one
+    assert "| TipAdapter | 47.00 ± 0.82 |" in one and "RN50" in one
+    zero = to_markdown(ts["few_shot_0shots_rn50"])
+    assert f"| CLIP [published] | *{pub['dtd']['CLIP']['0']:.2f}* |" in zero
+    avg = to_markdown(ts["few_shot_average_rn50"])
+    assert f"*{mean11:.2f}*" in avg
+    for name in ("few_shot_1shots_vit_b_16", "few_shot_average_vit_b_16"):
+        assert "Tip-Adapter [published]" not in to_markdown(ts[name])
+
+
+def test_backbone_of_log_runs_and_legacy_records(tmp_path):
+    """Runs without results.json: the backbone from the bb- level, else from the config name's prefix;
+    a results.json without pretrained_tag (older records) takes the tag from its config."""
+    out = str(tmp_path / "output")
+    for rel in ("base2new/train_base/dtd/shots_16/MaPLe/vit_b16_c2_ep5_batch4_2ctx/seed1",
+                "base2new/train_base/dtd/shots_16/VPT/vit_b16_c2_ep5_batch4_4/bb-EVA02-B-16@merged2b_s8b_b131k/seed1",
+                "base2new/train_base/dtd/shots_16/Odd/mycfg/seed1"):
+        os.makedirs(osp.join(out, rel))
+        with open(osp.join(out, rel, "log.txt"), "w") as f:
+            f.write("Finish training\n* accuracy: 70.0%\n")
+    d = write_result(out, "base2new/train_base/dtd/shots_16/CoOp/x/seed1", "CoOp", "dtd", 1, 60.0, "base",
+                     backbone="ViT-B-16", config_name="x")
+    data = json.load(open(osp.join(d, "results.json")))
+    data["config"]["MODEL"] = {"BACKBONE": {"NAME": "ViT-B-16", "PRETRAINED_TAG": "laion2b_s34b_b88k"}}
+    json.dump(data, open(osp.join(d, "results.json"), "w"))
+    records, problems = collect(out)
+    got = {r.trainer: r.backbone for r in records}
+    assert got == {"MaPLe": "ViT-B/16", "VPT": "EVA02-B-16@merged2b_s8b_b131k", "Odd": None,
+                   "CoOp": "ViT-B-16@laion2b_s34b_b88k"}
+    ts = {t.name: t for t in build_tables(records, ["base2new"], seeds=[1])}
+    assert "base2new_backbone_not_recorded" in ts
+    assert "Backbone not recorded" in " ".join(ts["base2new_backbone_not_recorded"].notes)

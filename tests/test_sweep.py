@@ -782,7 +782,7 @@ def test_every_planned_folder_parses_back_to_its_run(tmp_path):
         protocol = "transfer" if r.role == "source" else r.protocol
         shots = r.shots if r.role != "target" else 16
         assert got == dict(protocol=protocol, role=r.role, dataset=r.dataset, trainer=r.trainer, config=r.config,
-                           shots=shots, seed=2), r.output_dir
+                           shots=shots, seed=2, backbone=None), r.output_dir
 
 
 def test_another_transfer_source(repo, tmp_path):
@@ -816,3 +816,201 @@ def test_trainers_registered_at_run_time_are_planned(repo, tmp_path):
         TRAINER_REGISTRY._obj_map.pop("SweepProbe", None)
     assert "SweepProbe" not in TRAINER_REGISTRY
     assert [r.phase for r in runs] == ["eval", "eval"] and runs[0].config_file == "configs/trainers/MyTrainer/mine.yaml"
+
+
+# --------------------------------------------------------------------------- the backbone axis
+def _towers(name):
+    """Tower kinds as vlprompt.sweep.backbones.tower_info reads them (fixed here: no model is built)."""
+    from vlprompt.sweep.backbones import TowerInfo
+
+    clip = TowerInfo(text="causal", vision="clip_vit", clip_towers=True, fp16_weights=True)
+    return {
+        "ViT-B/16": clip, "ViT-B-16-quickgelu": clip,
+        "RN50": TowerInfo(text="causal", vision="resnet", clip_towers=True, fp16_weights=True),
+        "ViT-B-16-SigLIP": TowerInfo(text="bidirectional", vision="timm_vit", clip_towers=False, fp16_weights=False),
+        "EVA02-B-16": TowerInfo(text="causal", vision="timm_eva", clip_towers=False, fp16_weights=False),
+        "PE-Core-B-16": TowerInfo(text="causal", vision="timm_eva", clip_towers=False, fp16_weights=False),
+    }[name]
+
+
+BB = ["ViT-B/16", "ViT-B-16-SigLIP@webli", "EVA02-B-16@merged2b_s8b_b131k"]
+
+
+def _by(runs, trainer, backbone, role="base"):
+    return [r for r in runs if r.trainer == trainer and r.backbone == backbone and r.role == role]
+
+
+def test_backbone_axis_uses_the_methods_own_configs_or_sets_the_backbone(tmp_path):
+    out = str(tmp_path / "out")
+    runs = plan(["CoOp", "VPT"], ["base2new"], ["dtd"], [1], output_root=out, backbones=BB, towers=_towers)
+    default = plan(["CoOp", "VPT"], ["base2new"], ["dtd"], [1], output_root=out, towers=_towers)
+    # ViT-B/16 is the recipes' own backbone: exactly today's runs and folders
+    assert {r.output_dir for r in runs if r.backbone == "ViT-B/16"} == {r.output_dir for r in default}
+    assert all("MODEL.BACKBONE.NAME" not in r.opts for r in default) and len(runs) == 3 * len(default)
+    # CoOp ships siglip_b16_ctxv1 / eva02_b16_ctxv1 beside vit_b16_ctxv1: used as they are
+    (sig,) = _by(runs, "CoOp", "ViT-B-16-SigLIP@webli")
+    assert sig.config_file == "configs/trainers/CoOp/siglip_b16_ctxv1.yaml" and "MODEL.BACKBONE.NAME" not in sig.opts
+    assert osp.relpath(sig.output_dir, out) == "base2new/train_base/dtd/shots_16/CoOp/siglip_b16_ctxv1/seed1"
+    (eva,) = _by(runs, "CoOp", "EVA02-B-16@merged2b_s8b_b131k", role="novel")
+    assert eva.config_file.endswith("CoOp/eva02_b16_ctxv1.yaml") and eva.load_epoch == 200
+    # VPT ships none: its recipe config with the backbone on the command line, in a bb- level, PREC fp16 -> amp
+    (vs,) = _by(runs, "VPT", "ViT-B-16-SigLIP@webli")
+    assert vs.config_file == "configs/trainers/VPT/vit_b16_c2_ep5_batch4_4.yaml"
+    assert vs.opts[-6:] == ["MODEL.BACKBONE.NAME", "ViT-B-16-SigLIP", "MODEL.BACKBONE.PRETRAINED_TAG", "webli",
+                            "TRAINER.VPT.PREC", "amp"]
+    assert osp.relpath(vs.output_dir, out) == ("base2new/train_base/dtd/shots_16/VPT/vit_b16_c2_ep5_batch4_4/"
+                                               "bb-ViT-B-16-SigLIP@webli/seed1")
+    (vt,) = _by(runs, "VPT", "ViT-B-16-SigLIP@webli", role="novel")
+    assert vt.depends_on == vs.output_dir and vt.model_dir == vs.output_dir and "ViT-B-16-SigLIP" in vt.opts
+    assert "on ViT-B-16-SigLIP@webli seed1" in vt.describe()
+    assert len({r.output_dir for r in runs}) == len(runs)  # two backbones never share a folder
+    # the user's options come after the backbone's (they win), and still name the folder
+    (vo,) = _by(plan(["VPT"], ["base2new"], ["dtd"], [1], output_root=out, backbones=BB[1:2], towers=_towers,
+                     opts=["TRAINER.VPT.PREC", "fp32"]), "VPT", BB[1])
+    assert vo.opts[-2:] == ["TRAINER.VPT.PREC", "fp32"] and "TRAINER.VPT.PREC amp" not in " ".join(vo.opts)
+    assert "/vit_b16_c2_ep5_batch4_4_precfp32/bb-ViT-B-16-SigLIP@webli/" in vo.output_dir
+
+
+def test_backbone_axis_transfer_and_few_shot_keep_their_dependencies(tmp_path):
+    out = str(tmp_path / "out")
+    runs = plan(["VPT", "ZeroshotCLIP"], ["cross_dataset", "domain_generalization", "few_shot"],
+                ["dtd", "imagenet_a"], [1], output_root=out, backbones=["EVA02-B-16@merged2b_s8b_b131k"],
+                towers=_towers, few_shot_shots=[2])
+    src = [r for r in runs if r.role == "source" and r.trainer == "VPT"]
+    assert len(src) == 1 and sorted(src[0].protocols) == ["cross_dataset", "domain_generalization"]
+    assert "/bb-EVA02-B-16@merged2b_s8b_b131k/seed1" in src[0].output_dir
+    targets = [r for r in runs if r.role == "target" and r.trainer == "VPT"]
+    assert {r.dataset for r in targets} == {"dtd", "imagenet_a"}
+    assert all(r.depends_on == src[0].output_dir and "EVA02-B-16" in r.opts for r in targets)
+    zs = [r for r in runs if r.trainer == "ZeroshotCLIP" and r.protocol == "few_shot"]
+    assert len(zs) == 1 and zs[0].config_file == "configs/trainers/CoOp/vit_b16.yaml"  # no CoOp/eva02_b16.yaml
+    assert zs[0].output_dir.endswith("/ZeroshotCLIP/vit_b16/bb-EVA02-B-16@merged2b_s8b_b131k/shots_0/seed1")
+
+
+def test_backbone_axis_refuses_unsupported_methods_at_planning_time(tmp_path, capsys):
+    out = str(tmp_path / "out")
+    with pytest.raises(SweepError) as e:
+        plan(["MaPLe", "CoOp", "PromptSRC"], ["base2new"], ["dtd"], [1], output_root=out,
+             backbones=["RN50", "ViT-B-16-SigLIP@webli"], towers=_towers)
+    lines = str(e.value).splitlines()
+    assert lines[0] == ("MaPLe cannot run on RN50 (CLIP ResNet: its image tower is resnet); MaPLe supports: CLIP ViT, "
+                        "SigLIP/SigLIP2, EVA02/PE-Core, causal text + timm ViT (e.g. MobileCLIP)")
+    assert any(x.startswith("PromptSRC cannot run on ViT-B-16-SigLIP@webli (SigLIP/SigLIP2: its text tower is "
+                            "bidirectional); PromptSRC supports: CLIP ViT") for x in lines)
+    assert not any(x.startswith("CoOp") for x in lines) and len(lines) == 4  # 3 pairs + the hint
+    notes = []
+    runs = plan(["MaPLe", "CoOp"], ["base2new"], ["dtd"], [1], output_root=out, backbones=["RN50"], towers=_towers,
+                skip_unsupported=True, notes=notes)
+    assert {r.trainer for r in runs} == {"CoOp"} and runs[0].config_file.endswith("CoOp/rn50_ctxv1.yaml")
+    assert notes == ["refused: " + lines[0]]
+    # a backbone without configs of the method needs its tag (unless it is a CLIP name)
+    with pytest.raises(SweepError, match=r"VPT on ViT-B-16-SigLIP: .* --backbones ViT-B-16-SigLIP@TAG"):
+        plan(["VPT"], ["base2new"], ["dtd"], [1], output_root=out, backbones=["ViT-B-16-SigLIP"], towers=_towers)
+    # the CLI: one line per pair, exit 2, nothing planned
+    rc = sweep_main(["--methods", "MaPLe", "--protocol", "base2new", "--root", "/DATA", "--datasets", "dtd",
+                     "--seeds", "1", "--output-root", out, "--dry-run", "--backbones", "RN50"])
+    assert rc == 2 and "error: MaPLe cannot run on RN50 (CLIP ResNet" in capsys.readouterr().err
+
+
+def test_backbone_axis_dry_run_shows_the_backbone(tmp_path, capsys, monkeypatch):
+    import vlprompt.sweep.protocols as sp
+
+    monkeypatch.setattr(sp, "_default_towers", _towers)
+    out = str(tmp_path / "out")
+    rc = sweep_main(["--methods", "VPT", "--protocol", "base2new", "--root", "/DATA", "--datasets", "dtd", "--seeds",
+                     "1", "--output-root", out, "--dry-run", "--backbones", "default", "EVA02-B-16@merged2b_s8b_b131k"])
+    cap = capsys.readouterr()
+    assert rc == 0 and "# plan: 4 runs" in cap.out
+    assert "train base2new dtd 16-shot VPT/vit_b16_c2_ep5_batch4_4 on ViT-B/16 seed1" in cap.out
+    assert "test  base2new dtd 16-shot VPT/vit_b16_c2_ep5_batch4_4 on EVA02-B-16@merged2b_s8b_b131k seed1" in cap.out
+    assert "note: VPT vit_b16_c2_ep5_batch4_4 on EVA02-B-16@merged2b_s8b_b131k: TRAINER.VPT.PREC fp16 -> amp" in cap.err
+    # resumable: a finished run is complete in the plan
+    done = osp.join(out, "base2new/train_base/dtd/shots_16/VPT/vit_b16_c2_ep5_batch4_4/"
+                         "bb-EVA02-B-16@merged2b_s8b_b131k/seed1")
+    os.makedirs(done)
+    open(osp.join(done, "results.json"), "w").write("{}")
+    sweep_main(["--methods", "VPT", "--protocol", "base2new", "--root", "/DATA", "--datasets", "dtd", "--seeds", "1",
+                "--output-root", out, "--dry-run", "--backbones", "EVA02-B-16@merged2b_s8b_b131k"])
+    assert "[1] complete train base2new" in capsys.readouterr().out
+
+
+def test_tower_info_reads_the_structure_and_caches_it(tmp_path, monkeypatch):
+    """The planning-time tower check builds the open_clip config on the meta device (no weights) and reads
+    it with the trainers' own tower_kinds; the answer is cached per open_clip/timm version."""
+    import vlprompt.sweep.backbones as sb
+
+    monkeypatch.setenv("VLPROMPT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(sb, "_MEMO", {})
+    info = sb.tower_info("ViT-B-16-SigLIP")
+    assert (info.text, info.vision, info.clip_towers, info.fp16_weights) == ("bidirectional", "timm_vit", False, False)
+    assert info.family == "SigLIP/SigLIP2"
+    assert json.load(open(tmp_path / "cache" / "backbones.json"))["entries"]["ViT-B-16-SigLIP"]["text"] == "bidirectional"
+    monkeypatch.setattr(sb, "_MEMO", {})
+    monkeypatch.setattr(sb, "_compute", lambda name: (_ for _ in ()).throw(AssertionError("not cached")))
+    assert sb.tower_info("ViT-B-16-SigLIP") == info
+    assert sb.tower_info("hf-hub:timm/ViT-B-16-SigLIP") is None  # read at run time only
+    monkeypatch.undo()
+    monkeypatch.setenv("VLPROMPT_CACHE_DIR", "off")
+    monkeypatch.setattr(sb, "_MEMO", {})
+    tiny = sb.tower_info("test-eva02-tiny")
+    assert (tiny.text, tiny.vision, tiny.builtin, tiny.family) == ("causal", "timm_eva", True, "EVA02/PE-Core")
+    with pytest.raises(ValueError, match="Unknown backbone"):
+        sb.tower_info("ViT-B-99")
+
+
+def test_sweep_backbone_axis_end_to_end_on_a_tiny_siglip(tmp_path, capsys):
+    """--backbones with a config written for another backbone: train.py runs it with MODEL.BACKBONE.NAME from
+    the command line (in the bb- level), results.json records the backbone and its towers, and the tables
+    name it."""
+    from tests.dataset_fixtures import make_dtd
+    from vlprompt.results import build_tables, collect
+
+    repo_root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    repo = tmp_path / "repo"
+    (repo / "configs" / "trainers" / "CoOp").mkdir(parents=True)
+    (repo / "configs" / "datasets").mkdir()
+    (repo / "configs" / "datasets" / "dtd.yaml").write_text(
+        open(osp.join(repo_root, "configs", "datasets", "dtd.yaml")).read())
+    # TEST.FEATURE_CACHE False: the feature store's frozen_tower() accepts only the open_clip ViT encoder
+    # (vlprompt/features/extract.py), so CoOp's cached evaluation on a SigLIP tower is not available yet
+    (repo / "configs" / "trainers" / "CoOp" / "tiny.yaml").write_text(TINY_COOP + "TEST:\n  FEATURE_CACHE: False\n")
+    data = tmp_path / "data"
+    make_dtd(str(data))
+    out = str(tmp_path / "out")
+    cmd = shlex.join([sys.executable, osp.join(repo_root, "train.py")])
+    rc = sweep_main(["--methods", "CoOp:tiny", "--protocol", "base2new", "--datasets", "dtd", "--seeds", "1",
+                     "--root", str(data), "--output-root", out, "--repo-root", str(repo), "--command", cmd,
+                     "--poll", "0.1", "--backbones", "test-siglip-tiny", "--only", "train"])  # the training run only (time)
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    train_dir = osp.join(out, "base2new/train_base/dtd/shots_16/CoOp/tiny/bb-test-siglip-tiny/seed1")
+    res = json.load(open(osp.join(train_dir, "results.json")))
+    assert res["backbone"] == "test-siglip-tiny" and res["backbone_label"] == "test-siglip-tiny"
+    assert res["backbone_family"] == "SigLIP/SigLIP2" and res["backbone_towers"]["text"] == "bidirectional"
+    assert res["run"]["backbone"] == "test-siglip-tiny" and res["config"]["MODEL"]["BACKBONE"]["NAME"] == "test-siglip-tiny"
+    records, problems = collect(out)
+    assert problems == [] and {r.backbone for r in records} == {"test-siglip-tiny"}
+    table = build_tables(records, seeds=(1,))[0]
+    assert table.name == "base2new" and table.title.endswith("; backbone test-siglip-tiny")
+
+
+def test_declared_backbone_support_replaces_the_interim_table():
+    """A trainer's BACKBONE_SUPPORT (read into the sweep's spec) wins over the table taken from docs/METHODS.md;
+    a trainer in neither is not checked."""
+    from vlprompt.sweep.backbones import KNOWN_SUPPORT, describe_support, method_support, support_problem
+    from vlprompt.sweep.protocols import SpecView
+
+    spec = SpecView(name="MaPLe", recipes={}, backbone_support={"text": ["causal"], "vision": ["clip_vit"]})
+    support, where = method_support(spec)
+    assert where == "BACKBONE_SUPPORT of trainer MaPLe" and describe_support(support) == "CLIP ViT"
+    assert support_problem("MaPLe", "EVA02-B-16@x", _towers("EVA02-B-16"), support).startswith(
+        "MaPLe cannot run on EVA02-B-16@x (EVA02/PE-Core: its image tower is timm_eva); MaPLe supports: CLIP ViT")
+    assert method_support(SpecView(name="MaPLe", recipes={}))[0] is KNOWN_SUPPORT["MaPLe"]
+    assert support_problem("MaPLe", "EVA02-B-16", _towers("EVA02-B-16"), KNOWN_SUPPORT["MaPLe"]) is None
+    assert method_support(SpecView(name="NewMethod", recipes={})) == (None, None)
+    # every trainer of trainers/ with recipes is in the table (until they declare it themselves)
+    from vlprompt.engine import TRAINER_REGISTRY
+
+    ours = {n for n, s in registry_specs().items()
+            if s.recipes and TRAINER_REGISTRY.get(n).__module__.startswith("trainers.")}
+    assert len(ours) > 15 and ours <= set(KNOWN_SUPPORT)

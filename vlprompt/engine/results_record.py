@@ -3,6 +3,10 @@
 Fields (schema 1; later versions only add fields) are documented in docs/ENGINE.md ("results.json").
 ``protocol`` / ``role`` / ``run`` come from the protocol layer's reading of the output directory
 (``vlprompt.protocol.describe_run_dir``) and are ``null`` for a folder outside the standard tree.
+``backbone`` / ``pretrained_tag`` are ``MODEL.BACKBONE.NAME`` / ``PRETRAINED_TAG``; ``backbone_label``
+is how the result tables name the backbone (``vlprompt.protocol.backbone_label``); ``backbone_towers``
+and ``backbone_family`` describe the towers (read from the model's structure,
+``vlprompt.sweep.backbones.tower_info``) and are ``null`` when they cannot be read.
 """
 import datetime
 import json
@@ -10,7 +14,7 @@ import os.path as osp
 import time
 
 from vlprompt.config import config_digest
-from vlprompt.protocol import describe_run_dir
+from vlprompt.protocol import backbone_label, describe_run_dir
 from vlprompt.utils import package_versions
 
 RESULTS_FILE = "results.json"
@@ -34,6 +38,19 @@ def _iso(t):
     return datetime.datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
 
 
+def _towers(name):
+    """(towers dict, family name) of a backbone, or (None, None) when its structure cannot be read."""
+    from vlprompt.sweep.backbones import tower_info
+
+    try:
+        info = tower_info(name)
+    except (ValueError, TypeError, ImportError, RuntimeError, AttributeError):  # a description field only
+        return None, None
+    if info is None:
+        return None, None
+    return {"text": info.text, "image": info.vision, "clip_towers": info.clip_towers}, info.family
+
+
 def build_results_record(trainer, metrics, eval_seconds=None, world_size=1):
     """The dict written to ``OUTPUT_DIR/results.json`` after an evaluation on the test split."""
     cfg = trainer.cfg
@@ -43,6 +60,8 @@ def build_results_record(trainer, metrics, eval_seconds=None, world_size=1):
     started = info.get("started_at", trainer._time_created)
     trained = hasattr(trainer, "time_start")
     run = describe_run_dir(cfg.OUTPUT_DIR) if cfg.OUTPUT_DIR else None
+    bb = cfg.MODEL.BACKBONE
+    towers, family = _towers(bb.NAME) if bb.NAME else (None, None)
     record = {
         "schema": RESULTS_SCHEMA,
         "trainer": cfg.TRAINER.NAME,
@@ -50,7 +69,11 @@ def build_results_record(trainer, metrics, eval_seconds=None, world_size=1):
         "subsample": cfg.DATASET.SUBSAMPLE_CLASSES,
         "shots": cfg.DATASET.NUM_SHOTS,
         "seed": cfg.SEED,
-        "backbone": cfg.MODEL.BACKBONE.NAME,
+        "backbone": bb.NAME,
+        "pretrained_tag": bb.PRETRAINED_TAG,
+        "backbone_label": backbone_label(bb.NAME, bb.PRETRAINED_TAG),
+        "backbone_towers": towers,
+        "backbone_family": family,
         "config_file": config_file,
         "config_name": osp.splitext(osp.basename(config_file))[0] if config_file else "",
         "dataset_config_file": info.get("dataset_config_file", ""),

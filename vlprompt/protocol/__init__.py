@@ -2,9 +2,24 @@
 description (:mod:`vlprompt.protocol.tree`). Imports nothing beyond the standard library.
 
 ``describe_run_dir(output_dir)`` tells what a run folder is (protocol, role, dataset, trainer,
-config, shots, seed); the engine records it in results.json, the result tables read it back, the
+config, shots, seed, backbone); the engine records it in results.json, the result tables read it back, the
 sweep builds the same folders with ``run_dir``.
 """
+from .backbones import (
+    BACKBONE_LEVEL,
+    CLIP_NAMES,
+    CONFIG_PREFIXES,
+    DEFAULT_BACKBONE,
+    Backbone,
+    BackboneError,
+    backbone_folder,
+    backbone_from_folder,
+    backbone_label,
+    backbone_of_config_name,
+    family_config_name,
+    parse_backbone,
+    same_backbone,
+)
 from .datasets import (
     B2N_SHOTS,
     DATASET_CLASS_TO_KEY,
@@ -37,6 +52,9 @@ from .tree import (
 )
 
 __all__ = [
+    "BACKBONE_LEVEL", "CLIP_NAMES", "CONFIG_PREFIXES", "DEFAULT_BACKBONE", "Backbone", "BackboneError",
+    "backbone_folder", "backbone_from_folder", "backbone_label", "backbone_of_config_name", "family_config_name",
+    "parse_backbone", "same_backbone",
     "B2N_SHOTS", "DATASET_CLASS_TO_KEY", "DATASETS_11", "DEFAULT_SEEDS", "DG_TARGETS", "DISPLAY_NAMES",
     "FEW_SHOT_SHOTS", "KNOWN_DATASETS", "PROTOCOLS", "XD_SHOTS", "XD_SOURCE", "XD_TARGETS", "dataset_key",
     "default_datasets", "target_protocol", "LAYOUTS", "ROLES", "Layout", "TreeError", "config_folder",

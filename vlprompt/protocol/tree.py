@@ -13,6 +13,13 @@ The tree is the CoOp/MaPLe one (relative to the output root)::
     domain_generalization  target                                   ImageNet variant is DG)
     few_shot  test    few_shot/<d>/<T>/<cfg>/shots_<K>/seed<S>
 
+A run on a backbone other than its config file's own (the sweep's ``--backbones``, which then sets
+``MODEL.BACKBONE.NAME``/``PRETRAINED_TAG`` on the command line) gets one more level right after
+``<cfg>``: ``bb-<NAME>[@<TAG>]`` (:func:`vlprompt.protocol.backbones.backbone_folder`), e.g.
+``base2new/train_base/dtd/shots_16/VPT/vit_b16_c2_ep5_batch4_4/bb-ViT-B-16-SigLIP@webli/seed1``. The
+default tree has no such level, so the two never collide; the parsed description has ``backbone``
+(``NAME[@TAG]``) or None.
+
 Read-only layouts accept CoOp's own trees: ``<d>/<T>/<cfg>_<K>shots[/nctx.._csc.._ctp..]/seed<S>``
 (few-shot runs of CoOp's scripts) and the ``nctx.._csc.._ctp..`` sub-folder under ``evaluation/``
 and under the source run; the config is then reported as ``<cfg>/<variant>``.
@@ -30,6 +37,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+from .backbones import BACKBONE_LEVEL, BackboneError, backbone_folder, backbone_from_folder
 from .datasets import KNOWN_DATASETS, PROTOCOLS, XD_SOURCE, target_protocol
 
 __all__ = [
@@ -57,6 +65,7 @@ _FIELD = {
     "shots": r"\d+",
     "seed": r"\d+",
     "variant": r"nctx\d+_csc\w+_ctp\w+",
+    "backbone": re.escape(BACKBONE_LEVEL) + r"[A-Za-z0-9%._+-]+(?:@[A-Za-z0-9%._+-]+)?",
 }
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
@@ -112,20 +121,34 @@ class Layout:
         if self.dataset_rule == "not_source" and (d == source or d not in KNOWN_DATASETS):
             return None
         config = got["config"] + (f"/{got['variant']}" if got.get("variant") else "")
+        backbone = backbone_from_folder(got["backbone"]) if got.get("backbone") else None
         return dict(protocol=self.protocol or target_protocol(d), role=self.role, dataset=d,
-                    trainer=got["trainer"], config=config, shots=int(got["shots"]), seed=int(got["seed"]))
+                    trainer=got["trainer"], config=config, shots=int(got["shots"]), seed=int(got["seed"]),
+                    backbone=backbone)
 
     def build(self, **fields):
+        if "{backbone}" in self.segments:
+            fields = dict(fields, backbone=backbone_folder(fields["backbone"]))
         return osp.join(*(s.format(**fields) for s in self.segments))
 
 
 _B2N_TAIL = ("{dataset}", "shots_{shots}", "{trainer}", "{config}", "seed{seed}")
+_B2N_TAIL_BB = ("{dataset}", "shots_{shots}", "{trainer}", "{config}", "{backbone}", "seed{seed}")
 LAYOUTS = (
     Layout("base2new_base", "base2new", "base", ("base2new", "train_base") + _B2N_TAIL),
     Layout("base2new_novel", "base2new", "novel", ("base2new", "test_new") + _B2N_TAIL),
     Layout("few_shot", "few_shot", "test", ("few_shot", "{dataset}", "{trainer}", "{config}", "shots_{shots}",
                                             "seed{seed}")),
     Layout("target", None, "target", ("evaluation", "{trainer}", "{config}_{shots}shots", "{dataset}", "seed{seed}")),
+    # the same runs on a backbone that the command line sets (one more level after <cfg>)
+    Layout("base2new_base_bb", "base2new", "base", ("base2new", "train_base") + _B2N_TAIL_BB),
+    Layout("base2new_novel_bb", "base2new", "novel", ("base2new", "test_new") + _B2N_TAIL_BB),
+    Layout("few_shot_bb", "few_shot", "test", ("few_shot", "{dataset}", "{trainer}", "{config}", "{backbone}",
+                                               "shots_{shots}", "seed{seed}")),
+    Layout("target_bb", None, "target", ("evaluation", "{trainer}", "{config}_{shots}shots", "{backbone}", "{dataset}",
+                                         "seed{seed}")),
+    Layout("source_bb", "transfer", "source", ("{dataset}", "{trainer}", "{config}_{shots}shots", "{backbone}",
+                                               "seed{seed}"), dataset_rule="source"),
     Layout("coop_target", None, "target",
            ("evaluation", "{trainer}", "{config}_{shots}shots", "{variant}", "{dataset}", "seed{seed}"), readonly=True),
     Layout("source", "transfer", "source", ("{dataset}", "{trainer}", "{config}_{shots}shots", "seed{seed}"),
@@ -141,15 +164,15 @@ LAYOUTS = (
 )
 
 
-def layout_for(protocol, role, dataset=None):
+def layout_for(protocol, role, dataset=None, backbone=False):
     """The writable layout of a run (``protocol`` may be ``transfer`` or either transfer protocol for the
-    source run)."""
+    source run); ``backbone``: the layout with the ``bb-<NAME>[@<TAG>]`` level."""
     if protocol not in PROTOCOLS + ("transfer",):
         raise TreeError(f"Unknown protocol '{protocol}'. Valid protocols: {', '.join(PROTOCOLS)}")
     if role == "source" and protocol in ("cross_dataset", "domain_generalization"):
         protocol = "transfer"
     for lay in LAYOUTS:
-        if lay.readonly or lay.role != role:
+        if lay.readonly or lay.role != role or ("backbone" in lay.fields) != bool(backbone):
             continue
         if lay.protocol == protocol or (lay.protocol is None and protocol in ("cross_dataset", "domain_generalization")):
             if lay.protocol is None and dataset is not None and target_protocol(dataset) != protocol:
@@ -159,9 +182,13 @@ def layout_for(protocol, role, dataset=None):
     raise TreeError(f"Protocol {protocol} has no role '{role}' (roles: {roles})")
 
 
-def run_dir(protocol, role, *, dataset, trainer, config, shots, seed, root=None, source=XD_SOURCE):
-    """The folder of one run (under ``root`` when given). The inverse of :func:`parse_run_dir`."""
-    lay = layout_for(protocol, role, dataset)
+def run_dir(protocol, role, *, dataset, trainer, config, shots, seed, root=None, source=XD_SOURCE, backbone=None):
+    """The folder of one run (under ``root`` when given). The inverse of :func:`parse_run_dir`.
+
+    ``backbone``: None for a run on its config file's own backbone (the default tree), else
+    ``NAME[@TAG]`` (or a :class:`~vlprompt.protocol.backbones.Backbone`) set on the command line: the
+    folder gets the ``bb-<NAME>[@<TAG>]`` level after ``<cfg>``."""
+    lay = layout_for(protocol, role, dataset, backbone=backbone is not None)
     if lay.dataset_rule == "source" and dataset != source:
         raise TreeError(f"The source run of the transfer protocols trains on {source}, not {dataset}")
     fields = dict(dataset=dataset, trainer=trainer, config=config, shots=shots, seed=seed)
@@ -171,13 +198,20 @@ def run_dir(protocol, role, *, dataset, trainer, config, shots, seed, root=None,
     for k in ("shots", "seed"):
         if not isinstance(fields[k], int) or fields[k] < 0:
             raise TreeError(f"Run field {k} must be a non-negative int, got {fields[k]!r}")
+    if backbone is not None:
+        try:
+            backbone_folder(backbone)  # a spec that cannot be a folder level is a TreeError
+        except BackboneError as e:
+            raise TreeError(str(e)) from None
+        fields["backbone"] = backbone
     rel = lay.build(**fields)
     return rel if root is None else osp.join(root, rel)
 
 
 def parse_run_dir(path, source=XD_SOURCE):
-    """``dict(protocol, role, dataset, trainer, config, shots, seed)`` of a run folder, or None when the
-    path is not a run folder of the tree (writable layouts are tried first, then CoOp's own trees)."""
+    """``dict(protocol, role, dataset, trainer, config, shots, seed, backbone)`` of a run folder, or None
+    when the path is not a run folder of the tree (writable layouts are tried first, then CoOp's own
+    trees). ``backbone`` is ``NAME[@TAG]`` of a ``bb-`` level, None in the default tree."""
     parts = [p for p in osp.normpath(osp.abspath(str(path))).split(os.sep) if p]
     for lay in LAYOUTS:
         got = lay.match(parts, source)
@@ -187,8 +221,8 @@ def parse_run_dir(path, source=XD_SOURCE):
 
 
 def describe_run_dir(output_dir, source=XD_SOURCE):
-    """What a run folder is: ``dict(protocol, role, dataset, trainer, config, shots, seed)`` or None
-    outside the tree. The engine records ``protocol`` and ``role`` (and the whole dict as ``run``) in
+    """What a run folder is: ``dict(protocol, role, dataset, trainer, config, shots, seed, backbone)`` or
+    None outside the tree. The engine records ``protocol`` and ``role`` (and the whole dict as ``run``) in
     results.json; ``protocol`` is ``transfer`` for the source run shared by cross_dataset and
     domain_generalization."""
     return parse_run_dir(output_dir, source)

@@ -7,7 +7,8 @@
 and the recipes come from the trainers' declarations, loaded when a table is built
 (:mod:`vlprompt.results.methods`). Run folders are placed with :mod:`vlprompt.protocol`.
 """
-from .aggregate import Cell, Table, apply_families, build_tables, hm, load_published, mean_std, seed_stat
+from .aggregate import (Cell, Table, apply_families, build_tables, hm, load_published, mean_std, published_for,
+                        seed_stat)
 from .legacy import parse_lines, parse_log, read_run_log
 from .methods import MethodTable, default_methods, load_methods
 from .records import Record, collect, infer_from_path
@@ -27,6 +28,7 @@ __all__ = [
     "load_published",
     "default_methods",
     "mean_std",
+    "published_for",
     "parse_lines",
     "parse_log",
     "read_run_log",

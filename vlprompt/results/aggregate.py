@@ -10,13 +10,23 @@ Conventions (the papers'):
   per-dataset HMs (the mean of HMs is given in the notes for reference);
 * cross-dataset and DG averages are over the targets only (the source column is not averaged);
 * an average over fewer datasets than the protocol's standard list is marked ``‡``.
+
+Backbones: the tables of one backbone never mix with another's. When the records hold one backbone,
+the tables keep their names (``base2new``, ``few_shot_4shots``, ...) and say the backbone in the title;
+with several, there is one set of tables per backbone, named ``<table>_<backbone slug>``
+(``base2new_vit_b_16``, ``base2new_vit_b_16_siglip_webli``). Published numbers are shown only beside
+the backbone they were measured on: a block of published.json (or a base2new average entry) is on its
+own ``backbone`` if it names one, else on the file's top-level ``backbone`` (ViT-B/16); the
+``few_shot_rn50`` block (Tip-Adapter's RN50 few-shot numbers) appears beside RN50 few-shot results.
 """
 import json
 import os.path as osp
+import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ..protocol import DATASETS_11, DG_TARGETS, DISPLAY_NAMES, XD_SOURCE, XD_TARGETS, family_config
+from ..protocol import (DATASETS_11, DG_TARGETS, DISPLAY_NAMES, XD_SOURCE, XD_TARGETS, BackboneError, family_config,
+                        family_config_name, parse_backbone)
 from .methods import MethodTable, default_methods
 from .records import Record
 
@@ -29,6 +39,7 @@ __all__ = [
     "apply_families",
     "load_published",
     "build_tables",
+    "published_for",
     "base2new_table",
     "transfer_table",
     "few_shot_tables",
@@ -116,17 +127,22 @@ def apply_families(records: List[Record], methods: Optional[MethodTable] = None)
     methods = methods or default_methods()
     groups = {}
     for r in records:
-        groups.setdefault((r.trainer, _recipe_protocol(r), r.config), []).append(r)
+        groups.setdefault((r.trainer, _recipe_protocol(r), r.config, r.backbone), []).append(r)
     main_slots = {}
-    for (t, p, cfg), rs in groups.items():
-        main_slots[(t, p, cfg)] = {(r.dataset, r.shots, r.role) for r in rs}
+    for (t, p, cfg, bb), rs in groups.items():
+        main_slots[(t, p, cfg, bb)] = {(r.dataset, r.shots, r.role) for r in rs}
     merged = {}
-    for (t, p, cfg), rs in groups.items():
+    for (t, p, cfg, bb), rs in groups.items():
         fams = {family_config(methods.recipe(t, p), r.dataset, r.shots, cfg) for r in rs}
         if len(fams) != 1 or None in fams:
             continue
         fam = fams.pop()
-        taken = main_slots.get((t, p, fam), set())
+        # on a backbone with configs of its own the main row is the recipe config's sibling (the sweep
+        # runs an override without a sibling on the recipe's config, e.g. CoOp's ImageNet on SigLIP)
+        sib = family_config_name(fam, _backbone_name(bb)) if bb else None
+        if sib is not None and (t, p, sib, bb) in groups:
+            fam = sib
+        taken = main_slots.get((t, p, fam, bb), set())
         for r in rs:
             if (r.dataset, r.shots, r.role) in taken:
                 continue
@@ -138,6 +154,14 @@ def apply_families(records: List[Record], methods: Optional[MethodTable] = None)
         notes.append(f"{t} {p}: runs with {cfg} ({', '.join(sorted(where))}) are shown in the {fam} row, "
                      f"as in the official recipe (RECIPES of trainer {t}).")
     return notes
+
+
+def _backbone_name(label):
+    try:
+        b = parse_backbone(label)
+    except BackboneError:
+        return None
+    return b.name if b is not None else None
 
 
 def _trainer_rank(t, methods=None):
@@ -266,7 +290,7 @@ def base2new_table(records, seeds, metric="accuracy", pub=None, pub_mode=None, m
             missing.add(labels[k], f"{_fmt_ds(d)} base", b)
             missing.add(labels[k], f"{_fmt_ds(d)} novel", n)
         for name in pub_names:
-            vals = pub["base2new"]["per_dataset"].get(name, {}).get(d)
+            vals = pub["base2new"]["per_dataset"].get(name, {}).get(d) if "base2new" in pub else None
             if vals:
                 t.add(["" if not first else _fmt_ds(d), f"{name} [published]", Cell(vals[0], published=True),
                        Cell(vals[1], published=True), Cell(vals[2], published=True), ""], kind="published", sep=first)
@@ -286,7 +310,7 @@ def base2new_table(records, seeds, metric="accuracy", pub=None, pub_mode=None, m
         first = False
         mhm = sum(hm(per[k][d][0].mean, per[k][d][1].mean) for d in both) / len(both)
         mean_hm_notes.append(f"{labels[k]}: HM of averages {hm(ab, an):.2f}, mean of per-dataset HMs {mhm:.2f}")
-    if pub_names:
+    if pub_names and "base2new" in pub:
         avg_rows = {e["key"]: e for e in pub["base2new"]["average"]}
         for name in pub_names:
             e = avg_rows.get(name)
@@ -307,7 +331,7 @@ def base2new_table(records, seeds, metric="accuracy", pub=None, pub_mode=None, m
     if any(r["cells"][2].marks == PARTIAL_AVERAGE for r in t.rows if r["kind"] == "average"):
         t.notes.append(f"{PARTIAL_AVERAGE} average over fewer than the {len(DATASETS_11)} standard datasets; not "
                        "comparable with published averages.")
-    if pub_names:
+    if pub_names and "base2new" in pub:
         t.notes.append("[published]: " + pub["base2new"]["per_dataset_source"] + "; averages from the sources named "
                        "per method in vlprompt/results/published.json (base2new.average).")
     t.notes += _not_reported_notes(pub, keys, pub_mode) if pub else []
@@ -371,7 +395,7 @@ def transfer_table(records, protocol, seeds, metric="accuracy", pub=None, pub_mo
     pub_names = _published_names(pub, keys, pub_mode) if pub else []
     first = True
     for name in pub_names:
-        vals = pub[protocol]["values"].get(name)
+        vals = pub[protocol]["values"].get(name) if protocol in pub else None
         if not vals:
             continue
         cells = [Cell(vals.get(source), published=True) if vals.get(source) is not None else EMPTY]
@@ -387,7 +411,7 @@ def transfer_table(records, protocol, seeds, metric="accuracy", pub=None, pub_mo
     t.notes += _common_notes(seeds)
     if any(r["cells"][-2].marks == PARTIAL_AVERAGE for r in t.rows if r["kind"] == "ours"):
         t.notes.append(f"{PARTIAL_AVERAGE} average over fewer than the {len(standard)} standard targets.")
-    if pub_names:
+    if pub_names and protocol in pub:
         t.notes.append("[published]: " + pub[protocol]["source"])
     t.notes += _not_reported_notes(pub, keys, pub_mode) if pub else []
     t.notes += missing.notes()
@@ -405,6 +429,7 @@ def few_shot_tables(records, seeds, metric="accuracy", pub=None, pub_mode=None, 
     shots = sorted({r.shots for r in recs if r.shots is not None})
     tables = []
     averages = {}  # key -> K -> (mean, n datasets)
+    blk = pub.get("few_shot_per_dataset") if pub and pub_mode else None
     for K in shots:
         t = Table(
             name=f"few_shot_{K}shots",
@@ -429,6 +454,21 @@ def few_shot_tables(records, seeds, metric="accuracy", pub=None, pub_mode=None, 
             averages.setdefault(k, {})[K] = (avg.mean, len(have))
             t.add([labels[k]] + cells + [avg, _seeds_text(*cells)])
         present = [k for k in keys if any(r.shots == K for r in recs if (r.trainer, r.group_config) == k)]
+        if blk is not None:
+            first = True
+            for name in _published_names(pub, present, pub_mode):
+                vals = {d: v for d in DATASETS_11
+                        if (v := blk["per_dataset"].get(d, {}).get(name, {}).get(str(K))) is not None}
+                if not vals:
+                    continue
+                cells = [Cell(vals[d], published=True) if d in vals else EMPTY for d in datasets]
+                avg = Cell(sum(vals.values()) / len(vals), published=True,
+                           marks=PARTIAL_AVERAGE if len(vals) < len(DATASETS_11) else "")
+                t.add([f"{name} [published]"] + cells + [avg, ""], kind="published", sep=first)
+                first = False
+            if not first:
+                t.notes.append(f"[published]: {blk['source']} ({blk['backbone']}); their Average is over the "
+                               f"{len(DATASETS_11)} datasets, not only the columns shown.")
         t.trainers = {k[0] for k in present}
         t.notes.append(_configs_note(present, labels))
         t.notes += _common_notes(seeds)
@@ -452,7 +492,7 @@ def few_shot_tables(records, seeds, metric="accuracy", pub=None, pub_mode=None, 
     pub_names = _published_names(pub, keys, pub_mode) if pub else []
     first = True
     for name in pub_names:
-        vals = pub["few_shot"]["average"].get(name)
+        vals = pub["few_shot"]["average"].get(name) if "few_shot" in pub else None
         if not vals:
             continue
         cells = [Cell(vals[str(K)], published=True) if str(K) in vals else EMPTY for K in shots]
@@ -462,28 +502,117 @@ def few_shot_tables(records, seeds, metric="accuracy", pub=None, pub_mode=None, 
     t.notes.append("Each cell is the mean over datasets of the seed-averaged accuracy (all classes, full test set).")
     if any(c.marks for r in t.rows for c in r["cells"][1:] if isinstance(c, Cell)):
         t.notes.append(f"{PARTIAL_AVERAGE} average over fewer than the {len(DATASETS_11)} standard datasets.")
-    if pub_names:
+    if pub_names and "few_shot" in pub:
         t.notes.append("[published, approx.]: " + pub["few_shot"]["source"])
+    if blk is not None:
+        first = True
+        for name in _published_names(pub, keys, pub_mode):
+            cells = []
+            for K in shots:
+                vals = [v for d in DATASETS_11
+                        if (v := blk["per_dataset"].get(d, {}).get(name, {}).get(str(K))) is not None]
+                cells.append(Cell(sum(vals) / len(vals), published=True) if len(vals) == len(DATASETS_11) else EMPTY)
+            if all(c.empty for c in cells):
+                continue
+            t.add([f"{name} [published]"] + cells, kind="published", sep=first)
+            first = False
+        if not first:
+            t.notes.append(f"[published]: mean over the {len(DATASETS_11)} datasets of {blk['source']} "
+                           f"({blk['backbone']}); empty where a dataset is missing.")
     t.notes += _not_reported_notes(pub, keys, pub_mode) if pub else []
     tables.append(t)
     return tables
 
 
 # ----------------------------------------------------------------------------- all
+def _slug(label):
+    return re.sub(r"[^A-Za-z0-9]+", "_", str(label)).strip("_").lower() or "backbone"
+
+
+def published_for(pub, backbone):
+    """The part of published.json measured on ``backbone`` (a table label), or None when nothing is.
+
+    A block is on its own ``backbone`` key if it has one, else on the file's top-level ``backbone``;
+    base2new ``average`` entries may name theirs too. The ``few_shot_rn50`` block (per-dataset few-shot
+    numbers) becomes ``few_shot_per_dataset`` of the view.
+    """
+    if pub is None or backbone is None:
+        return None
+    top = pub.get("backbone", "ViT-B/16")
+    view = {k: pub[k] for k in ("methods", "not_reported") if k in pub}
+    found = False
+    for key in ("base2new", "cross_dataset", "domain_generalization", "few_shot"):
+        blk = pub.get(key)
+        if not isinstance(blk, dict):
+            continue
+        if key == "base2new":
+            avg = [e for e in blk.get("average", []) if e.get("backbone", blk.get("backbone", top)) == backbone]
+            if blk.get("backbone", top) == backbone or avg:
+                view[key] = dict(blk, average=avg,
+                                 per_dataset=blk["per_dataset"] if blk.get("backbone", top) == backbone else {})
+                found = True
+        elif blk.get("backbone", top) == backbone:
+            view[key] = blk
+            found = True
+    for key, blk in pub.items():
+        if key.startswith("few_shot_") and isinstance(blk, dict) and "per_dataset" in blk:
+            if blk.get("backbone", top) == backbone:
+                view["few_shot_per_dataset"] = dict(blk, backbone=blk.get("backbone", top))
+                found = True
+    return view if found else None
+
+
+def _backbone_order(labels, reference):
+    return sorted(labels, key=lambda b: (b is None, b != reference, str(b)))
+
+
 def build_tables(records, protocols=None, seeds=(1, 2, 3), metric="accuracy", published=None, source=XD_SOURCE,
                  methods=None):
     """Tables for the requested protocols (None: every protocol found). ``published``: None, "matched"
     (the published rows of the methods in our results) or "all". ``methods``: the row order and
-    recipes (:class:`MethodTable`; default: the registry, see :mod:`vlprompt.results.methods`)."""
+    recipes (:class:`MethodTable`; default: the registry, see :mod:`vlprompt.results.methods`).
+
+    One set of tables per backbone (``Record.backbone``); see the module docstring for names and for
+    which published numbers go where."""
     methods = methods or default_methods()
     pub = load_published() if published else None
+    by_bb = {}
+    for r in records:
+        by_bb.setdefault(r.backbone, []).append(r)
+    reference = (pub or {}).get("backbone", "ViT-B/16")
+    several = len(by_bb) > 1
+    tables, slugs = [], set()
+    for bb in _backbone_order(by_bb, reference):
+        slug = _slug(bb) if bb is not None else "backbone_not_recorded"
+        while slug in slugs:
+            slug += "_"
+        slugs.add(slug)
+        family_notes = apply_families(by_bb[bb], methods)
+        ts = _tables_of(by_bb[bb], protocols, seeds, metric, published_for(pub, bb), published, source, methods,
+                        family_notes)
+        where = f"backbone {bb}" if bb is not None else "backbone not recorded"
+        for t in ts:
+            t.title += f"; {where}"
+            if several:
+                t.name = f"{t.name}_{slug}"
+            if bb is None:
+                t.notes.append("Backbone not recorded: runs without results.json whose folder and config name do "
+                               "not say it (see docs/RESULTS.md).")
+            elif published and pub is not None and published_for(pub, bb) is None:
+                t.notes.append(f"No published numbers are stored for {bb}; published rows appear only beside the "
+                               "backbone they were measured on.")
+        tables += ts
+    return tables
+
+
+def _tables_of(records, protocols, seeds, metric, pub, published, source, methods, family_notes):
     wanted = set(protocols or ["base2new", "cross_dataset", "domain_generalization", "few_shot"])
-    family_notes = apply_families(records, methods)
     dup = {}
     for r in records:
         dup.setdefault((r.trainer, r.group_config, r.protocol, r.role, r.dataset, r.shots, r.seed), []).append(r.path)
     dup_notes = [f"several runs for one seed (the last one is used): {', '.join(p)}"
                  for p in dup.values() if len(p) > 1]
+    published = published if pub is not None else None
     tables = []
     if "base2new" in wanted:
         t = base2new_table(records, seeds, metric, pub, published, methods)

@@ -9,6 +9,12 @@ Each run becomes a :class:`Record`. Its protocol and role are, in this order:
    results.json);
 3. for a results.json outside the tree, its fields ``subsample``/``phase``/``model_dir``/``dataset``.
 
+The backbone of a run (its table label, :func:`vlprompt.protocol.backbone_label`) is, in this order:
+results.json's ``backbone_label``, else its ``backbone`` and ``pretrained_tag`` (older records: the tag
+of ``config.MODEL.BACKBONE``), else the ``bb-<NAME>[@<TAG>]`` level of the folder, else the backbone
+the config name's prefix stands for (``vit_b16...`` -> ViT-B/16,
+:func:`vlprompt.protocol.backbone_of_config_name`; ``log.txt`` runs), else None (not recorded).
+
 Protocol ``transfer`` with role ``source`` is the ImageNet training run shared by cross_dataset and
 domain_generalization; see vlprompt/protocol/tree.py for the layouts.
 """
@@ -25,7 +31,11 @@ from ..protocol import (
     PROTOCOLS,
     ROLES,
     XD_SOURCE,
+    BackboneError,
+    backbone_label,
+    backbone_of_config_name,
     dataset_key,
+    parse_backbone,
     parse_run_dir,
     target_protocol,
 )
@@ -34,7 +44,7 @@ from .legacy import read_run_log
 __all__ = ["Record", "collect", "infer_from_path", "DATASET_CLASS_TO_KEY", "dataset_key", "DISPLAY_NAMES",
            "KNOWN_DATASETS"]
 
-RUN_FIELDS = ("protocol", "role", "dataset", "trainer", "config", "shots", "seed")
+RUN_FIELDS = ("protocol", "role", "dataset", "trainer", "config", "shots", "seed", "backbone")
 
 
 @dataclass
@@ -53,6 +63,7 @@ class Record:
     inferred: bool = False  # protocol taken from results.json fields (subsample/phase), not from the tree
     placed_by: str = "path"  # "json" (protocol/role recorded in results.json) | "path" | "fields"
     family: Optional[str] = None  # set by the tables when a recipe override is merged into its family
+    backbone: Optional[str] = None  # the backbone's label (ViT-B/16, ViT-B-16-SigLIP@webli); None: not recorded
 
     @property
     def group_config(self):
@@ -104,6 +115,34 @@ def _place(data, from_path, path, problems):
         return None
     return dict(fi, trainer=data.get("trainer"), config=data.get("config_name"), shots=_shots_of(data),
                 seed=data.get("seed")), "fields"
+
+
+def _label_of(spec):
+    """The label of a ``NAME[@TAG]`` string (a ``bb-`` level), or None."""
+    if not spec:
+        return None
+    try:
+        b = parse_backbone(spec)
+    except BackboneError:
+        return None
+    return b.label if b is not None else None
+
+
+def _json_backbone(data, info):
+    if data.get("backbone_label"):
+        return str(data["backbone_label"])
+    if data.get("backbone"):
+        tag = data.get("pretrained_tag")
+        if tag is None:
+            tag = (((data.get("config") or {}).get("MODEL") or {}).get("BACKBONE") or {}).get("PRETRAINED_TAG", "")
+        return backbone_label(data["backbone"], tag or "")
+    return _path_backbone(info)
+
+
+def _path_backbone(info):
+    if not info:
+        return None
+    return _label_of(info.get("backbone")) or backbone_of_config_name(info.get("config") or "")
 
 
 def _load_json(path):
@@ -159,7 +198,7 @@ def collect(roots, source=XD_SOURCE):
                     dataset=info["dataset"], shots=info["shots"],
                     seed=int(data["seed"]) if data.get("seed") is not None else info["seed"],
                     metrics=metrics, path=path, origin="json", config_dict=data.get("config") or {},
-                    inferred=placed_by == "fields", placed_by=placed_by,
+                    inferred=placed_by == "fields", placed_by=placed_by, backbone=_json_backbone(data, info),
                 ))
             else:
                 if info is None:
@@ -172,6 +211,6 @@ def collect(roots, source=XD_SOURCE):
                 records.append(Record(
                     trainer=info["trainer"], config=info["config"], protocol=info["protocol"], role=info["role"],
                     dataset=info["dataset"], shots=info["shots"], seed=info["seed"], metrics=metrics, path=path,
-                    origin="log",
+                    origin="log", backbone=_path_backbone(info),
                 ))
     return records, problems

@@ -138,10 +138,13 @@ def runs_csv(records):
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     metrics = sorted({m for r in records for m in r.metrics})
-    w.writerow(["protocol", "role", "dataset", "trainer", "config", "shots", "seed"] + metrics + ["origin", "path"])
-    key = lambda r: (r.protocol, r.trainer, r.config, r.dataset, r.role, r.shots if r.shots is not None else -1,
+    w.writerow(["protocol", "role", "dataset", "trainer", "config", "backbone", "shots", "seed"] + metrics
+               + ["origin", "path"])
+    key = lambda r: (r.protocol, r.trainer, r.config, r.backbone or "", r.dataset, r.role,
+                     r.shots if r.shots is not None else -1,
                      r.seed if r.seed is not None else -1)
     for r in sorted(records, key=key):
-        w.writerow([r.protocol, r.role, r.dataset, r.trainer, r.config, "" if r.shots is None else r.shots,
+        w.writerow([r.protocol, r.role, r.dataset, r.trainer, r.config, r.backbone or "",
+                    "" if r.shots is None else r.shots,
                     "" if r.seed is None else r.seed] + [r.metrics.get(m, "") for m in metrics] + [r.origin, r.path])
     return buf.getvalue()

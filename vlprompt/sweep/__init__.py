@@ -3,7 +3,8 @@
 ``python -m vlprompt.sweep --help`` for the command line; :func:`plan` / :func:`expand` for the
 run list of a protocol. The dataset lists and the output tree come from
 ``vlprompt.protocol``; the default configs from the trainers' ``RECIPES`` (:func:`registry_specs`,
-which loads the trainers and so torch, unless specs are passed).
+which loads the trainers and so torch, unless specs are passed); the backbone axis (``backbones=``,
+``--backbones``) from :mod:`vlprompt.sweep.backbones`.
 """
 from .protocols import (
     DATASETS_11,
@@ -14,6 +15,7 @@ from .protocols import (
     Method,
     Run,
     SweepError,
+    UnsupportedBackbone,
     expand,
     family_config,
     parse_method,
@@ -33,6 +35,7 @@ __all__ = [
     "Method",
     "Run",
     "SweepError",
+    "UnsupportedBackbone",
     "expand",
     "family_config",
     "parse_method",

@@ -12,6 +12,8 @@ Examples (from the repository root)::
         --partition gpu --time 04:00:00 --account myproj
     python -m vlprompt.sweep --methods CoOp --protocol base2new --root /data --datasets dtd --seeds 1 \\
         --opts TRAINER.COOP.CLASS_TOKEN_POSITION middle   # folder vit_b16_ctxv1_class_token_positionmiddle
+    python -m vlprompt.sweep --methods CoOp MaPLe VPT --protocol base2new --root /data --dry-run \\
+        --backbones ViT-B/16 ViT-B-16-SigLIP@webli EVA02-B-16@merged2b_s8b_b131k   # the backbone axis
 """
 import argparse
 import itertools
@@ -70,6 +72,15 @@ def build_parser():
     p.add_argument("--backbone", default=None,
                    help="use the recipes' configs with their vit_b16 prefix replaced, e.g. rn50 (CoOp's ResNet "
                         "configs); an explicit TRAINER:CONFIG is not changed")
+    p.add_argument("--backbones", nargs="+", default=None, metavar="NAME[@TAG]",
+                   help="run every method on each backbone (MODEL.BACKBONE.NAME, @ the PRETRAINED_TAG; 'default': "
+                        "each recipe's own): the method's config for that backbone when it ships one (e.g. "
+                        "siglip_b16_ctxv1 beside vit_b16_ctxv1), else the recipe's config with the backbone set on "
+                        "the command line, in a bb-NAME@TAG folder after <cfg>. A method that cannot run on a "
+                        "backbone stops the plan with one line per pair")
+    p.add_argument("--skip-unsupported", action="store_true",
+                   help="with --backbones: leave out the (method, backbone) pairs the method cannot run and say so "
+                        "on stderr, instead of stopping")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--gpus", default=None, help="GPU ids, one job per GPU at a time (e.g. 0,1,2,3)")
     g.add_argument("--jobs", type=int, default=None,
@@ -188,11 +199,12 @@ def main(argv=None):
     data_root = osp.abspath(args.data_root)
     try:
         methods = [parse_method(m) for m in args.methods]
-        runs, seen = [], set()
+        runs, seen, notes = [], set(), []
         for tag, opts, slug_opts in grid_variants(args.grid, args.tag, args.opts):
             for r in plan(methods, args.protocols, args.datasets, args.seeds, output_root=output_root,
                           root=repo, few_shot_shots=args.shots or None, opts=opts, tag=tag, slug_opts=slug_opts,
-                          source=args.source, backbone=args.backbone, load_epoch=args.load_epoch):
+                          source=args.source, backbone=args.backbone, load_epoch=args.load_epoch,
+                          backbones=args.backbones, skip_unsupported=args.skip_unsupported, notes=notes):
                 if r.key not in seen:
                     seen.add(r.key)
                     runs.append(r)
@@ -204,6 +216,8 @@ def main(argv=None):
     except (SweepError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    for n in notes:
+        print(f"note: {n}", file=sys.stderr)
     if args.print_commands:
         shown = None if osp.isabs(args.output_root) else osp.normpath(args.output_root)
         _print_commands(runs, data_root, prefix, output_root, shown, sys.stdout, sys.stderr)

@@ -11,12 +11,20 @@ declares (``RECIPES``, ``EVAL_ONLY``; read through :func:`vlprompt.engine.method
 caller may pass ``specs`` (name -> spec) instead; without them the registry is loaded once
 (:func:`registry_specs`, which imports the repository's ``trainers`` package and so torch).
 
+The backbone axis (``backbones``, ``--backbones NAME[@TAG] ...``): per (method, recipe, backbone) the
+sweep uses the method's config for that backbone when it ships one (the recipe config's sibling named by
+:func:`vlprompt.protocol.family_config_name`, e.g. ``siglip_b16_ctxv1`` beside ``vit_b16_ctxv1``), else
+the recipe config with ``MODEL.BACKBONE.NAME``/``PRETRAINED_TAG`` set on the command line, filed under
+a ``bb-<NAME>[@<TAG>]`` level of the tree. A method whose towers requirements the backbone does not meet
+is refused at planning time (:mod:`vlprompt.sweep.backbones`).
+
 Config options (``opts``) are part of the run's folder name (:func:`vlprompt.protocol.config_folder`)
 unless a ``tag`` names the variant, so a variant never lands in the default run's folder. The load
 epoch of a test run is ``OPTIM.MAX_EPOCH`` of the options, else of the yaml, else the engine's
 default.
 """
 import hashlib
+import itertools
 import json
 import os
 import os.path as osp
@@ -29,6 +37,13 @@ import yaml
 
 from vlprompt.protocol import (
     B2N_SHOTS,
+    CLIP_NAMES,
+    Backbone,
+    BackboneError,
+    backbone_label,
+    family_config_name,
+    parse_backbone,
+    same_backbone,
     DATASETS_11,
     DEFAULT_SEEDS,
     DG_TARGETS,
@@ -53,6 +68,7 @@ __all__ = [
     "Method",
     "Run",
     "SweepError",
+    "UnsupportedBackbone",
     "parse_method",
     "expand",
     "plan",
@@ -85,6 +101,26 @@ class SpecView:
     eval_only: bool = False
     order: int = 1000
     config_folder: str = ""
+    cfg_node: str = ""  # TRAINER.<CFG_NODE> of the trainer's options
+    prec_default: str = ""  # the trainer's default TRAINER.<CFG_NODE>.PREC ("" = none declared)
+    backbone_support: Optional[dict] = None  # BACKBONE_SUPPORT of the trainer (vlprompt.sweep.backbones)
+
+
+#: bump when SpecView gains a field, so that a cache written by older code is not read
+_CACHE_VERSION = 2
+
+
+def _spec_row(s):
+    """The SpecView fields of a MethodSpec, plus what the trainer class declares beyond it."""
+    from vlprompt.engine.build import TRAINER_REGISTRY
+
+    cls = TRAINER_REGISTRY.get(s.name)
+    defaults = getattr(cls, "CFG_DEFAULTS", None)
+    prec = defaults.get("PREC", "") if isinstance(defaults, dict) else ""
+    support = getattr(s, "backbone_support", None) or getattr(cls, "BACKBONE_SUPPORT", None)
+    return dict(name=s.name, recipes=s.recipes, eval_only=s.eval_only, order=s.order, config_folder=s.config_folder,
+                cfg_node=s.cfg_node, prec_default=str(prec or ""),
+                backbone_support=json.loads(json.dumps(support)) if support else None)
 
 
 def _cache_key(root):
@@ -103,7 +139,7 @@ def _cache_key(root):
 def _cache_path(root):
     base = os.environ.get("VLPROMPT_CACHE_DIR") or osp.join(
         os.environ.get("XDG_CACHE_HOME") or osp.join(osp.expanduser("~"), ".cache"), "vlprompt")
-    return osp.join(base, f"methods-{hashlib.sha1(root.encode()).hexdigest()[:12]}.json")
+    return osp.join(base, f"methods-v{_CACHE_VERSION}-{hashlib.sha1(root.encode()).hexdigest()[:12]}.json")
 
 
 def _engine_loaded():
@@ -126,8 +162,7 @@ def registry_specs():
         from vlprompt.engine.methods import load_plugins, method_specs
 
         load_plugins()
-        return {s.name: SpecView(name=s.name, recipes=s.recipes, eval_only=s.eval_only, order=s.order,
-                                 config_folder=s.config_folder) for s in method_specs(with_recipes_only=False)}
+        return {s.name: SpecView(**_spec_row(s)) for s in method_specs(with_recipes_only=False)}
     if "specs" in _REGISTRY:
         return _REGISTRY["specs"]
     root = repo_root()
@@ -151,8 +186,7 @@ def registry_specs():
             specs = method_specs(with_recipes_only=False)
         except ImportError as e:
             raise SweepError(f"Cannot load the method table (vlprompt.engine.methods, trainers/): {e}") from e
-        rows = [dict(name=s.name, recipes=s.recipes, eval_only=s.eval_only, order=s.order,
-                     config_folder=s.config_folder) for s in specs]
+        rows = [_spec_row(s) for s in specs]
         if use_file:
             try:
                 os.makedirs(osp.dirname(path), exist_ok=True)
@@ -204,6 +238,7 @@ class Run:
     depends_on: Optional[str] = None  # output_dir of the run that must succeed first
     protocols: List[str] = field(default_factory=list)  # every protocol that needs this run
     role: str = ""  # base | novel | source | target | test (vlprompt.protocol.ROLES)
+    backbone: str = ""  # the backbone the run uses (its label: NAME[@TAG]), shown in the plan
 
     @property
     def key(self):
@@ -236,7 +271,8 @@ class Run:
 
     def describe(self):
         shots = f" {self.shots}-shot" if "DATASET.NUM_SHOTS" in self.opts else ""
-        return f"{self.phase:5s} {self.protocol} {self.dataset}{shots} {self.trainer}/{self.config} seed{self.seed}"
+        on = f" on {self.backbone}" if self.backbone else ""
+        return f"{self.phase:5s} {self.protocol} {self.dataset}{shots} {self.trainer}/{self.config}{on} seed{self.seed}"
 
     def result_file(self):
         return osp.join(self.output_dir, "results.json")
@@ -347,10 +383,51 @@ def _swap_backbone(name, backbone):
     return backbone + name[len("vit_b16"):]
 
 
+def _yaml_backbone(path):
+    """(MODEL.BACKBONE.NAME, PRETRAINED_TAG) of a config file ("" where it sets none)."""
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise SweepError(f"{path} is not valid YAML: {e}") from None
+    bb = (data.get("MODEL") or {}).get("BACKBONE") or {}
+    return str(bb.get("NAME") or ""), str(bb.get("PRETRAINED_TAG") or "")
+
+
+def _yaml_prec(path, node):
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise SweepError(f"{path} is not valid YAML: {e}") from None
+    return str(((data.get("TRAINER") or {}).get(node) or {}).get("PREC") or "")
+
+
+def _last_opt(opts, key):
+    found = None
+    for k, v in zip(opts[0::2], opts[1::2]):
+        if k == key:
+            found = str(v)
+    return found
+
+
+@dataclass
+class _OnBackbone:
+    """How one (method, config) runs on a requested backbone."""
+
+    config: str  # the config name to use (the recipe's, its sibling for the backbone, or the explicit one)
+    why: str
+    opts: List[str]  # MODEL.BACKBONE.* (and PREC) options the command line must add; [] when the file fits
+    level: Optional[Backbone]  # the bb- level of the tree (None: the config file names this backbone)
+    label: str  # the backbone's label for the plan
+    notes: List[str]
+
+
 class _Ctx:
     """What every expansion needs: roots, method table, options, tag, backbone, load epoch."""
 
-    def __init__(self, root, output_root, specs, opts=(), tag="", slug_opts=None, backbone=None, load_epoch=None):
+    def __init__(self, root, output_root, specs, opts=(), tag="", slug_opts=None, backbone=None, load_epoch=None,
+                 on=None, towers=None):
         self.root = root
         self.output_root = osp.abspath(output_root)
         self.specs = specs
@@ -359,8 +436,65 @@ class _Ctx:
         # without a tag every option names the folder; a tag names the options itself
         self.slug_opts = list(slug_opts) if slug_opts is not None else ([] if tag else list(self.opts))
         self.backbone = backbone
+        self.on = on  # the requested Backbone (None: each recipe's own)
+        self.towers = towers
         self.load_epoch = load_epoch
         self._epochs = {}
+        self._yaml = {}
+        self.notes = []
+
+    def yaml_backbone(self, rel):
+        if rel not in self._yaml:
+            self._yaml[rel] = _yaml_backbone(osp.join(self.root, rel))
+        return self._yaml[rel]
+
+    def on_backbone(self, method, folder, config, why, explicit):
+        """Where ``config`` of ``method`` stands for the requested backbone (see :class:`_OnBackbone`)."""
+        want = self.on
+        rel, _ = _check_config(self.root, folder, config, why)
+        own = self.yaml_backbone(rel)
+        if same_backbone((want.name, want.tag), own):
+            return _OnBackbone(config, why, [], None, backbone_label(*own) or str(want), [])
+        base = config
+        sibling = None if explicit else family_config_name(config, want.name)
+        if sibling is not None:
+            srel, _, _ = _config_path(folder, sibling)
+            if osp.isfile(osp.join(self.root, srel)):
+                sown = self.yaml_backbone(srel)
+                if not same_backbone((want.name, ""), (sown[0], "")):
+                    raise SweepError(f"{srel} is named for {want.name} but its MODEL.BACKBONE.NAME is "
+                                     f"'{sown[0]}'; fix the file or its prefix (vlprompt.protocol.CONFIG_PREFIXES)")
+                swhy = f"{why}; its {want.name} version"
+                if same_backbone((want.name, want.tag), sown):
+                    return _OnBackbone(sibling, swhy, [], None, backbone_label(*sown), [])
+                # the backbone's own config with another pretrained tag
+                return _OnBackbone(sibling, swhy, ["MODEL.BACKBONE.PRETRAINED_TAG", want.tag], want, want.label, [])
+        spec = self.specs.get(method.trainer)
+        info = self.towers(want.name) if self.towers else None
+        builtin = bool(info and info.builtin)
+        if not want.tag and not builtin and want.name not in CLIP_NAMES:
+            raise SweepError(
+                f"{method.trainer} on {want.name}: {config} is written for "
+                f"{backbone_label(*own) or 'another backbone'} "
+                f"and the method ships no {want.name} config, so the pretrained tag must be given: "
+                f"--backbones {want.name}@TAG (tags: open_clip.list_pretrained_tags_by_model('{want.name}'))")
+        opts = ["MODEL.BACKBONE.NAME", want.name]
+        if want.tag or own[1]:
+            if not want.tag:
+                raise SweepError(f"{method.trainer} on {want.name}: {config} sets PRETRAINED_TAG '{own[1]}' for "
+                                 f"{own[0]}; give the tag of {want.name}: --backbones {want.name}@TAG")
+            opts += ["MODEL.BACKBONE.PRETRAINED_TAG", want.tag]
+        notes = []
+        node = spec.cfg_node if spec else ""
+        if info is not None and not info.fp16_weights and node:
+            key = f"TRAINER.{node}.PREC"
+            prec = (_last_opt(self.opts, key) or _yaml_prec(osp.join(self.root, rel), node)
+                    or getattr(spec, "prec_default", ""))
+            if prec == "fp16":
+                opts += [key, "amp"]
+                notes.append(f"{method.trainer} {config} on {want}: {key} fp16 -> amp (fp16 weights need open_clip "
+                             f"CLIP towers; {want.name} has {info.family} towers)")
+        return _OnBackbone(base, f"{why}, run on {want}", opts, want, want.label, notes)
 
     def eval_only(self, trainer):
         spec = self.specs.get(trainer)
@@ -383,7 +517,16 @@ class _Ctx:
                 )
             config = _swap_backbone(config, self.backbone)
             why = f"default for {method.trainer}/{protocol} (RECIPES of trainer {method.trainer})"
+        extra, level, label = [], None, ""
+        if self.on is not None:
+            ob = self.on_backbone(method, folder, config, why, explicit=method.config is not None)
+            config, why, extra, level, label = ob.config, ob.why, ob.opts, ob.level, ob.label
+            for n in ob.notes:
+                if n not in self.notes:
+                    self.notes.append(n)
         rel, name = _check_config(self.root, folder, config, why)
+        if not label:
+            label = backbone_label(*self.yaml_backbone(rel)) or ""
         if rel not in self._epochs:
             self._epochs[rel] = (self.load_epoch if self.load_epoch is not None
                                  else read_max_epoch(osp.join(self.root, rel), self.opts))
@@ -391,13 +534,25 @@ class _Ctx:
             cfg_dir = config_folder(name, self.tag, self.slug_opts)
         except TreeError as e:
             raise SweepError(str(e)) from None
-        return rel, cfg_dir, self._epochs[rel]
+        return _Resolved(rel, cfg_dir, self._epochs[rel], extra, level, label)
 
-    def out(self, protocol, role, **fields):
+    def out(self, protocol, role, level=None, **fields):
         try:
-            return run_dir(protocol, role, root=self.output_root, **fields)
+            return run_dir(protocol, role, root=self.output_root, backbone=level, **fields)
         except TreeError as e:
             raise SweepError(str(e)) from None
+
+
+@dataclass
+class _Resolved:
+    """One run's config: yaml path, folder name, load epoch, and what its backbone adds."""
+
+    rel: str
+    cfg: str
+    epoch: int
+    opts: List[str]  # backbone options, placed before the user's options
+    level: Optional[Backbone]
+    label: str
 
 
 def _expand_base2new(ctx, method, datasets, seeds, shots):
@@ -406,16 +561,18 @@ def _expand_base2new(ctx, method, datasets, seeds, shots):
     shots = B2N_SHOTS if shots is None else shots
     runs = []
     for d in datasets:
-        rel, cfg, epoch = ctx.resolve(method, "base2new", d, shots)
+        res = ctx.resolve(method, "base2new", d, shots)
+        cfg, epoch = res.cfg, res.epoch
         for s in seeds:
-            where = dict(dataset=d, trainer=t, config=cfg, shots=shots, seed=s)
+            where = dict(dataset=d, trainer=t, config=cfg, shots=shots, seed=s, level=res.level)
             train_dir = ctx.out("base2new", "base", **where)
-            common = dict(protocol="base2new", trainer=t, config=cfg, config_file=rel, dataset=d, seed=s, shots=shots)
+            common = dict(protocol="base2new", trainer=t, config=cfg, config_file=res.rel, dataset=d, seed=s,
+                          shots=shots, backbone=res.label)
             train = Run(
                 phase="eval" if zs else "train",
                 role="base",
                 output_dir=train_dir,
-                opts=["DATASET.NUM_SHOTS", str(shots), "DATASET.SUBSAMPLE_CLASSES", "base"] + ctx.opts,
+                opts=["DATASET.NUM_SHOTS", str(shots), "DATASET.SUBSAMPLE_CLASSES", "base"] + res.opts + ctx.opts,
                 **common,
             )
             test = Run(
@@ -424,7 +581,7 @@ def _expand_base2new(ctx, method, datasets, seeds, shots):
                 output_dir=ctx.out("base2new", "novel", **where),
                 model_dir=None if zs else train_dir,
                 load_epoch=None if zs else epoch,
-                opts=["DATASET.NUM_SHOTS", str(shots), "DATASET.SUBSAMPLE_CLASSES", "new"] + ctx.opts,
+                opts=["DATASET.NUM_SHOTS", str(shots), "DATASET.SUBSAMPLE_CLASSES", "new"] + res.opts + ctx.opts,
                 depends_on=None if zs else train_dir,
                 **common,
             )
@@ -439,12 +596,13 @@ def _expand_transfer(ctx, method, protocol, targets, seeds, shots, source):
     if source in targets:
         raise SweepError(f"The source dataset {source} cannot also be a target of {protocol} (its test is part "
                          f"of the training run)")
-    rel, cfg, epoch = ctx.resolve(method, protocol, source, shots)
+    res = ctx.resolve(method, protocol, source, shots)
+    cfg, epoch = res.cfg, res.epoch
     runs = []
     for s in seeds:
         train_dir = ctx.out("transfer", "source", dataset=source, trainer=t, config=cfg, shots=shots, seed=s,
-                            source=source)
-        common = dict(protocol=protocol, trainer=t, config=cfg, config_file=rel, seed=s)
+                            source=source, level=res.level)
+        common = dict(protocol=protocol, trainer=t, config=cfg, config_file=res.rel, seed=s, backbone=res.label)
         runs.append(
             Run(
                 phase="eval" if zs else "train",
@@ -452,7 +610,7 @@ def _expand_transfer(ctx, method, protocol, targets, seeds, shots, source):
                 dataset=source,
                 shots=shots,
                 output_dir=train_dir,
-                opts=(["DATASET.NUM_SHOTS", str(shots)] if not zs else []) + ctx.opts,
+                opts=(["DATASET.NUM_SHOTS", str(shots)] if not zs else []) + res.opts + ctx.opts,
                 **common,
             )
         )
@@ -463,10 +621,11 @@ def _expand_transfer(ctx, method, protocol, targets, seeds, shots, source):
                     role="target",
                     dataset=d,
                     shots=None,
-                    output_dir=ctx.out(protocol, "target", dataset=d, trainer=t, config=cfg, shots=shots, seed=s),
+                    output_dir=ctx.out(protocol, "target", dataset=d, trainer=t, config=cfg, shots=shots, seed=s,
+                                       level=res.level),
                     model_dir=None if zs else train_dir,
                     load_epoch=None if zs else epoch,
-                    opts=list(ctx.opts),
+                    opts=res.opts + ctx.opts,
                     depends_on=None if zs else train_dir,
                     **common,
                 )
@@ -480,14 +639,15 @@ def _expand_few_shot(ctx, method, datasets, seeds, shots_list):
     if ctx.eval_only(t):
         # Zero-shot does not depend on K: one all-class test per dataset, filed under shots_0.
         for d in datasets:
-            rel, cfg, _ = ctx.resolve(method, "few_shot", d, None)
+            res = ctx.resolve(method, "few_shot", d, None)
             for s in seeds:
                 runs.append(
                     Run(
-                        protocol="few_shot", phase="eval", role="test", trainer=t, config=cfg, config_file=rel,
-                        dataset=d, seed=s, shots=0,
-                        output_dir=ctx.out("few_shot", "test", dataset=d, trainer=t, config=cfg, shots=0, seed=s),
-                        opts=list(ctx.opts),
+                        protocol="few_shot", phase="eval", role="test", trainer=t, config=res.cfg,
+                        config_file=res.rel, dataset=d, seed=s, shots=0, backbone=res.label,
+                        output_dir=ctx.out("few_shot", "test", dataset=d, trainer=t, config=res.cfg, shots=0, seed=s,
+                                           level=res.level),
+                        opts=res.opts + ctx.opts,
                     )
                 )
         return runs
@@ -495,14 +655,15 @@ def _expand_few_shot(ctx, method, datasets, seeds, shots_list):
         for k in shots_list:
             if k < 1:
                 raise SweepError(f"few_shot shot counts must be positive, got {k}")
-            rel, cfg, _ = ctx.resolve(method, "few_shot", d, k)
+            res = ctx.resolve(method, "few_shot", d, k)
             for s in seeds:
                 runs.append(
                     Run(
-                        protocol="few_shot", phase="train", role="test", trainer=t, config=cfg, config_file=rel,
-                        dataset=d, seed=s, shots=k,
-                        output_dir=ctx.out("few_shot", "test", dataset=d, trainer=t, config=cfg, shots=k, seed=s),
-                        opts=["DATASET.NUM_SHOTS", str(k)] + ctx.opts,
+                        protocol="few_shot", phase="train", role="test", trainer=t, config=res.cfg,
+                        config_file=res.rel, dataset=d, seed=s, shots=k, backbone=res.label,
+                        output_dir=ctx.out("few_shot", "test", dataset=d, trainer=t, config=res.cfg, shots=k, seed=s,
+                                           level=res.level),
+                        opts=["DATASET.NUM_SHOTS", str(k)] + res.opts + ctx.opts,
                     )
                 )
     return runs
@@ -536,7 +697,7 @@ def route_datasets(protocol, datasets, source=XD_SOURCE, strict=True):
 
 def expand(method, protocol, datasets=None, seeds=DEFAULT_SEEDS, *, output_root="output", root=None,
            shots=None, opts=(), tag="", slug_opts=None, source=XD_SOURCE, specs=None, backbone=None,
-           load_epoch=None):
+           load_epoch=None, on_backbone=None, towers=None, notes=None):
     """All runs of one method under one protocol.
 
     ``datasets``: the datasets (base2new, few_shot) or target datasets (cross_dataset,
@@ -545,6 +706,11 @@ def expand(method, protocol, datasets=None, seeds=DEFAULT_SEEDS, *, output_root=
     options appended to every run; they name the config folder after ``tag`` (``slug_opts``; default:
     ``opts`` without a tag, none with one). ``backbone``: replace the ``vit_b16`` prefix of the recipe's config names (e.g.
     ``rn50``: CoOp's ResNet-50 configs). ``load_epoch``: override the test runs' load epoch.
+    ``on_backbone``: run on this backbone (``NAME[@TAG]`` or a :class:`~vlprompt.protocol.Backbone`;
+    None or ``default``: each recipe's own), see the module docstring; ``towers``: name ->
+    :class:`~vlprompt.sweep.backbones.TowerInfo` (default :func:`vlprompt.sweep.backbones.tower_info`);
+    a method the backbone cannot run raises :class:`SweepError` (one line naming method, backbone and
+    the families the method supports). ``notes``: a list that receives planning notes (option changes).
     ``specs``: the method table (default: the registry).
     """
     if isinstance(method, str):
@@ -572,7 +738,13 @@ def expand(method, protocol, datasets=None, seeds=DEFAULT_SEEDS, *, output_root=
     seeds = [int(s) for s in seeds]
     if any(s < 0 for s in seeds):
         raise SweepError(f"Seeds must be non-negative integers, got {' '.join(map(str, seeds))}")
-    ctx = _Ctx(root, output_root, specs, opts, tag, slug_opts, backbone, load_epoch)
+    on = _backbone_arg(on_backbone)
+    if on is not None and backbone is not None:
+        raise SweepError("--backbone (a config-name prefix) and --backbones cannot be combined; use --backbones")
+    towers = towers or _default_towers
+    if on is not None:
+        _check_support(method.trainer, on, specs.get(method.trainer), towers, notes)
+    ctx = _Ctx(root, output_root, specs, opts, tag, slug_opts, backbone, load_epoch, on=on, towers=towers)
     if protocol == "base2new":
         if isinstance(shots, (list, tuple)):
             raise SweepError("base2new takes one shot count")
@@ -589,10 +761,54 @@ def expand(method, protocol, datasets=None, seeds=DEFAULT_SEEDS, *, output_root=
         runs = _expand_transfer(ctx, method, protocol, datasets, seeds, shots, source)
     for r in runs:
         r.protocols = [protocol]
+    if notes is not None:
+        notes += [n for n in ctx.notes if n not in notes]
     return runs
 
 
-def plan(methods, protocols, datasets=None, seeds=DEFAULT_SEEDS, *, few_shot_shots=None, **kw):
+class UnsupportedBackbone(SweepError):
+    """A method that cannot run on a requested backbone (refused at planning time)."""
+
+
+def _backbone_arg(value):
+    if value is None or isinstance(value, Backbone):
+        return value
+    try:
+        return parse_backbone(value)
+    except BackboneError as e:
+        raise SweepError(str(e)) from None
+
+
+def _default_towers(name):
+    from .backbones import tower_info
+
+    try:
+        return tower_info(name)
+    except ValueError as e:
+        raise SweepError(str(e)) from None
+
+
+def _check_support(trainer, on, spec, towers, notes):
+    from .backbones import method_support, support_problem
+
+    info = towers(on.name)
+    support, _ = method_support(spec) if spec is not None else (None, None)
+    note = None
+    if info is None:
+        note = f"{trainer} on {on}: the towers of {on.name} cannot be read before the run; not checked at planning"
+    elif support is None:
+        note = f"{trainer} declares no BACKBONE_SUPPORT; {on} ({info.family}) is not checked at planning"
+    if note:
+        if notes is not None and note not in notes:
+            notes.append(note)
+        return
+    problem = support_problem(trainer, str(on), info, support)
+    if problem:
+        raise UnsupportedBackbone(problem)
+
+
+def plan(methods, protocols, datasets=None, seeds=DEFAULT_SEEDS, *, few_shot_shots=None, backbones=None,
+         skip_unsupported=False, notes=None, **kw):
     """Runs for every method x protocol, duplicates (same output dir) merged, in a stable order.
 
     ``datasets`` is routed to each protocol with :func:`route_datasets` (with several protocols, one
@@ -600,6 +816,11 @@ def plan(methods, protocols, datasets=None, seeds=DEFAULT_SEEDS, *, few_shot_sho
     ``few_shot_shots`` are the few-shot shot counts (default 1 2 4 8 16); other keywords go to
     :func:`expand` (``shots`` there is the shot count of base2new and the transfer protocols). Two
     requests for the same output directory with different commands are an error.
+
+    ``backbones``: ``NAME[@TAG]`` strings (``default``: each recipe's own backbone), every method runs on
+    each; None: the recipes' own (today's plan). A (method, backbone) pair the method cannot run is an
+    error listing every such pair (one line each), or, with ``skip_unsupported``, left out with those
+    lines added to ``notes``.
     """
     if isinstance(protocols, str):
         protocols = [protocols]
@@ -610,7 +831,9 @@ def plan(methods, protocols, datasets=None, seeds=DEFAULT_SEEDS, *, few_shot_sho
     routed = {p: route_datasets(p, datasets, source, strict=len(protocols) == 1) for p in protocols}
     if datasets is not None and not any(routed.values()):
         route_datasets(protocols[0], datasets, source)  # raises, naming the rule
+    axis = [_backbone_arg(b) for b in backbones] if backbones else [None]
     runs: Dict[str, Run] = {}
+    refused = []
     for p in protocols:
         ds = routed[p]
         if ds is not None and not ds:
@@ -618,8 +841,14 @@ def plan(methods, protocols, datasets=None, seeds=DEFAULT_SEEDS, *, few_shot_sho
         kw_p = dict(kw)
         if p == "few_shot":
             kw_p["shots"] = few_shot_shots
-        for m in methods:
-            for r in expand(m, p, ds, seeds, **kw_p):
+        for on, m in itertools.product(axis, methods):
+            try:
+                got = expand(m, p, ds, seeds, on_backbone=on, notes=notes, **kw_p)
+            except UnsupportedBackbone as e:
+                if str(e) not in refused:
+                    refused.append(str(e))
+                continue
+            for r in got:
                 old = runs.get(r.key)
                 if old is None:
                     runs[r.key] = r
@@ -631,4 +860,8 @@ def plan(methods, protocols, datasets=None, seeds=DEFAULT_SEEDS, *, few_shot_sho
                     )
                 if p not in old.protocols:
                     old.protocols.append(p)
+    if refused and not skip_unsupported:
+        raise SweepError("\n".join(refused + ["(--skip-unsupported plans the other runs and lists these as notes)"]))
+    if notes is not None:
+        notes += [f"refused: {r}" for r in refused]
     return list(runs.values())
