@@ -820,7 +820,7 @@ def test_trainers_registered_at_run_time_are_planned(repo, tmp_path):
 
 # --------------------------------------------------------------------------- the backbone axis
 def _towers(name):
-    """Tower kinds as vlprompt.sweep.backbones.tower_info reads them (fixed here: no model is built)."""
+    """Tower kinds as vlprompt.clip.families.tower_info reads them (fixed here: no model is built)."""
     from vlprompt.sweep.backbones import TowerInfo
 
     clip = TowerInfo(text="causal", vision="clip_vit", clip_towers=True, fp16_weights=True)
@@ -937,7 +937,7 @@ def test_backbone_axis_dry_run_shows_the_backbone(tmp_path, capsys, monkeypatch)
 def test_tower_info_reads_the_structure_and_caches_it(tmp_path, monkeypatch):
     """The planning-time tower check builds the open_clip config on the meta device (no weights) and reads
     it with the trainers' own tower_kinds; the answer is cached per open_clip/timm version."""
-    import vlprompt.sweep.backbones as sb
+    import vlprompt.clip.families as sb
 
     monkeypatch.setenv("VLPROMPT_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(sb, "_MEMO", {})

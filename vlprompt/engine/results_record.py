@@ -6,7 +6,7 @@ Fields (schema 1; later versions only add fields) are documented in docs/ENGINE.
 ``backbone`` / ``pretrained_tag`` are ``MODEL.BACKBONE.NAME`` / ``PRETRAINED_TAG``; ``backbone_label``
 is how the result tables name the backbone (``vlprompt.protocol.backbone_label``); ``backbone_towers``
 and ``backbone_family`` describe the towers (read from the model's structure,
-``vlprompt.sweep.backbones.tower_info``) and are ``null`` when they cannot be read.
+``vlprompt.clip.families.tower_info``) and are ``null`` when they cannot be read.
 """
 import datetime
 import json
@@ -40,7 +40,7 @@ def _iso(t):
 
 def _towers(name):
     """(towers dict, family name) of a backbone, or (None, None) when its structure cannot be read."""
-    from vlprompt.sweep.backbones import tower_info
+    from vlprompt.clip.families import tower_info
 
     try:
         info = tower_info(name)
