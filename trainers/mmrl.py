@@ -245,8 +245,10 @@ class MMRLCLIP(PromptedCLIP):
         n = learner.n_rep_tokens
         super().__init__(clip_model, text_prompts=(n, depth), vision_prompts=(n, depth))
         if type(self.text_encoder) is not PromptedTextEncoder or type(self.image_encoder) is not PromptedVisionEncoder:
-            raise ArgError("backbone", "MMRL inserts tokens into open_clip CLIP towers (OpenAI / LAION ViT CLIP "
-                                       "such as ViT-B/16); this backbone's towers are not supported")
+            raise ArgError("backbone", "MMRL inserts its tokens into the towers of open_clip's CLIP class (OpenAI / "
+                                       "LAION ViT CLIP such as ViT-B/16); this backbone's towers (text "
+                                       f"{type(self.text_encoder).__name__}, image {type(self.image_encoder).__name__}) "
+                                       "are not supported")
         if "{}" not in template:
             raise ArgError("template", f'must contain "{{}}", got "{template}"')
         self.prompt_learner = learner
