@@ -14,6 +14,9 @@ Conventions (docs/METHODS.md, "Prompted encoders"):
 * **Text** prompts occupy token positions ``1..N`` (right after SOS) unless another slice is given.
 * **Vision** prompts are appended *after* the patch tokens (after class and positional embedding,
   before ``ln_pre``; no positional embedding on prompts); deep prompts replace the *last* ``N`` tokens.
+* **Inserted** tokens (``insert=(block, tokens)``, MMRL): prompts that enter at a later block; the
+  sequence grows by N there (text: after SOS, causal mask and EOT positions follow; vision: after the
+  patch tokens), deep prompts of later blocks replace them. Without ``insert`` nothing changes.
 * Prompts are cast to the activation dtype at insertion, so fp32 master copies work with an fp16 CLIP.
 """
 import contextlib
