@@ -346,6 +346,9 @@ class MMRL(ClipPromptTrainer):
     @classmethod
     def build_custom_clip(cls, cfg, classnames, clip_model):
         m = cfg.TRAINER.MMRL
+        alpha = float(m.ALPHA)
+        if not 0.0 <= alpha <= 1.0:
+            raise ArgError("alpha", f"must lie between 0 and 1, got {alpha}")
         settings = mmrl_settings(cfg)
         for key, (old, new) in settings["changed"].items():
             print(f"TRAINER.MMRL.{key}: {new} for {cfg.DATASET.NAME} (the official per-dataset value; the config "
@@ -357,9 +360,6 @@ class MMRL(ClipPromptTrainer):
         print(f"MMRL evaluation output (TASK {cfg.TASK}): "
               + (f"{m.ALPHA} * class-token logits + {1 - float(m.ALPHA):g} * representation logits" if rep_head
                  else "class-token logits"))
-        alpha = float(m.ALPHA)
-        if not 0.0 <= alpha <= 1.0:
-            raise ArgError("alpha", f"must lie between 0 and 1, got {alpha}")
         return MMRLCLIP(clip_model, classnames, template, n_rep_tokens=m.N_REP_TOKENS, rep_layers=m.REP_LAYERS,
                         rep_dim=settings["REP_DIM"], alpha=alpha, use_rep_head=rep_head)
 
