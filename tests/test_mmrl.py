@@ -186,6 +186,27 @@ def test_text_fast_paths_equal_the_plain_pass_with_gradients(tiny, template, per
     assert grads[0].abs().sum() > 0
 
 
+def test_vision_fast_path_equals_the_plain_pass_with_inserted_tokens(tiny):
+    model = _model(tiny)
+    enc, learner = model.image_encoder, model.prompt_learner
+    insert, deep = learner.schedule(learner.representation_learner()[1])
+    img = _images(2)
+    outs, grads = [], []
+    for fast in (True, False):
+        enc.fast = fast
+        pooled, tokens = enc(img, deep_prompts=deep, insert=insert, return_prompt_tokens=True)
+        assert tokens.shape == (2, 5, enc.width)
+        out = torch.cat([pooled, tokens.flatten(1)], dim=1)
+        g = torch.randn(out.shape, generator=torch.Generator().manual_seed(0))
+        outs.append(out)
+        grads.append(torch.autograd.grad(out, learner.representation_learner.compound_rep_tokens, g,
+                                         retain_graph=True)[0])
+    enc.fast = None
+    for a, b in ((outs[0], outs[1]), (grads[0], grads[1])):
+        torch.testing.assert_close(a, b, atol=1e-6 * max(1.0, float(b.detach().abs().max())), rtol=1e-6)
+    assert grads[0].abs().sum() > 0
+
+
 def test_tokens_enter_exactly_at_the_first_representation_layer(tiny):
     model = _model(tiny)
     learner = model.prompt_learner
