@@ -53,11 +53,14 @@ def official_way(trainer):
     }
     orig_forward = enc_cls.forward
 
-    def full_pass(self, prompts, eot_idx, deep_prompts=None, prompt_slice=None, truncate=True, shared_prefix=None):
+    def full_pass(self, prompts, eot_idx, deep_prompts=None, prompt_slice=None, truncate=True, shared_prefix=None,
+                  insert=None):
         K, T, d = prompts.shape
         if T < self.context_length:  # the official prompts hold all 77 positions (padding embeddings)
             prompts = torch.cat([prompts, prompts.new_zeros(K, self.context_length - T, d)], dim=1)
-        return orig_forward(self, prompts, eot_idx, deep_prompts, prompt_slice, truncate=False, shared_prefix=0)
+        # MMRL's inserted tokens: 77 + N positions from the insertion block on, as in the official code
+        return orig_forward(self, prompts, eot_idx, deep_prompts, prompt_slice, truncate=False, shared_prefix=0,
+                            insert=insert)
 
     model = trainer.model
     loop = getattr(model, "forward_loop", None)

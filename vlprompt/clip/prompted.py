@@ -14,6 +14,9 @@ Conventions (docs/METHODS.md, "Prompted encoders"):
 * **Text** prompts occupy token positions ``1..N`` (right after SOS) unless another slice is given.
 * **Vision** prompts are appended *after* the patch tokens (after class and positional embedding,
   before ``ln_pre``; no positional embedding on prompts); deep prompts replace the *last* ``N`` tokens.
+* **Inserted** tokens (``insert=(block, tokens)``, MMRL): prompts that enter at a later block; the
+  sequence grows by N there (text: after SOS, causal mask and EOT positions follow; vision: after the
+  patch tokens), deep prompts of later blocks replace them. Without ``insert`` nothing changes.
 * Prompts are cast to the activation dtype at insertion, so fp32 master copies work with an fp16 CLIP.
 """
 import contextlib
@@ -123,6 +126,14 @@ def _grad_reaches(t):
     return torch.is_grad_enabled() and t.requires_grad
 
 
+def _shareable(p):
+    """Whether a prompt tensor is one tensor for every class: (N, d), (1, N, d), a (K, N, d) expanded view
+    (stride 0 over classes), or (K, N, d) without gradient and with equal rows."""
+    if p.dim() == 3 and p.shape[0] > 1:
+        return p.stride(0) == 0 or (not _grad_reaches(p) and bool((p == p[:1]).all()))
+    return True
+
+
 class PromptedTextEncoder(nn.Module):
     """CLIP text tower that encodes prompt *embeddings* (with optional deep prompts).
 
@@ -190,12 +201,20 @@ class PromptedTextEncoder(nn.Module):
         token_ids = token_ids.to(self.token_embedding.weight.device)
         return self.forward(self.embed(token_ids), token_ids.argmax(dim=-1))
 
-    def forward(self, prompts, eot_idx, deep_prompts=None, prompt_slice=None, truncate=True, shared_prefix=None):
+    def forward(self, prompts, eot_idx, deep_prompts=None, prompt_slice=None, truncate=True, shared_prefix=None,
+                insert=None):
         """Text features (K, d_embed). ``shared_prefix`` (optional int): the caller guarantees that token
         positions ``< shared_prefix`` of ``prompts`` are the *same tensor* for every class (e.g. SOS and a
         generic context expanded over classes), so the prefix may be computed once even when gradients
         flow into it; checked against the values (``ValueError`` if the rows differ there). ``None``:
-        share only what the values prove without gradients (evaluation); ``0``: never share."""
+        share only what the values prove without gradients (evaluation); ``0``: never share.
+
+        ``insert`` (optional ``(block, tokens)``; default None: nothing changes): ``tokens`` (N, d_t) or
+        (K, N, d_t) are **inserted** at the input of text block ``block`` (0-based) at the positions of
+        ``prompt_slice`` (default ``1..N``, right after SOS), so the sequence grows by N from that block on:
+        the causal mask is rebuilt for the new length, the EOT positions move by N, and the inserted tokens
+        get no positional embedding. Deep prompts of later blocks replace those N slots; deep prompts of
+        blocks ``<= block`` must be None (MMRL's representation tokens; docs/METHODS.md, MMRL)."""
         if prompts.dim() != 3 or prompts.shape[-1] != self.width:
             raise ValueError(f"prompts: expected (K, T, {self.width}), got {tuple(prompts.shape)}")
         K, T, _ = prompts.shape
@@ -215,7 +234,9 @@ class PromptedTextEncoder(nn.Module):
             )
         if prompt_slice is None:
             prompt_slice = slice(1, 1 + self.n_prompts)
-        if deep_prompts and prompt_slice.stop > L:
+        if insert is not None:
+            insert = self._check_insert(insert, K, eot_idx, deep_prompts, prompt_slice)
+        elif deep_prompts and prompt_slice.stop > L:
             raise ValueError(f"prompt slots {prompt_slice} reach beyond the EOT token (position {L - 1})")
         n_slots = prompt_slice.stop - prompt_slice.start
         for i, p in enumerate(deep_prompts, start=1):
@@ -232,9 +253,9 @@ class PromptedTextEncoder(nn.Module):
         mask = self.attn_mask[:L, :L].to(device=x.device)
         fast = FAST_PATHS if self.fast is None else bool(self.fast)
         if fast and blocks_fast_reason(self.transformer.resblocks) is None:
-            x = self._blocks_fast(x, eot_idx, deep_prompts, prompt_slice, mask, truncate, shared_prefix)
+            x = self._blocks_fast(x, eot_idx, deep_prompts, prompt_slice, mask, truncate, shared_prefix, insert)
         else:
-            x = self._blocks_plain(x, eot_idx, deep_prompts, prompt_slice, mask)
+            x = self._blocks_plain(x, eot_idx, deep_prompts, prompt_slice, mask, insert)
         x = self.ln_final(x)
         if isinstance(self.text_projection, nn.Linear):
             return self.text_projection(x)
@@ -242,18 +263,50 @@ class PromptedTextEncoder(nn.Module):
             return x
         return x @ self.text_projection
 
-    def _blocks_plain(self, x, eot_idx, deep_prompts, prompt_slice, mask):
+    def _check_insert(self, insert, K, eot_idx, deep_prompts, prompt_slice):
+        """Validate ``insert=(block, tokens)``; returns ``(block, tokens)`` with tokens (K, N, d_t)."""
+        try:
+            block, tokens = insert
+        except (TypeError, ValueError):
+            raise ValueError("insert: expected a (block, tokens) pair") from None
+        block = int(block)
+        if not 0 <= block < self.n_layers:
+            raise ValueError(f"insert: block {block} is not a text block (0..{self.n_layers - 1})")
+        if any(p is not None for p in deep_prompts[:block]):
+            raise ValueError(f"insert at block {block}: deep prompts of blocks <= {block} must be None (the slots "
+                             "exist only from the insertion on)")
+        a, b = prompt_slice.start, prompt_slice.stop
+        if not 1 <= a <= int(eot_idx.min().item()):
+            raise ValueError(f"insert: the insertion position {a} must lie between 1 and the earliest EOT "
+                             f"({int(eot_idx.min().item())})")
+        tokens = _as_batched(tokens, K, self.width, f"inserted text tokens for block {block}")
+        if tokens.shape[1] != b - a:
+            raise ValueError(f"inserted text tokens for block {block}: expected {b - a} tokens (slots {a}..{b - 1}), "
+                             f"got {tokens.shape[1]}")
+        return block, tokens
+
+    @staticmethod
+    def _causal_mask(n, like):
+        """(n, n) additive causal mask (``-inf`` above the diagonal) in ``like``'s dtype and device."""
+        return torch.full((n, n), float("-inf"), dtype=like.dtype, device=like.device).triu_(1)
+
+    def _blocks_plain(self, x, eot_idx, deep_prompts, prompt_slice, mask, insert=None):
         """The blocks' own forwards on all K prompts padded to the longest EOT; returns EOT states (K, d)."""
         K = x.shape[0]
         batch_first = getattr(self.transformer, "batch_first", True)
         for i, block in enumerate(self.transformer.resblocks):
-            if 1 <= i <= len(deep_prompts) and deep_prompts[i - 1] is not None:
+            if insert is not None and i == insert[0]:
+                a, p = prompt_slice.start, insert[1]
+                x = torch.cat([x[:, :a], p.to(x.dtype), x[:, a:]], dim=1)
+                mask = self._causal_mask(x.shape[1], mask)
+                eot_idx = eot_idx + p.shape[1]
+            elif 1 <= i <= len(deep_prompts) and deep_prompts[i - 1] is not None:
                 p = _as_batched(deep_prompts[i - 1], K, self.width, f"deep text prompt for block {i}")
                 x = torch.cat([x[:, : prompt_slice.start], p.to(x.dtype), x[:, prompt_slice.stop:]], dim=1)
             x = _run_block(block, x, mask, batch_first, fast=False)
         return x[torch.arange(K, device=x.device), eot_idx]
 
-    def shared_prefix_length(self, x, eot_idx, deep_prompts, prompt_slice, declared=None):
+    def shared_prefix_length(self, x, eot_idx, deep_prompts, prompt_slice, declared=None, insert=None):
         """How many leading positions all K prompts share (0: none), detected from the inputs.
 
         A position is shared when its embedding is identical for every class and no deep prompt differs
@@ -262,6 +315,11 @@ class PromptedTextEncoder(nn.Module):
         initialised from the same words are equal but must get their own gradients). A (K, N, d) deep
         prompt shares its slots only if it is an expanded view (stride 0 over classes) or carries no
         gradient and has equal rows. The prefix always ends before the earliest EOT.
+
+        With ``insert`` (see :meth:`forward`; the count is that of the input, before the insertion): when
+        the inserted tokens and every later deep prompt are shared and the insertion position lies in
+        the prefix, the tokens join the prefix (even a prefix of SOS alone); otherwise the prefix ends
+        at the insertion position.
         """
         K = x.shape[0]
         if K < 2 or declared == 0:
@@ -281,21 +339,29 @@ class PromptedTextEncoder(nn.Module):
                 "number of leading positions that are the same for every class (or None to detect it)"
             )
         a, b = prompt_slice.start, prompt_slice.stop
+        if insert is not None:
+            if self._insert_in_prefix(P, insert, deep_prompts, prompt_slice):
+                return P
+            P = min(P, a)
+            return P if P >= 2 else 0
         for p in deep_prompts:
             if p is None or a >= P:
                 continue
-            if p.dim() == 3 and p.shape[0] > 1:
-                shareable = p.stride(0) == 0 or (not _grad_reaches(p) and bool((p == p[:1]).all()))
-            else:
-                shareable = True
-            if not shareable or b > P:
+            if not _shareable(p) or b > P:
                 P = a
         return P if P >= 2 else 0
 
-    def _blocks_fast(self, x, eot_idx, deep_prompts, prompt_slice, mask, truncate, declared):
+    @staticmethod
+    def _insert_in_prefix(P, insert, deep_prompts, prompt_slice):
+        """Whether the tokens of ``insert`` go into a shared prefix of length ``P`` (input positions)."""
+        if P < 1 or prompt_slice.start > P:
+            return False
+        return _shareable(insert[1]) and all(p is None or _shareable(p) for p in deep_prompts)
+
+    def _blocks_fast(self, x, eot_idx, deep_prompts, prompt_slice, mask, truncate, declared, insert=None):
         """Exact fast path: shared prefix once, classes grouped by length, fast attention blocks."""
         K, L, _ = x.shape
-        P = self.shared_prefix_length(x, eot_idx, deep_prompts, prompt_slice, declared)
+        P = self.shared_prefix_length(x, eot_idx, deep_prompts, prompt_slice, declared, insert=insert)
         lengths = eot_idx + 1 if truncate else torch.full_like(eot_idx, L)
         groups = _length_groups(lengths, self.max_length_groups)
         a, b = prompt_slice.start, prompt_slice.stop
@@ -303,8 +369,22 @@ class PromptedTextEncoder(nn.Module):
         rows = [x[idx, P:n] for idx, n in groups]
         prefix_mask = mask[:P, :P].contiguous()
         rows_mask = [mask[P:n, :n].contiguous() for _, n in groups]
+        insert_block = insert[0] if insert is not None else -1
         for i, block in enumerate(self.transformer.resblocks):
-            if 1 <= i <= len(deep_prompts) and deep_prompts[i - 1] is not None:
+            if i == insert_block:
+                p = insert[1].to(x.dtype)
+                n_new = p.shape[1]
+                if self._insert_in_prefix(P, insert, deep_prompts, prompt_slice):  # one row for every class
+                    prefix = torch.cat([prefix[:, :a], p[:1], prefix[:, a:]], dim=1)
+                    P += n_new
+                else:  # the prefix ends at or before the insertion position
+                    rows = [torch.cat([r[:, : a - P], p[idx], r[:, a - P:]], dim=1) for (idx, _), r in zip(groups, rows)]
+                groups = [(idx, n + n_new) for idx, n in groups]
+                eot_idx = eot_idx + n_new
+                full = self._causal_mask(max(n for _, n in groups), mask)
+                prefix_mask = full[:P, :P].contiguous()
+                rows_mask = [full[P:n, :n].contiguous() for _, n in groups]
+            elif 1 <= i <= len(deep_prompts) and deep_prompts[i - 1] is not None:
                 p = deep_prompts[i - 1]
                 if b <= P:  # slots inside the shared prefix (shared deep prompt: one row)
                     p1 = p[:1] if p.dim() == 3 else p.unsqueeze(0)
@@ -345,6 +425,12 @@ class PromptedVisionEncoder(nn.Module):
     ``depth >= 1``; ``deep_prompts`` sequence of ``<= J-1`` entries, each (N, d_v), (B, N, d_v) or None.
     Returns (B, d_embed) image features (not normalised).
 
+    Prompts that start at a later block (``insert=(block, tokens)``, instead of ``prompts``): the N
+    tokens are appended at the input of block ``block`` (0-based; after ``ln_pre``, no positional
+    embedding), deep prompts of later blocks replace them, those of blocks ``<= block`` must be None.
+    ``return_prompt_tokens=True`` also returns the prompt tokens' final states after ``ln_post``
+    (B, N, d_v) (MMRL's representation tokens; docs/METHODS.md, MMRL).
+
     ``fast`` (None: follow :data:`FAST_PATHS`): run open_clip's residual blocks through the exact fast
     attention path (:mod:`vlprompt.clip.fast_attention`); blocks it does not recognise, and blocks with
     hooks, always run their own forward. A ResNet tower is called as it is.
@@ -383,12 +469,41 @@ class PromptedVisionEncoder(nn.Module):
         conv = getattr(self.visual, "conv1", None)
         return conv.weight.dtype if conv is not None else next(self.visual.parameters()).dtype
 
-    def forward(self, images, prompts=None, deep_prompts=None):
+    def _check_insert(self, insert, prompts, deep_prompts, batch):
+        """Validate ``insert=(block, tokens)``; returns ``(block, tokens (B, N, d_v)), deep_prompts``."""
+        if prompts is not None:
+            raise ValueError("insert and prompts are exclusive: prompts enter at the input, insert at a later block")
+        try:
+            block, tokens = insert
+        except (TypeError, ValueError):
+            raise ValueError("insert: expected a (block, tokens) pair") from None
+        block = int(block)
+        if self.depth == 0:
+            raise ValueError("This vision encoder was built without prompts (depth 0) but tokens were inserted")
+        if not 0 <= block < self.n_layers:
+            raise ValueError(f"insert: block {block} is not a vision block (0..{self.n_layers - 1})")
+        deep_prompts = list(deep_prompts) if deep_prompts is not None else []
+        if len(deep_prompts) > self.depth - 1:
+            raise ValueError(f"{len(deep_prompts)} deep vision prompts given, but this encoder was built for depth "
+                             f"{self.depth} (at most {self.depth - 1} deep prompt sets)")
+        if any(p is not None for p in deep_prompts[:block]):
+            raise ValueError(f"insert at block {block}: deep prompts of blocks <= {block} must be None")
+        tokens = _as_batched(tokens, batch, self.width, f"inserted vision tokens for block {block}")
+        if tokens.shape[1] != self.n_prompts:
+            raise ValueError(f"inserted vision tokens: expected {self.n_prompts} tokens, got {tokens.shape[1]}")
+        return (block, tokens), deep_prompts
+
+    def forward(self, images, prompts=None, deep_prompts=None, insert=None, return_prompt_tokens=False):
         if not self.is_vit:
-            if prompts is not None or deep_prompts:
+            if prompts is not None or deep_prompts or insert is not None:
                 raise ValueError("This image tower is not a ViT and takes no prompts")
+            if return_prompt_tokens:
+                raise ValueError("This image tower is not a ViT: it has no prompt tokens to return")
             return self.visual(images.to(self.dtype))
-        deep_prompts = check_vision_prompt_args(self.depth, prompts, deep_prompts)
+        if insert is None:
+            deep_prompts = check_vision_prompt_args(self.depth, prompts, deep_prompts)
+        else:
+            insert, deep_prompts = self._check_insert(insert, prompts, deep_prompts, images.shape[0])
         v = self.visual
         B = images.shape[0]
         x = v.conv1(images.to(self.dtype))
@@ -407,8 +522,12 @@ class PromptedVisionEncoder(nn.Module):
         x = v.ln_pre(x)
         batch_first = getattr(v.transformer, "batch_first", True)
         fast = (FAST_PATHS if self.fast is None else bool(self.fast)) and blocks_fast_reason(v.transformer.resblocks) is None
+        insert_block = insert[0] if insert is not None else -1
         for i, block in enumerate(v.transformer.resblocks):
-            if 1 <= i <= len(deep_prompts) and deep_prompts[i - 1] is not None:
+            if i == insert_block:
+                n = insert[1].shape[1]
+                x = torch.cat([x, insert[1].to(x.dtype)], dim=1)
+            elif 1 <= i <= len(deep_prompts) and deep_prompts[i - 1] is not None:
                 p = _as_batched(deep_prompts[i - 1], B, self.width, f"deep vision prompt for block {i}")
                 if p.shape[1] != n:
                     raise ValueError(f"deep vision prompt for block {i}: expected {n} tokens, got {p.shape[1]}")
@@ -417,6 +536,8 @@ class PromptedVisionEncoder(nn.Module):
         pooled = v.ln_post(x[:, 0])
         if v.proj is not None:
             pooled = pooled @ v.proj
+        if return_prompt_tokens:
+            return pooled, v.ln_post(x[:, x.shape[1] - n:])
         return pooled
 
 
