@@ -37,6 +37,7 @@ KNOWN_SUPPORT = {
     **{t: _s(vision=PROMPTABLE) for t in ("VPT", "IVLP", "MaPLe", "MuDPT", "UMuDPT", "APLe")},
     # built on open_clip CLIP towers only
     "PromptSRC": _s(text=("causal",), vision=("clip_vit",), clip_towers=True),
+    "MMRL": _s(text=("causal",), vision=("clip_vit",), clip_towers=True),  # tokens inserted at a later block
     "CLIPLoRA": _s(text=("causal",), vision=("clip_vit",), clip_towers=True),
     "CLIP_Adapter": _s(text=("causal",), vision=("clip_vit", "resnet"), clip_towers=True),
     "TipAdapterF": _s(text=("causal",), vision=("clip_vit", "resnet"), clip_towers=True),
