@@ -490,20 +490,28 @@ def few_shot_tables(records, seeds, metric="accuracy", pub=None, pub_mode=None, 
             cells.append(Cell(v[0], marks=PARTIAL_AVERAGE if v[1] < len(DATASETS_11) else "") if v else EMPTY)
         t.add([labels[k]] + cells)
     pub_names = _published_names(pub, keys, pub_mode) if pub else []
-    first = True
+    first, shown_approx, own_sources = True, False, []
+    # rows read from a named table carry their own source; the others are the recalled block
+    sources = pub.get("few_shot", {}).get("sources", {}) if pub else {}
     for name in pub_names:
         vals = pub["few_shot"]["average"].get(name) if "few_shot" in pub else None
         if not vals:
             continue
         cells = [Cell(vals[str(K)], published=True) if str(K) in vals else EMPTY for K in shots]
-        t.add([f"{name} [published, approx.]"] + cells, kind="published", sep=first)
+        if name in sources:
+            t.add([f"{name} [published]"] + cells, kind="published", sep=first)
+            own_sources.append(f"{name}: {sources[name]}")
+        else:
+            t.add([f"{name} [published, approx.]"] + cells, kind="published", sep=first)
+            shown_approx = True
         first = False
     t.trainers = {k[0] for k in keys}
     t.notes.append("Each cell is the mean over datasets of the seed-averaged accuracy (all classes, full test set).")
     if any(c.marks for r in t.rows for c in r["cells"][1:] if isinstance(c, Cell)):
         t.notes.append(f"{PARTIAL_AVERAGE} average over fewer than the {len(DATASETS_11)} standard datasets.")
-    if pub_names and "few_shot" in pub:
+    if shown_approx:
         t.notes.append("[published, approx.]: " + pub["few_shot"]["source"])
+    t.notes.extend("[published] " + s for s in own_sources)
     if blk is not None:
         first = True
         for name in _published_names(pub, keys, pub_mode):
