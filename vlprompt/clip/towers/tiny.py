@@ -10,13 +10,18 @@ widths (text 32, vision 48: different, so width mix-ups fail loudly). The SigLIP
 instead of the model's fails on it as it would on real SigLIP. The timm trunks are registered in
 timm's model registry under ``vlprompt_tiny_*`` so that open_clip builds them through its normal path.
 Weights come from a fixed seed that does not disturb the caller's RNG streams.
+
+``build_rn_tiny`` is the CLIP-ResNet reference of the family tests: an open_clip ``CLIP`` with a
+ModifiedResNet image tower (RN50's family: stem, four stages of one bottleneck each, attention pooling)
+at width 8, and the same 12-layer text tower as ``test-vit-tiny``. Register it as a backbone name with
+``vlprompt.clip.register_builtin_backbone("test-rn-tiny", "vlprompt.clip.towers.tiny:build_rn_tiny")``.
 """
 from functools import partial
 
 import numpy as np
 import torch
 
-__all__ = ["build_siglip_tiny", "build_eva02_tiny", "build_pecore_tiny", "TINY_FAMILIES"]
+__all__ = ["build_siglip_tiny", "build_eva02_tiny", "build_pecore_tiny", "build_rn_tiny", "TINY_FAMILIES"]
 
 _COMMON = dict(img_size=224, patch_size=32, embed_dim=48, depth=12, num_heads=2)
 _DROP = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "features_only")
@@ -114,3 +119,19 @@ def build_eva02_tiny(**_):
 
 def build_pecore_tiny(**_):
     return build_tiny("pecore")
+
+
+def build_rn_tiny(seed=20240101, **_):
+    """A small random-weight open_clip ``CLIP`` with a ModifiedResNet image tower (see the module docstring)."""
+    import open_clip
+
+    from ..backbone import adapt_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = open_clip.model.CLIP(
+            embed_dim=40, quick_gelu=True,
+            vision_cfg=dict(image_size=224, layers=(1, 1, 1, 1), width=8, head_width=32),
+            text_cfg=dict(_TEXT, context_length=77),
+        )
+    return adapt_model(model)
