@@ -309,19 +309,25 @@ def _towers(clip_model):
     return towers, vision_kind
 
 
-def _adapt_mha(block, names, make, where):
+def _plan_mha(block, names, make, where):
+    """Check one open_clip residual block; returns ``apply() -> adapters`` (changes nothing before)."""
     mha = block.attn
     if not isinstance(mha, nn.MultiheadAttention):
         raise ArgError("clip_model", f"{where}: attention is a {type(mha).__name__}, not an "
                                      "nn.MultiheadAttention (LoRA applied twice?)")
-    e = mha.embed_dim
-    adapters = nn.ModuleDict({n: make(e, e) for n in names})
-    adapters.to(device=mha.in_proj_weight.device)
-    block.attn = LoRAMultiheadAttention(mha, adapters)
-    return adapters
+
+    def apply():
+        e = mha.embed_dim
+        adapters = nn.ModuleDict({n: make(e, e) for n in names})
+        adapters.to(device=mha.in_proj_weight.device)
+        block.attn = LoRAMultiheadAttention(mha, adapters)
+        return adapters
+
+    return apply
 
 
-def _adapt_timm(block, names, make, where):
+def _plan_timm(block, names, make, where):
+    """Check one timm block's attention; returns ``apply() -> adapters`` (changes nothing before)."""
     attn = getattr(block, "attn", None)
     qkv = getattr(attn, "qkv", None)
     parts = [n for n in names if n != "proj"]
@@ -334,31 +340,35 @@ def _adapt_timm(block, names, make, where):
                                          "the weight directly (separate q/v biases, e.g. EVA01-CLIP), which LoRA "
                                          "cannot wrap; supported: fused qkv Linears (SigLIP, PE-Core) and separate "
                                          "q/k/v Linears (EVA02)")
-        lins = {n: None for n in parts}
-        shape = (qkv.in_features, qkv.out_features // 3)
+        if qkv.out_features % 3:
+            raise ArgError("clip_model", f"{where}: fused qkv Linear with {qkv.out_features} outputs (not 3 x d)")
+        shapes = {n: (qkv.in_features, qkv.out_features // 3) for n in parts}
     elif all(isinstance(getattr(attn, n, None), nn.Linear) for n in ("q_proj", "k_proj", "v_proj")):
-        lins = {n: getattr(attn, n) for n in parts}
-        shape = None
+        shapes = {n: (getattr(attn, n).in_features, getattr(attn, n).out_features) for n in parts}
     else:
         raise ArgError("clip_model", f"{where}: attention {type(attn).__name__} has neither a fused qkv Linear nor "
                                      "q_proj/k_proj/v_proj Linears; LoRA supports timm Attention, AttentionRope "
                                      "and EvaAttention")
-    if "proj" in names and not isinstance(getattr(attn, "proj", None), nn.Linear):
-        raise ArgError("params", f"{where}: attention {type(attn).__name__} has no output Linear 'proj'")
-    adapters = nn.ModuleDict()
-    for n in names:  # creation order = the order of ``params`` (as for nn.MultiheadAttention)
-        lin = attn.proj if n == "proj" else lins[n]
-        i, o = (lin.in_features, lin.out_features) if lin is not None else shape
-        adapters[n] = make(i, o)
-    adapters.to(device=attn.proj.weight.device)
-    if isinstance(qkv, nn.Linear) and parts:
-        attn.qkv = LoRAFusedQKV(qkv, {n: adapters[n] for n in parts})
-    elif not isinstance(qkv, nn.Linear):
-        for n in parts:
-            setattr(attn, n, LoRALinear(lins[n], adapters[n]))
     if "proj" in names:
-        attn.proj = LoRALinear(attn.proj, adapters["proj"])
-    return adapters
+        if not isinstance(getattr(attn, "proj", None), nn.Linear):
+            raise ArgError("params", f"{where}: attention {type(attn).__name__} has no output Linear 'proj'")
+        shapes["proj"] = (attn.proj.in_features, attn.proj.out_features)
+
+    def apply():
+        # creation order = the order of ``params`` (as for nn.MultiheadAttention: the same RNG draws)
+        adapters = nn.ModuleDict({n: make(*shapes[n]) for n in names})
+        adapters.to(device=next(attn.parameters()).device)
+        if isinstance(qkv, nn.Linear):
+            if parts:
+                attn.qkv = LoRAFusedQKV(qkv, {n: adapters[n] for n in parts})
+        else:
+            for n in parts:
+                setattr(attn, n, LoRALinear(getattr(attn, n), adapters[n]))
+        if "proj" in names:
+            attn.proj = LoRALinear(attn.proj, adapters["proj"])
+        return adapters
+
+    return apply
 
 
 def apply_lora(clip_model, r=2, alpha=1.0, dropout=0.25, encoders=("text", "vision"), position="all",
@@ -385,9 +395,7 @@ def apply_lora(clip_model, r=2, alpha=1.0, dropout=0.25, encoders=("text", "visi
     def make(i, o):
         return LoRAAdapter(i, o, r, alpha, dropout)
 
-    for tower in ("text", "vision"):
-        if tower not in encoders:
-            continue
+    for tower in encoders:  # every check before the first change: an error leaves the model as it was
         if tower not in towers:
             if tower == "text":
                 raise ArgError("encoders", "LoRA on the text tower needs an open_clip text transformer; this "
@@ -398,10 +406,16 @@ def apply_lora(clip_model, r=2, alpha=1.0, dropout=0.25, encoders=("text", "visi
                                        f"backbone's is a {name}; supported image towers: "
                                        f"{'; '.join(LORA_IMAGE_TOWERS)}. Adapt the text tower only (encoder "
                                        "'text') or use such a backbone (e.g. ViT-B/16, ViT-B-16-SigLIP, EVA02-B-16)")
+    plans = []
+    for tower in ("text", "vision"):
+        if tower not in encoders:
+            continue
         style, blocks = towers[tower]
-        adapt = _adapt_mha if style == "mha" else _adapt_timm
+        plan = _plan_mha if style == "mha" else _plan_timm
         for i in lora_block_indices(position, len(blocks)):
-            getattr(container, tower)[str(i)] = adapt(blocks[i], names, make, f"{tower} block {i}")
+            plans.append((tower, i, plan(blocks[i], names, make, f"{tower} block {i}")))
+    for tower, i, apply in plans:
+        getattr(container, tower)[str(i)] = apply()
     return container
 
 
