@@ -1,152 +1,18 @@
-"""Which method runs on which backbone family: every registered method, built by its trainer on the
-small random-weight family backbones, trains one step and evaluates, or stops at build time with one
-clear error naming the supported image towers (docs/METHODS.md, "Which methods run on which family").
-
-Families: ``test-siglip-tiny`` / ``test-eva02-tiny`` / ``test-pecore-tiny`` (tower structure of
-ViT-B-16-SigLIP, EVA02-B-16, PE-Core-B-16) and ``test-rn-tiny`` (an open_clip CLIP with a ModifiedResNet
-image tower, RN50's family). The CLIP ViT column is every method's own test file.
-
-:data:`REFUSED` is the table's "no" cells; every other (method, family) must run. A method registered
-later and not listed here must run or be refused with a ``ConfigError`` that names the supported
-towers (never a bare AttributeError / TypeError).
+"""Which method runs on which backbone family, for the prompt-learning methods (every registered
+method outside ``families_matrix.FROZEN_TOWER_METHODS``, methods registered later included): trains one
+step and evaluates on each small family backbone, or stops with the refusal of the table
+(tests/families_matrix.py; the zero-shot, feature-based and LoRA methods: tests/test_families_methods_frozen.py).
 """
 import pytest
-import torch
 
-from vlprompt.clip import register_builtin_backbone
-from vlprompt.config import ConfigError
+from tests.families_matrix import KNOWN, REFUSED, SPECS, cases, check_case, data_root  # noqa: F401
 
-register_builtin_backbone("test-rn-tiny", "vlprompt.clip.towers.tiny:build_rn_tiny")
-
-FAMILIES = ["test-siglip-tiny", "test-eva02-tiny", "test-pecore-tiny", "test-rn-tiny"]
-TOWERS = {
-    "test-siglip-tiny": "text bidirectional, image timm_vit",
-    "test-eva02-tiny": "text causal, image timm_eva",
-    "test-pecore-tiny": "text causal, image timm_eva",
-    "test-rn-tiny": "text causal, image resnet",
-}
-
-_VISION = ("This method prompts the image tower, and this backbone's image tower \\(ModifiedResNet\\) takes no "
-           "prompts; supported image towers: open_clip ViT .*; timm ViT trunks \\(SigLIP, SigLIP2\\); timm EVA "
-           "trunks \\(EVA02, PE-Core\\)")
-_LORA = ("TRAINER.CLIPLORA.ENCODER: LoRA on the vision tower needs a ViT \\(transformer\\) image tower, and this "
-         "backbone's is a ModifiedResNet; supported image towers: open_clip ViT .*timm ViT trunks \\(SigLIP, "
-         "SigLIP2\\); timm EVA trunks \\(EVA02, PE-Core\\)\\. Adapt the text tower only \\(encoder 'text'\\)")
-
-#: (method, family) -> the error its trainer stops with (regex); every other pair runs
-REFUSED = {
-    **{(m, "test-rn-tiny"): _VISION for m in ("VPT", "IVLP", "MaPLe", "MuDPT", "UMuDPT", "APLe", "PromptSRC")},
-    ("CLIPLoRA", "test-rn-tiny"): _LORA,
-}
-
-#: extra runs: (method, label, opts) that make a refused pair run with the method's own switch
-VARIANTS = [
-    ("CLIPLoRA", "text-only", ["TRAINER.CLIPLORA.ENCODER", "text"]),
-    ("PromptSRC", "text-only", ["TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION", 0]),
-]
+CASES, IDS = cases(frozen_group=False)
 
 
-def _specs():
-    from vlprompt.engine import TRAINER_REGISTRY
-    from vlprompt.engine.methods import load_plugins, method_specs
-
-    load_plugins()
-    return [s for s in method_specs() if TRAINER_REGISTRY.get(s.name).__module__.startswith("trainers.")]
-
-
-SPECS = {s.name: s for s in _specs()}
-CASES = [(name, fam, "", []) for name in SPECS for fam in FAMILIES]
-CASES += [(m, "test-rn-tiny", label, opts) for m, label, opts in VARIANTS if m in SPECS]
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    from tests.helpers import make_image_folder
-
-    root = tmp_path_factory.mktemp("families_methods")
-    make_image_folder(str(root / "five"), n_classes=5, n_per_class=4)
-    return root
-
-
-#: smaller searches than the official ones (the searches themselves are tested in each method's file)
-FAST = {
-    "LinearProbeCLIP": ["TRAINER.LINEAR_PROBE.C_GRID", [1.0, 0.01], "TRAINER.LINEAR_PROBE.SEARCH_STEPS", 1,
-                        "TRAINER.LINEAR_PROBE.MAX_ITER", 50],
-    "TipAdapter": ["TRAINER.TIP_ADAPTER.SEARCH_STEP", [4, 2], "TRAINER.TIP_ADAPTER.AUGMENT_EPOCH", 2],
-    "TipAdapterF": ["TRAINER.TIP_ADAPTER_F.SEARCH_STEP", [4, 2], "TRAINER.TIP_ADAPTER_F.AUGMENT_EPOCH", 2],
-}
-
-
-def _build(spec, family, data_root, out, opts):
-    from tests.helpers import make_cfg
-    from vlprompt.engine import build_trainer
-    from vlprompt.utils import restore_stdout
-
-    prec = [f"TRAINER.{spec.cfg_node}.PREC", "fp32"] if spec.cfg_node else []
-    cfg = make_cfg(data_root, trainer=spec.name, folder="five", output_dir=str(out),
-                   opts=prec + FAST.get(spec.name, []) + list(opts),
-                   backbone=family)
-    cfg.freeze()
-    try:
-        return build_trainer(cfg)
-    finally:
-        restore_stdout()
-
-
-def _batch():
-    g = torch.Generator().manual_seed(0)
-    return {"img": torch.randn(2, 3, 224, 224, generator=g), "label": torch.tensor([0, 3]),
-            "domain": torch.zeros(2, dtype=torch.long), "impath": [""] * 2, "index": torch.arange(2)}
-
-
-@pytest.mark.parametrize("method,family,label,opts", CASES,
-                         ids=[f"{m}-{f}{'-' + lab if lab else ''}" for m, f, lab, _ in CASES])
-def test_method_runs_or_is_refused_on_family(method, family, label, opts, data_root, tmp_path, capsys):
-    spec = SPECS[method]
-    refusal = None if label else REFUSED.get((method, family))
-    if refusal is not None:
-        with pytest.raises(ConfigError, match=refusal):
-            _build(spec, family, data_root, tmp_path, opts)
-        return
-    try:
-        t = _build(spec, family, data_root, tmp_path, opts)
-    except ConfigError as e:
-        # a method without a row here may refuse a family, with a message that names what is supported
-        assert method not in KNOWN, f"{method} on {family} should run: {e}"
-        assert "supported" in str(e), f"{method} on {family}: refusal without the supported towers: {e}"
-        return
-    log = capsys.readouterr().out
-    assert f"Backbone towers: {TOWERS[family]}; logit scale exp(s) = " in log
-    assert ("logit bias not used" in log) == (family == "test-siglip-tiny")
-    batch = _batch()
-    if not spec.eval_only:
-        module = t._models[spec.model_name]
-        before = {n: p.detach().clone() for n, p in module.named_parameters()}
-        frozen = {n: p.detach().clone() for n, p in t.model.named_parameters() if not p.requires_grad}
-        t.set_model_mode("train")
-        t.epoch, t.batch_idx, t.num_batches = 0, 0, 2
-        summary = t.forward_backward(batch)
-        assert summary and all(torch.isfinite(torch.tensor(v)) for v in summary.values())
-        changed = [n for n, p in module.named_parameters() if not torch.equal(p.detach(), before[n])]
-        assert changed, "one step changed no learnable tensor"
-        for n, p in t.model.named_parameters():
-            if not p.requires_grad:
-                assert torch.equal(p.detach(), frozen[n]), f"frozen parameter {n} changed"
-    t.set_model_mode("eval")
-    with torch.no_grad():
-        logits = t.model_inference(batch["img"])
-    assert logits.shape == (2, 5) and torch.isfinite(logits).all()
-    if method == "CLIPLoRA" and label == "text-only":
-        layout = t.model.lora.layout()
-        assert not layout["vision"] and sorted(layout["text"]) == list(range(12))
-    if method == "PromptSRC" and label == "text-only":
-        assert t.model.prompt_learner.vision_geometry == (0, 0)
-
-
-#: the methods the table covers (a newly registered method is checked by the generic rule above)
-KNOWN = {"ZeroshotCLIP", "ZeroshotCLIP2", "CoOp", "CoCoOp", "VPT", "IVLP", "MaPLe", "MuDPT", "UMuDPT", "APLe",
-         "KgCoOp", "ProGrad", "PromptSRC", "TCP", "LinearProbeCLIP", "CLIP_Adapter", "TipAdapter", "TipAdapterF",
-         "CLIPLoRA"}
+@pytest.mark.parametrize("method,family,label,opts", CASES, ids=IDS)
+def test_method_runs_or_is_refused_on_family(method, family, label, opts, data_root, tmp_path, capsys):  # noqa: F811
+    check_case(method, family, label, opts, data_root, tmp_path, capsys)
 
 
 def test_the_table_covers_the_methods_of_this_tree():
