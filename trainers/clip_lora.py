@@ -2,7 +2,9 @@
 arXiv:2405.18541; official code MaxZanella/CLIP-LoRA), on the vlprompt engine.
 
 Learns low-rank adapters on the q/k/v projections of every attention block of both CLIP towers
-(:mod:`vlprompt.clip.lora`: rank 2, alpha 1, scaling alpha/sqrt(r), dropout 0.25 on the LoRA input).
+(:mod:`vlprompt.clip.lora`: rank 2, alpha 1, scaling alpha/sqrt(r), dropout 0.25 on the LoRA input);
+on SigLIP, EVA02 and PE-Core the same placement on their text and timm image towers, on image towers
+without attention blocks (CLIP ResNets, timm CNNs) text-tower LoRA only (``ENCODER text``).
 Training: text features of ``template.format(class)`` through the adapted text tower at every step,
 image features through the adapted image tower, loss ``CE(100 * img_n @ txt_n^T, y)`` (100 hard-coded,
 as the official ``logit_scale = 100``). Evaluation (official ``evaluate_lora``): unscaled cosines

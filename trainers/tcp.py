@@ -29,6 +29,11 @@ the fp32 master copies here would not need it.
 
 Config ``TRAINER.TCP.{N_CTX=4, CTX_INIT=False, PREC="fp16", KG_WEIGHT=8.0, CLASS_TOKEN_LAYER=8,
 ADAM_EPS=1e-3}`` (official train.py default N_CTX 16, but every official run passes 4).
+
+Other backbone families (docs/METHODS.md, "Second-wave methods on the families"): the prompt text is
+tokenized with the model's tokenizer and "tokens 1..N" are the first N word tokens wherever the
+tokenizer puts them (1..N after CLIP's start token, 0..N-1 on SigLIP, which has none); the class-aware
+tokens replace the same slots. On SigLIP's bidirectional text tower the pass runs the full 64 tokens.
 """
 from collections import OrderedDict
 

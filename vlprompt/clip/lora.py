@@ -315,6 +315,8 @@ def _plan_mha(block, names, make, where):
     if not isinstance(mha, nn.MultiheadAttention):
         raise ArgError("clip_model", f"{where}: attention is a {type(mha).__name__}, not an "
                                      "nn.MultiheadAttention (LoRA applied twice?)")
+    if not mha._qkv_same_embed_dim or mha.in_proj_weight is None:
+        raise ArgError("attention", f"{where}: LoRA needs attention with a packed in_proj (q/k/v of the same width)")
 
     def apply():
         e = mha.embed_dim
