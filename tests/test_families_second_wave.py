@@ -109,7 +109,9 @@ def test_lora_equals_merged_weights_on_every_family(name):
     m = model(name)
     ref = model(name)
     frozen = model(name)
-    lora = apply_lora(m, r=2, alpha=1.0, dropout=0.25, params=["q", "k", "v", "o"])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # A's initialisation: the size of the adapters' effect below
+        lora = apply_lora(m, r=2, alpha=1.0, dropout=0.25, params=["q", "k", "v", "o"])
     snapshot = {k: v.clone() for k, v in m.state_dict().items()}  # the frozen tensors (LoRA's are not in it)
     assert not any("lora" in k for k in snapshot)
     ids = tokenize(["a photo of a dog.", "cat"], model=m)
@@ -126,8 +128,9 @@ def test_lora_equals_merged_weights_on_every_family(name):
         img, txt = unit(m.encode_image(x)), unit(m.encode_text(ids))
         torch.testing.assert_close(img, unit(ref.encode_image(x)), atol=1e-5, rtol=0)
         torch.testing.assert_close(txt, unit(ref.encode_text(ids)), atol=1e-5, rtol=0)
-        assert (img - unit(frozen.encode_image(x))).abs().max() > 1e-2  # the adapters do act
-        assert (txt - unit(frozen.encode_text(ids))).abs().max() > 1e-2
+        # the adapters do act (100x the tolerance of the equalities above)
+        assert (img - unit(frozen.encode_image(x))).abs().max() > 1e-3
+        assert (txt - unit(frozen.encode_text(ids))).abs().max() > 1e-3
     # the frozen weights were never written (eval merges on the fly)
     for k, v in m.state_dict().items():
         assert torch.equal(v, snapshot[k]), k
