@@ -1,11 +1,18 @@
-"""Train step and eval throughput of IVLP (deep text + vision prompts, 2+2 tokens, depth 9) on each
-backbone family at base size with random weights, beside ViT-B/16, measured side by side in one
-process (families interleaved in every round, warm-up first; median and min reported).
+"""Train step and eval throughput of one method on each backbone family at base size with random
+weights, beside ViT-B/16, measured side by side in one process (families interleaved in every round,
+warm-up first; median and min reported).
+
+``--method ivlp`` (default): IVLP, deep text + vision prompts (2+2 tokens, depth 9), so the family text
+and image encoders are both on the timed path. ``--method lora``: CLIP-LoRA with the official adapters
+(r 2, q/k/v of every block of both towers; dropout 0.25), so the LoRA attention of each family is timed
+(``nn.MultiheadAttention`` replacement on CLIP, fused-qkv thirds on SigLIP / PE-Core, separate q/k/v on
+EVA02); its train step runs the adapted text tower over every class, as the method does.
 
 Also checks, at base size, that the unprompted prompted encoders equal open_clip's encode_text /
 encode_image (max abs difference reported).
 
     PYTHONPATH=. python benchmarks/bench_backbones.py --device cpu --rounds 5 --out bench_backbones_cpu.json
+    PYTHONPATH=. python benchmarks/bench_backbones.py --method lora --rounds 3 --out bench_backbones_lora_cpu.json
 
 SigLIP's real tokenizer is a Hugging Face sentencepiece model (needs a download); here the token ids
 are CLIP BPE ids folded into SigLIP's vocabulary (same sequence length 64, so the same cost).
@@ -57,19 +64,12 @@ def timed(fn, device):
     return time.perf_counter() - t
 
 
-def build(name, device, classnames):
-    import vlprompt.clip.prompted as prompted
+def build(name, device, classnames, method="ivlp"):
     from vlprompt.clip import build_clip_model
     from vlprompt.clip.blocks import DeepPromptedCLIP, IndependentPrompts
-    from vlprompt.clip.towers import prompted_encoders, prompted_text_encoder, prompted_vision_encoder
+    from vlprompt.clip.tokenizer import tokenize
+    from vlprompt.clip.towers import prompted_encoders
 
-    import vlprompt.clip.prompt_init as prompt_init
-    from vlprompt.clip.towers import phrase_vectors
-
-    # the integration changes in PromptedCLIP.__init__ and prompt_init._phrase_vectors (until they are in)
-    prompted.PromptedTextEncoder = prompted_text_encoder
-    prompted.PromptedVisionEncoder = prompted_vision_encoder
-    prompt_init._phrase_vectors = phrase_vectors
     t0 = time.perf_counter()
     clip = build_clip_model(name, random_init=True)
     built_s = time.perf_counter() - t0
@@ -77,18 +77,24 @@ def build(name, device, classnames):
         clip.vlprompt_tokenizer = _FoldedNoStart(clip.text.vocab_size, clip.text.context_length)
     clip.requires_grad_(False).to(device)
     # exactness at base size
-    from vlprompt.clip.tokenizer import tokenize
-
     te, ve = prompted_encoders(clip)
     ids = tokenize(["a photo of a dog.", "a cat."], model=clip).to(device)
     x = torch.randn(2, 3, 224, 224, device=device)
     with torch.no_grad():
         d_text = (te.encode_tokens(ids) - clip.encode_text(ids)).abs().max().item()
         d_image = (ve(x) - clip.encode_image(x)).abs().max().item()
-    learner = IndependentPrompts(clip, classnames, 2, 9, 2, 9, "a photo of a")
-    model = DeepPromptedCLIP(clip, learner).to(device)
-    opt = torch.optim.SGD(learner.parameters(), lr=1e-3)
+    if method == "lora":
+        sys.path.insert(0, ".")
+        from trainers.clip_lora import LoRACLIP
+
+        model = LoRACLIP(clip, classnames, "a photo of a {}.").to(device)
+        learnable = model.lora
+    else:
+        learnable = IndependentPrompts(clip, classnames, 2, 9, 2, 9, "a photo of a")
+        model = DeepPromptedCLIP(clip, learnable).to(device)
+    opt = torch.optim.SGD(learnable.parameters(), lr=1e-3)
     return {"model": model, "opt": opt, "build_s": built_s, "max_abs_diff_text": d_text,
+            "n_learnable": sum(p.numel() for p in learnable.parameters()),
             "max_abs_diff_image": d_image, "types": [type(model.text_encoder).__name__, type(model.image_encoder).__name__]}
 
 
@@ -100,13 +106,14 @@ def main(argv=None):
     ap.add_argument("--eval-batch", type=int, default=8)
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--method", default="ivlp", choices=["ivlp", "lora"])
     ap.add_argument("--out", default="")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     dev = args.device
     classnames = [f"class number {i}" for i in range(args.classes)]
     names = args.models.split(",")
-    built = {n: build(n, dev, classnames) for n in names}
+    built = {n: build(n, dev, classnames, args.method) for n in names}
     xt = torch.randn(args.train_batch, 3, 224, 224, device=dev)
     yt = torch.arange(args.train_batch, device=dev) % args.classes
     xe = torch.randn(args.eval_batch, 3, 224, 224, device=dev)
@@ -134,11 +141,12 @@ def main(argv=None):
     ref = names[0]
     out = {"device": dev, "torch_threads": torch.get_num_threads(), "rounds": args.rounds,
            "train_batch": args.train_batch, "eval_batch": args.eval_batch, "classes": args.classes,
-           "method": "IVLP 2+2 ctx, depth 9 (both towers)", "models": {}}
+           "method": {"ivlp": "IVLP 2+2 ctx, depth 9 (both towers)",
+                      "lora": "CLIP-LoRA r 2, q/k/v, all blocks, both towers"}[args.method], "models": {}}
     for n in names:
         tr, ev = times[n]["train"], times[n]["eval"]
         out["models"][n] = {
-            "encoders": built[n]["types"],
+            "encoders": built[n]["types"], "learnable_parameters": built[n]["n_learnable"],
             "train_step_s_median": statistics.median(tr), "train_step_s_min": min(tr),
             "eval_img_per_s_median": args.eval_batch / statistics.median(ev),
             "eval_img_per_s_max": args.eval_batch / min(ev),

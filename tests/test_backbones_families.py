@@ -4,8 +4,9 @@
 tower structure of ViT-B-16-SigLIP, EVA02-B-16 and PE-Core-B-16 at narrow widths; ``test-vit-tiny`` is the
 open_clip CLIP reference. Covered: model_dims and tower detection, tokenizer layouts, exactness of the
 unprompted passes, token positions of text and vision prompts (shallow and deep), pooling positions,
-RoPE prefix handling, gradients, class counts, the QuickGELU tag check, the tag's preprocessing, the
-errors for unsupported towers, and one training step of every method on every family.
+RoPE prefix handling, gradients, class counts, the QuickGELU tag check, the tag's preprocessing and the
+errors for unsupported towers. Every method on every family (one training step, or the refusal):
+tests/test_families_methods.py.
 """
 import inspect
 
@@ -425,7 +426,7 @@ def test_apply_preprocessing_respects_explicit_keys(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------------------
-# every method trains one step on every family
+# prompt initialisation with the model's tokenizer
 
 
 @pytest.fixture
@@ -451,73 +452,6 @@ def test_phrase_init_uses_the_model_tokenizer(name, factory_in_prompted_clip):
     with torch.no_grad():
         want = m.text.token_embedding(ids[0, s:s + 2]) if hasattr(m, "text") else m.token_embedding(ids[0, s:s + 2])
     torch.testing.assert_close(init.vectors, want)
-
-
-def _specs():
-    from vlprompt.engine import TRAINER_REGISTRY
-    from vlprompt.engine.methods import load_plugins, method_specs
-
-    load_plugins()
-    # methods whose other-family support is not built yet (docs/METHODS.md, "Backbone families"):
-    # CLIP-LoRA, CLIP-Adapter and Tip-Adapter-F (frozen-tower paths of the CLIP class only), PromptSRC
-    # (its template-ensemble teacher); TCP on SigLIP (fixed 64-token text, no start token)
-    not_yet = {"CLIPLoRA", "CLIP_Adapter", "TipAdapterF", "PromptSRC"}
-    return [s for s in method_specs() if (not s.eval_only or s.name == "ZeroshotCLIP") and s.name not in not_yet
-            and TRAINER_REGISTRY.get(s.name).__module__.startswith("trainers.")]
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    from tests.helpers import make_image_folder
-
-    root = tmp_path_factory.mktemp("families")
-    make_image_folder(str(root / "five"), n_classes=5, n_per_class=4)
-    return root
-
-
-@pytest.mark.parametrize("spec", _specs(), ids=lambda s: s.name)
-@pytest.mark.parametrize("name", FAMILIES)
-def test_every_method_trains_one_step_on_every_family(spec, name, data_root, tmp_path, factory_in_prompted_clip,
-                                                     capsys):
-    if spec.name == "TCP" and name == "test-siglip-tiny":
-        pytest.skip("TCP on SigLIP is not built yet (fixed 64-token text without a start token)")
-    from tests.helpers import make_cfg
-    from vlprompt.engine import build_trainer
-    from vlprompt.utils import restore_stdout
-
-    opts = [f"TRAINER.{spec.cfg_node}.PREC", "fp32"] if spec.cfg_node else []
-    cfg = make_cfg(data_root, trainer=spec.name, folder="five", output_dir=str(tmp_path), opts=opts, backbone=name)
-    cfg.freeze()
-    try:
-        t = build_trainer(cfg)
-    finally:
-        restore_stdout()
-    log = capsys.readouterr().out
-    assert f"Backbone towers: text {EXPECTED[name][0]}, image {EXPECTED[name][1]}; logit scale exp(s) = " in log
-    assert ("logit bias not used" in log) == (name == "test-siglip-tiny")
-    batch = {"img": images(2), "label": torch.tensor([0, 3]), "domain": torch.zeros(2, dtype=torch.long),
-             "impath": [""] * 2, "index": torch.arange(2)}
-    if spec.eval_only:
-        t.set_model_mode("eval")
-        with torch.no_grad():
-            logits = t.model_inference(batch["img"])
-        assert logits.shape == (2, 5) and torch.isfinite(logits).all()
-        return
-    module = t._models[spec.model_name]
-    before = {n: p.detach().clone() for n, p in module.named_parameters()}
-    frozen = {n: p.detach().clone() for n, p in t.model.named_parameters() if not p.requires_grad}
-    t.set_model_mode("train")
-    t.epoch, t.batch_idx, t.num_batches = 0, 0, 2
-    summary = t.forward_backward(batch)
-    assert all(torch.isfinite(torch.tensor(v)) for v in summary.values())
-    changed = [n for n, p in module.named_parameters() if not torch.equal(p.detach(), before[n])]
-    assert changed, "one step changed no learnable tensor"
-    for n, p in t.model.named_parameters():
-        if not p.requires_grad:
-            assert torch.equal(p.detach(), frozen[n]), f"frozen parameter {n} changed"
-    t.set_model_mode("eval")
-    with torch.no_grad():
-        assert t.model_inference(batch["img"]).shape == (2, 5)
 
 
 def test_squash_resize_mode_keeps_the_whole_image():

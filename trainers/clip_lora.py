@@ -2,7 +2,9 @@
 arXiv:2405.18541; official code MaxZanella/CLIP-LoRA), on the vlprompt engine.
 
 Learns low-rank adapters on the q/k/v projections of every attention block of both CLIP towers
-(:mod:`vlprompt.clip.lora`: rank 2, alpha 1, scaling alpha/sqrt(r), dropout 0.25 on the LoRA input).
+(:mod:`vlprompt.clip.lora`: rank 2, alpha 1, scaling alpha/sqrt(r), dropout 0.25 on the LoRA input);
+on SigLIP, EVA02 and PE-Core the same placement on their text and timm image towers, on image towers
+without attention blocks (CLIP ResNets, timm CNNs) text-tower LoRA only (``ENCODER text``).
 Training: text features of ``template.format(class)`` through the adapted text tower at every step,
 image features through the adapted image tower, loss ``CE(100 * img_n @ txt_n^T, y)`` (100 hard-coded,
 as the official ``logit_scale = 100``). Evaluation (official ``evaluate_lora``): unscaled cosines
@@ -19,7 +21,7 @@ and the budget is ``MAX_EPOCH`` passes. Either way the cosine schedule spans the
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
-from vlprompt.clip import tokenize
+from vlprompt.clip.tokenizer import model_tokenizer
 from vlprompt.clip.lora import POSITIONS, PROJECTIONS, apply_lora, official_lora_keys
 from vlprompt.clip.prompt_init import clean_classname
 from vlprompt.clip.blocks import PromptedCLIP
@@ -57,6 +59,7 @@ class LoRACLIP(PromptedCLIP):
         lora = apply_lora(clip_model, r=r, alpha=alpha, dropout=dropout, encoders=encoders, position=position,
                           params=params)
         super().__init__(clip_model)
+        self._tokenizer = model_tokenizer(clip_model)
         self.lora = lora
         self.template = template
         self.train_scale = float(logit_scale)
@@ -69,8 +72,8 @@ class LoRACLIP(PromptedCLIP):
 
     def set_classnames(self, classnames):
         self.classnames = [clean_classname(c) for c in classnames]
-        ctx_len = self.text_encoder.context_length
-        ids = tokenize([self.template.format(c) for c in self.classnames], context_length=ctx_len)
+        # the model's tokenizer at its text tower's context length (CLIP's BPE and 77 for CLIP)
+        ids = self._tokenizer([self.template.format(c) for c in self.classnames])
         self.token_ids = ids.to(self.text_encoder.token_embedding.weight.device)
         super().set_classnames(classnames)
 

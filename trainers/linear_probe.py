@@ -32,7 +32,8 @@ import os.path as osp
 import numpy as np
 import torch
 
-from vlprompt.clip import Precision, PromptedVisionEncoder, build_clip_from_cfg
+from vlprompt.clip import Precision, build_clip_from_cfg
+from vlprompt.clip.towers import prompted_vision_encoder
 from vlprompt.config import add_trainer_cfg, register_cfg_extension
 from vlprompt.engine import TRAINER_REGISTRY, TrainerX
 from vlprompt.features.extract import loader_features, view_features
@@ -101,7 +102,7 @@ class LinearProbeCLIP(TrainerX):
         for p in clip_model.parameters():
             p.requires_grad_(False)
         clip_model.to(self.device).eval()
-        self.tower = PromptedVisionEncoder(clip_model, 0, 0)
+        self.tower = prompted_vision_encoder(clip_model, 0, 0)  # the frozen tower of any family
         test_tfm = self.test_loader.dataset.transform
         train, _ = view_features(self, self.dm.dataset.train_x, test_tfm, "train")
         train_y = np.array([int(it.label) for it in self.dm.dataset.train_x])

@@ -41,7 +41,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from vlprompt.clip import DeepPromptedCLIP, IndependentPrompts, PromptedTextEncoder, ZeroShotHead, tokenize
+from vlprompt.clip import DeepPromptedCLIP, IndependentPrompts, ZeroShotHead
+from vlprompt.clip.tokenizer import model_tokenizer
+from vlprompt.clip.towers import prompted_text_encoder
 from vlprompt.clip.templates import format_classnames
 from vlprompt.config import ConfigError
 from vlprompt.engine import TRAINER_REGISTRY, HookBase
@@ -87,17 +89,18 @@ class EnsembleTeacher(ZeroShotHead):
 
     def __init__(self, clip_model, classnames, templates):
         super().__init__(clip_model, classnames, templates)
-        # EOT-truncated text pass (equal to open_clip's encode_text; 60 templates x K classes)
-        self.text_encoder = PromptedTextEncoder(clip_model)
+        # the unprompted text encoder of the model's family (equal to open_clip's encode_text): the
+        # EOT-truncated pass for causal towers (60 templates x K classes), the full pass for SigLIP
+        self.text_encoder = prompted_text_encoder(clip_model)
+        self._tokenizer = model_tokenizer(clip_model)
 
     @torch.no_grad()
     def text_features(self):
         if self.features is None:
-            ctx_len = self.text_encoder.context_length
             names = format_classnames(self.classnames)
             texts = [t.replace("{}", n) for t in self.templates for n in names]
             raw = torch.cat([
-                self.text_encoder.encode_tokens(tokenize(texts[i:i + self.chunk_size], context_length=ctx_len)).float()
+                self.text_encoder.encode_tokens(self._tokenizer(texts[i:i + self.chunk_size])).float()
                 for i in range(0, len(texts), self.chunk_size)
             ])
             mean = raw.view(len(self.templates), len(names), -1).mean(dim=0)

@@ -29,6 +29,11 @@ the fp32 master copies here would not need it.
 
 Config ``TRAINER.TCP.{N_CTX=4, CTX_INIT=False, PREC="fp16", KG_WEIGHT=8.0, CLASS_TOKEN_LAYER=8,
 ADAM_EPS=1e-3}`` (official train.py default N_CTX 16, but every official run passes 4).
+
+Other backbone families (docs/METHODS.md, "Second-wave methods on the families"): the prompt text is
+tokenized with the model's tokenizer and "tokens 1..N" are the first N word tokens wherever the
+tokenizer puts them (1..N after CLIP's start token, 0..N-1 on SigLIP, which has none); the class-aware
+tokens replace the same slots. On SigLIP's bidirectional text tower the pass runs the full 64 tokens.
 """
 from collections import OrderedDict
 
@@ -37,7 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vlprompt.clip import CUSTOM_TEMPLATES, ArgError, ClassPromptLearner, DeepPromptedCLIP, ZeroShotHead, get_template
-from vlprompt.clip import clean_classname, count_tokens, init_text_context, model_dims, tokenize
+from vlprompt.clip import clean_classname, init_text_context, model_dims
 from vlprompt.clip.prompt_init import token_embeddings
 from vlprompt.engine import TRAINER_REGISTRY
 from vlprompt.engine.methods import recipes
@@ -131,21 +136,24 @@ class TCPPromptLearner(ClassPromptLearner):
             raise ValueError("The class list is empty")
         names = [clean_classname(c) for c in classnames]
         texts = [self.template.format(n) for n in names]
+        tok = self._tokenizer  # the model's tokenizer: CLIP's BPE with its start token, or SigLIP's without
         head = self.template.split("{}")[0].strip()
-        prefix_tokens = count_tokens(head) if head else 0
+        prefix_tokens = tok.count(head) if head else 0
         if prefix_tokens < self.n_ctx:
             raise ArgError("n_ctx", f'{self.n_ctx} context tokens but the prompt template "{self.template}" has only '
                                     f"{prefix_tokens} tokens before the class name")
-        tokenized = tokenize(texts, self.context_length)
+        tokenized = tok(texts, self.context_length)
         emb = token_embeddings(self._clip_model, tokenized)
+        s = self.first_slot  # the context replaces the first N word tokens (1..N after CLIP's SOS, 0..N-1 on SigLIP)
         self.classnames = names
         self.n_cls = len(names)
-        self.name_lens = [count_tokens(n) for n in names]
-        self.token_prefix = emb[:, :1].contiguous()
-        self.token_suffix = emb[:, 1 + self.n_ctx:].contiguous()
+        self.name_lens = [tok.count(n) for n in names]
+        self.token_prefix = emb[:, :s].contiguous()
+        self.token_suffix = emb[:, s + self.n_ctx:].contiguous()
         self.tokenized_prompts = tokenized.to(emb.device)
-        self.eot_idx = tokenized.argmax(dim=-1).to(emb.device)
-        self._text_length = int(self.eot_idx.max().item()) + 1
+        self.eot_idx = tok.eot_positions(tokenized).to(emb.device)
+        # causal towers run up to the last EOT; bidirectional ones (SigLIP) the full context length
+        self._text_length = int(self.eot_idx.max().item()) + 1 if self.truncatable else int(tokenized.shape[1])
         self._on_classnames_changed()
 
     def class_tokens(self, zero_shot_features):

@@ -19,6 +19,25 @@ Shared block (plain arguments, no config nodes). It follows the official CLIP-Lo
 The learnable parameters live in one container, :class:`LoRAAdapters` (``text.<block>.<proj>`` and
 ``vision.<block>.<proj>`` with ``proj`` in ``q_proj``, ``k_proj``, ``v_proj``, ``proj``); the frozen
 CLIP only references them. :func:`official_lora_keys` maps the official checkpoint formats onto it.
+
+Towers of the other backbone families (docs/METHODS.md, "Backbone families"), found from the model's
+structure (``backbone.tower_kinds``), with the same placement (one adapter per projection, each with
+its own dropout, on the blocks of ``position``):
+
+* text towers of ``CustomTextCLIP`` (SigLIP, EVA02, PE-Core): open_clip ``TextTransformer`` blocks with
+  ``nn.MultiheadAttention``, adapted as CLIP's (no causal mask is simply no ``attn_mask``);
+* timm attention with a **fused** ``qkv`` Linear (timm ``Attention`` of SigLIP's ``VisionTransformer``,
+  ``AttentionRope`` of PE-Core): the Linear is wrapped by :class:`LoRAFusedQKV`, which adds each
+  adapter to its third of the output (q rows ``0..d-1``, k ``d..2d-1``, v ``2d..3d-1``: the layout timm
+  reshapes into q, k, v), i.e. exactly three LoRA projections on the sliced weight;
+* timm attention with **separate** ``q_proj`` / ``k_proj`` / ``v_proj`` Linears (``EvaAttention`` of
+  EVA02): each is wrapped by :class:`LoRALinear`; ``proj`` (the output projection, official ``o``) is
+  wrapped the same way in every timm attention.
+
+Attention-pool heads (SigLIP's and PE-Core's MAP head) are not transformer blocks and get no adapters,
+as CLIP's final projection gets none. Image towers without transformer blocks (ModifiedResNet, timm
+ConvNeXt / ResNet trunks) take text-tower LoRA only; an attention whose forward reads a fused weight
+directly (timm ``EvaAttention`` with a fused ``qkv`` and separate q/v biases, EVA01-CLIP) is refused.
 """
 import math
 import re
@@ -27,10 +46,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .backbone import VISION_PROMPT_FAMILIES, tower_kinds
 from .errors import ArgError
 
-__all__ = ["POSITIONS", "PROJECTIONS", "lora_block_indices", "LoRAAdapter", "LoRALinear", "LoRAMultiheadAttention",
-           "LoRAAdapters", "apply_lora", "official_lora_keys"]
+__all__ = ["POSITIONS", "PROJECTIONS", "lora_block_indices", "LoRAAdapter", "LoRALinear", "LoRAFusedQKV",
+           "LoRAMultiheadAttention", "LoRAAdapters", "apply_lora", "official_lora_keys", "LORA_IMAGE_TOWERS"]
+
+#: image towers LoRA can adapt (the transformer image towers of the prompt-capable families)
+LORA_IMAGE_TOWERS = VISION_PROMPT_FAMILIES
 
 #: the official ``--position`` choices (run_utils.get_arguments)
 POSITIONS = ("bottom", "mid", "up", "half-up", "half-bottom", "all", "top3")
@@ -114,6 +137,63 @@ class LoRALinear(nn.Module):
             return out + torch.matmul(a.dropout(x), delta.t().to(x.dtype)) * a.scaling
         merged = w + (a.merged_BA() * a.scaling).to(w.dtype)
         return F.linear(x, merged, self.base.bias)
+
+
+class LoRAFusedQKV(nn.Module):
+    """A frozen fused ``qkv`` ``nn.Linear`` (out = 3 d) with LoRA on some of its q / k / v thirds.
+
+    ``adapters`` maps ``q_proj`` / ``k_proj`` / ``v_proj`` to :class:`LoRAAdapter` s of shape (d, in).
+    Output: ``W x + b`` with, for each adapted third ``p``, ``s * drop_p(x) @ (B_p A_p)^T`` added to its
+    columns in training (each adapter's own dropout, as three separate LoRA projections), and
+    ``(W + s [B_q A_q; B_k A_k; B_v A_v]) x + b`` (zero rows for unadapted thirds) otherwise: the
+    arithmetic of :class:`LoRALinear` applied to each third of the weight.
+    """
+
+    PARTS = ("q_proj", "k_proj", "v_proj")
+
+    def __init__(self, base, adapters):
+        super().__init__()
+        if base.out_features % 3:
+            raise ArgError("attention", f"a fused qkv Linear has 3 x d outputs, got {base.out_features}")
+        bad = [n for n in adapters if n not in self.PARTS]
+        if bad:
+            raise ArgError("params", f"a fused qkv projection holds only {self.PARTS}, got {bad}")
+        self.base = base
+        self.part = base.out_features // 3
+        object.__setattr__(self, "adapters", dict(adapters))  # owned by the container
+
+    @property
+    def weight(self):
+        return self.base.weight
+
+    @property
+    def bias(self):
+        return self.base.bias
+
+    @property
+    def in_features(self):
+        return self.base.in_features
+
+    @property
+    def out_features(self):
+        return self.base.out_features
+
+    def forward(self, x):
+        w, b = self.base.weight, self.base.bias
+        ads = [self.adapters.get(n) for n in self.PARTS]
+        if not any(a is not None and a.training and a.dropout is not None for a in ads):
+            rows = [(a.merged_BA() * a.scaling).to(w.dtype) if a is not None else w.new_zeros(self.part, w.shape[1])
+                    for a in ads]
+            return F.linear(x, w + torch.cat(rows, dim=0), b)
+        out = F.linear(x, w, b)
+        pieces = []
+        for i, a in enumerate(ads):
+            o = out[..., i * self.part:(i + 1) * self.part]
+            if a is not None:
+                inp = a.dropout(x) if (a.training and a.dropout is not None) else x
+                o = o + torch.matmul(inp, a.merged_BA().t().to(x.dtype)) * a.scaling
+            pieces.append(o)
+        return torch.cat(pieces, dim=-1)
 
 
 def _linear_like(weight, bias):
@@ -213,11 +293,84 @@ class LoRAAdapters(nn.Module):
 
 
 def _towers(clip_model):
-    towers = {"text": clip_model.transformer}
+    """``{tower: (style, blocks)}`` of the towers LoRA can adapt (style ``mha``: open_clip residual blocks
+    with ``nn.MultiheadAttention``; ``timm``: timm blocks) and the image tower's kind."""
+    towers = {}
+    # open_clip CLIP holds its text transformer itself, CustomTextCLIP in ``model.text``
+    tt = clip_model if hasattr(clip_model, "transformer") else getattr(clip_model, "text", None)
+    if hasattr(getattr(tt, "transformer", None), "resblocks"):
+        towers["text"] = ("mha", tt.transformer.resblocks)
+    vision_kind = tower_kinds(clip_model)[1]
     visual = clip_model.visual
-    if hasattr(visual, "transformer") and hasattr(visual, "class_embedding"):
-        towers["vision"] = visual.transformer
-    return towers
+    if vision_kind == "clip_vit":
+        towers["vision"] = ("mha", visual.transformer.resblocks)
+    elif vision_kind in ("timm_vit", "timm_eva"):
+        towers["vision"] = ("timm", visual.trunk.blocks)
+    return towers, vision_kind
+
+
+def _plan_mha(block, names, make, where):
+    """Check one open_clip residual block; returns ``apply() -> adapters`` (changes nothing before)."""
+    mha = block.attn
+    if not isinstance(mha, nn.MultiheadAttention):
+        raise ArgError("clip_model", f"{where}: attention is a {type(mha).__name__}, not an "
+                                     "nn.MultiheadAttention (LoRA applied twice?)")
+    if not mha._qkv_same_embed_dim or mha.in_proj_weight is None:
+        raise ArgError("attention", f"{where}: LoRA needs attention with a packed in_proj (q/k/v of the same width)")
+
+    def apply():
+        e = mha.embed_dim
+        adapters = nn.ModuleDict({n: make(e, e) for n in names})
+        adapters.to(device=mha.in_proj_weight.device)
+        block.attn = LoRAMultiheadAttention(mha, adapters)
+        return adapters
+
+    return apply
+
+
+def _plan_timm(block, names, make, where):
+    """Check one timm block's attention; returns ``apply() -> adapters`` (changes nothing before)."""
+    attn = getattr(block, "attn", None)
+    qkv = getattr(attn, "qkv", None)
+    parts = [n for n in names if n != "proj"]
+    if isinstance(qkv, LoRAFusedQKV) or any(isinstance(getattr(attn, n, None), LoRALinear)
+                                           for n in ("q_proj", "k_proj", "v_proj", "proj")):
+        raise ArgError("clip_model", f"{where}: this attention already holds LoRA adapters (LoRA applied twice?)")
+    if isinstance(qkv, nn.Linear):
+        if getattr(attn, "q_bias", None) is not None and not getattr(attn, "qkv_bias_separate", False):
+            raise ArgError("clip_model", f"{where}: {type(attn).__name__} computes its fused qkv projection from "
+                                         "the weight directly (separate q/v biases, e.g. EVA01-CLIP), which LoRA "
+                                         "cannot wrap; supported: fused qkv Linears (SigLIP, PE-Core) and separate "
+                                         "q/k/v Linears (EVA02)")
+        if qkv.out_features % 3:
+            raise ArgError("clip_model", f"{where}: fused qkv Linear with {qkv.out_features} outputs (not 3 x d)")
+        shapes = {n: (qkv.in_features, qkv.out_features // 3) for n in parts}
+    elif all(isinstance(getattr(attn, n, None), nn.Linear) for n in ("q_proj", "k_proj", "v_proj")):
+        shapes = {n: (getattr(attn, n).in_features, getattr(attn, n).out_features) for n in parts}
+    else:
+        raise ArgError("clip_model", f"{where}: attention {type(attn).__name__} has neither a fused qkv Linear nor "
+                                     "q_proj/k_proj/v_proj Linears; LoRA supports timm Attention, AttentionRope "
+                                     "and EvaAttention")
+    if "proj" in names:
+        if not isinstance(getattr(attn, "proj", None), nn.Linear):
+            raise ArgError("params", f"{where}: attention {type(attn).__name__} has no output Linear 'proj'")
+        shapes["proj"] = (attn.proj.in_features, attn.proj.out_features)
+
+    def apply():
+        # creation order = the order of ``params`` (as for nn.MultiheadAttention: the same RNG draws)
+        adapters = nn.ModuleDict({n: make(*shapes[n]) for n in names})
+        adapters.to(device=next(attn.parameters()).device)
+        if isinstance(qkv, nn.Linear):
+            if parts:
+                attn.qkv = LoRAFusedQKV(qkv, {n: adapters[n] for n in parts})
+        else:
+            for n in parts:
+                setattr(attn, n, LoRALinear(getattr(attn, n), adapters[n]))
+        if "proj" in names:
+            attn.proj = LoRALinear(attn.proj, adapters["proj"])
+        return adapters
+
+    return apply
 
 
 def apply_lora(clip_model, r=2, alpha=1.0, dropout=0.25, encoders=("text", "vision"), position="all",
@@ -227,7 +380,8 @@ def apply_lora(clip_model, r=2, alpha=1.0, dropout=0.25, encoders=("text", "visi
     ``encoders``: towers to adapt (official ``--encoder``: text, vision or both); ``position``: one of
     :data:`POSITIONS` (official ``--position``); ``params``: letters of :data:`PROJECTIONS` (official
     ``--params``). Defaults are the official ones (r 2, alpha 1, dropout 0.25, q/k/v, all blocks,
-    both towers). The vision tower must be a ViT.
+    both towers). The image tower must be a transformer (:data:`LORA_IMAGE_TOWERS`); the towers of
+    every family are found from the model's structure (module docstring).
     """
     encoders = [encoders] if isinstance(encoders, str) else list(encoders)
     if not encoders or any(e not in ("text", "vision") for e in encoders):
@@ -237,25 +391,33 @@ def apply_lora(clip_model, r=2, alpha=1.0, dropout=0.25, encoders=("text", "visi
     if not params or bad:
         raise ArgError("params", f"must be letters among {sorted(PROJECTIONS)}, got {params}")
     names = [PROJECTIONS[p] for p in dict.fromkeys(params)]
-    towers = _towers(clip_model)
+    towers, vision_kind = _towers(clip_model)
     container = LoRAAdapters()
+
+    def make(i, o):
+        return LoRAAdapter(i, o, r, alpha, dropout)
+
+    for tower in encoders:  # every check before the first change: an error leaves the model as it was
+        if tower not in towers:
+            if tower == "text":
+                raise ArgError("encoders", "LoRA on the text tower needs an open_clip text transformer; this "
+                                           "backbone's text tower is not one")
+            visual = clip_model.visual
+            name = type(getattr(visual, "trunk", visual)).__name__
+            raise ArgError("encoders", f"LoRA on the vision tower needs a ViT (transformer) image tower, and this "
+                                       f"backbone's is a {name}; supported image towers: "
+                                       f"{'; '.join(LORA_IMAGE_TOWERS)}. Adapt the text tower only (encoder "
+                                       "'text') or use such a backbone (e.g. ViT-B/16, ViT-B-16-SigLIP, EVA02-B-16)")
+    plans = []
     for tower in ("text", "vision"):
         if tower not in encoders:
             continue
-        if tower not in towers:
-            raise ArgError("encoders", "LoRA on the vision tower needs a ViT backbone (e.g. ViT-B/16), not "
-                                       f"a {type(clip_model.visual).__name__}")
-        blocks = towers[tower].resblocks
+        style, blocks = towers[tower]
+        plan = _plan_mha if style == "mha" else _plan_timm
         for i in lora_block_indices(position, len(blocks)):
-            mha = blocks[i].attn
-            if not isinstance(mha, nn.MultiheadAttention):
-                raise ArgError("clip_model", f"{tower} block {i}: attention is a {type(mha).__name__}, not an "
-                                             "nn.MultiheadAttention (LoRA applied twice?)")
-            e = mha.embed_dim
-            adapters = nn.ModuleDict({n: LoRAAdapter(e, e, r, alpha, dropout) for n in names})
-            adapters.to(device=mha.in_proj_weight.device)
-            blocks[i].attn = LoRAMultiheadAttention(mha, adapters)
-            getattr(container, tower)[str(i)] = adapters
+            plans.append((tower, i, plan(blocks[i], names, make, f"{tower} block {i}")))
+    for tower, i, apply in plans:
+        getattr(container, tower)[str(i)] = apply()
     return container
 
 

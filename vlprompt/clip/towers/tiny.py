@@ -10,13 +10,22 @@ widths (text 32, vision 48: different, so width mix-ups fail loudly). The SigLIP
 instead of the model's fails on it as it would on real SigLIP. The timm trunks are registered in
 timm's model registry under ``vlprompt_tiny_*`` so that open_clip builds them through its normal path.
 Weights come from a fixed seed that does not disturb the caller's RNG streams.
+
+``build_rn_tiny`` is the CLIP-ResNet reference of the family tests: an open_clip ``CLIP`` with a
+ModifiedResNet image tower (RN50's family: stem, four stages of one bottleneck each, attention pooling)
+at width 8, and the same 12-layer text tower as ``test-vit-tiny``. Register it as a backbone name with
+``vlprompt.clip.register_builtin_backbone("test-rn-tiny", "vlprompt.clip.towers.tiny:build_rn_tiny")``.
+``build_timm_resnet_tiny`` stands for "any other timm trunk": a ``CustomTextCLIP`` whose image tower is a
+timm ``ResNet`` (one basic block per stage, widths 8-64; average pool, its classifier as the projection; no transformer
+blocks, so no vision prompts and no image-tower LoRA) beside the same 12-layer causal text tower.
 """
 from functools import partial
 
 import numpy as np
 import torch
 
-__all__ = ["build_siglip_tiny", "build_eva02_tiny", "build_pecore_tiny", "TINY_FAMILIES"]
+__all__ = ["build_siglip_tiny", "build_eva02_tiny", "build_pecore_tiny", "build_rn_tiny", "build_timm_resnet_tiny",
+           "TINY_FAMILIES"]
 
 _COMMON = dict(img_size=224, patch_size=32, embed_dim=48, depth=12, num_heads=2)
 _DROP = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "features_only")
@@ -57,6 +66,13 @@ def _register():
                     use_rot_pos_emb=True, ref_feat_shape=(7, 7), rope_grid_offset=1.0, rope_grid_indexing="xy",
                     attn_pool_num_heads=2, attn_pool_mlp_ratio=4.0, norm_layer=partial(LayerNorm, eps=1e-5))
         return Eva(**dict(args, **_clean(kwargs)))
+
+    @register_model
+    def vlprompt_tiny_resnet(pretrained=False, **kwargs):
+        from timm.models.resnet import BasicBlock, ResNet
+
+        args = dict(block=BasicBlock, layers=(1, 1, 1, 1), stem_width=8, channels=(8, 16, 32, 64))
+        return ResNet(**dict(args, **_clean(kwargs)))
 
 
 _TEXT = dict(vocab_size=49408, width=32, heads=2, layers=12, mlp_ratio=2.0)
@@ -114,3 +130,36 @@ def build_eva02_tiny(**_):
 
 def build_pecore_tiny(**_):
     return build_tiny("pecore")
+
+
+def build_rn_tiny(seed=20240101, **_):
+    """A small random-weight open_clip ``CLIP`` with a ModifiedResNet image tower (see the module docstring)."""
+    import open_clip
+
+    from ..backbone import adapt_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = open_clip.model.CLIP(
+            embed_dim=40, quick_gelu=True,
+            vision_cfg=dict(image_size=224, layers=(1, 1, 1, 1), width=8, head_width=32),
+            text_cfg=dict(_TEXT, context_length=77),
+        )
+    return adapt_model(model)
+
+
+def build_timm_resnet_tiny(seed=20240101, **_):
+    """A small random-weight ``CustomTextCLIP`` with a timm ``ResNet`` image trunk (see the module docstring)."""
+    import open_clip
+
+    from ..backbone import adapt_model
+
+    _register()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = open_clip.model.CustomTextCLIP(
+            embed_dim=40,
+            vision_cfg=dict(image_size=224, timm_model_name="vlprompt_tiny_resnet", timm_pool="avg", timm_proj=None),
+            text_cfg=dict(_TEXT, context_length=77),
+        )
+    return adapt_model(model)

@@ -17,6 +17,11 @@ prompts (depth 0) every encoder is exactly ``clip_model.encode_image``.
   class token (EVA02) or MAP head over every token (PE-Core).
 * :class:`PlainVisionEncoder`: any other image tower, without prompts only.
 
+All three are subclasses of :class:`vlprompt.clip.prompted.PromptedVisionEncoder` for its interface
+only: they run their own ``__init__`` and ``forward`` (nothing of the open_clip-ViT implementation is
+inherited), so code that accepts "a prompted vision encoder" (the feature store's frozen tower,
+``vlprompt.features.extract.frozen_tower``) takes the image encoder of any family.
+
 Pools that average the non-prefix tokens (``avg``, ``max``) would mix prompts into the average with a
 weight that depends on N; they are refused with prompts.
 """
@@ -26,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from ..backbone import VISION_PROMPT_FAMILIES, model_dims, tower_kinds
-from ..prompted import check_prompt_config, check_vision_prompt_args
+from ..prompted import PromptedVisionEncoder, check_prompt_config, check_vision_prompt_args
 
 __all__ = ["TimmViTPromptedEncoder", "TimmEvaPromptedEncoder", "PlainVisionEncoder"]
 
@@ -41,11 +46,12 @@ def _batched(p, batch, width, what):
     return p
 
 
-class _TimmPromptedBase(nn.Module):
+class _TimmPromptedBase(PromptedVisionEncoder):
     vision_kind = None
 
     def __init__(self, clip_model, n_prompts=0, depth=0):
-        super().__init__()
+        nn.Module.__init__(self)  # the interface of PromptedVisionEncoder, not its open_clip-ViT set-up
+        self.fast = None
         kind = tower_kinds(clip_model)[1]
         if kind != self.vision_kind:
             raise TypeError(f"{type(self).__name__} needs a {self.vision_kind} image tower, got {kind}")
@@ -164,11 +170,12 @@ class TimmEvaPromptedEncoder(_TimmPromptedBase):
         return self._head(x)
 
 
-class PlainVisionEncoder(nn.Module):
+class PlainVisionEncoder(PromptedVisionEncoder):
     """Any image tower, unprompted: ``forward(images)`` = ``clip_model.encode_image(images)``."""
 
     def __init__(self, clip_model, n_prompts=0, depth=0):
-        super().__init__()
+        nn.Module.__init__(self)  # the interface of PromptedVisionEncoder, not its open_clip-ViT set-up
+        self.fast = None
         self.visual = clip_model.visual
         self.is_vit = False
         self.width = None
