@@ -34,6 +34,9 @@ TOWERS = {
 #: image-tower class names of the towers without vision prompts
 NO_PROMPTS = {"test-rn-tiny": "ModifiedResNet", "test-timm-resnet-tiny": "ResNet"}
 DEEP_VISION = ("VPT", "IVLP", "MaPLe", "MuDPT", "UMuDPT", "APLe", "PromptSRC")
+#: MMRL's refusal on transformer towers that do not take inserted tokens
+_MMRL_TOWERS = ("MMRL inserts its tokens into the towers of open_clip's CLIP class; .* do not take inserted "
+                "tokens; supported backbones: open_clip CLIP ViTs")
 
 
 def _vision(tower):
@@ -52,6 +55,7 @@ def _lora(tower):
 REFUSED = {
     **{(m, f): _vision(t) for m in DEEP_VISION for f, t in NO_PROMPTS.items()},
     **{("CLIPLoRA", f): _lora(t) for f, t in NO_PROMPTS.items()},
+    **{("MMRL", f): _MMRL_TOWERS for f in FAMILIES},
 }
 
 #: extra runs: (method, family, label, opts) that make a refused pair run with the method's own switch
@@ -172,4 +176,4 @@ def check_case(method, family, label, opts, data_root, tmp_path, capsys):
 #: the methods the table covers (a newly registered method is checked by the generic rule above)
 KNOWN = {"ZeroshotCLIP", "ZeroshotCLIP2", "CoOp", "CoCoOp", "VPT", "IVLP", "MaPLe", "MuDPT", "UMuDPT", "APLe",
          "KgCoOp", "ProGrad", "PromptSRC", "TCP", "LinearProbeCLIP", "CLIP_Adapter", "TipAdapter", "TipAdapterF",
-         "CLIPLoRA"}
+         "CLIPLoRA", "MMRL"}

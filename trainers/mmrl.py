@@ -55,15 +55,13 @@ import torch.nn.functional as F
 from vlprompt.clip import (
     ArgError,
     PromptedCLIP,
-    PromptedTextEncoder,
-    PromptedVisionEncoder,
     ZeroShotHead,
     clean_classname,
     get_template,
     model_dims,
-    require_vit,
     tokenize,
 )
+from vlprompt.clip.backbone import tower_kinds
 from vlprompt.clip.prompt_init import token_embeddings
 from vlprompt.config import ConfigError, register_cfg_extension
 from vlprompt.engine import TRAINER_REGISTRY
@@ -239,16 +237,16 @@ class MMRLCLIP(PromptedCLIP):
 
     def __init__(self, clip_model, classnames, template, n_rep_tokens=5, rep_layers=(6, 7, 8, 9, 10, 11, 12),
                  rep_dim=512, alpha=0.7, use_rep_head=True):
-        require_vit(clip_model, "MMRL")
+        text_kind, vision_kind = tower_kinds(clip_model)
+        if not hasattr(clip_model, "transformer") or vision_kind != "clip_vit":
+            raise ArgError("backbone", "MMRL inserts its tokens into the towers of open_clip's CLIP class; this "
+                                       f"backbone's towers (text {text_kind}, image {vision_kind}) do not take "
+                                       "inserted tokens; supported backbones: open_clip CLIP ViTs (OpenAI / LAION / "
+                                       "DFN / MetaCLIP, e.g. ViT-B/16)")
         learner = MMRLLearner(clip_model, n_rep_tokens, rep_layers, rep_dim)
         depth = learner.rep_layers[-1]  # deep prompts up to block REP_LAYERS[-1] - 1
         n = learner.n_rep_tokens
         super().__init__(clip_model, text_prompts=(n, depth), vision_prompts=(n, depth))
-        if type(self.text_encoder) is not PromptedTextEncoder or type(self.image_encoder) is not PromptedVisionEncoder:
-            raise ArgError("backbone", "MMRL inserts its tokens into the towers of open_clip's CLIP class (OpenAI / "
-                                       "LAION ViT CLIP such as ViT-B/16); this backbone's towers (text "
-                                       f"{type(self.text_encoder).__name__}, image {type(self.image_encoder).__name__}) "
-                                       "are not supported")
         if "{}" not in template:
             raise ArgError("template", f'must contain "{{}}", got "{template}"')
         self.prompt_learner = learner

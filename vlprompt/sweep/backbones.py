@@ -31,16 +31,13 @@ def _s(text=TEXT_ANY, vision="any", clip_towers=False):
 
 #: docs/METHODS.md, "Which methods run on which family" (until the trainers declare BACKBONE_SUPPORT)
 KNOWN_SUPPORT = {
-    **{t: _s() for t in ("ZeroshotCLIP", "ZeroshotCLIP2", "CoOp", "CoCoOp", "KgCoOp", "ProGrad", "LinearProbeCLIP",
-                         "TipAdapter")},
-    "TCP": _s(text=("causal",)),  # not yet on SigLIP's fixed 64-token text without a start token
-    **{t: _s(vision=PROMPTABLE) for t in ("VPT", "IVLP", "MaPLe", "MuDPT", "UMuDPT", "APLe")},
-    # built on open_clip CLIP towers only
-    "PromptSRC": _s(text=("causal",), vision=("clip_vit",), clip_towers=True),
+    **{t: _s() for t in ("ZeroshotCLIP", "ZeroshotCLIP2", "CoOp", "CoCoOp", "KgCoOp", "ProGrad", "TCP", "LinearProbeCLIP",
+                         "CLIP_Adapter", "TipAdapter", "TipAdapterF")},
+    # prompts in the image tower: transformer image towers only (PromptSRC's text-only variant,
+    # PROMPT_DEPTH_VISION 0, also runs on CNN towers: planned only where its default runs)
+    **{t: _s(vision=PROMPTABLE) for t in ("VPT", "IVLP", "MaPLe", "MuDPT", "UMuDPT", "APLe", "PromptSRC")},
+    "CLIPLoRA": _s(vision=PROMPTABLE),  # LoRA on the attention of both towers (ENCODER text: any image tower)
     "MMRL": _s(text=("causal",), vision=("clip_vit",), clip_towers=True),  # tokens inserted at a later block
-    "CLIPLoRA": _s(text=("causal",), vision=("clip_vit",), clip_towers=True),
-    "CLIP_Adapter": _s(text=("causal",), vision=("clip_vit", "resnet"), clip_towers=True),
-    "TipAdapterF": _s(text=("causal",), vision=("clip_vit", "resnet"), clip_towers=True),
 }
 
 
