@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
-from .keys import feature_key, file_list_digest, module_digest, transform_description
+from .keys import feature_key, file_list_digest, transform_description
 from .store import FeatureStore
+from .weights import tower_weights_digest
 
 __all__ = ["frozen_tower", "trainer_store", "precision_description", "tower_digest", "store_enabled_for_test",
            "loader_features", "cached_eval_batches", "view_features", "SeededViewDataset", "view_seed"]
@@ -73,11 +74,14 @@ def precision_description(trainer, tower, device):
 
 
 def tower_digest(trainer, tower):
-    """Digest of the tower's tensors, memoised on the trainer until a tensor changes."""
+    """Digest of the tower's tensors: memoised on the trainer until a tensor changes, and across
+    processes remembered per weights file in the store (:mod:`.weights`: only where that is exact)."""
     state = tuple((id(t), t.data_ptr(), t._version) for t in tower.visual.state_dict().values() if torch.is_tensor(t))
     memo = getattr(trainer, "_feature_tower_digest", None)
     if memo is None or memo[0] != state:
-        memo = (state, module_digest(tower.visual))
+        store = trainer_store(trainer)
+        digest, how = tower_weights_digest(trainer, tower, store.root, log=store.log)
+        memo = (state, digest, how)
         trainer._feature_tower_digest = memo
     return memo[1]
 
