@@ -30,7 +30,7 @@ from .store import FeatureStore
 from .weights import tower_weights_digest
 
 __all__ = ["frozen_tower", "trainer_store", "precision_description", "tower_digest", "store_enabled_for_test",
-           "loader_features", "cached_eval_batches", "view_features", "SeededViewDataset", "view_seed"]
+           "loader_features", "cached_eval_batches", "effective_batch_size", "view_features", "SeededViewDataset", "view_seed"]
 
 
 def frozen_tower(trainer):
@@ -105,6 +105,12 @@ def store_enabled_for_test(trainer, loader):
     return getattr(ds, "k_tfm", 1) == 1 and not getattr(ds, "return_img0", False)
 
 
+def effective_batch_size(batch_size, n):
+    """The batch size that determines how ``n`` images are cut into sequential batches: ``min(batch_size,
+    n)`` (every batch size >= n gives one batch of all ``n`` images, hence the same features)."""
+    return max(1, min(int(batch_size), int(n)))
+
+
 def _encode_loader(trainer, tower, loader, device):
     feats = []
     with torch.no_grad(), _autocast(trainer):
@@ -131,7 +137,8 @@ def loader_features(trainer, loader, split, view=None, seed=None):
     key = feature_key(
         arch=_arch(trainer), weights=tower_digest(trainer, tower), precision=precision_description(trainer, tower, device),
         dataset=trainer.cfg.DATASET.NAME, split=split, files=file_list_digest([it.impath for it in items]),
-        n_files=len(items), transform=transform_description(ds.transform, _wrapper_kind(ds)), batch_size=loader.batch_size,
+        n_files=len(items), transform=transform_description(ds.transform, _wrapper_kind(ds)),
+        batch_size=effective_batch_size(loader.batch_size, len(items)),
         view=view, seed=seed,
     )
     store = trainer_store(trainer)
