@@ -98,6 +98,28 @@ def test_one_entry_serves_every_method_and_seed(data_root, tmp_path):
     assert other._feature_store.misses == 1 and FeatureStore(str(store_dir)).info()["entries"] == 2
 
 
+def test_batch_sizes_that_cut_the_split_alike_share_an_entry(data_root, tmp_path):
+    """TCP's official test batch size is 500, CoOp's 100: on a split of at most 100 images both are one
+    batch of every image, hence one entry; a batch size below the split's size is another partition
+    (another entry, never the stored one)."""
+    store_dir = tmp_path / "store"
+    tcp_like = _trainer("ZeroshotCLIP", data_root, tmp_path / "a", store_dir, extra=["DATALOADER.TEST.BATCH_SIZE", "500"])
+    _evaluate(tcp_like, use_store=True)
+    assert tcp_like._feature_store.misses == 1
+    coop = _trainer("CoOp", data_root, tmp_path / "b", store_dir, extra=["DATALOADER.TEST.BATCH_SIZE", "100"])
+    acc_cached, cached, _ = _evaluate(coop, use_store=True)
+    assert coop._feature_store.hits == 1 and coop._feature_store.misses == 0
+    acc, plain, _ = _evaluate(coop, use_store=False)
+    assert torch.equal(cached, plain) and acc == acc_cached
+    n = len(coop.dm.dataset.test)
+    small = _trainer("ZeroshotCLIP", data_root, tmp_path / "c", store_dir, extra=["DATALOADER.TEST.BATCH_SIZE", "4"])
+    assert n > 4
+    _, cached, _ = _evaluate(small, use_store=True)
+    assert small._feature_store.misses == 1 and FeatureStore(str(store_dir)).info()["entries"] == 2
+    _, plain, _ = _evaluate(small, use_store=False)
+    assert torch.equal(cached, plain)
+
+
 def test_changed_weights_are_a_different_entry(data_root, tmp_path):
     store_dir = tmp_path / "store"
     t = _trainer("ZeroshotCLIP", data_root, tmp_path / "zs", store_dir)

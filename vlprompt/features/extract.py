@@ -25,11 +25,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
-from .keys import feature_key, file_list_digest, module_digest, transform_description
+from .keys import feature_key, file_list_digest, transform_description
 from .store import FeatureStore
+from .weights import tower_weights_digest
 
 __all__ = ["frozen_tower", "trainer_store", "precision_description", "tower_digest", "store_enabled_for_test",
-           "loader_features", "cached_eval_batches", "view_features", "SeededViewDataset", "view_seed"]
+           "loader_features", "cached_eval_batches", "effective_batch_size", "view_features", "SeededViewDataset", "view_seed"]
 
 
 def frozen_tower(trainer):
@@ -73,11 +74,14 @@ def precision_description(trainer, tower, device):
 
 
 def tower_digest(trainer, tower):
-    """Digest of the tower's tensors, memoised on the trainer until a tensor changes."""
+    """Digest of the tower's tensors: memoised on the trainer until a tensor changes, and across
+    processes remembered per weights file in the store (:mod:`.weights`: only where that is exact)."""
     state = tuple((id(t), t.data_ptr(), t._version) for t in tower.visual.state_dict().values() if torch.is_tensor(t))
     memo = getattr(trainer, "_feature_tower_digest", None)
     if memo is None or memo[0] != state:
-        memo = (state, module_digest(tower.visual))
+        store = trainer_store(trainer)
+        digest, how = tower_weights_digest(trainer, tower, store.root, log=store.log)
+        memo = (state, digest, how)
         trainer._feature_tower_digest = memo
     return memo[1]
 
@@ -99,6 +103,12 @@ def store_enabled_for_test(trainer, loader):
     if not isinstance(getattr(loader, "sampler", None), SequentialSampler) or not hasattr(ds, "data_source"):
         return False
     return getattr(ds, "k_tfm", 1) == 1 and not getattr(ds, "return_img0", False)
+
+
+def effective_batch_size(batch_size, n):
+    """The batch size that determines how ``n`` images are cut into sequential batches: ``min(batch_size,
+    n)`` (every batch size >= n gives one batch of all ``n`` images, hence the same features)."""
+    return max(1, min(int(batch_size), int(n)))
 
 
 def _encode_loader(trainer, tower, loader, device):
@@ -127,7 +137,8 @@ def loader_features(trainer, loader, split, view=None, seed=None):
     key = feature_key(
         arch=_arch(trainer), weights=tower_digest(trainer, tower), precision=precision_description(trainer, tower, device),
         dataset=trainer.cfg.DATASET.NAME, split=split, files=file_list_digest([it.impath for it in items]),
-        n_files=len(items), transform=transform_description(ds.transform, _wrapper_kind(ds)), batch_size=loader.batch_size,
+        n_files=len(items), transform=transform_description(ds.transform, _wrapper_kind(ds)),
+        batch_size=effective_batch_size(loader.batch_size, len(items)),
         view=view, seed=seed,
     )
     store = trainer_store(trainer)

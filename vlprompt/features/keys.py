@@ -11,7 +11,9 @@ through). What goes into a key (:func:`feature_key`):
 * ``dataset`` / ``split``, the exact ordered file list (path, size, mtime of every file; its digest),
   the transform's description (``repr`` of the torchvision pipeline and the dataset wrapper class);
 * ``batch_size``: features are computed in the batches the uncached evaluation uses, so that cached
-  and uncached logits are bit-identical;
+  and uncached logits are bit-identical; the loader's batch size enters as ``min(batch_size, N)``
+  (:func:`vlprompt.features.extract.effective_batch_size`: every batch size >= N cuts the N images into
+  the same single batch);
 * ``view`` and ``seed`` for augmented training views (``None`` for the deterministic test view).
 """
 import hashlib

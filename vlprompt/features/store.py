@@ -32,6 +32,7 @@ import torch
 from vlprompt.utils.errors import UserError
 
 from .keys import canonical_json, key_digest
+from .weights import MEMO_DIR
 
 __all__ = ["FeatureStore", "FeatureStoreError", "default_store_dir", "ENV_VAR", "SUFFIX"]
 
@@ -222,6 +223,13 @@ class FeatureStore:
             return []
         return [osp.join(self.root, n) for n in os.listdir(self.root) if TMP_MARK in n]
 
+    def weights_memos(self):
+        """Files of the remembered weights digests (``<root>/weights``, :mod:`.weights`), temporaries included."""
+        folder = osp.join(self.root, MEMO_DIR)
+        if not osp.isdir(folder):
+            return []
+        return [osp.join(folder, n) for n in sorted(os.listdir(folder)) if n.endswith(".json") or TMP_MARK in n]
+
     def info(self):
         """Summary: folder, number of entries, total bytes, bytes per (dataset, split), unreadable count."""
         rows = self.entries()
@@ -236,6 +244,7 @@ class FeatureStore:
             "bytes": sum(r["bytes"] for r in rows),
             "unreadable": sum(1 for r in rows if not r["ok"]),
             "temporaries": len(self.temporaries()),
+            "weights_memos": len(self.weights_memos()),
             "by_dataset_split": {f"{d}/{s}": {"entries": n, "bytes": b} for (d, s), (n, b) in sorted(groups.items())},
         }
 
@@ -246,23 +255,25 @@ class FeatureStore:
             lines.append(f"  {name}: {g['entries']} entries, {_human(g['bytes'])}")
         if i["unreadable"]:
             lines.append(f"  {i['unreadable']} unreadable entries (recomputed on next use; 'clear' removes them)")
+        if i["weights_memos"]:
+            lines.append(f"  {i['weights_memos']} remembered weights digests (weights/)")
         if i["temporaries"]:
             lines.append(f"  {i['temporaries']} temporary files of interrupted writes ('clear' removes them)")
         return "\n".join(lines)
 
     def clear(self):
-        """Remove every entry and temporary file; returns ``(files removed, bytes freed)``."""
+        """Remove every entry, remembered weights digest and temporary file; returns ``(files removed,
+        bytes freed)``."""
         n, freed = 0, 0
         if not osp.isdir(self.root):
             return 0, 0
-        for name in os.listdir(self.root):
-            if name.endswith(SUFFIX) or TMP_MARK in name:
-                path = osp.join(self.root, name)
-                try:
-                    size = osp.getsize(path)
-                    os.remove(path)
-                except OSError:
-                    continue
-                n += 1
-                freed += size
+        paths = [osp.join(self.root, name) for name in os.listdir(self.root) if name.endswith(SUFFIX) or TMP_MARK in name]
+        for path in paths + self.weights_memos():
+            try:
+                size = osp.getsize(path)
+                os.remove(path)
+            except OSError:
+                continue
+            n += 1
+            freed += size
         return n, freed

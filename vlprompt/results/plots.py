@@ -1,8 +1,8 @@
 """Figures (matplotlib, Agg backend), each written as PNG and PDF.
 
 * ``base2new_bars``: per dataset (and the average), base / novel / HM bars for each method;
-* ``few_shot_curves``: accuracy against shots per dataset (and the average), one line per method;
-  zero-shot runs (shots_0) are drawn as dashed horizontal lines;
+* ``few_shot_curves``: accuracy against shots per dataset (and the average over the datasets every
+  method has), one line per method; zero-shot runs (shots_0) are drawn as dashed horizontal lines;
 * ``prompt_length``: accuracy against the prompt length N for the runs of one trainer whose config
   sets ``TRAINER.<X>.N_CTX`` differently (the N is read from the ``config`` dict of results.json).
 """
@@ -13,7 +13,7 @@ import os.path as osp
 from ..protocol import DATASETS_11, DISPLAY_NAMES
 from .aggregate import _dataset_order, _trainer_rank, _values, apply_families, hm, mean_std
 
-__all__ = ["plot_base2new", "plot_few_shot", "plot_prompt_length", "make_plots"]
+__all__ = ["plot_base2new", "few_shot_curves", "plot_few_shot", "plot_prompt_length", "make_plots"]
 
 
 def _plt():
@@ -105,56 +105,81 @@ def plot_base2new(records, out_dir, metric="accuracy"):
     return _save(fig, out_dir, "base2new_bars")
 
 
-def plot_few_shot(records, out_dir, metric="accuracy"):
-    recs = [r for r in records if r.protocol == "few_shot"]
-    if not recs:
-        return []
+def few_shot_curves(records, metric="accuracy"):
+    """The data of :func:`plot_few_shot`: ``(keys, datasets, curves, averaged)``.
+
+    ``curves[key][dataset][K] = (mean, std)`` over seeds (``K = 0``: a zero-shot run filed as
+    ``shots_0``), and ``curves[key]["Average"][K] = (mean, None)``: the mean over ``averaged``, the
+    datasets for which every method has its whole curve (every one of its shot counts), so that every
+    point of the average panel averages the same datasets."""
+    recs = [r for r in records if r.protocol == "few_shot" and r.shots is not None]
     keys = sorted({(r.trainer, r.group_config) for r in recs}, key=lambda k: (_trainer_rank(k[0]), k[1]))
     datasets = _dataset_order({r.dataset for r in recs}, DATASETS_11)
-    curves = {}  # key -> dataset -> {K: (mean, std)}
+    curves = {}
     for k in keys:
         for d in datasets:
-            for K in sorted({r.shots for r in recs if r.shots is not None}):
+            for K in sorted({r.shots for r in recs}):
                 v = _values([r for r in recs if (r.trainer, r.group_config) == k and r.dataset == d and r.shots == K],
                             metric)
                 if v:
                     curves.setdefault(k, {}).setdefault(d, {})[K] = mean_std(v.values())
-    for k in keys:
-        per_k = {}
-        for d, c in curves.get(k, {}).items():
-            for K, (m, _) in c.items():
-                per_k.setdefault(K, []).append(m)
-        curves.setdefault(k, {})["Average"] = {K: (sum(v) / len(v), None) for K, v in per_k.items()}
-    panels = datasets + ["Average"]
+    own_shots = {k: {K for c in curves.get(k, {}).values() for K in c} for k in keys}
+    averaged = [d for d in datasets if all(own_shots[k] and own_shots[k] <= set(curves.get(k, {}).get(d, {}))
+                                           for k in keys)]
+    if averaged:
+        for k in keys:
+            curves.setdefault(k, {})["Average"] = {
+                K: (sum(curves[k][d][K][0] for d in averaged) / len(averaged), None) for K in sorted(own_shots[k])}
+    return keys, datasets, curves, averaged
+
+
+def plot_few_shot(records, out_dir, metric="accuracy"):
+    """Accuracy against shots per class, one panel per dataset and an average panel: one line per method
+    (mean over seeds, a band of +-1 std where there are several seeds), and every zero-shot run
+    (``shots_0``, e.g. ZeroshotCLIP) as a dashed horizontal reference line at its accuracy. Written as
+    ``few_shot_curves.png`` and ``.pdf``; returns the paths ([] without few-shot records)."""
+    keys, datasets, curves, averaged = few_shot_curves(records, metric)
+    if not keys:
+        return []
+    panels = datasets + (["Average"] if averaged else [])
+    titles = {d: DISPLAY_NAMES.get(d, d) for d in datasets}
+    titles["Average"] = (f"Average ({len(averaged)} datasets)" if len(averaged) == len(datasets) else
+                         f"Average ({len(averaged)} of {len(datasets)} datasets: those every method has)")
     plt = _plt()
     rows, cols = _grid(len(panels))
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    all_k = sorted({r.shots for r in recs if r.shots})
+    all_k = sorted({K for k in keys for c in curves.get(k, {}).values() for K in c if K > 0})
     for ax, d in zip(axes.flat, panels):
         for i, k in enumerate(keys):
             c = curves.get(k, {}).get(d, {})
             color = colors[i % len(colors)]
             if 0 in c:
-                ax.axhline(c[0][0], ls="--", color=color, label=f"{_label(k, keys)} (zero-shot)")
-            ks = sorted(K for K in c if K > 0)
-            if ks:
-                ax.errorbar(ks, [c[K][0] for K in ks], yerr=[c[K][1] or 0.0 for K in ks], marker="o", capsize=2,
-                            color=color, label=_label(k, keys))
+                ax.axhline(c[0][0], ls="--", lw=1.5, color=color, label=f"{_label(k, keys)} (zero-shot)")
+            ks = [K for K in sorted(c) if K > 0]
+            if not ks:
+                continue
+            means = [c[K][0] for K in ks]
+            ax.plot(ks, means, marker="o", color=color, label=_label(k, keys))
+            stds = [c[K][1] for K in ks]
+            if all(sd is not None and sd > 0 for sd in stds):
+                ax.fill_between(ks, [m - sd for m, sd in zip(means, stds)], [m + sd for m, sd in zip(means, stds)],
+                                color=color, alpha=0.15, lw=0)
         if all_k:
             ax.set_xscale("log", base=2)
             ax.set_xticks(all_k)
             ax.set_xticklabels([str(K) for K in all_k])
-        ax.set_title(DISPLAY_NAMES.get(d, d))
+            ax.minorticks_off()
+        ax.set_title(titles[d])
         ax.set_xlabel("shots per class")
         ax.set_ylabel(f"{metric} (%)")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     handles, labels = _legend_entries(axes)
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), bbox_to_anchor=(0.5, -0.02))
-    fig.suptitle("Few-shot classification")
-    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
+    fig.suptitle("Few-shot classification (mean over seeds; dashed: zero-shot)")
+    fig.tight_layout(rect=(0, 0.1 if rows == 1 else 0.06, 1, 0.97))
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), bbox_to_anchor=(0.5, 0.0))
     return _save(fig, out_dir, "few_shot_curves")
 
 
