@@ -17,11 +17,8 @@ towers (never a bare AttributeError / TypeError).
 import pytest
 import torch
 
-from vlprompt.clip import register_builtin_backbone
 from vlprompt.config import ConfigError
 
-register_builtin_backbone("test-rn-tiny", "vlprompt.clip.towers.tiny:build_rn_tiny")
-register_builtin_backbone("test-timm-resnet-tiny", "vlprompt.clip.towers.tiny:build_timm_resnet_tiny")
 
 FAMILIES = ["test-siglip-tiny", "test-eva02-tiny", "test-pecore-tiny", "test-rn-tiny", "test-timm-resnet-tiny"]
 TOWERS = {

@@ -24,14 +24,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tests.helpers import method_model
-from vlprompt.clip import ArgError, build_clip_model, register_builtin_backbone, tokenize
+from vlprompt.clip import ArgError, build_clip_model, tokenize
 from vlprompt.clip.lora import LoRAFusedQKV, LoRALinear, LoRAMultiheadAttention, apply_lora
 from vlprompt.clip.prompted import PromptedVisionEncoder
 from vlprompt.clip.tokenizer import model_tokenizer
 from vlprompt.engine.methods import load_plugins
 
 load_plugins()
-register_builtin_backbone("test-rn-tiny", "vlprompt.clip.towers.tiny:build_rn_tiny")
 
 FAMILIES = ["test-siglip-tiny", "test-eva02-tiny", "test-pecore-tiny"]
 CLASSES = ["dog", "cat", "big red car"]

@@ -117,6 +117,8 @@ LAZY_BACKBONES = {
     "test-siglip-tiny": "vlprompt.clip.towers.tiny:build_siglip_tiny",
     "test-eva02-tiny": "vlprompt.clip.towers.tiny:build_eva02_tiny",
     "test-pecore-tiny": "vlprompt.clip.towers.tiny:build_pecore_tiny",
+    "test-rn-tiny": "vlprompt.clip.towers.tiny:build_rn_tiny",
+    "test-timm-resnet-tiny": "vlprompt.clip.towers.tiny:build_timm_resnet_tiny",
 }
 
 
@@ -294,6 +296,7 @@ def build_clip_model(name, path="", pretrained_tag="", cache_dir="", random_init
     import open_clip
 
     builder = _lazy_builtin(name)
+    found = None  # the weights file the model was loaded from, if any
     if builder is not None:
         model = builder(path=path)
         source = f"built-in {name}"
@@ -338,6 +341,9 @@ def build_clip_model(name, path="", pretrained_tag="", cache_dir="", random_init
     model.float()
     model.eval()
     model.vlprompt_backbone = {"name": name, "source": source}
+    if found is not None and source == found and getattr(model, "visual", None) is not None:
+        # the file the tower was loaded from (the feature store remembers its weights digest per file)
+        model.visual.vlprompt_weights = {"file": found}
     adapt_model(model, None if builder is not None else oc_name)
     return model
 
