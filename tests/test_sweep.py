@@ -890,13 +890,13 @@ def test_backbone_axis_transfer_and_few_shot_keep_their_dependencies(tmp_path):
 def test_backbone_axis_refuses_unsupported_methods_at_planning_time(tmp_path, capsys):
     out = str(tmp_path / "out")
     with pytest.raises(SweepError) as e:
-        plan(["MaPLe", "CoOp", "PromptSRC"], ["base2new"], ["dtd"], [1], output_root=out,
+        plan(["MaPLe", "CoOp", "MMRL"], ["base2new"], ["dtd"], [1], output_root=out,
              backbones=["RN50", "ViT-B-16-SigLIP@webli"], towers=_towers)
     lines = str(e.value).splitlines()
     assert lines[0] == ("MaPLe cannot run on RN50 (CLIP ResNet: its image tower is resnet); MaPLe supports: CLIP ViT, "
                         "SigLIP/SigLIP2, EVA02/PE-Core, causal text + timm ViT (e.g. MobileCLIP)")
-    assert any(x.startswith("PromptSRC cannot run on ViT-B-16-SigLIP@webli (SigLIP/SigLIP2: its text tower is "
-                            "bidirectional); PromptSRC supports: CLIP ViT") for x in lines)
+    assert ("MMRL cannot run on ViT-B-16-SigLIP@webli (SigLIP/SigLIP2: its text tower is bidirectional); MMRL "
+            "supports: CLIP ViT") in lines
     assert not any(x.startswith("CoOp") for x in lines) and len(lines) == 4  # 3 pairs + the hint
     notes = []
     runs = plan(["MaPLe", "CoOp"], ["base2new"], ["dtd"], [1], output_root=out, backbones=["RN50"], towers=_towers,
