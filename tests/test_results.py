@@ -552,3 +552,20 @@ def test_backbone_of_log_runs_and_legacy_records(tmp_path):
     ts = {t.name: t for t in build_tables(records, ["base2new"], seeds=[1])}
     assert "base2new_backbone_not_recorded" in ts
     assert "Backbone not recorded" in " ".join(ts["base2new_backbone_not_recorded"].notes)
+
+
+def test_few_shot_published_rows_from_a_named_table_carry_their_own_source(tmp_path):
+    """A few-shot average read from a named later table (published.json few_shot.sources) is shown as
+    [published] with its own source in the notes; the recalled rows keep [published, approx.] and the
+    global note."""
+    out = str(tmp_path / "output")
+    for s in (1, 2, 3):
+        for t, cfg in (("LinearProbeCLIP", "vit_b16"), ("CoOp", "vit_b16")):
+            write_result(out, f"few_shot/dtd/{t}/{cfg}/shots_1/seed{s}", t, "dtd", s, 50.0 + s, shots=1,
+                         phase="eval", config_name=cfg)
+    md = to_markdown(_tables(out, published="matched")["few_shot_average"])
+    pub = json.load(open(osp.join(ROOT, "vlprompt", "results", "published.json")))["few_shot"]
+    name = "Linear probe CLIP (ViT-B/16, CasPL table)"
+    assert f"| {name} [published] | *{pub['average'][name]['1']:.2f}* |" in md
+    assert f"- [published] {name}: {pub['sources'][name]}" in md
+    assert "| CoOp [published, approx.] |" in md and f"- [published, approx.]: {pub['source']}" in md

@@ -29,7 +29,9 @@ import os.path as osp
 
 import torch
 
+from vlprompt.protocol.backbones import CLIP_NAMES
 from vlprompt.utils.errors import UserError
+
 
 __all__ = [
     "CLIP_NAME_TO_OPENCLIP",
@@ -53,18 +55,9 @@ __all__ = [
     "fp16_weights_supported",
 ]
 
-# CLIP names -> open_clip architecture names (QuickGELU variants: what OpenAI trained with).
-CLIP_NAME_TO_OPENCLIP = {
-    "RN50": "RN50-quickgelu",
-    "RN101": "RN101-quickgelu",
-    "RN50x4": "RN50x4-quickgelu",
-    "RN50x16": "RN50x16-quickgelu",
-    "RN50x64": "RN50x64-quickgelu",
-    "ViT-B/32": "ViT-B-32-quickgelu",
-    "ViT-B/16": "ViT-B-16-quickgelu",
-    "ViT-L/14": "ViT-L-14-quickgelu",
-    "ViT-L/14@336px": "ViT-L-14-336-quickgelu",
-}
+# CLIP names -> open_clip architecture names (QuickGELU variants: what OpenAI trained with); the table
+# lives in the torch-free protocol layer, which names backbones without importing torch
+CLIP_NAME_TO_OPENCLIP = CLIP_NAMES
 
 # File names OpenAI's clip package caches under ~/.cache/clip (basename of its download URLs).
 OPENAI_FILENAMES = {

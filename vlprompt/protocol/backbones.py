@@ -39,8 +39,8 @@ __all__ = [
 
 DEFAULT_BACKBONE = "default"
 
-#: CLIP names -> open_clip architecture names (the QuickGELU models OpenAI trained); the same table as
-#: vlprompt.clip.backbone.CLIP_NAME_TO_OPENCLIP (a test keeps them equal), kept here without torch
+#: CLIP names -> open_clip architecture names (the QuickGELU models OpenAI trained); also
+#: vlprompt.clip.backbone.CLIP_NAME_TO_OPENCLIP (kept here, without torch)
 CLIP_NAMES = {
     "RN50": "RN50-quickgelu",
     "RN101": "RN101-quickgelu",
