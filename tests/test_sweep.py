@@ -971,9 +971,7 @@ def test_sweep_backbone_axis_end_to_end_on_a_tiny_siglip(tmp_path, capsys):
     (repo / "configs" / "datasets").mkdir()
     (repo / "configs" / "datasets" / "dtd.yaml").write_text(
         open(osp.join(repo_root, "configs", "datasets", "dtd.yaml")).read())
-    # TEST.FEATURE_CACHE False: the feature store's frozen_tower() accepts only the open_clip ViT encoder
-    # (vlprompt/features/extract.py), so CoOp's cached evaluation on a SigLIP tower is not available yet
-    (repo / "configs" / "trainers" / "CoOp" / "tiny.yaml").write_text(TINY_COOP + "TEST:\n  FEATURE_CACHE: False\n")
+    (repo / "configs" / "trainers" / "CoOp" / "tiny.yaml").write_text(TINY_COOP)  # evaluated from the feature store
     data = tmp_path / "data"
     make_dtd(str(data))
     out = str(tmp_path / "out")
