@@ -411,8 +411,8 @@ def test_interrupted_original_download_resumes(tmp_path):
                 self.send_header("Content-Range", f"bytes {start}-{len(payload) - 1}/{len(payload)}")
             self.end_headers()
             n = self.cut.pop() if self.cut else len(body)
+            seen.append((rng, n))  # before the write: the client may finish reading before this thread goes on
             self.wfile.write(body[:n])
-            seen.append((rng, n))
             self.close_connection = True
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
