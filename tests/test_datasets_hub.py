@@ -122,8 +122,8 @@ class FakeHub:
                 self.end_headers()
                 n = hub.cut.pop(name, None)
                 sent = body if n is None else body[:n]
+                hub.log.append(("GET", name, rng, len(sent)))  # before the write (the client may be done first)
                 self.wfile.write(sent)
-                hub.log.append(("GET", name, rng, len(sent)))
                 if n is not None:
                     self.wfile.flush()
                     self.close_connection = True
