@@ -49,10 +49,7 @@ class IVLP(ClipPromptTrainer):
 
     @classmethod
     def build_custom_clip(cls, cfg, classnames, clip_model):
-        m = cfg.TRAINER.IVLP
-        learner = IndependentPrompts(clip_model, classnames, n_ctx_text=m.N_CTX_TEXT, depth_text=m.PROMPT_DEPTH_TEXT,
-                                     n_ctx_vision=m.N_CTX_VISION, depth_vision=m.PROMPT_DEPTH_VISION,
-                                     ctx_init=m.CTX_INIT)
+        learner = IndependentPrompts.from_cfg(clip_model, classnames, cfg.TRAINER.IVLP)
         return DeepPromptedCLIP(clip_model, learner)
 
     def convert_legacy_state_dict(self, state_dict):

@@ -204,10 +204,7 @@ class PromptSRC(ClipPromptTrainer):
 
     @classmethod
     def build_custom_clip(cls, cfg, classnames, clip_model):
-        m = cfg.TRAINER.PROMPTSRC
-        learner = IndependentPrompts(clip_model, classnames, n_ctx_text=m.N_CTX_TEXT, depth_text=m.PROMPT_DEPTH_TEXT,
-                                     n_ctx_vision=m.N_CTX_VISION, depth_vision=m.PROMPT_DEPTH_VISION,
-                                     ctx_init=m.CTX_INIT)
+        learner = IndependentPrompts.from_cfg(clip_model, classnames, cfg.TRAINER.PROMPTSRC)
         model = DeepPromptedCLIP(clip_model, learner, text=learner.text_geometry, vision=learner.vision_geometry)
         model.zero_shot = EnsembleTeacher(clip_model, classnames, IMAGENET_TEMPLATES)  # frozen, never saved
         return model

@@ -281,6 +281,13 @@ class IndependentPrompts(ClassPromptLearner):
             self.vision_ctx = None
             self.deep_vision_prompts = nn.ParameterList()
 
+    @classmethod
+    def from_cfg(cls, clip_model, classnames, node):
+        """Built from a trainer's config node with IVLP's keys (``N_CTX_TEXT``, ``PROMPT_DEPTH_TEXT``,
+        ``N_CTX_VISION``, ``PROMPT_DEPTH_VISION``, ``CTX_INIT``; IVLP and PromptSRC use the same ones)."""
+        return cls(clip_model, classnames, n_ctx_text=node.N_CTX_TEXT, depth_text=node.PROMPT_DEPTH_TEXT,
+                   n_ctx_vision=node.N_CTX_VISION, depth_vision=node.PROMPT_DEPTH_VISION, ctx_init=node.CTX_INIT)
+
     def text_prompts(self):
         return self.assemble(self.ctx), list(self.deep_text_prompts)
 

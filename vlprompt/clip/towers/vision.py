@@ -31,19 +31,9 @@ import torch
 import torch.nn as nn
 
 from ..backbone import VISION_PROMPT_FAMILIES, model_dims, tower_kinds
-from ..prompted import PromptedVisionEncoder, check_prompt_config, check_vision_prompt_args
+from ..prompted import PromptedVisionEncoder, _as_batched, check_prompt_config, check_vision_prompt_args
 
 __all__ = ["TimmViTPromptedEncoder", "TimmEvaPromptedEncoder", "PlainVisionEncoder"]
-
-
-def _batched(p, batch, width, what):
-    if p.dim() == 2:
-        p = p.unsqueeze(0).expand(batch, -1, -1)
-    elif p.dim() != 3 or p.shape[0] != batch:
-        raise ValueError(f"{what}: expected shape (N, {width}) or ({batch}, N, {width}), got {tuple(p.shape)}")
-    if p.shape[-1] != width:
-        raise ValueError(f"{what}: expected width {width}, got {p.shape[-1]} (text/vision width mix-up?)")
-    return p
 
 
 class _TimmPromptedBase(PromptedVisionEncoder):
@@ -82,13 +72,13 @@ class _TimmPromptedBase(PromptedVisionEncoder):
         return check_vision_prompt_args(self.depth, prompts, deep_prompts)
 
     def _prompt_tokens(self, prompts, batch, dtype):
-        p = _batched(prompts, batch, self.width, "vision prompts")
+        p = _as_batched(prompts, batch, self.width, "vision prompts")
         if p.shape[1] != self.n_prompts:
             raise ValueError(f"vision prompts: expected {self.n_prompts} tokens, got {p.shape[1]}")
         return p.to(dtype)
 
     def _deep(self, deep_prompts, i, batch, n, dtype):
-        p = _batched(deep_prompts[i - 1], batch, self.width, f"deep vision prompt for block {i}")
+        p = _as_batched(deep_prompts[i - 1], batch, self.width, f"deep vision prompt for block {i}")
         if p.shape[1] != n:
             raise ValueError(f"deep vision prompt for block {i}: expected {n} tokens, got {p.shape[1]}")
         return p.to(dtype)
