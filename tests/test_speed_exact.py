@@ -78,6 +78,71 @@ def test_prefix_block_forward_equals_full_causal_block(tiny):
         _close(new_prefix.expand(r.shape[0], -1, -1), ref[:, :P])
 
 
+@pytest.mark.parametrize("tower", ["text", "vision"])
+def test_block_forward_first_rows_only_equal_the_full_blocks_rows_with_grads(tiny, tower):
+    blocks = tiny.transformer.resblocks if tower == "text" else tiny.visual.transformer.resblocks
+    block = blocks[2]
+    E, L, R = block.attn.embed_dim, 9, 6
+    mask = tiny.attn_mask[:L, :L] if tower == "text" else None
+    x = torch.randn(3, L, E, generator=_gen(6), requires_grad=True)
+    ref = block(x, attn_mask=mask)[:, :R]
+    out = fa.block_forward(block, x, mask, n_out=R)
+    assert out.shape == (3, R, E)
+    g = torch.randn(ref.shape, generator=_gen(7))
+    _close(out, ref)
+    # the dropped rows still serve as keys and values: their gradient is not zero (vision has no mask)
+    (gx_ref,) = torch.autograd.grad(ref, x, g)
+    (gx,) = torch.autograd.grad(out, x, g)
+    _close(gx, gx_ref)
+    if tower == "vision":
+        assert float(gx[:, R:].abs().max()) > 0
+
+
+def test_rows_block_forward_equals_the_full_blocks_row_per_sequence(tiny):
+    block = tiny.transformer.resblocks[4]
+    E, P, S = block.attn.embed_dim, 3, 5
+    prefix = torch.randn(1, P, E, generator=_gen(8), requires_grad=True)
+    x = torch.randn(4, S, E, generator=_gen(9), requires_grad=True)
+    pos = torch.tensor([4, 0, 2, 4])
+    mask = tiny.attn_mask[: P + S, : P + S]
+    full = torch.cat([prefix.expand(4, -1, -1), x], dim=1)
+    ref = block(full, attn_mask=mask)[torch.arange(4), P + pos]
+    out = fa.rows_block_forward(block, x, pos, mask[P:], prefix)
+    assert out.shape == (4, E)
+    _close(out, ref)
+    g = torch.randn(ref.shape, generator=_gen(10))
+    for a, b in zip(torch.autograd.grad(out, (prefix, x), g), torch.autograd.grad(ref, (prefix, x), g)):
+        _close(a, b)
+    # without a prefix
+    ref0 = block(x, attn_mask=mask[:S, :S])[torch.arange(4), pos]
+    _close(fa.rows_block_forward(block, x, pos, mask[:S, :S]), ref0)
+
+
+def test_encoders_compute_only_the_rows_they_read(tiny, monkeypatch):
+    """The vision encoder drops the prompt rows before a block that replaces them and computes only the
+    class token in the last block; the text encoder computes only the EOT rows in its last block."""
+    seen = []
+    orig_q = fa._q
+    monkeypatch.setattr(fa, "_q", lambda block, h: seen.append(tuple(h.shape[:2])) or orig_q(block, h))
+    d = model_dims(tiny)["d_vision"]
+    n_layers = model_dims(tiny)["vision_layers"]
+    N, B, depth = 2, 3, 3
+    images = torch.randn(B, 3, 224, 224, generator=_gen(11))
+    ve = PromptedVisionEncoder(tiny, N, depth, fast=True)
+    with torch.no_grad():
+        ve(images, torch.randn(N, d, generator=_gen(12)), [torch.randn(N, d, generator=_gen(13))] * (depth - 1))
+    L = 1 + (224 // tiny.visual.conv1.kernel_size[0]) ** 2 + N
+    # blocks 0 and 1 (their prompt outputs are replaced by blocks 1 and 2), then the last block's class token
+    assert seen == [(B, L - N), (B, L - N), (B, 1)], (seen, n_layers)
+    seen.clear()
+    te = PromptedTextEncoder(tiny, fast=True)
+    toks = tokenize(["a photo of a dog.", "a photo of a large black cat.", "x"])
+    with torch.no_grad():
+        te.encode_tokens(toks)
+    # one (classes of the group, 1) query per length group, in the last block only
+    assert sum(n for n, _ in seen) == 3 and all(q == 1 for _, q in seen), seen
+
+
 def test_unrecognised_blocks_and_hooks_fall_back(tiny):
     from open_clip.transformer import CustomResidualAttentionBlock
 

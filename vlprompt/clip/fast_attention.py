@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.modules import module as _module_mod
 
-__all__ = ["fast_block_reason", "block_forward", "prefix_block_forward", "blocks_fast_reason"]
+__all__ = ["fast_block_reason", "block_forward", "prefix_block_forward", "rows_block_forward", "blocks_fast_reason"]
 
 _RAB = None
 
@@ -93,6 +93,29 @@ def _qkv(block, h):
     return qkv[0], qkv[1], qkv[2]
 
 
+def _heads(t, N, L, parts, H, E):
+    return t.view(N, L, parts, H, E // H).permute(2, 0, 3, 1, 4)
+
+
+def _q(block, h):
+    """ln_1-normed query rows ``h`` (N, R, E) -> q (N, H, R, E/H): the first third of the in-projection."""
+    attn = block.attn
+    N, R, E = h.shape
+    b = attn.in_proj_bias
+    q = F.linear(h.reshape(N * R, E), attn.in_proj_weight[:E], None if b is None else b[:E])
+    return _heads(q, N, R, 1, attn.num_heads, E)[0]
+
+
+def _kv(block, h):
+    """ln_1-normed ``h`` (N, L, E) -> k, v each (N, H, L, E/H): the last two thirds of the in-projection."""
+    attn = block.attn
+    N, L, E = h.shape
+    b = attn.in_proj_bias
+    kv = F.linear(h.reshape(N * L, E), attn.in_proj_weight[E:], None if b is None else b[E:])
+    kv = _heads(kv, N, L, 2, attn.num_heads, E)
+    return kv[0], kv[1]
+
+
 def _attend(block, q, k, v, mask, N, L, E):
     attn = block.attn
     if mask is not None:
@@ -108,16 +131,28 @@ def _finish(block, x, o):
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
-def block_forward(block, x, attn_mask=None):
+def block_forward(block, x, attn_mask=None, n_out=None):
     """``block(x, attn_mask=attn_mask)`` for a batch-first ``x`` (N, L, E). ``attn_mask`` (L, L): additive
-    float, or bool with ``nn.MultiheadAttention``'s meaning (True = may *not* attend)."""
+    float, or bool with ``nn.MultiheadAttention``'s meaning (True = may *not* attend).
+
+    ``n_out`` (optional int): return only the first ``n_out`` positions' outputs (N, n_out, E); every
+    position still serves as key and value, so these rows are exactly those of the full block. The
+    other rows' queries, attention outputs, out-projection and MLP are not computed: the encoders use
+    this where those rows are discarded next (deep prompts replaced at the next block, every token but
+    the class token after the last block)."""
     if attn_mask is not None and attn_mask.dtype == torch.bool:
         attn_mask = torch.zeros(attn_mask.shape, dtype=x.dtype, device=x.device).masked_fill(attn_mask, float("-inf"))
     N, L, E = x.shape
     h = block.ln_1(x)
-    q, k, v = _qkv(block, h)
-    o = _attend(block, q, k, v, attn_mask, N, L, E)
-    return _finish(block, x, o)
+    if n_out is None or n_out >= L:
+        q, k, v = _qkv(block, h)
+        o = _attend(block, q, k, v, attn_mask, N, L, E)
+        return _finish(block, x, o)
+    R = int(n_out)
+    k, v = _kv(block, h)
+    q = _q(block, h[:, :R])
+    o = _attend(block, q, k, v, None if attn_mask is None else attn_mask[:R], N, R, E)
+    return _finish(block, x[:, :R], o)
 
 
 def prefix_block_forward(block, prefix, rows, prefix_mask, rows_mask):
@@ -140,3 +175,26 @@ def prefix_block_forward(block, prefix, rows, prefix_mask, rows_mask):
         v = torch.cat([vp.expand(N, -1, -1, -1), v], dim=2)
         new_rows.append(_finish(block, x, _attend(block, q, k, v, m, N, S, E)))
     return new_prefix, new_rows
+
+
+def rows_block_forward(block, x, pos, attn_mask=None, prefix=None):
+    """One block's output at one position per sequence: (N, E), row ``pos[n]`` of the block's output for
+    sequence ``[prefix | x[n]]``.
+
+    ``x`` (N, S, E); ``pos`` (N,) long positions within ``x``; ``attn_mask`` (S, P + S): the additive
+    mask rows of ``x``'s positions (P = 0 without ``prefix``); ``prefix`` (1, P, E): shared leading
+    positions (keys and values only). Every position serves as key and value; only the selected rows'
+    queries, attention, out-projection and MLP are computed. The text encoder uses it in the last block,
+    where only the EOT state is read (exact: the other rows' outputs are never used)."""
+    N, S, E = x.shape
+    ar = torch.arange(N, device=x.device)
+    h = block.ln_1(x)
+    k, v = _kv(block, h)
+    if prefix is not None and prefix.shape[1] > 0:
+        kp, vp = _kv(block, block.ln_1(prefix))
+        k = torch.cat([kp.expand(N, -1, -1, -1), k], dim=2)
+        v = torch.cat([vp.expand(N, -1, -1, -1), v], dim=2)
+    q = _q(block, h[ar, pos].unsqueeze(1))
+    m = None if attn_mask is None else attn_mask[pos].unsqueeze(1).unsqueeze(1)  # (N, 1, 1, P + S)
+    o = _attend(block, q, k, v, m, N, 1, E)
+    return _finish(block, x[ar, pos].unsqueeze(1), o)[:, 0]

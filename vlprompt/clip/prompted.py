@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .backbone import model_dims
-from .fast_attention import block_forward, blocks_fast_reason, fast_block_reason, prefix_block_forward
+from .fast_attention import block_forward, blocks_fast_reason, fast_block_reason, prefix_block_forward, rows_block_forward
 
 __all__ = [
     "PromptedTextEncoder",
@@ -370,6 +370,7 @@ class PromptedTextEncoder(nn.Module):
         prefix_mask = mask[:P, :P].contiguous()
         rows_mask = [mask[P:n, :n].contiguous() for _, n in groups]
         insert_block = insert[0] if insert is not None else -1
+        last = len(self.transformer.resblocks) - 1
         for i, block in enumerate(self.transformer.resblocks):
             if i == insert_block:
                 p = insert[1].to(x.dtype)
@@ -398,13 +399,15 @@ class PromptedTextEncoder(nn.Module):
                             r = torch.cat([r[:, :lo], pb[idx, : hi - lo], r[:, hi:]], dim=1)
                         new_rows.append(r)
                     rows = new_rows
+            if i == last:  # only the EOT states are read: one query row per class
+                break
             if P > 0:
                 prefix, rows = prefix_block_forward(block, prefix, rows, prefix_mask, rows_mask)
             else:
                 rows = [block_forward(block, r, m) for r, m in zip(rows, rows_mask)]
         order = torch.cat([idx for idx, _ in groups])
-        feats = torch.cat([r[torch.arange(r.shape[0], device=r.device), eot_idx[idx] - P]
-                           for (idx, _), r in zip(groups, rows)])
+        feats = torch.cat([rows_block_forward(block, r, eot_idx[idx] - P, m, prefix if P > 0 else None)
+                           for (idx, _), r, m in zip(groups, rows, rows_mask)])
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(K, device=order.device)
         return feats[inverse]
@@ -523,16 +526,32 @@ class PromptedVisionEncoder(nn.Module):
         batch_first = getattr(v.transformer, "batch_first", True)
         fast = (FAST_PATHS if self.fast is None else bool(self.fast)) and blocks_fast_reason(v.transformer.resblocks) is None
         insert_block = insert[0] if insert is not None else -1
-        for i, block in enumerate(v.transformer.resblocks):
+        blocks = v.transformer.resblocks
+
+        def replaced(j):  # block j replaces the prompt tokens at its input
+            return j != insert_block and 1 <= j <= len(deep_prompts) and deep_prompts[j - 1] is not None
+
+        dropped = False  # the previous block returned the rows before the prompt tokens only
+        for i, block in enumerate(blocks):
             if i == insert_block:
                 n = insert[1].shape[1]
                 x = torch.cat([x, insert[1].to(x.dtype)], dim=1)
-            elif 1 <= i <= len(deep_prompts) and deep_prompts[i - 1] is not None:
+            elif replaced(i):
                 p = _as_batched(deep_prompts[i - 1], B, self.width, f"deep vision prompt for block {i}")
                 if p.shape[1] != n:
                     raise ValueError(f"deep vision prompt for block {i}: expected {n} tokens, got {p.shape[1]}")
-                x = torch.cat([x[:, : x.shape[1] - n], p.to(x.dtype)], dim=1)
-            x = _run_block(block, x, None, batch_first, fast=fast)
+                x = torch.cat([x if dropped else x[:, : x.shape[1] - n], p.to(x.dtype)], dim=1)
+            if not fast:
+                x = _run_block(block, x, None, batch_first, fast=False)
+                continue
+            # exact: compute only the rows read later (the prompt tokens' outputs are dropped when the next
+            # block replaces them; after the last block only the class token is read)
+            if i == len(blocks) - 1:
+                keep = None if return_prompt_tokens else 1
+            else:
+                keep = x.shape[1] - n if n and replaced(i + 1) else None
+            x = block_forward(block, x, None, n_out=keep)
+            dropped = keep is not None
         pooled = v.ln_post(x[:, 0])
         if v.proj is not None:
             pooled = pooled @ v.proj
