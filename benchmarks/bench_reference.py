@@ -71,12 +71,14 @@ def _stats(ts):
 
 
 def bench_one(trainer, n_classes, device, reps, eval_batches, eval_batch, data_root, batch_size=None, log=print,
-              official_train_max=None):
+              official_train_max=None, backbone=None):
+    """One row: ``trainer`` at ``n_classes`` classes, both arms timed and compared. ``backbone``: a
+    ``MODEL.BACKBONE.NAME`` other than the config's (the tests use a tiny one)."""
     import torch
 
     from reference import official_way
 
-    opts = []
+    opts = ["MODEL.BACKBONE.NAME", backbone] if backbone else []
     bs = batch_size or (CPU_BATCH.get(trainer) if device == "cpu" else None)
     if bs:
         opts += ["DATALOADER.TRAIN_X.BATCH_SIZE", str(bs)]
@@ -235,7 +237,12 @@ def main(argv=None):
     p.add_argument("--out", default="")
     p.add_argument("--append", action="store_true", help="add rows to an existing --out file")
     p.add_argument("--plot", default="", metavar="JSON", help="only draw the plot for a results file")
+    p.add_argument("--table", default="", metavar="JSON", help="only print the markdown table of a results file")
     args = p.parse_args(argv)
+    if args.table:
+        with open(args.table) as f:
+            print(table(json.load(f)))
+        return 0
     if args.plot:
         with open(args.plot) as f:
             rows = json.load(f)
