@@ -7,6 +7,7 @@ import torch
 from tests.helpers import small_resnet_clip
 from vlprompt.clip import PromptedTextEncoder, PromptedVisionEncoder, build_clip_model, model_dims, tokenize
 from vlprompt.clip import fast_attention as fa
+from vlprompt.clip import prompted
 from vlprompt.clip.prompted import _length_groups
 
 TOL = dict(atol=1e-6, rtol=1e-6)
@@ -129,8 +130,10 @@ def test_encoders_compute_only_the_rows_they_read(tiny, monkeypatch):
     N, B, depth = 2, 3, 3
     images = torch.randn(B, 3, 224, 224, generator=_gen(11))
     ve = PromptedVisionEncoder(tiny, N, depth, fast=True)
+    prompts = torch.randn(N, d, generator=_gen(12))
+    deep = [torch.randn(N, d, generator=_gen(13))] * (depth - 1)
     with torch.no_grad():
-        ve(images, torch.randn(N, d, generator=_gen(12)), [torch.randn(N, d, generator=_gen(13))] * (depth - 1))
+        out = ve(images, prompts, deep)
     L = 1 + (224 // tiny.visual.conv1.kernel_size[0]) ** 2 + N
     # blocks 0 and 1 (their prompt outputs are replaced by blocks 1 and 2), then the last block's class token
     assert seen == [(B, L - N), (B, L - N), (B, 1)], (seen, n_layers)
@@ -138,9 +141,16 @@ def test_encoders_compute_only_the_rows_they_read(tiny, monkeypatch):
     te = PromptedTextEncoder(tiny, fast=True)
     toks = tokenize(["a photo of a dog.", "a photo of a large black cat.", "x"])
     with torch.no_grad():
-        te.encode_tokens(toks)
+        t_out = te.encode_tokens(toks)
     # one (classes of the group, 1) query per length group, in the last block only
     assert sum(n for n, _ in seen) == 3 and all(q == 1 for _, q in seen), seen
+    # READ_ROWS_ONLY = False: every row is computed (no query-only projection), same values
+    seen.clear()
+    monkeypatch.setattr(prompted, "READ_ROWS_ONLY", False)
+    with torch.no_grad():
+        _close(ve(images, prompts, deep), out)
+        _close(te.encode_tokens(toks), t_out)
+    assert seen == []
 
 
 def test_unrecognised_blocks_and_hooks_fall_back(tiny):

@@ -101,6 +101,11 @@ def _run_block(block, x, attn_mask, batch_first, fast=True):
 #: set to False (or pass ``fast=False`` to an encoder) to run open_clip's blocks as they are.
 FAST_PATHS = True
 
+#: within the fast paths, compute only the rows that are read later (vision: not the prompt rows before a
+#: block that replaces them, only the class token in the last block; text: only the EOT rows in the last
+#: block). Exact; False computes every row (``benchmarks/bench_rows_read.py`` measures both).
+READ_ROWS_ONLY = True
+
 
 def _length_groups(lengths, max_groups):
     """Split classes by sequence length: a list of ``(indices, length)`` with ``<= max_groups`` groups.
@@ -399,15 +404,19 @@ class PromptedTextEncoder(nn.Module):
                             r = torch.cat([r[:, :lo], pb[idx, : hi - lo], r[:, hi:]], dim=1)
                         new_rows.append(r)
                     rows = new_rows
-            if i == last:  # only the EOT states are read: one query row per class
+            if i == last and READ_ROWS_ONLY:  # only the EOT states are read: one query row per class
                 break
             if P > 0:
                 prefix, rows = prefix_block_forward(block, prefix, rows, prefix_mask, rows_mask)
             else:
                 rows = [block_forward(block, r, m) for r, m in zip(rows, rows_mask)]
         order = torch.cat([idx for idx, _ in groups])
-        feats = torch.cat([rows_block_forward(block, r, eot_idx[idx] - P, m, prefix if P > 0 else None)
-                           for (idx, _), r, m in zip(groups, rows, rows_mask)])
+        if READ_ROWS_ONLY:
+            feats = torch.cat([rows_block_forward(block, r, eot_idx[idx] - P, m, prefix if P > 0 else None)
+                               for (idx, _), r, m in zip(groups, rows, rows_mask)])
+        else:
+            feats = torch.cat([r[torch.arange(r.shape[0], device=r.device), eot_idx[idx] - P]
+                               for (idx, _), r in zip(groups, rows)])
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(K, device=order.device)
         return feats[inverse]
@@ -546,7 +555,9 @@ class PromptedVisionEncoder(nn.Module):
                 continue
             # exact: compute only the rows read later (the prompt tokens' outputs are dropped when the next
             # block replaces them; after the last block only the class token is read)
-            if i == len(blocks) - 1:
+            if not READ_ROWS_ONLY:
+                keep = None
+            elif i == len(blocks) - 1:
                 keep = None if return_prompt_tokens else 1
             else:
                 keep = x.shape[1] - n if n and replaced(i + 1) else None
