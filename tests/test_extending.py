@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import train as train_mod
 from vlprompt.clip import ClassPromptLearner, DeepPromptedCLIP, ZeroShotHead, init_text_context
+from vlprompt.clip.families import ANY_TOWERS
 from vlprompt.engine import TRAINER_REGISTRY
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
 from vlprompt.engine.methods import method_spec, method_specs, recipes
@@ -39,6 +40,7 @@ class TinyReg(ClipPromptTrainer):
     MODEL_NAME = "prompt_learner"  # checkpoint folder
     RECIPES = recipes("CoOp/toy")  # default config per protocol (here: CoOp's toy config)
     TABLE_ORDER = 500  # position in result tables
+    BACKBONE_SUPPORT = ANY_TOWERS  # families the sweep may plan it on
 
     @classmethod
     def build_custom_clip(cls, cfg, classnames, clip_model):
@@ -68,6 +70,10 @@ def test_the_extending_example_runs_through_registry_sweep_and_results(tmp_path,
 
     spec = method_spec("TinyReg")
     assert spec.recipes == {"base2new": {"config": "CoOp/toy"}, "few_shot": {"config": "CoOp/toy"}}
+    from vlprompt.sweep.backbones import describe_support, method_support
+    from vlprompt.sweep.protocols import registry_specs
+
+    assert "CLIP ResNet" in describe_support(method_support(registry_specs()["TinyReg"])[0])
     assert "TinyReg" in [s.name for s in method_specs()]  # the sweep, results and contract tests see it
 
     data = tmp_path / "data"

@@ -992,10 +992,10 @@ def test_sweep_backbone_axis_end_to_end_on_a_tiny_siglip(tmp_path, capsys):
     assert table.name == "base2new" and table.title.endswith("; backbone test-siglip-tiny")
 
 
-def test_declared_backbone_support_replaces_the_interim_table():
-    """A trainer's BACKBONE_SUPPORT (read into the sweep's spec) wins over the table taken from docs/METHODS.md;
-    a trainer in neither is not checked."""
-    from vlprompt.sweep.backbones import KNOWN_SUPPORT, describe_support, method_support, support_problem
+def test_backbone_support_comes_from_the_trainers_declaration():
+    """The sweep checks a pair against the trainer's BACKBONE_SUPPORT (read into the sweep's spec); every
+    shipped trainer declares it, and a trainer that does not is not checked."""
+    from vlprompt.sweep.backbones import describe_support, method_support, support_problem
     from vlprompt.sweep.protocols import SpecView
 
     spec = SpecView(name="MaPLe", recipes={}, backbone_support={"text": ["causal"], "vision": ["clip_vit"]})
@@ -1003,12 +1003,16 @@ def test_declared_backbone_support_replaces_the_interim_table():
     assert where == "BACKBONE_SUPPORT of trainer MaPLe" and describe_support(support) == "CLIP ViT"
     assert support_problem("MaPLe", "EVA02-B-16@x", _towers("EVA02-B-16"), support).startswith(
         "MaPLe cannot run on EVA02-B-16@x (EVA02/PE-Core: its image tower is timm_eva); MaPLe supports: CLIP ViT")
-    assert method_support(SpecView(name="MaPLe", recipes={}))[0] is KNOWN_SUPPORT["MaPLe"]
-    assert support_problem("MaPLe", "EVA02-B-16", _towers("EVA02-B-16"), KNOWN_SUPPORT["MaPLe"]) is None
     assert method_support(SpecView(name="NewMethod", recipes={})) == (None, None)
-    # every trainer of trainers/ with recipes is in the table (until they declare it themselves)
     from vlprompt.engine import TRAINER_REGISTRY
 
-    ours = {n for n, s in registry_specs().items()
-            if s.recipes and TRAINER_REGISTRY.get(n).__module__.startswith("trainers.")}
-    assert len(ours) > 15 and ours <= set(KNOWN_SUPPORT)
+    specs = {n: s for n, s in registry_specs().items() if TRAINER_REGISTRY.get(n).__module__.startswith("trainers.")}
+    assert len(specs) > 15 and all(s.backbone_support for s in specs.values()), [
+        n for n, s in specs.items() if not s.backbone_support]
+    got = {n: describe_support(method_support(s)[0]) for n, s in specs.items()}
+    assert got["MaPLe"] == got["VPT"] == got["APLe"] == "CLIP ViT, SigLIP/SigLIP2, EVA02/PE-Core, causal text + timm ViT (e.g. MobileCLIP)"
+    assert got["MMRL"] == "CLIP ViT"
+    assert "CLIP ResNet" in got["CoOp"] and "other timm trunks" in got["TipAdapterF"]
+    assert support_problem("MaPLe", "EVA02-B-16", _towers("EVA02-B-16"), method_support(specs["MaPLe"])[0]) is None
+    assert support_problem("UMuDPT", "RN50", _towers("RN50"), method_support(specs["UMuDPT"])[0]).startswith(
+        "UMuDPT cannot run on RN50 (CLIP ResNet: its image tower is resnet)")

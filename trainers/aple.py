@@ -71,6 +71,7 @@ from vlprompt.clip import (
 )
 from vlprompt.clip.adapters import ADAPTER_MODES, FrequencyAdapter
 from vlprompt.config import ConfigError
+from vlprompt.clip.families import PROMPTABLE_VISION
 from vlprompt.engine import TRAINER_REGISTRY
 from vlprompt.engine.methods import recipes
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
@@ -185,6 +186,7 @@ class APLe(ClipPromptTrainer):
 
     RECIPES = recipes("vit_b16_c2_ep5_batch4_2ctx", xd="vit_b16_c2_ep5_batch4_2ctx_cross_datasets", few_shot="vit_b16_c2_ep5_batch4_2ctx_fewshot")
     TABLE_ORDER = 90
+    BACKBONE_SUPPORT = PROMPTABLE_VISION  # vision prompts: transformer image towers only
 
     CFG_NODE = "APLE"
     CFG_DEFAULTS = dict(

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from vlprompt.clip import ArgError, PromptedCLIP, ZeroShotHead, get_template
+from vlprompt.clip.families import ANY_TOWERS
 from vlprompt.engine import TRAINER_REGISTRY
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
 from vlprompt.features.training import FeatureEpochs
@@ -84,6 +85,7 @@ class CLIP_Adapter(FeatureEpochs, ClipPromptTrainer):
         "domain_generalization": {"config": "vit_b16"},
     }
     TABLE_ORDER = 210
+    BACKBONE_SUPPORT = ANY_TOWERS
 
     CFG_NODE = "CLIP_ADAPTER"
     # official: REDUCTION 4 and ratio 0.2 hard-coded in clip_adapter.py; clip_model.float() -> fp32

@@ -26,6 +26,7 @@ from vlprompt.clip.lora import POSITIONS, PROJECTIONS, apply_lora, official_lora
 from vlprompt.clip.prompt_init import clean_classname
 from vlprompt.clip.blocks import PromptedCLIP
 from vlprompt.config import ConfigError
+from vlprompt.clip.families import PROMPTABLE_VISION
 from vlprompt.engine import TRAINER_REGISTRY
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
 from vlprompt.engine.methods import recipes
@@ -124,6 +125,7 @@ class CLIPLoRA(ClipPromptTrainer):
     # docs/METHODS.md); the budget follows the shots (500 x 16 for the base-to-novel 16 shots).
     RECIPES = recipes("vit_b16", few_shot="vit_b16")
     TABLE_ORDER = 240
+    BACKBONE_SUPPORT = PROMPTABLE_VISION  # LoRA on the attention of both towers (ENCODER text: any image tower)
     LR_SCHEDULE_UNIT = "iteration"
     LOG_ACC = True
 

@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vlprompt.clip import ArgError, ClassPromptLearner, PromptedCLIP, init_text_context
+from vlprompt.clip.families import ANY_TOWERS
 from vlprompt.engine import TRAINER_REGISTRY
 from vlprompt.engine.methods import recipes
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
@@ -116,6 +117,7 @@ class CoCoOp(ClipPromptTrainer):
 
     RECIPES = recipes("vit_b16_c4_ep10_batch1_ctxv1", xd="vit_b16_c4_ep10_batch1_ctxv1")
     TABLE_ORDER = 40
+    BACKBONE_SUPPORT = ANY_TOWERS
 
     CFG_NODE = "COCOOP"
     # CHUNK_SIZE (vlprompt): max (image, class) prompt sequences per text-encoder call; 0 = no limit.

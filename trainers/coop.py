@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from vlprompt.clip import ArgError, ClassPromptLearner, DeepPromptedCLIP, init_text_context, random_prompt
+from vlprompt.clip.families import ANY_TOWERS
 from vlprompt.engine import TRAINER_REGISTRY
 from vlprompt.engine.methods import recipes
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
@@ -101,6 +102,7 @@ class CoOp(ClipPromptTrainer):
                       few_shot_per_dataset={"imagenet": "vit_b16_ep50"},
                       few_shot_per_shots={"1": "vit_b16_ep50", "2": "vit_b16_ep100", "4": "vit_b16_ep100"})
     TABLE_ORDER = 30
+    BACKBONE_SUPPORT = ANY_TOWERS
 
     CFG_NODE = "COOP"
     CFG_DEFAULTS = dict(N_CTX=16, CSC=False, CTX_INIT="", PREC="fp16", CLASS_TOKEN_POSITION="end")

@@ -5,6 +5,7 @@ prompting. Details, parameter counts and configs: docs/METHODS.md (## IVLP).
 import re
 
 from vlprompt.clip import DeepPromptedCLIP, IndependentPrompts
+from vlprompt.clip.families import PROMPTABLE_VISION
 from vlprompt.engine import TRAINER_REGISTRY
 from vlprompt.engine.methods import recipes
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
@@ -39,6 +40,7 @@ class IVLP(ClipPromptTrainer):
 
     RECIPES = recipes("vit_b16_c2_ep5_batch4_2+2ctx", xd="vit_b16_c2_ep5_batch4_2+2ctx")
     TABLE_ORDER = 60
+    BACKBONE_SUPPORT = PROMPTABLE_VISION  # vision prompts: transformer image towers only
 
     CFG_NODE = "IVLP"
     CFG_DEFAULTS = dict(N_CTX_VISION=2, N_CTX_TEXT=2, CTX_INIT="a photo of a", PREC="fp16", PROMPT_DEPTH_VISION=9,

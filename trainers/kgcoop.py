@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from vlprompt.clip import CUSTOM_TEMPLATES, DeepPromptedCLIP, ZeroShotHead, get_template
+from vlprompt.clip.families import ANY_TOWERS
 from vlprompt.engine import TRAINER_REGISTRY
 from vlprompt.engine.methods import recipes
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
@@ -87,6 +88,7 @@ class KgCoOp(ClipPromptTrainer):
     # same config (docs/METHODS.md)
     RECIPES = recipes("vit_b16_ep100_ctxv1", xd="vit_b16_ep100_ctxv1")
     TABLE_ORDER = 100
+    BACKBONE_SUPPORT = ANY_TOWERS
 
     CFG_NODE = "KGCOOP"
     # official train.py defaults of the keys KgCoOp reads (TRAINER.COOP there)

@@ -35,6 +35,7 @@ import torch
 from vlprompt.clip import Precision, build_clip_from_cfg
 from vlprompt.clip.towers import prompted_vision_encoder
 from vlprompt.config import add_trainer_cfg, register_cfg_extension
+from vlprompt.clip.families import ANY_TOWERS
 from vlprompt.engine import TRAINER_REGISTRY, TrainerX
 from vlprompt.features.extract import loader_features, view_features
 
@@ -83,6 +84,7 @@ class LinearProbeCLIP(TrainerX):
 
     RECIPES = {"few_shot": {"config": "rn50"}}
     TABLE_ORDER = 200
+    BACKBONE_SUPPORT = ANY_TOWERS
     EVAL_ONLY = True
     FROZEN_IMAGE_FEATURES = True
     CFG_NODE = "LINEAR_PROBE"

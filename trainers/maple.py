@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from vlprompt.clip import ClassPromptLearner, DeepPromptedCLIP, init_text_context, prompt_geometry, random_deep_prompts
 from vlprompt.clip.backbone import model_dims
+from vlprompt.clip.families import PROMPTABLE_VISION
 from vlprompt.engine import TRAINER_REGISTRY
 from vlprompt.engine.methods import recipes
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
@@ -56,6 +57,7 @@ class MaPLe(ClipPromptTrainer):
 
     RECIPES = recipes("vit_b16_c2_ep5_batch4_2ctx", xd="vit_b16_c2_ep5_batch4_2ctx_cross_datasets")
     TABLE_ORDER = 70
+    BACKBONE_SUPPORT = PROMPTABLE_VISION  # vision prompts: transformer image towers only
 
     CFG_NODE = "MAPLE"
     CFG_DEFAULTS = dict(N_CTX=2, CTX_INIT="a photo of a", PREC="fp16", PROMPT_DEPTH=9)

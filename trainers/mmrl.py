@@ -331,6 +331,8 @@ class MMRL(ClipPromptTrainer):
         few_shot={"config": "vit_b16_few_shot", "per_dataset": {"imagenet": "vit_b16_imagenet_few_shot"}},
     )
     TABLE_ORDER = 140
+    # tokens inserted at a later block of open_clip CLIP ViT towers
+    BACKBONE_SUPPORT = dict(text=("causal",), vision=("clip_vit",), clip_towers=True)
 
     CFG_NODE = "MMRL"
     # official train.py defaults, except REP_LAYERS ([] there, which crashes; every official config sets

@@ -55,6 +55,7 @@ from vlprompt.clip import (
     prompt_geometry,
     random_prompt,
 )
+from vlprompt.clip.families import PROMPTABLE_VISION
 from vlprompt.engine import TRAINER_REGISTRY
 from vlprompt.engine.methods import recipes
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
@@ -310,6 +311,7 @@ class MuDPT(ClipPromptTrainer):
 
     RECIPES = recipes("vit_b16_bz4_ep10_nctx4_depth9", xd="vit_b16_bz4_ep10_nctx4_depth9_cross_datasets")
     TABLE_ORDER = 80
+    BACKBONE_SUPPORT = PROMPTABLE_VISION  # vision prompts: transformer image towers only
 
     CFG_NODE = "MUDPT"
     CFG_DEFAULTS = {

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from vlprompt.clip import APLE_TEMPLATES, ArgError, ClassPromptLearner, DeepPromptedCLIP, ZeroShotHead, get_template
 from vlprompt.clip import clean_classname, count_tokens, random_prompt, tokenize
 from vlprompt.clip.prompt_init import token_embeddings
+from vlprompt.clip.families import ANY_TOWERS
 from vlprompt.engine import TRAINER_REGISTRY
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
 
@@ -144,6 +145,7 @@ class ProGrad(ClipPromptTrainer):
                                                           "4": "vit_b16_ep100"}},
     }
     TABLE_ORDER = 110
+    BACKBONE_SUPPORT = ANY_TOWERS
 
     CFG_NODE = "PROGRAD"
     # official train.py defaults: TRAINER.COOP.{N_CTX, CSC, CTX_INIT, PREC, CLASS_TOKEN_POSITION}, LOSS.{T, LAMBDA}

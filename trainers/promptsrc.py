@@ -46,6 +46,7 @@ from vlprompt.clip.tokenizer import model_tokenizer
 from vlprompt.clip.towers import prompted_text_encoder
 from vlprompt.clip.templates import format_classnames
 from vlprompt.config import ConfigError
+from vlprompt.clip.families import PROMPTABLE_VISION
 from vlprompt.engine import TRAINER_REGISTRY, HookBase
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
 
@@ -194,6 +195,8 @@ class PromptSRC(ClipPromptTrainer):
         },
     }
     TABLE_ORDER = 120
+    # its default has vision prompts (its text-only variant, PROMPT_DEPTH_VISION 0, also runs on CNN towers)
+    BACKBONE_SUPPORT = PROMPTABLE_VISION
 
     CFG_NODE = "PROMPTSRC"
     CFG_DEFAULTS = dict(N_CTX_VISION=4, N_CTX_TEXT=4, CTX_INIT="a photo of a", PREC="fp16", PROMPT_DEPTH_VISION=9,

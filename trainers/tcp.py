@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from vlprompt.clip import CUSTOM_TEMPLATES, ArgError, ClassPromptLearner, DeepPromptedCLIP, ZeroShotHead, get_template
 from vlprompt.clip import clean_classname, init_text_context, model_dims
 from vlprompt.clip.prompt_init import token_embeddings
+from vlprompt.clip.families import ANY_TOWERS
 from vlprompt.engine import TRAINER_REGISTRY
 from vlprompt.engine.methods import recipes
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
@@ -191,6 +192,7 @@ class TCP(ClipPromptTrainer):
     # same config (docs/METHODS.md)
     RECIPES = recipes("vit_b16_ep100_ctxv1", xd="vit_b16_ep100_ctxv1")
     TABLE_ORDER = 130
+    BACKBONE_SUPPORT = ANY_TOWERS
 
     CFG_NODE = "TCP"
     # official train.py defaults (TRAINER.COOP there), except N_CTX: 16 there, but the meta-net makes 4

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from vlprompt.clip import (IMAGENET_TEMPLATES_SELECT, ArgError, Precision, PromptedCLIP, ZeroShotHead,
                            build_clip_from_cfg, clean_classname, get_template)
+from vlprompt.clip.families import ANY_TOWERS
 from vlprompt.engine import TRAINER_REGISTRY, TrainerX
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
 from vlprompt.features.extract import loader_features
@@ -225,6 +226,7 @@ class TipAdapter(TrainerX):
     # classes would not evaluate a transferred model
     RECIPES = {"few_shot": {"config": "rn50_imagenet", "per_dataset": OFFICIAL_CONFIGS}}
     TABLE_ORDER = 220
+    BACKBONE_SUPPORT = ANY_TOWERS
     EVAL_ONLY = True
     FROZEN_IMAGE_FEATURES = True
     CFG_NODE = "TIP_ADAPTER"
@@ -283,6 +285,7 @@ class TipAdapterF(FeatureEpochs, ClipPromptTrainer):
     RECIPES = {"few_shot": {"config": "rn50_imagenet", "per_dataset": OFFICIAL_CONFIGS},
                "domain_generalization": {"config": "rn50_imagenet"}}
     TABLE_ORDER = 230
+    BACKBONE_SUPPORT = ANY_TOWERS
     CFG_NODE = "TIP_ADAPTER_F"
     CFG_DEFAULTS = dict(TIP_DEFAULTS, ADAM_EPS=1e-4)
     CFG_ARGS = {"zs_scale": "ZS_SCALE", "augment_epoch": "AUGMENT_EPOCH"}

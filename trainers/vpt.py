@@ -2,6 +2,7 @@
 ("<CTX_INIT> <class>."). Details, parameter counts and configs: docs/METHODS.md (## VPT).
 """
 from vlprompt.clip import DeepPromptedCLIP, VisionPrompts, prompt_strings
+from vlprompt.clip.families import PROMPTABLE_VISION
 from vlprompt.engine import TRAINER_REGISTRY
 from vlprompt.engine.methods import recipes
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
@@ -15,6 +16,7 @@ class VPT(ClipPromptTrainer):
 
     RECIPES = recipes("vit_b16_c2_ep5_batch4_4", xd="vit_b16_c2_ep5_batch4_4")
     TABLE_ORDER = 50
+    BACKBONE_SUPPORT = PROMPTABLE_VISION  # vision prompts: transformer image towers only
 
     CFG_NODE = "VPT"
     CFG_DEFAULTS = dict(N_CTX_VISION=2, CTX_INIT="a photo of a", PREC="fp16", PROMPT_DEPTH_VISION=1)

@@ -12,6 +12,7 @@ GPU when PREC is fp16, fp32 on CPU.
 import torch
 
 from vlprompt.clip import IMAGENET_TEMPLATES_SELECT, ZeroShotHead, build_clip_from_cfg, get_template
+from vlprompt.clip.families import ANY_TOWERS
 from vlprompt.engine import TRAINER_REGISTRY, TrainerX
 from vlprompt.engine.methods import recipes
 
@@ -31,6 +32,7 @@ class ZeroshotCLIP(TrainerX):
 
     RECIPES = recipes("CoOp/vit_b16", xd="CoOp/vit_b16")
     TABLE_ORDER = 10
+    BACKBONE_SUPPORT = ANY_TOWERS
     EVAL_ONLY = True
     FROZEN_IMAGE_FEATURES = True  # evaluated from the feature store (vlprompt.features)
 

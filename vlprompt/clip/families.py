@@ -13,10 +13,16 @@ import os.path as osp
 from dataclasses import asdict, dataclass
 from typing import Optional
 
-__all__ = ["TowerInfo", "tower_info", "FAMILIES", "family_of", "TEXT_ANY", "PROMPTABLE"]
+__all__ = ["TowerInfo", "tower_info", "FAMILIES", "family_of", "TEXT_ANY", "PROMPTABLE", "ANY_TOWERS",
+           "PROMPTABLE_VISION"]
 
 TEXT_ANY = ("causal", "bidirectional")
 PROMPTABLE = ("clip_vit", "timm_vit", "timm_eva")  # image towers that take vision prompts
+
+#: ``BACKBONE_SUPPORT`` values a trainer declares (read by the sweep's planning, vlprompt.sweep.backbones):
+#: every family whose towers vlprompt can build, and every family whose image tower takes vision prompts
+ANY_TOWERS = {"text": TEXT_ANY, "vision": "any"}
+PROMPTABLE_VISION = {"text": TEXT_ANY, "vision": PROMPTABLE}
 
 #: (name, text kind, vision kind, open_clip CLIP class) of the families the docs name; "*" = any
 FAMILIES = (

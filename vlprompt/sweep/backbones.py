@@ -3,12 +3,12 @@
 **Tower kinds** come from :mod:`vlprompt.clip.families` (:func:`tower_info`: read from the model's
 structure on the ``meta`` device, cached), re-exported here for the planner.
 
-**Method support** (:func:`method_support`): a trainer may declare ``BACKBONE_SUPPORT = {"text": (...),
+**Method support** (:func:`method_support`): a trainer declares ``BACKBONE_SUPPORT = {"text": (...),
 "vision": (...), "clip_towers": bool}`` (text kinds ``causal``/``bidirectional``; vision kinds
 ``clip_vit``, ``resnet``, ``timm_vit``, ``timm_eva`` or ``"any"``; ``clip_towers``: open_clip ``CLIP``
-towers only). No trainer declares it yet, so :data:`KNOWN_SUPPORT` holds the table of docs/METHODS.md
-("Which methods run on which family") until they do; a trainer in neither is planned unchecked, with a
-note.
+towers only; :data:`vlprompt.clip.families.ANY_TOWERS` / ``PROMPTABLE_VISION`` are the common values).
+Every shipped trainer declares it (docs/METHODS.md, "Which methods run on which family"); a trainer
+that does not is planned unchecked, with a note.
 """
 from vlprompt.clip.families import FAMILIES, PROMPTABLE, TEXT_ANY, TowerInfo, family_of, tower_info
 
@@ -17,7 +17,6 @@ __all__ = [
     "tower_info",
     "FAMILIES",
     "family_of",
-    "KNOWN_SUPPORT",
     "method_support",
     "support_problem",
     "describe_support",
@@ -29,26 +28,13 @@ def _s(text=TEXT_ANY, vision="any", clip_towers=False):
     return {"text": tuple(text), "vision": vision if vision == "any" else tuple(vision), "clip_towers": clip_towers}
 
 
-#: docs/METHODS.md, "Which methods run on which family" (until the trainers declare BACKBONE_SUPPORT)
-KNOWN_SUPPORT = {
-    **{t: _s() for t in ("ZeroshotCLIP", "ZeroshotCLIP2", "CoOp", "CoCoOp", "KgCoOp", "ProGrad", "TCP", "LinearProbeCLIP",
-                         "CLIP_Adapter", "TipAdapter", "TipAdapterF")},
-    # prompts in the image tower: transformer image towers only (PromptSRC's text-only variant,
-    # PROMPT_DEPTH_VISION 0, also runs on CNN towers: planned only where its default runs)
-    **{t: _s(vision=PROMPTABLE) for t in ("VPT", "IVLP", "MaPLe", "MuDPT", "UMuDPT", "APLe", "PromptSRC")},
-    "CLIPLoRA": _s(vision=PROMPTABLE),  # LoRA on the attention of both towers (ENCODER text: any image tower)
-    "MMRL": _s(text=("causal",), vision=("clip_vit",), clip_towers=True),  # tokens inserted at a later block
-}
-
-
 def method_support(spec):
-    """``(support dict, where it comes from)`` of a sweep spec, or ``(None, None)`` when unknown."""
+    """``(support dict, where it comes from)`` of a sweep spec, or ``(None, None)`` when the trainer
+    declares no ``BACKBONE_SUPPORT``."""
     declared = getattr(spec, "backbone_support", None)
     if declared:
         return _s(declared.get("text", TEXT_ANY), declared.get("vision", "any"),
                   bool(declared.get("clip_towers", False))), f"BACKBONE_SUPPORT of trainer {spec.name}"
-    if spec.name in KNOWN_SUPPORT:
-        return KNOWN_SUPPORT[spec.name], "docs/METHODS.md (the trainer declares no BACKBONE_SUPPORT yet)"
     return None, None
 
 
