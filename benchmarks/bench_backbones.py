@@ -19,6 +19,7 @@ are CLIP BPE ids folded into SigLIP's vocabulary (same sequence length 64, so th
 """
 import argparse
 import json
+import os.path as osp
 import statistics
 import sys
 import time
@@ -157,11 +158,10 @@ def main(argv=None):
     text = json.dumps(out, indent=2)
     print(text)
     if args.out:
-        with open(args.out + ".tmp", "w") as f:
-            f.write(text)
-        import os
+        sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+        from common import write_json
 
-        os.replace(args.out + ".tmp", args.out)
+        write_json(out, args.out)
 
 
 if __name__ == "__main__":

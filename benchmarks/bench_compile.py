@@ -12,7 +12,6 @@ again for every new K or batch size.
         --out benchmarks/results/compile_cpu.json
 """
 import argparse
-import json
 import os.path as osp
 import statistics
 import sys

@@ -36,7 +36,6 @@ accuracies were identical (``torch.equal``).
 """
 import argparse
 import json
-import os
 import os.path as osp
 import shutil
 import statistics
@@ -368,11 +367,9 @@ def main(argv=None):
     print(json.dumps({k: v for k, v in result.items() if k not in ("runs", "by_method")}, indent=1))
     print(json.dumps(result["by_method"], indent=1))
     if args.out:
-        os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
-        tmp = args.out + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=1)
-        os.replace(tmp, args.out)
+        from common import write_json
+
+        write_json(result, args.out, indent=1)
     return 0 if result["identical_logits_and_accuracy"] else 1
 
 

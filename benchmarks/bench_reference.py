@@ -17,7 +17,6 @@ what it measured.
 import argparse
 import copy
 import json
-import os
 import os.path as osp
 import statistics
 import sys
@@ -28,7 +27,7 @@ HERE = osp.dirname(osp.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from bench_trainers import CASES  # noqa: E402
-from common import build, sync  # noqa: E402
+from common import build, sync, write_json  # noqa: E402
 
 #: small batches keep a 2-core CPU run within minutes; the real configs' batch sizes are the default on CUDA
 CPU_BATCH = {"CoOp": 4, "CoCoOp": 1}
@@ -159,14 +158,6 @@ def bench_one(trainer, n_classes, device, reps, eval_batches, eval_batch, data_r
 
 def _e(v):
     return "-" if v is None else f"{v:.1e}"
-
-
-def write_json(rows, path):
-    os.makedirs(osp.dirname(osp.abspath(path)) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(rows, f, indent=2)
-    os.replace(tmp, path)
 
 
 def table(rows):

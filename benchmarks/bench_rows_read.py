@@ -12,8 +12,6 @@ Each case runs A/B interleaved after one warm-up each; median and min of ``--rep
 difference between the outputs (and gradients) of the two arms, relative to the largest value.
 """
 import argparse
-import json
-import os
 import os.path as osp
 import statistics
 import sys
@@ -23,7 +21,7 @@ import torch
 
 HERE = osp.dirname(osp.abspath(__file__))
 sys.path.insert(0, HERE)
-from common import sync  # noqa: E402
+from common import sync, write_json  # noqa: E402
 
 
 def _ab(fn, reps, device):
@@ -123,11 +121,7 @@ def main(argv=None):
         print(f"| {r['name']} | {r['all_rows_s']:.3f} | {r['rows_read_s']:.3f} | {r['speedup_median']:.2f}x "
               f"(min {r['speedup_min']:.2f}x) | {r['max_rel_diff']:.1e} |")
     if args.out:
-        os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
-        tmp = args.out + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(rows, f, indent=2)
-        os.replace(tmp, args.out)
+        write_json(rows, args.out)
     return 0
 
 

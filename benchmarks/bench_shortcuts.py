@@ -17,7 +17,7 @@ import torch
 
 HERE = osp.dirname(osp.abspath(__file__))
 sys.path.insert(0, HERE)
-from common import build, sync, timed  # noqa: E402
+from common import build, timed  # noqa: E402
 
 
 def bench_truncation(device, n_classes, iters):

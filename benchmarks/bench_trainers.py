@@ -42,7 +42,7 @@ def run_one(trainer, config, n_classes, device, iters, eval_images):
     import torch
 
     sys.path.insert(0, HERE)
-    from common import build, peak_memory_mb, sync, timed
+    from common import build, peak_memory_mb, timed
 
     torch.manual_seed(0)
     tr = build(trainer, config, n_classes, device=device, opts=["DATALOADER.TEST.BATCH_SIZE", "100"])
@@ -97,7 +97,7 @@ def main(argv=None):
             print(f"[bench] {t} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
             continue
         rows.append(json.loads(line[0][7:]))
-    print(f"| trainer | batch | train step (s) | train img/s | eval img/s | peak mem (MiB) | trainable params |")
+    print("| trainer | batch | train step (s) | train img/s | eval img/s | peak mem (MiB) | trainable params |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['trainer']} | {r['batch']} | {r['train_step_s']:.3f} | {r['train_images_per_s']:.1f} | "

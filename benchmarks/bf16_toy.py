@@ -5,8 +5,6 @@ test images whose prediction is the same, and the smallest image-feature cosine 
     python benchmarks/bf16_toy.py --root data --out benchmarks/results/bf16_toy_cpu.json
 """
 import argparse
-import json
-import os
 import os.path as osp
 import sys
 
@@ -58,10 +56,10 @@ def main(argv=None):
         print(f"| {r['dataset']} | {r['images']} | {r['top1_fp32']:.2f} % | {r['top1_bf16']:.2f} % | "
               f"{r['same_prediction_pct']:.2f} % | {r['min_feature_cosine']:.5f} |")
     if args.out:
-        os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
-        with open(args.out + ".tmp", "w") as f:
-            json.dump({"cpu_native_bf16": cpu_supports_bf16(), "torch": torch.__version__, "rows": rows}, f, indent=2)
-        os.replace(args.out + ".tmp", args.out)
+        sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+        from common import write_json
+
+        write_json({"cpu_native_bf16": cpu_supports_bf16(), "torch": torch.__version__, "rows": rows}, args.out)
     return 0
 
 

@@ -1,5 +1,6 @@
 """Shared set-up for the benchmarks: a fabricated ImageFolder dataset and trainers built from the
 real config files with random-weight backbones (no downloads)."""
+import json
 import os
 import os.path as osp
 import random
@@ -83,3 +84,12 @@ def peak_memory_mb(device):
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB -> MiB (process peak RSS)
+
+
+def write_json(obj, path, indent=2):
+    """``obj`` as JSON at ``path``, written to ``path.tmp`` first and moved into place (never half-written)."""
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=indent)
+    os.replace(tmp, path)

@@ -17,9 +17,7 @@ CUDA GPU (<= 8 minutes); ``--device cpu --tiny`` is a dry run of the same code o
 (used by the test suite).
 """
 import argparse
-import json
 import math
-import os
 import os.path as osp
 import platform
 import statistics
@@ -31,6 +29,7 @@ HERE = osp.dirname(osp.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from bench_trainers import CASES  # noqa: E402
+from common import write_json  # noqa: E402
 
 PRECISIONS = ("fp32", "fp16", "amp", "bf16")
 LOSS_TOL = 0.05
@@ -161,14 +160,6 @@ def check_row(trainer, prec, args, data_root, ref=None):
     if args.device == "cuda":
         torch.cuda.empty_cache()
     return row
-
-
-def write_json(obj, path):
-    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 def main(argv=None):
