@@ -10,7 +10,7 @@ towers only; :data:`vlprompt.clip.families.ANY_TOWERS` / ``PROMPTABLE_VISION`` a
 Every shipped trainer declares it (docs/METHODS.md, "Which methods run on which family"); a trainer
 that does not is planned unchecked, with a note.
 """
-from vlprompt.clip.families import FAMILIES, PROMPTABLE, TEXT_ANY, TowerInfo, family_of, tower_info
+from vlprompt.clip.families import FAMILIES, TEXT_ANY, TowerInfo, family_of, tower_info
 
 __all__ = [
     "TowerInfo",
