@@ -65,6 +65,19 @@ def ab(fn_a, fn_b, reps, device):
     return ra, rb, ta, tb
 
 
+def _commit():
+    """The repository's commit (``+dirty`` with uncommitted changes to tracked files), or None."""
+    import subprocess
+
+    try:
+        run = lambda *a: subprocess.run(["git", *a], cwd=HERE, capture_output=True, text=True, timeout=10)  # noqa: E731
+        head = run("rev-parse", "--short", "HEAD").stdout.strip()
+        dirty = run("status", "--porcelain", "--untracked-files=no").stdout.strip()
+        return (head + ("+dirty" if dirty else "")) or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def _stats(ts):
     return {"median_s": statistics.median(ts), "min_s": min(ts), "times_s": ts}
 
@@ -77,7 +90,14 @@ def bench_one(trainer, n_classes, device, reps, eval_batches, eval_batch, data_r
 
     from reference import official_way
 
+    from vlprompt.engine.methods import method_spec
+
     opts = ["MODEL.BACKBONE.NAME", backbone] if backbone else []
+    node = method_spec(trainer).cfg_node
+    if device == "cpu" and node:
+        # fp32 on a CPU: the configs' amp / bf16 would run as bf16 autocast on a CPU with native bf16, and
+        # the arms are compared to float rounding (fp16 falls back to fp32 on a CPU anyway)
+        opts += [f"TRAINER.{node}.PREC", "fp32"]
     bs = batch_size or (CPU_BATCH.get(trainer) if device == "cpu" else None)
     if bs:
         opts += ["DATALOADER.TRAIN_X.BATCH_SIZE", str(bs)]
@@ -135,7 +155,8 @@ def bench_one(trainer, n_classes, device, reps, eval_batches, eval_batch, data_r
     l_ours, l_ref, e_ours, e_ref = ab(evaluate, evaluate_ref, reps, device)
     n_img = eval_batches * eval_batch
     row = {
-        "trainer": trainer, "classes": n_classes, "device": device, "batch": int(batch["img"].shape[0]),
+        "trainer": trainer, "classes": n_classes, "device": device, "commit": _commit(),
+        "batch": int(batch["img"].shape[0]),
         "eval_images": n_img, "eval_batch": eval_batch, "reps": reps, "torch_threads": torch.get_num_threads(),
         "train_ours": _stats(t_ours), "train_official": _stats(t_ref) if t_ref else None,
         "train_official_skipped": (f"not run above K={official_train_max}: its activations do not fit in "

@@ -24,8 +24,14 @@ __all__ = ["official_way", "official_block"]
 
 
 def official_block(block, x, attn_mask, batch_first=True, fast=False):
-    """OpenAI CLIP's residual block on a batch-first ``x`` (N, L, E), computed sequence-first."""
+    """OpenAI CLIP's residual block on a batch-first ``x`` (N, L, E), computed sequence-first. A block
+    whose attention is not ``nn.MultiheadAttention`` (CLIP-LoRA's adapted attention, which the official
+    CLIP-LoRA code also runs as its own module) runs its own forward."""
     attn = block.attn
+    if type(attn) is not torch.nn.MultiheadAttention:
+        if batch_first:
+            return block(x, attn_mask=attn_mask)
+        return block(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
     x = x.transpose(0, 1).contiguous()  # (L, N, E) as in the official CLIP
     h = block.ln_1(x)
     mask = attn_mask.to(h.dtype) if attn_mask is not None else None

@@ -14,7 +14,8 @@ import bench_reference  # noqa: E402
 import reference  # noqa: E402
 
 
-@pytest.mark.parametrize("trainer", ["CoOp", "CoCoOp", "VPT", "MaPLe", "APLe"])
+@pytest.mark.parametrize("trainer", ["CoOp", "CoCoOp", "VPT", "IVLP", "MaPLe", "MuDPT", "APLe", "KgCoOp", "ProGrad",
+                                     "PromptSRC", "TCP", "MMRL", "CLIPLoRA", "CLIP_Adapter", "TipAdapterF"])
 def test_reference_arm_agrees_with_vlprompt(trainer, tmp_path):
     row = bench_reference.bench_one(trainer, 3, "cpu", reps=1, eval_batches=1, eval_batch=2, data_root=str(tmp_path),
                                     log=lambda m: None, backbone="test-vit-tiny")
@@ -24,6 +25,7 @@ def test_reference_arm_agrees_with_vlprompt(trainer, tmp_path):
     assert row["max_loss_diff"] is not None and row["max_loss_diff"] < (1e-3 if trainer == "APLe" else 1e-5)
     assert set(row["loss_ours"]) == set(row["loss_official"]) and row["loss_ours"]
     assert row["train_ratio_median"] > 0 and row["eval_ratio_median"] > 0
+    assert len(row["commit"].split("+")[0]) >= 7  # the commit measured (a git checkout)
 
 
 def test_reference_arm_runs_the_full_text_pass_and_the_official_block(tmp_path, monkeypatch):
