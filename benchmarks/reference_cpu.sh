@@ -4,12 +4,13 @@
 # 5 reps A/B after a warm-up; one evaluation batch of 16 images (CoCoOp: 1 image, its evaluation encodes
 # B x K image-conditioned prompts). The official training step is not run above K = 300 (its
 # activations do not fit in 24 GiB). About 2 h on 2 shared cores, most of it the official arm at K = 1000.
-#   bash benchmarks/reference_cpu.sh [OUT_DIR] [STAGE...]     (default benchmarks/results, all stages)
+#   bash benchmarks/reference_cpu.sh [OUT_DIR] [STAGE...]     (default benchmarks/results, all stages:
+#   table curve table1000 wave2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-benchmarks/results}
 shift || true
-stages=${*:-"table curve table1000"}
+stages=${*:-"table curve table1000 wave2"}
 mkdir -p "$out"
 common=(--reps 5 --eval-batches 1 --official-train-max-classes 300)
 row() {  # trainer K eval_batch file
@@ -27,6 +28,8 @@ for stage in $stages; do
     table1000)  # the other prompt learners at K = 1000
       for t in IVLP MuDPT VPT; do row "$t" 1000 16 reference_cpu.json; done
       row CoCoOp 1000 1 reference_cpu.json ;;
+    wave2)      # the later prompt learners at K = 50 (the adapters' speed-up is the feature store, measured apart)
+      for t in KgCoOp ProGrad PromptSRC TCP MMRL CLIPLoRA; do row "$t" 50 16 reference_cpu.json; done ;;
   esac
 done
 python - "$out" <<'PY'
