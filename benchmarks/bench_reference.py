@@ -29,8 +29,9 @@ sys.path.insert(0, HERE)
 from bench_trainers import CASES  # noqa: E402
 from common import build, sync, write_json  # noqa: E402
 
-#: small batches keep a 2-core CPU run within minutes; the real configs' batch sizes are the default on CUDA
-CPU_BATCH = {"CoOp": 4, "CoCoOp": 1}
+#: small batches keep a 2-core CPU run within minutes (every prompt learner at 4 images, CoCoOp at 1); the
+#: real configs' batch sizes (KgCoOp 128, ProGrad / TCP / CLIP-LoRA / CoOp 32) are the default on CUDA
+CPU_BATCH = {"CoOp": 4, "CoCoOp": 1, "KgCoOp": 4, "ProGrad": 4, "TCP": 4, "CLIPLoRA": 4}
 
 
 def _snapshot(tr):
@@ -183,7 +184,8 @@ def _e(v):
 
 def table(rows):
     lines = ["| trainer | K | train official (s) | train vlprompt (s) | train ratio | eval official (s) | "
-             "eval vlprompt (s) | eval ratio | max loss diff | max logit diff |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "eval vlprompt (s) | eval ratio | max loss diff | max logit diff | commit |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r.get("train_official"):
             t_off = f"{r['train_official']['median_s']:.2f}"
@@ -194,7 +196,7 @@ def table(rows):
             f"| {r['trainer']} | {r['classes']} | {t_off} | {r['train_ours']['median_s']:.2f} | {t_ratio} | "
             f"{r['eval_official']['median_s']:.2f} | {r['eval_ours']['median_s']:.2f} | "
             f"{r['eval_ratio_median']:.2f}x (min {r['eval_ratio_min']:.2f}x) | "
-            f"{_e(r.get('max_loss_diff'))} | {r['max_logit_diff']:.1e} |")
+            f"{_e(r.get('max_loss_diff'))} | {r['max_logit_diff']:.1e} | {r.get('commit') or '-'} |")
     return "\n".join(lines)
 
 
