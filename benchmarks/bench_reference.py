@@ -27,7 +27,7 @@ HERE = osp.dirname(osp.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from bench_trainers import CASES  # noqa: E402
-from common import build, sync, write_json  # noqa: E402
+from common import ab, build, sync, write_json  # noqa: E402
 
 #: small batches keep a 2-core CPU run within minutes (every prompt learner at 4 images, CoCoOp at 1); the
 #: real configs' batch sizes (KgCoOp 128, ProGrad / TCP / CLIP-LoRA / CoOp 32) are the default on CUDA
@@ -50,20 +50,6 @@ def _restore(tr, snap):
 
 def _floats(summary):
     return {k: float(v) for k, v in summary.items() if isinstance(v, (int, float))}
-
-
-def ab(fn_a, fn_b, reps, device):
-    """Interleaved A/B timing after one warm-up each: (results_a, results_b, times_a, times_b)."""
-    ra, rb = fn_a(), fn_b()
-    ta, tb = [], []
-    for _ in range(reps):
-        for fn, ts in ((fn_a, ta), (fn_b, tb)):
-            sync(device)
-            t = time.perf_counter()
-            fn()
-            sync(device)
-            ts.append(time.perf_counter() - t)
-    return ra, rb, ta, tb
 
 
 def _commit():

@@ -15,13 +15,12 @@ import argparse
 import os.path as osp
 import statistics
 import sys
-import time
 
 import torch
 
 HERE = osp.dirname(osp.abspath(__file__))
 sys.path.insert(0, HERE)
-from common import sync, write_json  # noqa: E402
+from common import ab, write_json  # noqa: E402
 
 
 def _ab(fn, reps, device):
@@ -35,15 +34,8 @@ def _ab(fn, reps, device):
         finally:
             prompted.READ_ROWS_ONLY = True
 
-    out = {False: arm(False), True: arm(True)}
-    times = {False: [], True: []}
-    for _ in range(reps):
-        for flag in (False, True):
-            sync(device)
-            t = time.perf_counter()
-            arm(flag)
-            sync(device)
-            times[flag].append(time.perf_counter() - t)
+    out_all, out_read, t_all, t_read = ab(lambda: arm(False), lambda: arm(True), reps, device)
+    out, times = {False: out_all, True: out_read}, {False: t_all, True: t_read}
     # relative to the largest value compared (the gradients of a sum of squares are large)
     diff = max(float((a - b).abs().max()) / max(1.0, float(b.abs().max())) for a, b in zip(out[False], out[True]))
     return {"all_rows_s": statistics.median(times[False]), "rows_read_s": statistics.median(times[True]),

@@ -93,3 +93,17 @@ def write_json(obj, path, indent=2):
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=indent)
     os.replace(tmp, path)
+
+
+def ab(fn_a, fn_b, reps, device):
+    """Interleaved A/B timing after one warm-up each: (results_a, results_b, times_a, times_b)."""
+    ra, rb = fn_a(), fn_b()
+    ta, tb = [], []
+    for _ in range(reps):
+        for fn, ts in ((fn_a, ta), (fn_b, tb)):
+            sync(device)
+            t = time.perf_counter()
+            fn()
+            sync(device)
+            ts.append(time.perf_counter() - t)
+    return ra, rb, ta, tb

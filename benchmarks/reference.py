@@ -20,6 +20,8 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
+from vlprompt.clip.prompted import _run_block as _own_block  # the blocks' own forward (official_way patches it)
+
 __all__ = ["official_way", "official_block"]
 
 
@@ -29,9 +31,7 @@ def official_block(block, x, attn_mask, batch_first=True, fast=False):
     CLIP-LoRA code also runs as its own module) runs its own forward."""
     attn = block.attn
     if type(attn) is not torch.nn.MultiheadAttention:
-        if batch_first:
-            return block(x, attn_mask=attn_mask)
-        return block(x.transpose(0, 1), attn_mask=attn_mask).transpose(0, 1)
+        return _own_block(block, x, attn_mask, batch_first, fast=False)
     x = x.transpose(0, 1).contiguous()  # (L, N, E) as in the official CLIP
     h = block.ln_1(x)
     mask = attn_mask.to(h.dtype) if attn_mask is not None else None

@@ -24,7 +24,6 @@ def test_reference_arm_agrees_with_vlprompt(trainer, tmp_path):
     # update reaches the later stages' losses (docs/BENCHMARKS.md)
     assert row["max_loss_diff"] is not None and row["max_loss_diff"] < (1e-3 if trainer == "APLe" else 1e-5)
     assert set(row["loss_ours"]) == set(row["loss_official"]) and row["loss_ours"]
-    assert row["train_ratio_median"] > 0 and row["eval_ratio_median"] > 0
     assert len(row["commit"].split("+")[0]) >= 7  # the commit measured (a git checkout)
 
 

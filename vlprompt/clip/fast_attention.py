@@ -83,18 +83,17 @@ def blocks_fast_reason(blocks):
     return None
 
 
+def _heads(t, N, L, parts, H, E):
+    """(N*L, parts*E) projections -> (parts, N, H, L, E/H)."""
+    return t.view(N, L, parts, H, E // H).permute(2, 0, 3, 1, 4)
+
+
 def _qkv(block, h):
     """ln_1-normed ``h`` (N, L, E) -> q, k, v each (N, H, L, E/H), via one (N*L, E) GEMM."""
     attn = block.attn
     N, L, E = h.shape
-    H = attn.num_heads
-    qkv = F.linear(h.reshape(N * L, E), attn.in_proj_weight, attn.in_proj_bias)
-    qkv = qkv.view(N, L, 3, H, E // H).permute(2, 0, 3, 1, 4)
+    qkv = _heads(F.linear(h.reshape(N * L, E), attn.in_proj_weight, attn.in_proj_bias), N, L, 3, attn.num_heads, E)
     return qkv[0], qkv[1], qkv[2]
-
-
-def _heads(t, N, L, parts, H, E):
-    return t.view(N, L, parts, H, E // H).permute(2, 0, 3, 1, 4)
 
 
 def _q(block, h):

@@ -375,8 +375,9 @@ class PromptedTextEncoder(nn.Module):
         prefix_mask = mask[:P, :P].contiguous()
         rows_mask = [mask[P:n, :n].contiguous() for _, n in groups]
         insert_block = insert[0] if insert is not None else -1
-        last = len(self.transformer.resblocks) - 1
-        for i, block in enumerate(self.transformer.resblocks):
+        blocks = self.transformer.resblocks
+        last = len(blocks) - 1
+        for i, block in enumerate(blocks):
             if i == insert_block:
                 p = insert[1].to(x.dtype)
                 n_new = p.shape[1]
@@ -412,7 +413,7 @@ class PromptedTextEncoder(nn.Module):
                 rows = [block_forward(block, r, m) for r, m in zip(rows, rows_mask)]
         order = torch.cat([idx for idx, _ in groups])
         if READ_ROWS_ONLY:
-            feats = torch.cat([rows_block_forward(block, r, eot_idx[idx] - P, m, prefix if P > 0 else None)
+            feats = torch.cat([rows_block_forward(blocks[last], r, eot_idx[idx] - P, m, prefix if P > 0 else None)
                                for (idx, _), r, m in zip(groups, rows, rows_mask)])
         else:
             feats = torch.cat([r[torch.arange(r.shape[0], device=r.device), eot_idx[idx] - P]
