@@ -28,6 +28,7 @@ from vlprompt.clip.blocks import PromptedCLIP
 from vlprompt.config import ConfigError
 from vlprompt.clip.families import PROMPTABLE_VISION
 from vlprompt.engine import TRAINER_REGISTRY
+from vlprompt.engine.batch_sources import IterationBudget
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
 from vlprompt.engine.methods import recipes
 from vlprompt.optim import build_optimizer
@@ -96,27 +97,6 @@ class LoRACLIP(PromptedCLIP):
             return img @ text.t()
 
 
-class _IterationBudget:
-    """``n`` batches of ``loader``, chaining fresh (reshuffled) passes as needed."""
-
-    def __init__(self, loader, n):
-        self.loader, self.n = loader, int(n)
-        self.sampler = getattr(loader, "sampler", None)
-        self.dataset = getattr(loader, "dataset", None)
-
-    def __len__(self):
-        return self.n
-
-    def __iter__(self):
-        done = 0
-        while done < self.n:
-            for batch in self.loader:
-                yield batch
-                done += 1
-                if done == self.n:
-                    return
-
-
 @TRAINER_REGISTRY.register()
 class CLIPLoRA(ClipPromptTrainer):
     """CLIP-LoRA (see the module docstring)."""
@@ -177,9 +157,8 @@ class CLIPLoRA(ClipPromptTrainer):
 
     def build_data_loader(self):
         super().build_data_loader()
-        self._pass_loader = self.train_loader_x
         m, shots = self.cfg.TRAINER.CLIPLORA, int(self.cfg.DATASET.NUM_SHOTS)
-        per_pass = len(self._pass_loader)
+        per_pass = len(self.train_loader_x)
         if int(m.N_ITERS) > 0 and shots > 0:
             self.total_iters = int(m.N_ITERS) * shots
             if self.total_iters < self.max_epoch:
@@ -198,14 +177,14 @@ class CLIPLoRA(ClipPromptTrainer):
     def epoch_iterations(self, epoch):
         """Iterations of epoch ``epoch`` (0-based) under the budget."""
         if not self.budgeted:
-            return len(self._pass_loader)
+            return len(self.train_loader_x)
         t, n = self.total_iters, self.max_epoch
         return (epoch + 1) * t // n - epoch * t // n
 
-    def before_epoch(self):
-        if self.budgeted:
-            self.train_loader_x = _IterationBudget(self._pass_loader, self.epoch_iterations(self.epoch))
-        super().before_epoch()
+    def batch_source(self):
+        """Under the budget: this epoch's iterations, chaining reshuffled passes over the few-shot set."""
+        source = super().batch_source()
+        return IterationBudget(source, self.epoch_iterations(self.epoch)) if self.budgeted else source
 
     def build_optimizers(self, learnable):
         o = self.cfg.OPTIM

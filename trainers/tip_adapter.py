@@ -290,6 +290,7 @@ class TipAdapterF(FeatureEpochs, ClipPromptTrainer):
     CFG_DEFAULTS = dict(TIP_DEFAULTS, ADAM_EPS=1e-4)
     CFG_ARGS = {"zs_scale": "ZS_SCALE", "augment_epoch": "AUGMENT_EPOCH"}
     MODEL_NAME = "adapter"
+    LR_SCHEDULE_UNIT = "iteration"  # the official cosine schedule steps after every iteration
     LOG_ACC = True
     FROZEN_IMAGE_FEATURES = True
 
@@ -332,11 +333,6 @@ class TipAdapterF(FeatureEpochs, ClipPromptTrainer):
     def loss_terms(self, features, label):
         logits = self.model.logits_from_image_features(features)
         return {"ce": F.cross_entropy(logits, label)}, logits
-
-    def forward_backward(self, batch):
-        summary = super().forward_backward(batch)
-        self.update_lr()  # the official cosine schedule steps every iteration
-        return summary
 
     def test(self, split=None):
         """Validation during training uses the current alpha/beta (the initial ones: the official
