@@ -80,6 +80,15 @@ def test_listed_inconsistencies_are_the_stored_cells_and_really_do_not_recompute
         ("CoOp (re-run in the DePT paper)", "average"), ("CoCoOp (re-run in the DePT paper)", "average")}
 
 
+@pytest.mark.parametrize("block,n_targets", [("cross_dataset", 10), ("domain_generalization", 4)])
+def test_transfer_averages_recompute_over_the_targets(pub, block, n_targets):
+    """_about: each 10-target (cross-dataset) and 4-target (DG) average recomputes from its rows, to the digit."""
+    for m, v in pub[block]["values"].items():
+        targets = [x for d, x in v.items() if d not in ("imagenet", "average")]
+        assert len(targets) == n_targets, m
+        assert round(sum(targets) / n_targets, 2) == v["average"], (block, m)
+
+
 def test_the_checks_catch_a_mistyped_cell(pub):
     per = json.loads(json.dumps(pub["base2new"]["per_dataset"]))
     per["VPT+DePT (CVPR24)"]["eurosat"][1] = 73.60  # printed 76.30: digits swapped
