@@ -9,10 +9,9 @@ import torch.nn.functional as F
 
 import train as train_mod
 from vlprompt.clip import ClassPromptLearner, DeepPromptedCLIP, ZeroShotHead, init_text_context
-from vlprompt.clip.families import ANY_TOWERS
 from vlprompt.engine import TRAINER_REGISTRY
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
-from vlprompt.engine.methods import method_spec, method_specs, recipes
+from vlprompt.engine.methods import ANY_TOWERS, MethodCard, method_card, method_cards
 from vlprompt.utils import load_checkpoint, restore_stdout
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -34,13 +33,16 @@ class TinyPrompts(ClassPromptLearner):
 
 
 class TinyReg(ClipPromptTrainer):
-    CFG_NODE = "TINYREG"  # cfg.TRAINER.TINYREG
-    CFG_DEFAULTS = dict(N_CTX=4, WEIGHT=1.0, PREC="fp32")  # its keys and defaults
-    CFG_ARGS = {"n_ctx": "N_CTX"}  # block argument -> key, for error messages
-    MODEL_NAME = "prompt_learner"  # checkpoint folder
-    RECIPES = recipes("CoOp/toy")  # default config per protocol (here: CoOp's toy config)
-    TABLE_ORDER = 500  # position in result tables
-    BACKBONE_SUPPORT = ANY_TOWERS  # families the sweep may plan it on
+    CARD = MethodCard(
+        config="CoOp/toy",  # default config, every protocol (here: CoOp's toy config)
+        recipes={},  # per protocol, only where it differs from the default
+        order=500,  # position in result tables
+        backbones=ANY_TOWERS,  # families the sweep may plan it on
+        cfg_node="TINYREG",  # cfg.TRAINER.TINYREG
+        cfg_defaults=dict(N_CTX=4, WEIGHT=1.0, PREC="fp32"),  # its keys and defaults
+        cfg_args={"n_ctx": "N_CTX"},  # block argument -> key, for error messages
+        model_name="prompt_learner",  # checkpoint folder
+    )
 
     @classmethod
     def build_custom_clip(cls, cfg, classnames, clip_model):
@@ -68,13 +70,15 @@ def test_the_extending_example_runs_through_registry_sweep_and_results(tmp_path,
     from vlprompt.sweep.protocols import expand
     from vlprompt.toy.data import ensure_toy_dataset
 
-    spec = method_spec("TinyReg")
-    assert spec.recipes == {"base2new": {"config": "CoOp/toy"}, "few_shot": {"config": "CoOp/toy"}}
+    card = method_card("TinyReg")
+    assert card.all_recipes() == {p: {"config": "CoOp/toy"} for p in
+                                  ("base2new", "cross_dataset", "domain_generalization", "few_shot")}
+    assert (TinyReg.CFG_NODE, TinyReg.MODEL_NAME) == ("TINYREG", "prompt_learner")  # set from the card
     from vlprompt.sweep.backbones import describe_support, method_support
     from vlprompt.sweep.protocols import registry_specs
 
     assert "CLIP ResNet" in describe_support(method_support(registry_specs()["TinyReg"])[0])
-    assert "TinyReg" in [s.name for s in method_specs()]  # the sweep, results and contract tests see it
+    assert "TinyReg" in [c.name for c in method_cards()]  # the sweep, results and contract tests see it
 
     data = tmp_path / "data"
     ensure_toy_dataset("ToyShapes", str(data), log=None)

@@ -169,11 +169,12 @@ def _print_commands(runs, data_root, prefix, output_root, shown_root, out, err):
 def print_recipes(specs, out):
     """The method table as the sweep uses it: one line per trainer and protocol."""
     for name, spec in sorted(specs.items(), key=lambda kv: (kv[1].order, kv[0])):
-        if not spec.recipes:
+        recipes = spec.all_recipes()
+        if not recipes:
             continue
         flag = "  (eval only)" if spec.eval_only else ""
         print(f"{name}{flag}", file=out)
-        for protocol, rec in spec.recipes.items():
+        for protocol, rec in recipes.items():
             extra = "".join(f"; {k} " + ", ".join(f"{a}: {b}" for a, b in rec[k].items())
                             for k in ("per_dataset", "per_shots") if rec.get(k))
             print(f"  {protocol:22s} {rec['config']}{extra}", file=out)

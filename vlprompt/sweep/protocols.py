@@ -6,10 +6,11 @@ generalisation share their ImageNet training runs). The folders come from
 :func:`vlprompt.protocol.run_dir`, the same description the result tables parse; the dataset lists
 from :mod:`vlprompt.protocol`.
 
-The default config of a method per protocol, and whether it trains at all, are what the trainer
-declares (``RECIPES``, ``EVAL_ONLY``; read through :func:`vlprompt.engine.methods.method_specs`). A
-caller may pass ``specs`` (name -> spec) instead; without them the registry is loaded once
-(:func:`registry_specs`, which imports the repository's ``trainers`` package and so torch).
+The default config of a method per protocol, and whether it trains at all, are what the trainer's
+method card declares (``config``/``recipes``, ``eval_only``; :class:`vlprompt.protocol.card.MethodCard`,
+read through :func:`vlprompt.engine.methods.method_card`). A caller may pass ``specs`` (name -> card)
+instead; without them the registry is loaded once (:func:`registry_specs`, which imports the repository's
+``trainers`` package and so torch, or reads the cards back from a cache without torch).
 
 The backbone axis (``backbones``, ``--backbones NAME[@TAG] ...``): per (method, recipe, backbone) the
 sweep uses the method's config for that backbone when it ships one (the recipe config's sibling named by
@@ -58,6 +59,7 @@ from vlprompt.protocol import (
     recipe_config,
     run_dir,
 )
+from vlprompt.protocol.card import MethodCard
 
 __all__ = [
     "PROTOCOLS",
@@ -92,35 +94,11 @@ def repo_root():
 _REGISTRY = {}
 
 
-@dataclass(frozen=True)
-class SpecView:
-    """The fields of ``vlprompt.engine.methods.MethodSpec`` the sweep reads (as plain data)."""
+#: the method table's entries are method cards (vlprompt.protocol.card.MethodCard, torch-free); the old name
+SpecView = MethodCard
 
-    name: str
-    recipes: dict
-    eval_only: bool = False
-    order: int = 1000
-    config_folder: str = ""
-    cfg_node: str = ""  # TRAINER.<CFG_NODE> of the trainer's options
-    prec_default: str = ""  # the trainer's default TRAINER.<CFG_NODE>.PREC ("" = none declared)
-    backbone_support: Optional[dict] = None  # BACKBONE_SUPPORT of the trainer (vlprompt.sweep.backbones)
-
-
-#: bump when SpecView gains a field, so that a cache written by older code is not read
-_CACHE_VERSION = 2
-
-
-def _spec_row(s):
-    """The SpecView fields of a MethodSpec, plus what the trainer class declares beyond it."""
-    from vlprompt.engine.build import TRAINER_REGISTRY
-
-    cls = TRAINER_REGISTRY.get(s.name)
-    defaults = getattr(cls, "CFG_DEFAULTS", None)
-    prec = defaults.get("PREC", "") if isinstance(defaults, dict) else ""
-    support = getattr(s, "backbone_support", None) or getattr(cls, "BACKBONE_SUPPORT", None)
-    return dict(name=s.name, recipes=s.recipes, eval_only=s.eval_only, order=s.order, config_folder=s.config_folder,
-                cfg_node=s.cfg_node, prec_default=str(prec or ""),
-                backbone_support=json.loads(json.dumps(support)) if support else None)
+#: bump when MethodCard gains a field, so that a cache written by older code is not read
+_CACHE_VERSION = 3
 
 
 def _cache_key(root):
@@ -147,9 +125,9 @@ def _engine_loaded():
 
 
 def registry_specs():
-    """``{trainer name: SpecView}`` of every registered trainer.
+    """``{trainer name: MethodCard}`` of every registered trainer.
 
-    Read from ``vlprompt.engine.methods.method_specs`` (plugins loaded, which imports torch) and kept
+    Read from ``vlprompt.engine.methods.method_cards`` (plugins loaded, which imports torch) and kept
     in ``~/.cache/vlprompt/methods-<repo>.json`` (or ``$VLPROMPT_CACHE_DIR``) until a .py file under
     ``trainers/`` or ``vlprompt/engine/`` changes, so that planning a sweep or a script's dry run does
     not import torch every time. ``VLPROMPT_CACHE_DIR=off`` disables the file. In a process that has
@@ -159,10 +137,10 @@ def registry_specs():
     if _engine_loaded():
         # the engine is loaded already (train.py, the toy demo, tests): read the live registry, which
         # also holds trainers registered outside trainers/ (never written to the cache)
-        from vlprompt.engine.methods import load_plugins, method_specs
+        from vlprompt.engine.methods import load_plugins, method_cards
 
         load_plugins()
-        return {s.name: SpecView(**_spec_row(s)) for s in method_specs(with_recipes_only=False)}
+        return {c.name: c for c in method_cards(with_recipes_only=False)}
     if "specs" in _REGISTRY:
         return _REGISTRY["specs"]
     root = repo_root()
@@ -180,13 +158,13 @@ def registry_specs():
             rows = None
     if rows is None:
         try:
-            from vlprompt.engine.methods import load_plugins, method_specs
+            from vlprompt.engine.methods import load_plugins, method_cards
 
             load_plugins()
-            specs = method_specs(with_recipes_only=False)
+            cards = method_cards(with_recipes_only=False)
         except ImportError as e:
             raise SweepError(f"Cannot load the method table (vlprompt.engine.methods, trainers/): {e}") from e
-        rows = [_spec_row(s) for s in specs]
+        rows = [c.to_row() for c in cards]
         if use_file:
             try:
                 os.makedirs(osp.dirname(path), exist_ok=True)
@@ -196,7 +174,7 @@ def registry_specs():
                 os.replace(tmp, path)
             except OSError:
                 pass  # an unwritable cache only costs time: the table was read from the registry
-    _REGISTRY["specs"] = {r["name"]: SpecView(**r) for r in rows}
+    _REGISTRY["specs"] = {r["name"]: MethodCard.from_row(r) for r in rows}
     return _REGISTRY["specs"]
 
 
@@ -206,6 +184,24 @@ def _specs(specs):
     if isinstance(specs, dict):
         return specs
     return {s.name: s for s in specs}
+
+
+def _card(specs, trainer):
+    """The card of ``trainer`` from a method table; a name the table lacks (a composed ``Host+Plugin``
+    trainer made at run time) is asked of the live registry (:func:`vlprompt.engine.methods.method_card`),
+    None when that does not know it either."""
+    card = specs.get(trainer)
+    if card is not None or "+" not in str(trainer):
+        return card
+    try:
+        from vlprompt.engine.methods import load_plugins, method_card
+
+        load_plugins()
+        card = method_card(trainer)
+    except (ImportError, KeyError, ValueError):
+        return None
+    specs[trainer] = card
+    return card
 
 
 @dataclass(frozen=True)
@@ -335,8 +331,8 @@ def _check_config(root, folder, config, why):
 
 def family_config(trainer, protocol, dataset, shots, config, specs=None):
     """The recipe's main config if ``config`` is the recipe's override for this dataset/shot count."""
-    spec = _specs(specs).get(trainer)
-    return _family_config(spec.recipes.get(protocol) if spec else None, dataset, shots, config)
+    spec = _card(_specs(specs), trainer)
+    return _family_config(spec.recipe(protocol) if spec else None, dataset, shots, config)
 
 
 def read_max_epoch(path, opts=()):
@@ -469,7 +465,7 @@ class _Ctx:
                     return _OnBackbone(sibling, swhy, [], None, backbone_label(*sown), [])
                 # the backbone's own config with another pretrained tag
                 return _OnBackbone(sibling, swhy, ["MODEL.BACKBONE.PRETRAINED_TAG", want.tag], want, want.label, [])
-        spec = self.specs.get(method.trainer)
+        spec = _card(self.specs, method.trainer)
         info = self.towers(want.name) if self.towers else None
         builtin = bool(info and info.builtin)
         if not want.tag and not builtin and want.name not in CLIP_NAMES:
@@ -497,26 +493,26 @@ class _Ctx:
         return _OnBackbone(base, f"{why}, run on {want}", opts, want, want.label, notes)
 
     def eval_only(self, trainer):
-        spec = self.specs.get(trainer)
+        spec = _card(self.specs, trainer)
         return bool(spec and spec.eval_only)
 
     def resolve(self, method, protocol, dataset, shots):
         """(config yaml relative path, folder name, load epoch) for one run."""
-        spec = self.specs.get(method.trainer)
+        spec = _card(self.specs, method.trainer)
         folder = (spec.config_folder if spec and spec.config_folder else method.trainer)
         if method.config is not None:
             config, why = method.config, f"given as {method}"
         else:
-            config = recipe_config(spec.recipes.get(protocol) if spec else None, dataset, shots)
+            config = recipe_config(spec.recipe(protocol) if spec else None, dataset, shots)
             if config is None:
                 avail = _available_configs(self.root, folder)
                 raise SweepError(
-                    f"No default config for {method.trainer} in protocol {protocol} (its trainer declares no "
-                    f"RECIPES['{protocol}']); name one as {method.trainer}:CONFIG. Available configs: "
+                    f"No default config for {method.trainer} in protocol {protocol} (its method card names no "
+                    f"config for {protocol}); name one as {method.trainer}:CONFIG. Available configs: "
                     f"{', '.join(avail) if avail else 'none'}"
                 )
             config = _swap_backbone(config, self.backbone)
-            why = f"default for {method.trainer}/{protocol} (RECIPES of trainer {method.trainer})"
+            why = f"default for {method.trainer}/{protocol} (the method card of trainer {method.trainer})"
         extra, level, label = [], None, ""
         if self.on is not None:
             ob = self.on_backbone(method, folder, config, why, explicit=method.config is not None)
@@ -720,7 +716,7 @@ def expand(method, protocol, datasets=None, seeds=DEFAULT_SEEDS, *, output_root=
     root = root or repo_root()
     specs = _specs(specs)
     known = _known_trainers(root, specs)
-    if method.trainer not in known:
+    if method.trainer not in known and _card(specs, method.trainer) is None:
         raise SweepError(f"Unknown trainer '{method.trainer}'. Known trainers: {', '.join(known)}")
     if len(opts) % 2:
         raise SweepError(f"Options must be KEY VALUE pairs, got {list(opts)}")
@@ -743,7 +739,7 @@ def expand(method, protocol, datasets=None, seeds=DEFAULT_SEEDS, *, output_root=
         raise SweepError("--backbone (a config-name prefix) and --backbones cannot be combined; use --backbones")
     towers = towers or _default_towers
     if on is not None:
-        _check_support(method.trainer, on, specs.get(method.trainer), towers, notes)
+        _check_support(method.trainer, on, _card(specs, method.trainer), towers, notes)
     ctx = _Ctx(root, output_root, specs, opts, tag, slug_opts, backbone, load_epoch, on=on, towers=towers)
     if protocol == "base2new":
         if isinstance(shots, (list, tuple)):
@@ -797,7 +793,7 @@ def _check_support(trainer, on, spec, towers, notes):
     if info is None:
         note = f"{trainer} on {on}: the towers of {on.name} cannot be read before the run; not checked at planning"
     elif support is None:
-        note = f"{trainer} declares no BACKBONE_SUPPORT; {on} ({info.family}) is not checked at planning"
+        note = f"{trainer}'s method card declares no backbones; {on} ({info.family}) is not checked at planning"
     if note:
         if notes is not None and note not in notes:
             notes.append(note)
