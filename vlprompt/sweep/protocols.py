@@ -37,7 +37,6 @@ from typing import Dict, List, Optional
 import yaml
 
 from vlprompt.protocol import (
-    B2N_SHOTS,
     CLIP_NAMES,
     Backbone,
     BackboneError,
@@ -50,12 +49,12 @@ from vlprompt.protocol import (
     DG_TARGETS,
     FEW_SHOT_SHOTS,
     PROTOCOLS,
-    XD_SHOTS,
     XD_SOURCE,
     TreeError,
     config_folder,
-    default_datasets,
     family_config as _family_config,
+    get_protocol,
+    protocol_names,
     recipe_config,
     run_dir,
 )
@@ -551,137 +550,72 @@ class _Resolved:
     label: str
 
 
-def _expand_base2new(ctx, method, datasets, seeds, shots):
+def _step_run(ctx, proto, step, method, zs, res, dataset, shots, seed, dirs, source):
+    """The :class:`Run` of one step of a protocol (``dirs``: role -> output dir of this seed's runs so far)."""
     t = method.trainer
-    zs = ctx.eval_only(t)
-    shots = B2N_SHOTS if shots is None else shots
+    shots_opt = step.shots_opt if not zs or step.eval_only_shots_opt is None else step.eval_only_shots_opt
+    if zs and proto.eval_only_shots is not None:
+        shots_opt = False  # one eval-only run per dataset, whatever the shot counts
+    where = dict(dataset=dataset, trainer=t, config=res.cfg, shots=shots, seed=seed, level=res.level)
+    if step.on_source:
+        where["source"] = source
+    out = ctx.out(proto.tree_name(step), step.role, **where)
+    dirs[step.role] = out
+    model_dir = dirs[step.model_from] if step.model_from and not zs else None
+    opts = (["DATASET.NUM_SHOTS", str(shots)] if shots_opt else [])
+    opts += ["DATASET.SUBSAMPLE_CLASSES", step.subsample] if step.subsample else []
+    return Run(
+        protocol=proto.name, phase="eval" if zs else ("train" if step.trains else "test"), role=step.role, trainer=t,
+        config=res.cfg, config_file=res.rel, dataset=dataset, seed=seed, shots=shots if step.records_shots else None,
+        backbone=res.label, output_dir=out, model_dir=model_dir, load_epoch=res.epoch if model_dir else None,
+        opts=opts + res.opts + ctx.opts, depends_on=model_dir,
+    )
+
+
+def _expand_steps(ctx, method, proto, datasets, seeds, shots_list, source):
+    """Every run of ``proto`` for one method: its steps per dataset, shot count and seed (datasets, then
+    shot counts, then seeds); a protocol with a source step runs it once per seed on the source, then its
+    other steps per dataset (targets)."""
+    zs = ctx.eval_only(method.trainer)
     runs = []
-    for d in datasets:
-        res = ctx.resolve(method, "base2new", d, shots)
-        cfg, epoch = res.cfg, res.epoch
+    if any(step.on_source for step in proto.steps):
+        if source in datasets:
+            raise SweepError(f"The source dataset {source} cannot also be a target of {proto.name} (its test is "
+                             f"part of the training run)")
+        K = shots_list[0]
+        res = ctx.resolve(method, proto.name, source, K)
         for s in seeds:
-            where = dict(dataset=d, trainer=t, config=cfg, shots=shots, seed=s, level=res.level)
-            train_dir = ctx.out("base2new", "base", **where)
-            common = dict(protocol="base2new", trainer=t, config=cfg, config_file=res.rel, dataset=d, seed=s,
-                          shots=shots, backbone=res.label)
-            train = Run(
-                phase="eval" if zs else "train",
-                role="base",
-                output_dir=train_dir,
-                opts=["DATASET.NUM_SHOTS", str(shots), "DATASET.SUBSAMPLE_CLASSES", "base"] + res.opts + ctx.opts,
-                **common,
-            )
-            test = Run(
-                phase="eval" if zs else "test",
-                role="novel",
-                output_dir=ctx.out("base2new", "novel", **where),
-                model_dir=None if zs else train_dir,
-                load_epoch=None if zs else epoch,
-                opts=["DATASET.NUM_SHOTS", str(shots), "DATASET.SUBSAMPLE_CLASSES", "new"] + res.opts + ctx.opts,
-                depends_on=None if zs else train_dir,
-                **common,
-            )
-            runs += [train, test]
-    return runs
-
-
-def _expand_transfer(ctx, method, protocol, targets, seeds, shots, source):
-    t = method.trainer
-    zs = ctx.eval_only(t)
-    shots = XD_SHOTS if shots is None else shots
-    if source in targets:
-        raise SweepError(f"The source dataset {source} cannot also be a target of {protocol} (its test is part "
-                         f"of the training run)")
-    res = ctx.resolve(method, protocol, source, shots)
-    cfg, epoch = res.cfg, res.epoch
-    runs = []
-    for s in seeds:
-        train_dir = ctx.out("transfer", "source", dataset=source, trainer=t, config=cfg, shots=shots, seed=s,
-                            source=source, level=res.level)
-        common = dict(protocol=protocol, trainer=t, config=cfg, config_file=res.rel, seed=s, backbone=res.label)
-        runs.append(
-            Run(
-                phase="eval" if zs else "train",
-                role="source",
-                dataset=source,
-                shots=shots,
-                output_dir=train_dir,
-                opts=(["DATASET.NUM_SHOTS", str(shots)] if not zs else []) + res.opts + ctx.opts,
-                **common,
-            )
-        )
-        for d in targets:
-            runs.append(
-                Run(
-                    phase="eval" if zs else "test",
-                    role="target",
-                    dataset=d,
-                    shots=None,
-                    output_dir=ctx.out(protocol, "target", dataset=d, trainer=t, config=cfg, shots=shots, seed=s,
-                                       level=res.level),
-                    model_dir=None if zs else train_dir,
-                    load_epoch=None if zs else epoch,
-                    opts=res.opts + ctx.opts,
-                    depends_on=None if zs else train_dir,
-                    **common,
-                )
-            )
-    return runs
-
-
-def _expand_few_shot(ctx, method, datasets, seeds, shots_list):
-    t = method.trainer
-    runs = []
-    if ctx.eval_only(t):
-        # Zero-shot does not depend on K: one all-class test per dataset, filed under shots_0.
-        for d in datasets:
-            res = ctx.resolve(method, "few_shot", d, None)
-            for s in seeds:
-                runs.append(
-                    Run(
-                        protocol="few_shot", phase="eval", role="test", trainer=t, config=res.cfg,
-                        config_file=res.rel, dataset=d, seed=s, shots=0, backbone=res.label,
-                        output_dir=ctx.out("few_shot", "test", dataset=d, trainer=t, config=res.cfg, shots=0, seed=s,
-                                           level=res.level),
-                        opts=res.opts + ctx.opts,
-                    )
-                )
+            dirs = {}
+            for step in proto.steps:
+                for d in ([source] if step.on_source else datasets):
+                    runs.append(_step_run(ctx, proto, step, method, zs, res, d, K, s, dirs, source))
         return runs
+    collapse = zs and proto.eval_only_shots is not None
     for d in datasets:
-        for k in shots_list:
-            if k < 1:
-                raise SweepError(f"few_shot shot counts must be positive, got {k}")
-            res = ctx.resolve(method, "few_shot", d, k)
+        for K in ([proto.eval_only_shots] if collapse else shots_list):
+            if proto.shot_list and not collapse and K < 1:
+                raise SweepError(f"{proto.name} shot counts must be positive, got {K}")
+            res = ctx.resolve(method, proto.name, d, None if collapse else K)
             for s in seeds:
-                runs.append(
-                    Run(
-                        protocol="few_shot", phase="train", role="test", trainer=t, config=res.cfg,
-                        config_file=res.rel, dataset=d, seed=s, shots=k, backbone=res.label,
-                        output_dir=ctx.out("few_shot", "test", dataset=d, trainer=t, config=res.cfg, shots=k, seed=s,
-                                           level=res.level),
-                        opts=["DATASET.NUM_SHOTS", str(k)] + res.opts + ctx.opts,
-                    )
-                )
+                dirs = {}
+                for step in proto.steps:
+                    runs.append(_step_run(ctx, proto, step, method, zs, res, d, K, s, dirs, source))
     return runs
 
 
 def route_datasets(protocol, datasets, source=XD_SOURCE, strict=True):
     """The datasets of one protocol out of a list given for several protocols.
 
-    The ImageNet variants (DG targets) go to domain_generalization only, every other dataset to
-    base2new, few_shot and cross_dataset; the source dataset is never a transfer target (its
-    training run reports the source accuracy). None keeps each protocol's default list. With
-    ``strict`` a protocol that gets no dataset is an error; otherwise it gets an empty list.
+    Each protocol says which datasets it takes (:meth:`vlprompt.protocol.Protocol.takes`): the ImageNet
+    variants (DG targets) go to domain_generalization only, every other dataset to base2new, few_shot and
+    cross_dataset; the source dataset is never a transfer target (its training run reports the source
+    accuracy). None keeps each protocol's default list. With ``strict`` a protocol that gets no dataset is
+    an error; otherwise it gets an empty list.
     """
     if datasets is None:
         return None
     datasets = list(datasets)
-    if protocol == "domain_generalization":
-        out = [d for d in datasets if d in DG_TARGETS]
-    else:
-        out = [d for d in datasets if d not in DG_TARGETS]
-        if protocol == "cross_dataset":
-            out = [d for d in out if d != source]
+    out = [d for d in datasets if _protocol(protocol).takes(d, source)]
     if not out and strict:
         raise SweepError(
             f"None of the datasets {' '.join(datasets)} belongs to protocol {protocol} "
@@ -689,6 +623,13 @@ def route_datasets(protocol, datasets, source=XD_SOURCE, strict=True):
             f"the source {source} and the DG variants; base2new and few_shot take the others)"
         )
     return out
+
+
+def _protocol(name):
+    try:
+        return get_protocol(name)
+    except TreeError:
+        raise SweepError(f"Unknown protocol '{name}'. Valid protocols: {', '.join(protocol_names())}") from None
 
 
 def expand(method, protocol, datasets=None, seeds=DEFAULT_SEEDS, *, output_root="output", root=None,
@@ -711,8 +652,7 @@ def expand(method, protocol, datasets=None, seeds=DEFAULT_SEEDS, *, output_root=
     """
     if isinstance(method, str):
         method = parse_method(method)
-    if protocol not in PROTOCOLS:
-        raise SweepError(f"Unknown protocol '{protocol}'. Valid protocols: {', '.join(PROTOCOLS)}")
+    proto = _protocol(protocol)
     root = root or repo_root()
     specs = _specs(specs)
     known = _known_trainers(root, specs)
@@ -720,16 +660,12 @@ def expand(method, protocol, datasets=None, seeds=DEFAULT_SEEDS, *, output_root=
         raise SweepError(f"Unknown trainer '{method.trainer}'. Known trainers: {', '.join(known)}")
     if len(opts) % 2:
         raise SweepError(f"Options must be KEY VALUE pairs, got {list(opts)}")
-    datasets = default_datasets(protocol, source) if datasets is None else list(datasets)
-    if protocol == "domain_generalization":
-        bad = [d for d in datasets if d not in DG_TARGETS]
-        if bad:
-            raise SweepError(f"domain_generalization targets must be among {' '.join(DG_TARGETS)}; got {' '.join(bad)}")
-    elif protocol == "cross_dataset":
-        bad = [d for d in datasets if d in DG_TARGETS]
-        if bad:
-            raise SweepError(f"{' '.join(bad)} are domain_generalization targets, not cross_dataset targets")
-    for d in datasets + ([source] if protocol in ("cross_dataset", "domain_generalization") else []):
+    datasets = proto.default_datasets(source) if datasets is None else list(datasets)
+    problem = proto.dataset_problem(datasets)
+    if problem:
+        raise SweepError(problem)
+    uses_source = any(step.on_source for step in proto.steps)
+    for d in datasets + ([source] if uses_source else []):
         _check_dataset(root, d)
     seeds = [int(s) for s in seeds]
     if any(s < 0 for s in seeds):
@@ -741,20 +677,14 @@ def expand(method, protocol, datasets=None, seeds=DEFAULT_SEEDS, *, output_root=
     if on is not None:
         _check_support(method.trainer, on, _card(specs, method.trainer), towers, notes)
     ctx = _Ctx(root, output_root, specs, opts, tag, slug_opts, backbone, load_epoch, on=on, towers=towers)
-    if protocol == "base2new":
-        if isinstance(shots, (list, tuple)):
-            raise SweepError("base2new takes one shot count")
-        runs = _expand_base2new(ctx, method, datasets, seeds, shots)
-    elif protocol == "few_shot":
-        if shots is None:
-            shots_list = list(FEW_SHOT_SHOTS)
-        else:
-            shots_list = [int(k) for k in (shots if isinstance(shots, (list, tuple)) else [shots])]
-        runs = _expand_few_shot(ctx, method, datasets, seeds, shots_list)
+    if proto.shot_list:
+        shots_list = (list(proto.shots) if shots is None else
+                      [int(k) for k in (shots if isinstance(shots, (list, tuple)) else [shots])])
     else:
         if isinstance(shots, (list, tuple)):
             raise SweepError(f"{protocol} takes one shot count")
-        runs = _expand_transfer(ctx, method, protocol, datasets, seeds, shots, source)
+        shots_list = [proto.shots if shots is None else shots]
+    runs = _expand_steps(ctx, method, proto, datasets, seeds, shots_list, source)
     for r in runs:
         r.protocols = [protocol]
     if notes is not None:
@@ -821,8 +751,7 @@ def plan(methods, protocols, datasets=None, seeds=DEFAULT_SEEDS, *, few_shot_sho
     if isinstance(protocols, str):
         protocols = [protocols]
     for p in protocols:
-        if p not in PROTOCOLS:
-            raise SweepError(f"Unknown protocol '{p}'. Valid protocols: {', '.join(PROTOCOLS)}")
+        _protocol(p)
     source = kw.get("source", XD_SOURCE)
     routed = {p: route_datasets(p, datasets, source, strict=len(protocols) == 1) for p in protocols}
     if datasets is not None and not any(routed.values()):
@@ -835,7 +764,7 @@ def plan(methods, protocols, datasets=None, seeds=DEFAULT_SEEDS, *, few_shot_sho
         if ds is not None and not ds:
             continue
         kw_p = dict(kw)
-        if p == "few_shot":
+        if _protocol(p).shot_list:
             kw_p["shots"] = few_shot_shots
         for on, m in itertools.product(axis, methods):
             try:
