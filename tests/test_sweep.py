@@ -1015,3 +1015,25 @@ def test_backbone_support_comes_from_the_trainers_declaration():
     assert support_problem("MaPLe", "EVA02-B-16", _towers("EVA02-B-16"), method_support(specs["MaPLe"])[0]) is None
     assert support_problem("UMuDPT", "RN50", _towers("RN50"), method_support(specs["UMuDPT"])[0]).startswith(
         "UMuDPT cannot run on RN50 (CLIP ResNet: its image tower is resnet)")
+
+
+@pytest.mark.parametrize("src", ["caltech101", "imagenet"])
+def test_the_sweep_notes_each_runs_protocol_and_role_for_the_engine(tmp_path, src):
+    """Issue 26 item 4: results.json records what the engine reads with vlprompt.protocol.describe_run_dir;
+    a transfer source run on caltech101 sits in a folder that alone reads as a CoOp-tree few-shot run. The
+    sweep leaves each run's description in its folder before the run starts, so the record is right."""
+    from vlprompt.protocol import RUN_NOTE, describe_run_dir, parse_run_dir
+    from vlprompt.sweep.protocols import plan, repo_root
+
+    runs = plan(["CoOp"], ["cross_dataset"], ["dtd"], [1], output_root=str(tmp_path), root=repo_root(), source=src)
+    source, target = runs
+    assert (source.role, target.role) == ("source", "target")
+    if src != "imagenet":
+        assert parse_run_dir(source.output_dir)["protocol"] == "few_shot"  # what the folder alone says
+    for r in runs:
+        r.write_note()
+        assert osp.isfile(osp.join(r.output_dir, RUN_NOTE))
+    got = describe_run_dir(source.output_dir)
+    assert (got["protocol"], got["role"], got["dataset"], got["shots"], got["seed"]) == ("transfer", "source", src,
+                                                                                         16, 1)
+    assert describe_run_dir(target.output_dir)["protocol"] == "cross_dataset"

@@ -53,6 +53,8 @@ from .recipes import family_config, recipe_config
 from .tree import (
     LAYOUTS,
     ROLES,
+    RUN_FIELDS,
+    RUN_NOTE,
     Layout,
     TreeError,
     config_folder,
@@ -61,8 +63,10 @@ from .tree import (
     layouts,
     option_slug,
     parse_run_dir,
+    read_run_note,
     roles,
     run_dir,
+    write_run_note,
 )
 
 __all__ = [
@@ -74,5 +78,5 @@ __all__ = [
     "default_datasets", "target_protocol", "LAYOUTS", "ROLES", "Layout", "TreeError", "config_folder",
     "describe_run_dir", "family_config", "recipe_config", "layout_for", "option_slug", "parse_run_dir", "run_dir",
     "layouts", "roles", "PROTOCOL_REGISTRY", "Protocol", "Step", "get_protocol", "protocol_names", "register_protocol",
-    "tree_protocols", "unregister_protocol",
+    "tree_protocols", "unregister_protocol", "RUN_FIELDS", "RUN_NOTE", "read_run_note", "write_run_note",
 ]

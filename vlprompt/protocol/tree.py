@@ -53,6 +53,10 @@ __all__ = [
     "describe_run_dir",
     "option_slug",
     "config_folder",
+    "RUN_NOTE",
+    "RUN_FIELDS",
+    "write_run_note",
+    "read_run_note",
 ]
 
 # role -> what the run is, for the standard protocols: base (training run of base2new, tested on the base
@@ -159,12 +163,48 @@ def parse_run_dir(path, source=XD_SOURCE):
     return None
 
 
+RUN_NOTE = "vlprompt_run.json"
+RUN_FIELDS = ("protocol", "role", "dataset", "trainer", "config", "shots", "seed", "backbone")
+
+
+def write_run_note(output_dir, run):
+    """Write the run's description (``dict(protocol, role, ...)`` as :func:`parse_run_dir` gives it) into
+    its folder as :data:`RUN_NOTE` (atomically), so that the engine records it whatever the folder alone
+    would say (the sweep does this before it starts a run: a transfer source run on another source than
+    ImageNet is otherwise indistinguishable from a few-shot run in CoOp's own tree)."""
+    note = {k: run.get(k) for k in RUN_FIELDS}
+    if note["protocol"] not in tree_protocols() or note["role"] not in all_roles():
+        raise TreeError(f"A run note needs a registered protocol and role, got {note['protocol']}/{note['role']}")
+    os.makedirs(output_dir, exist_ok=True)
+    path = osp.join(output_dir, RUN_NOTE)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(note, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+    return path
+
+
+def read_run_note(output_dir):
+    """The description the sweep left in a run folder (:func:`write_run_note`), or None (no note, or one
+    that does not name a registered protocol and role)."""
+    path = osp.join(output_dir, RUN_NOTE)
+    try:
+        with open(path) as f:
+            note = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(note, dict) or note.get("protocol") not in tree_protocols() or note.get("role") not in all_roles():
+        return None
+    return {k: note.get(k) for k in RUN_FIELDS}
+
+
 def describe_run_dir(output_dir, source=XD_SOURCE):
     """What a run folder is: ``dict(protocol, role, dataset, trainer, config, shots, seed, backbone)`` or
-    None outside the tree. The engine records ``protocol`` and ``role`` (and the whole dict as ``run``) in
-    results.json; ``protocol`` is ``transfer`` for the source run shared by cross_dataset and
+    None outside the tree: the sweep's note in the folder (:func:`read_run_note`) when there is one, else
+    the folder's place in the tree. The engine records ``protocol`` and ``role`` (and the whole dict as
+    ``run``) in results.json; ``protocol`` is ``transfer`` for the source run shared by cross_dataset and
     domain_generalization."""
-    return parse_run_dir(output_dir, source)
+    return read_run_note(output_dir) or parse_run_dir(output_dir, source)
 
 
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]")

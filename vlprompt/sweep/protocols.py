@@ -54,7 +54,9 @@ from vlprompt.protocol import (
     config_folder,
     family_config as _family_config,
     get_protocol,
+    parse_run_dir,
     protocol_names,
+    write_run_note,
     recipe_config,
     run_dir,
 )
@@ -234,6 +236,7 @@ class Run:
     protocols: List[str] = field(default_factory=list)  # every protocol that needs this run
     role: str = ""  # base | novel | source | target | test (vlprompt.protocol.ROLES)
     backbone: str = ""  # the backbone the run uses (its label: NAME[@TAG]), shown in the plan
+    note: Optional[dict] = None  # what the run is (protocol, role, ...), written into its folder before it starts
 
     @property
     def key(self):
@@ -271,6 +274,12 @@ class Run:
 
     def result_file(self):
         return osp.join(self.output_dir, "results.json")
+
+    def write_note(self):
+        """Leave :attr:`note` in the run folder (:func:`vlprompt.protocol.write_run_note`), so that the
+        engine records this run's protocol and role in results.json whatever its folder alone says."""
+        if self.note:
+            write_run_note(self.output_dir, self.note)
 
     def is_complete(self):
         return osp.isfile(self.result_file())
@@ -561,6 +570,7 @@ def _step_run(ctx, proto, step, method, zs, res, dataset, shots, seed, dirs, sou
         where["source"] = source
     out = ctx.out(proto.tree_name(step), step.role, **where)
     dirs[step.role] = out
+    note = parse_run_dir(out, source) or {}  # what the folder is, read with this run's source
     model_dir = dirs[step.model_from] if step.model_from and not zs else None
     opts = (["DATASET.NUM_SHOTS", str(shots)] if shots_opt else [])
     opts += ["DATASET.SUBSAMPLE_CLASSES", step.subsample] if step.subsample else []
@@ -568,7 +578,7 @@ def _step_run(ctx, proto, step, method, zs, res, dataset, shots, seed, dirs, sou
         protocol=proto.name, phase="eval" if zs else ("train" if step.trains else "test"), role=step.role, trainer=t,
         config=res.cfg, config_file=res.rel, dataset=dataset, seed=seed, shots=shots if step.records_shots else None,
         backbone=res.label, output_dir=out, model_dir=model_dir, load_epoch=res.epoch if model_dir else None,
-        opts=opts + res.opts + ctx.opts, depends_on=model_dir,
+        opts=opts + res.opts + ctx.opts, depends_on=model_dir, note=note,
     )
 
 
