@@ -109,6 +109,7 @@ def main(argv=None):
     if args.plots:
         from .plots import make_plots
 
-        for p in make_plots(records, args.plots, args.metric, args.ablation_trainer, args.ablation_key):
+        for p in make_plots(records, args.plots, args.metric, args.ablation_trainer, args.ablation_key,
+                            protocols=args.protocol, seeds=seeds):
             print(p)
     return 0

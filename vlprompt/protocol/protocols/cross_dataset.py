@@ -38,5 +38,5 @@ CROSS_DATASET = register_protocol(Protocol(
     refuse_excluded=True,
     layouts=TRANSFER_LAYOUTS,
     table="transfer",
-    figure="transfer",
+    figure=None,  # no figure of its own (its tables; the prompt-length figure has a panel for it)
 ))

@@ -19,5 +19,5 @@ DOMAIN_GENERALIZATION = register_protocol(Protocol(
     recipe_from="cross_dataset",
     layouts=TRANSFER_LAYOUTS,
     table="transfer",
-    figure="transfer",
+    figure=None,  # no figure of its own (its tables; the prompt-length figure has a panel for it)
 ))
