@@ -574,6 +574,7 @@ def _step_run(ctx, proto, step, method, zs, res, dataset, shots, seed, dirs, sou
     model_dir = dirs[step.model_from] if step.model_from and not zs else None
     opts = (["DATASET.NUM_SHOTS", str(shots)] if shots_opt else [])
     opts += ["DATASET.SUBSAMPLE_CLASSES", step.subsample] if step.subsample else []
+    opts += list(step.opts)
     return Run(
         protocol=proto.name, phase="eval" if zs else ("train" if step.trains else "test"), role=step.role, trainer=t,
         config=res.cfg, config_file=res.rel, dataset=dataset, seed=seed, shots=shots if step.records_shots else None,

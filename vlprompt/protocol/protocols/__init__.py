@@ -48,6 +48,7 @@ class Step:
     eval_only_shots_opt: Optional[bool] = None  # the same for an eval-only method (None: as shots_opt)
     records_shots: bool = True  # the run's shot count is K (else none: a full test set)
     tree: Optional[str] = None  # the protocol name of its folders when not the protocol's own (``transfer``)
+    opts: Tuple[str, ...] = ()  # config options ``KEY VALUE ...`` its runs add (e.g. a test-time procedure's switch)
 
     @property
     def trains(self):
