@@ -15,6 +15,7 @@ the sweep's cached table reads back without torch.
 import importlib
 import os.path as osp
 import sys
+
 from vlprompt.protocol.card import MethodCard, card_of
 from vlprompt.protocol.families import ANY_TOWERS, PROMPTABLE_VISION
 from vlprompt.protocol.protocols import PROTOCOL_REGISTRY
@@ -73,7 +74,8 @@ method_specs = method_cards
 
 
 def recipes(base2new=None, xd=None, few_shot=None, cross_dataset=None, domain_generalization=None, **per):
-    """A ``RECIPES`` dict in one line: ``xd`` is the config of both cross-dataset and domain
+    """A loose ``RECIPES`` dict (for a trainer written without a card; a card names its ``config`` and only
+    the protocols that differ) in one line: ``xd`` is the config of both cross-dataset and domain
     generalisation (their ImageNet training run is shared), ``few_shot`` defaults to ``base2new``.
 
     A value is a config name or a full recipe dict (``{"config": ..., "per_dataset": ..., "per_shots": ...}``).

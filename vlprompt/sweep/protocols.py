@@ -2,9 +2,12 @@
 
 Every run is one ``python train.py ...`` call, described by :class:`Run`. :func:`plan` builds the
 list for several methods and protocols and removes duplicates (cross-dataset and domain
-generalisation share their ImageNet training runs). The folders come from
-:func:`vlprompt.protocol.run_dir`, the same description the result tables parse; the dataset lists
-from :mod:`vlprompt.protocol`.
+generalisation share their ImageNet training runs). Every protocol is expanded by the same code
+(:func:`_expand_steps`) from what the registered protocol declares (:class:`vlprompt.protocol.Protocol`:
+its steps, datasets, shot counts, source), so a protocol registered later is planned like the shipped
+ones. The folders come from :func:`vlprompt.protocol.run_dir`, the same description the result tables
+parse; each run carries that description (:attr:`Run.note`), which the sweep writes into the folder
+before the run starts (:meth:`Run.write_note`) so that the engine records the right protocol and role.
 
 The default config of a method per protocol, and whether it trains at all, are what the trainer's
 method card declares (``config``/``recipes``, ``eval_only``; :class:`vlprompt.protocol.card.MethodCard`,
