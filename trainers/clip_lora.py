@@ -30,7 +30,7 @@ from vlprompt.clip.families import PROMPTABLE_VISION
 from vlprompt.engine import TRAINER_REGISTRY
 from vlprompt.engine.batch_sources import IterationBudget
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
-from vlprompt.engine.methods import recipes
+from vlprompt.engine.methods import MethodCard
 from vlprompt.optim import build_optimizer
 
 ENCODERS = {"both": ("text", "vision"), "text": ("text",), "vision": ("vision",)}
@@ -103,22 +103,24 @@ class CLIPLoRA(ClipPromptTrainer):
 
     # No official base-to-novel recipe: the few-shot recipe on the base classes (a reconstruction,
     # docs/METHODS.md); the budget follows the shots (500 x 16 for the base-to-novel 16 shots).
-    RECIPES = recipes("vit_b16", few_shot="vit_b16")
-    TABLE_ORDER = 240
-    BACKBONE_SUPPORT = PROMPTABLE_VISION  # LoRA on the attention of both towers (ENCODER text: any image tower)
-    LR_SCHEDULE_UNIT = "iteration"
+    CARD = MethodCard(
+        config="vit_b16",
+        protocols=("base2new", "few_shot"),
+        order=240,
+        backbones=PROMPTABLE_VISION,  # LoRA on the attention of both towers (ENCODER text: any image tower)
+        lr_unit="iteration",
+        cfg_node="CLIPLORA",
+        # official run_utils.get_arguments defaults (r, alpha, dropout_rate, position, encoder, params,
+        # n_iters); LOGIT_SCALE = main.py's hard-coded 100; ETA_MIN = lora.py's CosineAnnealingLR eta_min;
+        # PREC amp = the official fp16 autocast + GradScaler training
+        cfg_defaults=dict(R=2, ALPHA=1.0, DROPOUT=0.25, POSITION="all", ENCODER="both", PARAMS=["q", "k", "v"],
+                          N_ITERS=500, ETA_MIN=1e-6, LOGIT_SCALE=100.0, EVAL_LOGITS="cosine", TEMPLATE="",
+                          PREC="amp"),
+        cfg_args={"r": "R", "alpha": "ALPHA", "dropout": "DROPOUT", "position": "POSITION", "encoders": "ENCODER",
+                  "params": "PARAMS", "eval_logits": "EVAL_LOGITS"},
+        model_name="lora",
+    )
     LOG_ACC = True
-
-    CFG_NODE = "CLIPLORA"
-    # official run_utils.get_arguments defaults (r, alpha, dropout_rate, position, encoder, params,
-    # n_iters); LOGIT_SCALE = main.py's hard-coded 100; ETA_MIN = lora.py's CosineAnnealingLR eta_min;
-    # PREC amp = the official fp16 autocast + GradScaler training
-    CFG_DEFAULTS = dict(R=2, ALPHA=1.0, DROPOUT=0.25, POSITION="all", ENCODER="both", PARAMS=["q", "k", "v"],
-                        N_ITERS=500, ETA_MIN=1e-6, LOGIT_SCALE=100.0, EVAL_LOGITS="cosine", TEMPLATE="",
-                        PREC="amp")
-    CFG_ARGS = {"r": "R", "alpha": "ALPHA", "dropout": "DROPOUT", "position": "POSITION", "encoders": "ENCODER",
-                "params": "PARAMS", "eval_logits": "EVAL_LOGITS"}
-    MODEL_NAME = "lora"
 
     def check_cfg(self, cfg):
         super().check_cfg(cfg)
