@@ -294,6 +294,11 @@ def main(args):
         if lock is not None:
             lock.acquire(quiet=True)
         check_output_dir(cfg, args)  # with the lock held, so no run can finish in between
+        resume = None
+        if not args.eval_only and not args.no_train:
+            from vlprompt.engine.resume_guard import check_resume
+
+            resume = check_resume(cfg)  # a resume with another config is refused before anything changes
         if lock is not None:
             clean_stale_tmp(cfg.OUTPUT_DIR)
             # hold the argument/config dump (console and log.txt) until the inputs are validated, or for
@@ -311,6 +316,11 @@ def main(args):
         print_args(args, cfg)
         for line in PREPROCESS_LOG:
             print(line)
+        if resume is not None:
+            from vlprompt.engine.resume_guard import describe
+
+            for line in describe(resume):
+                print(line)
 
         started = time.time()
         trainer = build_trainer(cfg)  # reads the dataset and builds the model: the inputs are now validated
@@ -327,6 +337,8 @@ def main(args):
             model_dir=args.model_dir, load_epoch=args.load_epoch, started_at=started,
             phase="eval" if args.eval_only else "train",
         )
+        if resume is not None:
+            trainer.run_info["resume"] = resume.record()
         if args.eval_only:
             trainer.load_model(args.model_dir, epoch=args.load_epoch)
             trainer.test()

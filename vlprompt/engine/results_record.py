@@ -98,6 +98,9 @@ def build_results_record(trainer, metrics, eval_seconds=None, world_size=1):
         "role": run.get("role") if run else None,
         "run": run,
         "config": json.loads(json.dumps(cfg_to_dict(cfg), default=str)),
+        # a resumed run: the epoch and checkpoint it resumed from, and the keys that are safe to change on
+        # resume that were changed (vlprompt.engine.resume_guard); null for a run trained in one go
+        "resume": info.get("resume"),
     }
     extra = trainer.extra_results()
     if extra:

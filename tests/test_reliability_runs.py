@@ -1,0 +1,185 @@
+"""A run records only what happened (issue 26): a resume with another config is refused before anything
+in the folder changes; keys that are safe to change on resume are applied and recorded. Kill tests use real
+processes and signals (helpers shared with tests/test_reliability.py)."""
+import json
+import os
+
+import pytest
+import torch
+
+from tests.helpers import METHOD_YAML, make_image_folder, write_method_yaml
+from tests.test_reliability import args_for, kill9, read_until, run_cli, spawn
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    make_image_folder(str(root / "five"), n_classes=3, n_per_class=10)
+    return root
+
+
+@pytest.fixture(scope="module")
+def dataset_yaml(tmp_path_factory):
+    p = tmp_path_factory.mktemp("cfg") / "five.yaml"
+    p.write_text('DATASET:\n  NAME: "ImageFolder"\n  FOLDER: "five"\n')
+    return str(p)
+
+
+@pytest.fixture(scope="module")
+def method_yaml(tmp_path_factory):
+    return write_method_yaml(tmp_path_factory.mktemp("cfgm") / "probe.yaml", METHOD_YAML)
+
+
+def _snapshot(folder):
+    """{relative path: (size, mtime_ns, bytes)} of every file under ``folder`` (but the stale lock of the
+    killed process, which the next run takes over and releases)."""
+    out = {}
+    for dirpath, _, files in os.walk(folder):
+        for f in files:
+            if f == ".vlprompt.lock":
+                continue
+            p = os.path.join(dirpath, f)
+            st = os.stat(p)
+            out[os.path.relpath(p, folder)] = (st.st_size, st.st_mtime_ns, open(p, "rb").read())
+    return out
+
+
+@pytest.fixture(scope="module")
+def killed_run(tmp_path_factory, data_root, dataset_yaml, method_yaml):
+    """A run killed (SIGKILL) after its first epoch: the folder holds head/model-last.pth.tar (epoch 1)."""
+    out = tmp_path_factory.mktemp("killed") / "run"
+    proc = spawn(args_for(data_root, dataset_yaml, method_yaml, out), delay=0.3)
+    try:
+        read_until(proc, "model-last.pth.tar")
+    finally:
+        kill9(proc)
+    assert (out / "head" / "model-last.pth.tar").is_file() and not (out / "results.json").exists()
+    return out
+
+
+@pytest.fixture()
+def killed_copy(killed_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(killed_run, out)
+    return out
+
+
+def test_checkpoint_records_the_config_it_was_made_with(killed_run):
+    ckpt = torch.load(killed_run / "head" / "model-last.pth.tar", weights_only=True)
+    assert ckpt["epoch"] == 1
+    assert ckpt["run_config"] == (killed_run / "config.yaml").read_text()
+    assert "MAX_EPOCH: 3" in ckpt["run_config"]
+
+
+@pytest.mark.parametrize("opts,shown", [
+    (["OPTIM.MAX_EPOCH", "5"], "OPTIM.MAX_EPOCH: 3 -> 5"),
+    (["OPTIM.LR", "0.005"], "OPTIM.LR: 0.05 -> 0.005"),
+    (["SEED", "2"], "SEED: 1 -> 2"),
+    (["OPTIM.LR", "0.005", "TEST.FINAL_MODEL", "best_val"],
+     "OPTIM.LR: 0.05 -> 0.005; TEST.FINAL_MODEL: 'last_step' -> 'best_val'"),
+])
+def test_resume_with_another_config_is_refused_before_anything_changes(killed_copy, data_root, dataset_yaml,
+                                                                       method_yaml, capsys, opts, shown):
+    before = _snapshot(killed_copy)
+    argv = args_for(data_root, dataset_yaml, method_yaml, killed_copy, *opts)
+    if opts[0] == "SEED":  # the --seed flag (SEED is a config key too)
+        argv[argv.index("--seed") + 1] = opts[1]
+        argv = argv[:-2]
+    rc = run_cli(argv)
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("Error: Cannot resume from ") and err.count("\n") == 1, err
+    assert "(head/model-last.pth.tar, epoch 1) with another config: " + shown + "." in err
+    assert "Nothing was changed" in err and "another --output-dir" in err and "TRAIN.OVERWRITE True" in err
+    assert "Traceback" not in err
+    assert _snapshot(killed_copy) == before  # config.yaml, log.txt, checkpoints: all untouched
+
+
+def test_resume_with_a_changed_prompt_shape_is_refused_not_a_state_dict_traceback(tmp_path, capsys):
+    """The issue's N_CTX case on a real prompt learner (CoOp, tiny backbone): refused before config.yaml
+    is overwritten, instead of a raw load_state_dict traceback after it."""
+    root = tmp_path / "d"
+    make_image_folder(str(root / "five"), n_classes=3, n_per_class=4)
+    ds = tmp_path / "ds.yaml"
+    ds.write_text('DATASET:\n  NAME: "ImageFolder"\n  FOLDER: "five"\n')
+    out = tmp_path / "coop"
+    base = ["--root", str(root), "--seed", "1", "--trainer", "CoOp", "--dataset-config-file", str(ds),
+            "--config-file", write_method_yaml(tmp_path / "m.yaml", METHOD_YAML), "--output-dir", str(out),
+            "TRAINER.COOP.N_CTX", "2", "TRAINER.COOP.CTX_INIT", "''",
+            "OPTIM.MAX_EPOCH", "2", "OPTIM.WARMUP_EPOCH", "0", "TRAIN.CHECKPOINT_FREQ", "1"]
+    assert run_cli(base + ["TEST.NO_TEST", "True"]) == 0
+    capsys.readouterr()
+    os.remove(out / "results.json") if (out / "results.json").exists() else None
+    # an unfinished run: the resume point of epoch 1 only
+    os.remove(out / "prompt_learner" / "model.pth.tar-2")
+    before = _snapshot(out)
+    rc = run_cli(base[:base.index("TRAINER.COOP.N_CTX") + 1] + ["4"] + base[base.index("TRAINER.COOP.N_CTX") + 2:]
+                 + ["TEST.NO_TEST", "True"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "(prompt_learner/model.pth.tar-1, epoch 1) with another config: TRAINER.COOP.N_CTX: 2 -> 4." in err and "Traceback" not in err, err
+    assert _snapshot(out) == before
+
+
+def test_safe_keys_are_applied_and_recorded_on_resume(killed_copy, data_root, dataset_yaml, method_yaml, capsys):
+    rc = run_cli(args_for(data_root, dataset_yaml, method_yaml, killed_copy, "TRAIN.PRINT_FREQ", "2",
+                          "DATALOADER.TEST.BATCH_SIZE", "7"))
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "Previous epoch: 1" in out  # resumed, not restarted
+    assert "with keys that are safe to change on resume changed" in out and "TRAIN.PRINT_FREQ: 1 -> 2" in out
+    rec = json.loads((killed_copy / "results.json").read_text())
+    assert rec["resume"]["from_epoch"] == 1 and rec["resume"]["checkpoint"] == "head/model-last.pth.tar"
+    assert rec["resume"]["config_reference"] == "checkpoint"
+    assert rec["resume"]["changed_keys"] == {"TRAIN.PRINT_FREQ": [1, 2], "DATALOADER.TEST.BATCH_SIZE": [16, 7]}
+    assert rec["config"]["TRAIN"]["PRINT_FREQ"] == 2  # applied for real
+    assert "epoch [2/3] batch [2/" in out and "epoch [2/3] batch [1/" not in out  # PRINT_FREQ 2 in effect
+
+
+def test_unchanged_resume_records_its_resume_point(killed_copy, data_root, dataset_yaml, method_yaml, capsys):
+    assert run_cli(args_for(data_root, dataset_yaml, method_yaml, killed_copy)) == 0
+    rec = json.loads((killed_copy / "results.json").read_text())
+    assert rec["resume"] == {"from_epoch": 1, "checkpoint": "head/model-last.pth.tar",
+                             "config_reference": "checkpoint", "changed_keys": {}}
+
+
+def test_overwrite_trains_from_scratch_with_the_new_config(killed_copy, data_root, dataset_yaml, method_yaml,
+                                                           capsys):
+    assert run_cli(args_for(data_root, dataset_yaml, method_yaml, killed_copy, "OPTIM.MAX_EPOCH", "2",
+                            "TRAIN.OVERWRITE", "True")) == 0
+    out = capsys.readouterr().out
+    assert "Previous epoch" not in out and "epoch [1/2]" in out
+    rec = json.loads((killed_copy / "results.json").read_text())
+    assert rec["resume"] is None and rec["epochs"] == 2
+
+
+def _strip_run_config(path):
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["run_config"]
+    torch.save(ckpt, path)
+
+
+def test_old_checkpoint_without_a_recorded_config_is_checked_against_config_yaml(
+        killed_copy, data_root, dataset_yaml, method_yaml, capsys):
+    _strip_run_config(killed_copy / "head" / "model-last.pth.tar")
+    before = _snapshot(killed_copy)
+    rc = run_cli(args_for(data_root, dataset_yaml, method_yaml, killed_copy, "OPTIM.MAX_EPOCH", "5"))
+    err = capsys.readouterr().err
+    assert rc == 2 and "OPTIM.MAX_EPOCH: 3 -> 5" in err
+    assert f"the checkpoint records no config; compared with {killed_copy / 'config.yaml'}" in err
+    assert _snapshot(killed_copy) == before
+    # the same config: resumes, and says what it was checked against
+    assert run_cli(args_for(data_root, dataset_yaml, method_yaml, killed_copy)) == 0
+    rec = json.loads((killed_copy / "results.json").read_text())
+    assert rec["resume"]["config_reference"] == str(killed_copy / "config.yaml")
+
+
+def test_old_checkpoint_without_any_known_config_is_refused(killed_copy, data_root, dataset_yaml, method_yaml,
+                                                           capsys):
+    _strip_run_config(killed_copy / "head" / "model-last.pth.tar")
+    os.remove(killed_copy / "config.yaml")
+    before = _snapshot(killed_copy)
+    rc = run_cli(args_for(data_root, dataset_yaml, method_yaml, killed_copy))
+    err = capsys.readouterr().err
+    assert rc == 2 and "the checkpoint records no config" in err and "no config.yaml beside it" in err
+    assert _snapshot(killed_copy) == before
