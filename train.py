@@ -253,6 +253,17 @@ def validate_inputs(cfg, args):
         raise RunError(f'--model-dir "{args.model_dir}" does not exist or is not a folder')
 
 
+def check_run_sanity(cfg, args):
+    """Refuse a run that cannot mean what its result would claim (vlprompt/config/run_checks.py)."""
+    from vlprompt.config.run_checks import check_run
+    from vlprompt.engine import TRAINER_REGISTRY
+
+    cls = TRAINER_REGISTRY.get(cfg.TRAINER.NAME)
+    check_run(cfg, training=not (args.eval_only or args.no_train),
+              trainer_trains=not getattr(cls, "EVAL_ONLY", False),
+              lr_schedule_unit=getattr(cls, "LR_SCHEDULE_UNIT", "epoch"))
+
+
 def _first_missing_ancestor(path):
     """The topmost folder of ``path`` that does not exist yet (None when ``path`` exists)."""
     path = osp.abspath(path)
@@ -287,6 +298,7 @@ def main(args):
     cfg = setup_cfg(args)
     rank, world = init_distributed_from_env()
     validate_inputs(cfg, args)
+    check_run_sanity(cfg, args)
     created_top = _first_missing_ancestor(cfg.OUTPUT_DIR)
     lock = OutputDirLock(cfg.OUTPUT_DIR, command=" ".join(["train.py"] + sys.argv[1:])[:300]) if rank == 0 else None
     started_ok = False

@@ -138,6 +138,7 @@ class DatasetBase:
         for data_source in data_sources:
             tracker = self.split_dataset_by_label(data_source)
             dataset = []
+            short = {}
             for label, items in tracker.items():
                 if len(items) >= num_shots:
                     sampled_items = random.sample(items, num_shots)
@@ -145,7 +146,13 @@ class DatasetBase:
                     sampled_items = random.choices(items, k=num_shots)
                 else:
                     sampled_items = items
+                    short[items[0].classname or label] = len(items)
                 dataset.extend(sampled_items)
+            if short:  # said, not hidden: results.json records the real numbers (shots_used)
+                shown = ", ".join(f"{k} ({v})" for k, v in list(short.items())[:5])
+                more = f" and {len(short) - 5} more" if len(short) > 5 else ""
+                print(f"Warning: {num_shots} shots per class requested, but {len(short)} of {len(tracker)} classes "
+                      f"have fewer images, all of which are used: {shown}{more}")
             output.append(dataset)
         if len(output) == 1:
             return output[0]
