@@ -183,3 +183,104 @@ def test_old_checkpoint_without_any_known_config_is_refused(killed_copy, data_ro
     err = capsys.readouterr().err
     assert rc == 2 and "the checkpoint records no config" in err and "no config.yaml beside it" in err
     assert _snapshot(killed_copy) == before
+
+
+# ------------------------------------------------------------------------------------------------
+# runs that cannot mean what their result would claim (vlprompt/config/run_checks.py)
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("opts,message", [
+    (["OPTIM.MAX_EPOCH", "0"], "OPTIM.MAX_EPOCH is 0: TestLinearProbe would train for no epoch"),
+    (["OPTIM.MAX_EPOCH", "1"], "OPTIM.MAX_EPOCH 1 <= OPTIM.WARMUP_EPOCH 1: every epoch of this run would be a "
+                               "warm-up epoch (a constant LR of OPTIM.WARMUP_CONS_LR 1e-05)"),
+    (["OPTIM.MAX_EPOCH", "2", "OPTIM.WARMUP_EPOCH", "3", "OPTIM.WARMUP_TYPE", "linear"],
+     "OPTIM.MAX_EPOCH 2 <= OPTIM.WARMUP_EPOCH 3: every epoch of this run would be a warm-up epoch (an LR rising "
+     "linearly from OPTIM.WARMUP_MIN_LR 1e-05 towards OPTIM.LR)"),
+    (["OPTIM.LR", "0.0"], "OPTIM.LR is 0.0: TestLinearProbe would learn nothing"),
+    (["TEST.FINAL_MODEL", "best-val"], "TEST.FINAL_MODEL is 'best-val': it must be one of"),
+    (["TEST.SPLIT", "validation"], "TEST.SPLIT is 'validation': it must be one of"),
+])
+def test_runs_that_cannot_mean_their_result_are_refused_before_anything_is_written(
+        tmp_path, data_root, dataset_yaml, method_yaml, capsys, opts, message):
+    out = tmp_path / "out" / "run"
+    rc = run_cli(args_for(data_root, dataset_yaml, method_yaml, out, *opts))
+    err = capsys.readouterr().err
+    assert rc == 2 and err == f"Error: {err[7:]}" and err.count("\n") == 1, err
+    assert message in err
+    assert not (tmp_path / "out").exists()  # nothing written, not even the folder
+
+
+def test_a_short_run_without_warm_up_is_accepted(tmp_path, data_root, dataset_yaml, method_yaml, capsys):
+    out = tmp_path / "run"
+    assert run_cli(args_for(data_root, dataset_yaml, method_yaml, out, "OPTIM.MAX_EPOCH", "1",
+                            "OPTIM.WARMUP_EPOCH", "0")) == 0
+    assert "lr 5.0000e-02" in capsys.readouterr().out  # trained at OPTIM.LR, not at the warm-up LR
+
+
+def test_more_shots_than_images_are_recorded_as_the_shots_used(tmp_path, data_root, dataset_yaml, method_yaml,
+                                                               capsys):
+    out = tmp_path / "run"
+    # 10 images per class, a 50/20/30 split: 5 training images per class
+    assert run_cli(args_for(data_root, dataset_yaml, method_yaml, out, "DATASET.NUM_SHOTS", "8")) == 0
+    stdout = capsys.readouterr().out
+    assert "Warning: 8 shots per class requested, but 3 of 3 classes have fewer images, all of which are used: " \
+           "class_0 (5), class_1 (5), class_2 (5)" in stdout
+    rec = json.loads((out / "results.json").read_text())
+    assert rec["shots"] == 8 and rec["shots_used"] == {"min": 5, "max": 5}
+    out2 = tmp_path / "run2"
+    assert run_cli(args_for(data_root, dataset_yaml, method_yaml, out2, "DATASET.NUM_SHOTS", "2")) == 0
+    assert json.loads((out2 / "results.json").read_text())["shots_used"] == {"min": 2, "max": 2}
+
+
+# ------------------------------------------------------------------------------------------------
+# cost in every result (vlprompt/engine/results_record.py, cost_record)
+# ------------------------------------------------------------------------------------------------
+
+
+def test_results_record_what_the_run_cost(tmp_path, data_root, dataset_yaml, method_yaml, capsys):
+    out = tmp_path / "run"
+    assert run_cli(args_for(data_root, dataset_yaml, method_yaml, out, "OPTIM.MAX_EPOCH", "2")) == 0
+    rec = json.loads((out / "results.json").read_text())
+    cost = rec["cost"]
+    # 3 classes x 5 training images, batch 4, the last partial batch dropped: 12 images per epoch
+    assert cost["train_epochs_run"] == 2 and cost["train_images"] == 24
+    assert cost["train_time_s"] > 0 and cost["eval_time_s"] > 0
+    assert cost["train_time_s"] <= rec["wall_time_s"] and cost["eval_time_s"] == rec["eval_time_s"]
+    assert cost["train_images_per_s"] == pytest.approx(24 / cost["train_time_s"], rel=0.01)
+    assert cost["eval_images"] == rec["num_test"] == 9
+    assert cost["eval_images_per_s"] == pytest.approx(9 / cost["eval_time_s"], rel=0.01)
+    import resource
+
+    assert 50 < cost["peak_rss_mib"] <= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 + 1
+    assert cost["cuda_max_allocated_mib"] is None  # a CPU run
+    head = torch.load(out / "head" / "model.pth.tar-2", weights_only=True)["state_dict"]
+    assert cost["trainable_params"] == sum(v.numel() for v in head.values())  # the linear head only
+    assert cost["total_params"] > 100 * cost["trainable_params"]  # + the frozen CLIP
+
+    # the cost table (python -m vlprompt.results ROOT --cost)
+    from vlprompt.results.cli import main as results_main
+
+    capsys.readouterr()
+    assert results_main([str(tmp_path), "--cost"]) == 0
+    table = capsys.readouterr().out
+    head = next(ln for ln in table.splitlines() if ln.startswith("| Method | Config"))
+    assert head.split(" | ")[-8:] == ["train s", "eval s", "train img/s", "eval img/s", "peak RSS MiB", "CUDA MiB",
+                                      "trainable params", "total params |"]
+    cost_part = table[table.index("### Cost per run"):]
+    row = next(ln for ln in cost_part.splitlines() if ln.startswith("| TestLinearProbe"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert float(cells[-8]) == pytest.approx(cost["train_time_s"], abs=0.01)
+    assert float(cells[-1]) == cost["total_params"] and cells[-3] == "–"  # no CUDA on a CPU run
+
+
+def test_eval_only_records_no_training_cost(tmp_path, data_root, dataset_yaml, method_yaml, capsys):
+    out = tmp_path / "run"
+    assert run_cli(args_for(data_root, dataset_yaml, method_yaml, out, "OPTIM.MAX_EPOCH", "2")) == 0
+    ev = tmp_path / "eval"
+    argv = args_for(data_root, dataset_yaml, method_yaml, ev)
+    assert run_cli(argv + ["--eval-only", "--model-dir", str(out), "--load-epoch", "2",
+                           "OPTIM.MAX_EPOCH", "2"]) == 0
+    cost = json.loads((ev / "results.json").read_text())["cost"]
+    assert cost["train_time_s"] is None and cost["train_images"] is None and cost["train_images_per_s"] is None
+    assert cost["eval_time_s"] > 0 and cost["eval_images"] == 9 and cost["trainable_params"] > 0
