@@ -253,6 +253,17 @@ def validate_inputs(cfg, args):
         raise RunError(f'--model-dir "{args.model_dir}" does not exist or is not a folder')
 
 
+def check_run_sanity(cfg, args):
+    """Refuse a run that cannot mean what its result would claim (vlprompt/config/run_checks.py)."""
+    from vlprompt.config.run_checks import check_run
+    from vlprompt.engine import TRAINER_REGISTRY
+
+    cls = TRAINER_REGISTRY.get(cfg.TRAINER.NAME)
+    check_run(cfg, training=not (args.eval_only or args.no_train),
+              trainer_trains=not getattr(cls, "EVAL_ONLY", False),
+              lr_schedule_unit=getattr(cls, "LR_SCHEDULE_UNIT", "epoch"))
+
+
 def _first_missing_ancestor(path):
     """The topmost folder of ``path`` that does not exist yet (None when ``path`` exists)."""
     path = osp.abspath(path)
@@ -287,6 +298,7 @@ def main(args):
     cfg = setup_cfg(args)
     rank, world = init_distributed_from_env()
     validate_inputs(cfg, args)
+    check_run_sanity(cfg, args)
     created_top = _first_missing_ancestor(cfg.OUTPUT_DIR)
     lock = OutputDirLock(cfg.OUTPUT_DIR, command=" ".join(["train.py"] + sys.argv[1:])[:300]) if rank == 0 else None
     started_ok = False
@@ -294,6 +306,11 @@ def main(args):
         if lock is not None:
             lock.acquire(quiet=True)
         check_output_dir(cfg, args)  # with the lock held, so no run can finish in between
+        resume = None
+        if not args.eval_only and not args.no_train:
+            from vlprompt.engine.resume_guard import check_resume
+
+            resume = check_resume(cfg)  # a resume with another config is refused before anything changes
         if lock is not None:
             clean_stale_tmp(cfg.OUTPUT_DIR)
             # hold the argument/config dump (console and log.txt) until the inputs are validated, or for
@@ -311,6 +328,11 @@ def main(args):
         print_args(args, cfg)
         for line in PREPROCESS_LOG:
             print(line)
+        if resume is not None:
+            from vlprompt.engine.resume_guard import describe
+
+            for line in describe(resume):
+                print(line)
 
         started = time.time()
         trainer = build_trainer(cfg)  # reads the dataset and builds the model: the inputs are now validated
@@ -327,6 +349,8 @@ def main(args):
             model_dir=args.model_dir, load_epoch=args.load_epoch, started_at=started,
             phase="eval" if args.eval_only else "train",
         )
+        if resume is not None:
+            trainer.run_info["resume"] = resume.record()
         if args.eval_only:
             trainer.load_model(args.model_dir, epoch=args.load_epoch)
             trainer.test()
