@@ -121,6 +121,8 @@ def test_lr_is_stepped_once_per_unit(probe, tmp_path, unit, itself, expected):
     n = tr.num_batches
     assert n >= 2
     assert tr.sched.last_epoch == (3 if expected == "epochs" else 3 * n)
+    loader = tr.train_loader_x  # the loop counts the labelled images it fed (results.json cost)
+    assert tr.images_trained == 3 * (n * loader.batch_size if loader.drop_last else len(loader.sampler))
 
 
 def test_iteration_budget_chains_reshuffled_passes():

@@ -224,7 +224,8 @@ def test_short_run_without_warm_up_and_more_shots_than_images_are_recorded_as_th
 
 
 def test_results_record_what_the_run_cost(tmp_path, data_root, dataset_yaml, method_yaml, capsys):
-    out = tmp_path / "run"
+    # in the few-shot output tree, so that the results tool files it (a training run outside the tree is not)
+    out = tmp_path / "few_shot" / "five" / "TestLinearProbe" / "probe" / "shots_16" / "seed1"
     assert run_cli(args_for(data_root, dataset_yaml, method_yaml, out, "OPTIM.MAX_EPOCH", "2")) == 0
     rec = json.loads((out / "results.json").read_text())
     cost = rec["cost"]

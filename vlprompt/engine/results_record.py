@@ -84,21 +84,6 @@ def _parameter_counts(trainer):
     return trainable, total
 
 
-def _train_images_per_epoch(trainer):
-    """Images one epoch of the engine's labelled loop feeds (per process), or None when the method runs
-    its own loop (feature epochs, iteration budgets, unlabelled batches): then no images/s is recorded."""
-    from .trainer import TrainerX
-
-    if type(trainer).run_epoch is not TrainerX.run_epoch or getattr(trainer, "LR_SCHEDULE_UNIT", "epoch") != "epoch":
-        return None
-    loader = getattr(trainer, "train_loader_x", None)
-    if loader is None:
-        return None
-    if loader.drop_last:
-        return len(loader) * loader.batch_size
-    return len(loader.sampler)
-
-
 def _peak_memory():
     """(peak CPU RSS of this process in MiB, max CUDA memory allocated in MiB or None)."""
     rss = None
@@ -125,8 +110,9 @@ def cost_record(trainer, eval_seconds=None, now=None):
         end = now - (eval_seconds or 0.0)
         train_s = max(0.0, end - trainer.time_start)
         epochs_run = int(trainer.max_epoch) - int(getattr(trainer, "start_epoch", 0))
-    per_epoch = _train_images_per_epoch(trainer) if train_s is not None else None
-    train_images = per_epoch * epochs_run if per_epoch is not None and epochs_run is not None else None
+    # counted by the engine's one loop as it feeds them (every batch source: loaders, feature views,
+    # iteration budgets; the labelled half of labelled + unlabelled pairs)
+    train_images = getattr(trainer, "images_trained", None) if train_s is not None else None
     num_test = len(trainer.dm.dataset.test) if getattr(trainer, "dm", None) is not None else None
     cuda_peak = None
     device = getattr(trainer, "device", None)

@@ -68,6 +68,7 @@ class TrainerBase:
         self._hooks = OrderedDict()
         self._writer = None
         self.scaler = None
+        self.images_trained = 0  # labelled training images the loop fed in this process (results.json cost)
         self.checkpointer = Checkpointer(self)
 
     # ---- registration ------------------------------------------------------------------------
@@ -317,6 +318,7 @@ class TrainerBase:
             data_time.update(time.time() - end)
             self._call_hooks("before_iter")
             loss_summary = self.forward_backward(*args)
+            self.images_trained += _batch_size(args[0])
             batch_time.update(time.time() - end)
             losses.update(loss_summary)
             self._log_iteration(losses, batch_time, data_time)
@@ -357,6 +359,12 @@ class TrainerBase:
 
     def model_inference(self, input):
         raise NotImplementedError
+
+
+def _batch_size(batch):
+    """Labelled items in a batch (a dict with ``label``, as every engine loader and batch source gives)."""
+    label = batch.get("label") if isinstance(batch, Mapping) else None
+    return int(label.shape[0]) if hasattr(label, "shape") and len(label.shape) else 0
 
 
 class EvalProgress:

@@ -83,9 +83,9 @@ def main(argv=None):
         print(f"note: {methods.note}", file=sys.stderr)
     tables = build_tables(records, args.protocol, seeds, args.metric, args.with_published, args.source, methods)
     if not tables:
-        print(f"error: no runs of protocol(s) {' '.join(args.protocol or protocol_names())} found", file=sys.stderr)
-        return 1
-    if args.cost:
+        print(f"{'note' if args.cost else 'error'}: no runs of protocol(s) "
+              f"{' '.join(args.protocol or protocol_names())} found", file=sys.stderr)
+    if args.cost:  # per run, whatever its protocol (a run outside the tree too)
         from .cost import cost_table
 
         table = cost_table(records)
@@ -94,6 +94,8 @@ def main(argv=None):
                   file=sys.stderr)
         else:
             tables.append(table)
+    if not tables:
+        return 1
     std = not args.no_std
     render = {
         "md": lambda t: to_markdown(t, args.digits, std),
