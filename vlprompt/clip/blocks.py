@@ -115,9 +115,19 @@ class PromptedCLIP(nn.Module):
                 m.set_classnames(classnames)
         self.text_cache.clear()
 
-    def logits(self, image_features, text_features):
-        """fp32 ``exp(logit_scale) * cos`` logits; see :func:`normalized_logits`."""
-        return normalized_logits(image_features, text_features, self.logit_scale)
+    #: a callable ``tap(image_features, text_features, logits)`` called by :meth:`logits` (None: none);
+    #: plug-ins read the features before the logit product through it (vlprompt.engine.plugins.FeatureTap)
+    feature_tap = None
+
+    def logits(self, image_features, text_features, raw_image_features=None):
+        """fp32 ``exp(logit_scale) * cos`` logits; see :func:`normalized_logits`.
+
+        ``raw_image_features``: the unnormalised image features when ``image_features`` were normalised
+        by the caller (given to the feature tap only; the logits do not depend on it)."""
+        out = normalized_logits(image_features, text_features, self.logit_scale)
+        if self.feature_tap is not None:
+            self.feature_tap(image_features if raw_image_features is None else raw_image_features, text_features, out)
+        return out
 
 
 class ZeroShotHead(nn.Module):
