@@ -55,6 +55,7 @@ __all__ = [
     "compose_trainer",
     "composed_declarations",
     "supported_pairs",
+    "forget_composed",
 ]
 
 #: the character joining a host and its plug-ins in a trainer name
@@ -391,11 +392,17 @@ def compose_trainer(name, registry):
         raise PluginError(f"{host_name} cannot take plug-ins: it is not a CLIP prompt trainer "
                           "(vlprompt.engine.clip_trainer.ClipPromptTrainer)")
     attrs = composed_declarations(host_name, host_cls, plugins)
-    attrs.update(HOST=host_name, PLUGINS=tuple(plugins), __module__=host_cls.__module__,
+    attrs.update(HOST=host_name, PLUGINS=tuple(plugins), __module__=__name__,
                  __doc__=f"{host_name} with the plug-in(s) {', '.join(p.name() for p in plugins)} (composed).")
     cls = type(name, (PluginHost, host_cls), attrs)
     registry.register(cls)
     return cls
+
+
+def forget_composed(registry):
+    """Unregister every composed trainer (tests: a composed name is registered on first use)."""
+    for name in [n for n in registry.registered_names() if SEPARATOR in n]:
+        del registry._obj_map[name]
 
 
 def supported_pairs(registry, plugin=None):
