@@ -255,7 +255,9 @@ def test_dept_learning_rates_and_kgcoop_term(data_root, tmp_path):
 @pytest.mark.parametrize("host", [h for h, _ in PAIRS])
 def test_dept_on_every_supported_host(host, data_root, tmp_path):
     name = f"{host}+DePT"
-    t = _trainer(name, data_root, tmp_path / "a", extra=["OPTIM.WEIGHT_DECAY", "0.0"])
+    # no warm-up (its 1e-5 leaves a scale of 1.0 unchanged in fp32 when the features are small, as VPT's
+    # normalised fixed text features are) and no weight decay (it moves tensors without a gradient)
+    t = _trainer(name, data_root, tmp_path / "a", extra=["OPTIM.WEIGHT_DECAY", "0.0", "OPTIM.WARMUP_EPOCH", "0"])
     model_name = method_spec(host).model_name
     assert t.get_model_names() == [model_name, "DePT"]
     host_learnable = {id(p) for p in t._models[model_name].parameters()}
@@ -374,8 +376,8 @@ def test_train_py_coop_dept_on_the_toy_world(tmp_path_factory, tmp_path):
         with open(osp.join(out, "results.json")) as f:
             rec = json.load(f)
         assert rec["trainer"] == "CoOp+DePT" and 0.0 <= rec["metrics"]["accuracy"] <= 100.0
-    assert sorted(os.listdir(base)) >= ["DePT", "prompt_learner"]
-    assert os.listdir(osp.join(base, "DePT")) == ["model.pth.tar-1"]
+    assert {"DePT", "prompt_learner", "results.json", "log.txt"} <= set(os.listdir(base))
+    assert "model.pth.tar-1" in os.listdir(osp.join(base, "DePT"))
     with open(osp.join(base, "log.txt")) as f:
         log = f.read()
     assert "DePT: the head was trained on the current classes: fused logits" in log
