@@ -33,7 +33,7 @@ class TempLog(HookBase):
         self.module, self.history = module, []
 
     def after_epoch(self):
-        self.history.append(float(self.module.log_t.exp()))
+        self.history.append(float(self.module.log_t.detach().exp()))
 
     def state_dict(self):
         return {"history": list(self.history)}
