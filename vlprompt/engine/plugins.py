@@ -36,6 +36,7 @@ Features are captured at the shared logit product :meth:`vlprompt.clip.PromptedC
 similarity logits come from there (every prompt learner built on ``PromptedCLIP``) exposes its features
 with no code of its own. docs/EXTENDING.md ("Add a plug-in") has a worked example.
 """
+import itertools
 from dataclasses import dataclass
 import torch
 
@@ -56,6 +57,7 @@ __all__ = [
     "composed_declarations",
     "supported_pairs",
     "forget_composed",
+    "JointCacheOwner",
 ]
 
 #: the character joining a host and its plug-ins in a trainer name
@@ -125,6 +127,24 @@ class FeatureTap:
 # -----------------------------------------------------------------------------------------------
 
 
+class JointCacheOwner:
+    """Several modules seen as one by the evaluation text cache (:class:`vlprompt.clip.prompted.TextFeatureCache`):
+    in training mode when any is, with the parameters and buffers of all (a prompt modifier's ``cache_owner``)."""
+
+    def __init__(self, *modules):
+        self.modules = modules
+
+    @property
+    def training(self):
+        return any(m.training for m in self.modules)
+
+    def parameters(self):
+        return itertools.chain(*(m.parameters() for m in self.modules))
+
+    def buffers(self):
+        return itertools.chain(*(m.buffers() for m in self.modules))
+
+
 class Plugin:
     """Base class of a plug-in (see the module docstring). Subclasses are registered with
     ``@PLUGIN_REGISTRY.register()`` and instantiated once per trainer (``self.trainer``)."""
@@ -143,6 +163,9 @@ class Plugin:
     HOSTS = {}
     #: hosts refused on purpose: ``{host name: why}`` (one line each; shown to the user)
     REFUSED = {}
+    #: build right after the host's prompts, before the plug-ins that come earlier in the spelling (prompt
+    #: modifiers, whose parameters belong to the prompt learner in the official codes: same random draws)
+    BUILD_WITH_PROMPTS = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -243,7 +266,7 @@ class PluginHost:
         super().build_model()
         self.plugins = [p(self) for p in self.PLUGINS]
         classnames = self.dm.dataset.classnames
-        for plugin in self.plugins:
+        for plugin in sorted(self.plugins, key=lambda p: not p.BUILD_WITH_PROMPTS):  # stable: spelling order
             module = plugin.build(classnames)
             if module is None:
                 continue
