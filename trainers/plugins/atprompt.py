@@ -1,4 +1,4 @@
-"""ATPrompt: attribute-anchored textual prompts (Li et al., ICCV 2025), as a plug-in (a prompt modifier).
+"""ATPrompt: Advancing Textual Prompt Learning with Anchored Attributes (Li et al., ICCV 2025), a plug-in.
 
 Official code: https://github.com/zhengli97/ATPrompt (``trainers/coop_atp.py``, ``trainers/dept_atp.py``,
 ``train.py``; commit 86980a1). Spelling: ``--trainer CoOp+ATPrompt``, ``--trainer CoOp+DePT+ATPrompt``.

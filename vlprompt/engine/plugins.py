@@ -29,6 +29,8 @@ order, backbone support, config node, model name, eval-only, LR unit) is derived
 * :meth:`Plugin.loss_terms` -> edit the host's named loss terms / add its own, given the batch's
   :class:`Features` (image and text features before the logit product, captured by :class:`FeatureTap`);
 * :meth:`Plugin.inference` -> replace the test logits (e.g. a head fused on the classes it was trained on);
+* a prompt modifier: ``build`` may set ``model.prompt_modifier`` (:class:`vlprompt.clip.DeepPromptedCLIP`),
+  which edits the learner's text prompts before the text encoder (ATPrompt's attribute tokens);
 * :meth:`Plugin.set_classnames` (label-space swaps), :meth:`Plugin.hooks` (engine hooks with state,
   :class:`vlprompt.engine.hooks.HookBase`), :meth:`Plugin.refusal` (which hosts it supports).
 
