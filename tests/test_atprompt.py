@@ -1,14 +1,11 @@
 """ATPrompt as a plug-in (trainers/plugins/atprompt.py): the prompt it builds equals the official
 construction (the tokenized string "X X color X X shape X X X X <class>." with the learned tokens in the X
 slots), what trains and what is saved, the evaluation text cache, the attribute table, refusals, the
-composition CoOp+DePT+ATPrompt, and train.py on the toy world."""
-import json
-import os.path as osp
+composition CoOp+DePT+ATPrompt (its train.py run on the toy world: tests/test_plugins_dept.py)."""
 
 import pytest
 import torch
 
-import train as train_mod
 from tests.helpers import make_cfg, make_image_folder
 from vlprompt.config import ConfigError, get_cfg_default, extend_cfg
 from vlprompt.engine import TRAINER_REGISTRY, build_trainer
@@ -19,7 +16,6 @@ from vlprompt.utils import load_checkpoint, restore_stdout, set_random_seed
 load_plugins()
 from trainers.plugins.atprompt import attribute_words  # noqa: E402
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 ATT = ["TRAINER.ATPROMPT.ATT_NUM", "2", "TRAINER.ATPROMPT.ATT1_TEXT", "color", "TRAINER.ATPROMPT.ATT2_TEXT", "shape",
        "TRAINER.ATPROMPT.N_ATT1", "2", "TRAINER.ATPROMPT.N_ATT2", "3", "TRAINER.COOP.N_CTX", "4"]
 
@@ -155,27 +151,3 @@ def test_attribute_table_and_config_errors(data_root, tmp_path):
 def test_refusals(name, pattern):
     with pytest.raises(PluginError, match=pattern):
         TRAINER_REGISTRY.get(name)
-
-
-def test_train_py_coop_dept_atprompt_on_the_toy_world(tmp_path_factory, tmp_path):
-    from vlprompt.toy.data import ensure_toy_dataset
-
-    root = str(tmp_path_factory.mktemp("toydata_atp"))
-    ensure_toy_dataset("ToyShapes", root, log=None)
-    common = ["--root", root, "--seed", "1", "--trainer", "CoOp+DePT+ATPrompt",
-              "--dataset-config-file", osp.join(ROOT, "configs", "datasets", "toy_shapes.yaml"),
-              "--config-file", osp.join(ROOT, "configs", "trainers", "ATPrompt", "toy.yaml"),
-              "DATASET.NUM_SHOTS", "2", "OPTIM.MAX_EPOCH", "1", "DATALOADER.TRAIN_X.BATCH_SIZE", "4"]
-    base, new = str(tmp_path / "base"), str(tmp_path / "new")
-    try:
-        assert train_mod.cli(["--output-dir", base, *common, "DATASET.SUBSAMPLE_CLASSES", "base"]) == 0
-        assert train_mod.cli(["--output-dir", new, "--eval-only", "--model-dir", base, "--load-epoch", "1",
-                              *common, "DATASET.SUBSAMPLE_CLASSES", "new"]) == 0
-    finally:
-        restore_stdout()
-    for out in (base, new):
-        with open(osp.join(out, "results.json")) as f:
-            assert json.load(f)["trainer"] == "CoOp+DePT+ATPrompt"
-    with open(osp.join(base, "log.txt")) as f:
-        assert "ATPrompt: attributes ['color', 'shape'] (TRAINER.ATPROMPT)" in f.read()
-    assert osp.isfile(osp.join(base, "ATPrompt", "model.pth.tar-1"))

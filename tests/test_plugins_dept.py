@@ -356,11 +356,17 @@ def test_kill_and_resume_equals_uninterrupted(data_root, tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------------
 
 
-def test_train_py_coop_dept_on_the_toy_world(tmp_path_factory, tmp_path):
+@pytest.fixture(scope="module")
+def toy_root(tmp_path_factory):
     from vlprompt.toy.data import ensure_toy_dataset
 
-    root = str(tmp_path_factory.mktemp("toydata_dept"))
+    root = str(tmp_path_factory.mktemp("toydata_plugins"))
     ensure_toy_dataset("ToyShapes", root, log=None)
+    return root
+
+
+def test_train_py_coop_dept_on_the_toy_world(toy_root, tmp_path):
+    root = toy_root
     common = ["--root", root, "--seed", "1", "--trainer", "CoOp+DePT",
               "--dataset-config-file", osp.join(ROOT, "configs", "datasets", "toy_shapes.yaml"),
               "--config-file", osp.join(ROOT, "configs", "trainers", "DePT", "toy.yaml"),
@@ -383,3 +389,25 @@ def test_train_py_coop_dept_on_the_toy_world(tmp_path_factory, tmp_path):
     assert "DePT: the head was trained on the current classes: fused logits" in log
     with open(osp.join(new, "log.txt")) as f:
         assert "DePT: the current classes are not the head's: similarity logits only" in f.read()
+
+
+def test_train_py_coop_dept_atprompt_on_the_toy_world(toy_root, tmp_path):
+    """The composition of two plug-ins from the command line (ATPrompt: tests/test_atprompt.py)."""
+    common = ["--root", toy_root, "--seed", "1", "--trainer", "CoOp+DePT+ATPrompt",
+              "--dataset-config-file", osp.join(ROOT, "configs", "datasets", "toy_shapes.yaml"),
+              "--config-file", osp.join(ROOT, "configs", "trainers", "ATPrompt", "toy.yaml"),
+              "DATASET.NUM_SHOTS", "2", "OPTIM.MAX_EPOCH", "1", "DATALOADER.TRAIN_X.BATCH_SIZE", "4"]
+    base, new = str(tmp_path / "base"), str(tmp_path / "new")
+    try:
+        assert train_mod.cli(["--output-dir", base, *common, "DATASET.SUBSAMPLE_CLASSES", "base"]) == 0
+        assert train_mod.cli(["--output-dir", new, "--eval-only", "--model-dir", base, "--load-epoch", "1",
+                              *common, "DATASET.SUBSAMPLE_CLASSES", "new"]) == 0
+    finally:
+        restore_stdout()
+    for out in (base, new):
+        with open(osp.join(out, "results.json")) as f:
+            assert json.load(f)["trainer"] == "CoOp+DePT+ATPrompt"
+    with open(osp.join(base, "log.txt")) as f:
+        log = f.read()
+    assert "ATPrompt: attributes ['color', 'shape'] (TRAINER.ATPROMPT)" in log and " dept " in log
+    assert {"prompt_learner", "ATPrompt", "DePT"} <= set(os.listdir(base))
