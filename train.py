@@ -238,7 +238,8 @@ def validate_inputs(cfg, args):
     trainers = TRAINER_REGISTRY.registered_names()
     if not cfg.TRAINER.NAME:
         raise RunError(f"No trainer given: pass --trainer NAME (registered trainers: {sorted(trainers)})")
-    check_availability(cfg.TRAINER.NAME, trainers)
+    TRAINER_REGISTRY.resolve(cfg.TRAINER.NAME)  # Host+Plugin spellings are composed here (or refused)
+    check_availability(cfg.TRAINER.NAME, TRAINER_REGISTRY.registered_names())
     datasets = DATASET_REGISTRY.registered_names()
     if not cfg.DATASET.NAME:
         raise RunError("No dataset given (DATASET.NAME is empty): pass --dataset-config-file "
