@@ -87,21 +87,22 @@ def test_spelling_resolves_to_a_composed_class_with_derived_declarations():
     host = TRAINER_REGISTRY.get("CoOp")
     assert cls.__name__ == "CoOp+DePT" and issubclass(cls, host) and "CoOp+DePT" in TRAINER_REGISTRY
     assert TRAINER_REGISTRY.get("CoOp+DePT") is cls  # composed once
-    spec = method_spec("CoOp+DePT")
-    assert spec.order == host.TABLE_ORDER + 1 and spec.cfg_node == "COOP" and spec.model_name == "prompt_learner"
-    assert spec.config_folder == "DePT"
-    assert spec.recipes == {p: {"config": "DePT/vit_b16_ep10_bs4_lr35"}
-                            for p in ("base2new", "cross_dataset", "domain_generalization")}
-    for rel in {r["config"] for r in spec.recipes.values()}:
+    spec, host_card = method_spec("CoOp+DePT"), method_spec("CoOp")
+    assert spec.order == host_card.order + 1 and spec.cfg_node == "COOP" and spec.model_name == "prompt_learner"
+    assert spec.config_folder == "DePT" and spec.backbones == host_card.backbones
+    assert spec.all_recipes() == {p: {"config": "DePT/vit_b16_ep10_bs4_lr35"}
+                                  for p in ("base2new", "cross_dataset", "domain_generalization")}
+    for rel in {r["config"] for r in spec.all_recipes().values()}:
         assert osp.isfile(osp.join(ROOT, "configs", "trainers", rel + ".yaml")), rel
-    # a host without official DePT configs keeps its own recipes, named in its own folder
-    src = method_spec("PromptSRC+DePT")
-    assert src.recipes["base2new"]["config"] == "PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx"
-    assert src.recipes["few_shot"]["per_dataset"]["dtd"] == "PromptSRC/vit_b16_c2_ep50_batch4_4+4ctx_few_shot_gpa45"
+    # a host without official DePT configs keeps its own recipes, in its own folder
+    src, src_host = method_spec("PromptSRC+DePT"), method_spec("PromptSRC")
+    assert src.config_folder == "PromptSRC" and src.all_recipes() == src_host.all_recipes()
+    assert src.recipe("base2new")["config"] == "vit_b16_c2_ep20_batch4_4+4ctx"
+    assert src.recipe("few_shot")["per_dataset"]["dtd"] == "vit_b16_c2_ep50_batch4_4+4ctx_few_shot_gpa45"
     # the one derivation function is what the class carries
     from trainers.plugins.dept import DePT
 
-    assert composed_declarations("CoOp", host, [DePT])["RECIPES"] == cls.RECIPES
+    assert composed_declarations("CoOp", host, [DePT]) == {"CARD": cls.__dict__["CARD"]}
 
 
 @pytest.mark.parametrize("name, pattern", [

@@ -16,9 +16,9 @@ one folder). The order of the spelling is also the order in which the plug-ins' 
 :func:`vlprompt.engine.methods.method_spec`) resolves a spelling that is not registered yet with
 :func:`compose_trainer`: it checks the host and every plug-in (one-line refusal naming why), generates a
 trainer class from the host class and :class:`PluginHost` (the engine's, not the plug-in's), registers it
-under the combined name and returns it. What the composed trainer declares (recipes per protocol, table
-order, backbone support, config node, model name, eval-only, LR unit) is derived in ONE function,
-:func:`composed_declarations`, from the host's and the plug-ins' declarations.
+under the combined name and returns it. What the composed trainer declares (its method card: recipes per
+protocol, table order, backbone support, config node, model name, eval-only, LR unit) is derived in ONE
+function, :func:`composed_declarations`, from the host's card and the plug-ins' declarations.
 
 **What a plug-in may provide** (hook points called by :class:`PluginHost`, in spelling order):
 
@@ -39,10 +39,12 @@ similarity logits come from there (every prompt learner built on ``PromptedCLIP`
 with no code of its own. docs/EXTENDING.md ("Add a plug-in") has a worked example.
 """
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
 import torch
 
 from vlprompt.config import ConfigError, add_trainer_cfg, register_cfg_extension
+from vlprompt.protocol.card import card_of
 from vlprompt.utils import Registry
 from vlprompt.utils.errors import UnknownNameError, UserError
 
@@ -345,40 +347,29 @@ def _qualified(recipes, folder):
 
 
 def composed_declarations(host_name, host_cls, plugins):
-    """Everything a composed trainer declares, from the host's and the plug-ins' declarations (the ONE
-    place that derives them):
+    """The method card of a composed trainer, derived from the host's card and the plug-ins' declarations
+    (the ONE place that derives it), as the class namespace ``{"CARD": card}``:
 
-    * ``RECIPES``: the host's, unless a plug-in declares recipes for the spelling it is added to (the
-      host, or host + the plug-ins before it); the last such plug-in wins. Config names are written as
-      ``FOLDER/NAME`` so each resolves in its own folder.
-    * ``TABLE_ORDER``: the host's + the number of plug-ins (rows right below the host; ties by name).
-    * ``CONFIG_FOLDER``: the folder of the recipes in use (listing of available configs).
-    * ``BACKBONE_SUPPORT``, ``CFG_NODE``, ``CFG_ARGS``, ``MODEL_NAME``, ``LR_SCHEDULE_UNIT``, ``LOG_ACC``,
-      ``FROZEN_IMAGE_FEATURES``: the host's (a plug-in acts on the features after the tower, so the
-      frozen-tower feature store stays valid).
-    * ``EVAL_ONLY``: the host's (eval-only hosts are refused by plug-ins that learn).
+    * recipes: the host's, unless a plug-in declares recipes for the spelling it is added to (the host, or
+      host + the plug-ins before it); the last such plug-in wins, and then exactly its protocols run,
+      with config names written as ``FOLDER/NAME`` in its folder;
+    * ``order``: the host's + the number of plug-ins (rows right below the host; ties by name);
+    * ``config_folder``: the folder of the recipes in use (listing of available configs);
+    * everything else (backbone support, config node/defaults/arguments, model name, LR unit, eval-only):
+      the host's (a plug-in acts on the features after the tower, so the frozen-tower feature store
+      stays valid; ``LOG_ACC`` and ``FROZEN_IMAGE_FEATURES`` are inherited from the host class).
     """
-    host_folder = getattr(host_cls, "CONFIG_FOLDER", None) or host_name
-    recipes, folder = _qualified(getattr(host_cls, "RECIPES", None), host_folder), host_folder
+    host = card_of(host_cls, host_name)
+    card = replace(host, name="", order=host.order + len(plugins))
     spelling = host_name
     for plugin in plugins:
         declared = plugin.HOSTS.get(spelling)
         if declared:
-            recipes, folder = _qualified(declared, plugin.config_folder()), plugin.config_folder()
+            folder = plugin.config_folder()
+            card = replace(card, config=None, recipes=_qualified(declared, folder), protocols=tuple(declared),
+                           config_folder=folder)
         spelling = f"{spelling}{SEPARATOR}{plugin.name()}"
-    return dict(
-        RECIPES=recipes,
-        TABLE_ORDER=int(getattr(host_cls, "TABLE_ORDER", 1000)) + len(plugins),
-        CONFIG_FOLDER=folder,
-        BACKBONE_SUPPORT=getattr(host_cls, "BACKBONE_SUPPORT", None),
-        CFG_NODE=getattr(host_cls, "CFG_NODE", None),
-        CFG_ARGS=dict(getattr(host_cls, "CFG_ARGS", {}) or {}),
-        MODEL_NAME=getattr(host_cls, "MODEL_NAME", None),
-        LR_SCHEDULE_UNIT=getattr(host_cls, "LR_SCHEDULE_UNIT", "epoch"),
-        LOG_ACC=bool(getattr(host_cls, "LOG_ACC", False)),
-        FROZEN_IMAGE_FEATURES=bool(getattr(host_cls, "FROZEN_IMAGE_FEATURES", False)),
-        EVAL_ONLY=bool(getattr(host_cls, "EVAL_ONLY", False)),
-    )
+    return {"CARD": card}
 
 
 def _canonical(plugins):
