@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from tests.helpers import make_cfg, make_image_folder
 from vlprompt.engine import TRAINER_REGISTRY, HookBase, TrainerBase, TrainerX, build_trainer
-from vlprompt.engine.batch_sources import IterationBudget, LoaderSource, PairedSource
+from vlprompt.data.batch_sources import IterationBudget, LoaderSource, PairedSource
 from vlprompt.engine.methods import load_plugins
 from vlprompt.optim import build_lr_scheduler, build_optimizer
 from vlprompt.utils import load_checkpoint, restore_stdout

@@ -9,7 +9,7 @@ only its idea:
   first optimiser; ``register_optimizer(name, optim, sched, model=...)`` adds more (APLe's text and
   vision prompts); all are checkpointed and resumed under their names (:mod:`.checkpoint`);
 * **one loop** (:meth:`TrainerBase.train` / :meth:`TrainerBase.run_epoch`) that knows neither data nor
-  optimisers: each epoch iterates the trainer's batch source (:mod:`.batch_sources`: the labelled loader,
+  optimisers: each epoch iterates the trainer's batch source (:mod:`vlprompt.data.batch_sources`: the labelled loader,
   labelled + unlabelled pairs, an iteration budget, stored feature views) and calls ``forward_backward``;
 * **services as hooks** (:mod:`.hooks`), one ordered list with state: resume, LR stepping (per epoch, Dassl's
   trajectory, or per iteration; a ported Dassl trainer that still calls ``update_lr()`` itself at the
@@ -36,7 +36,7 @@ from vlprompt.data import DataManager
 from vlprompt.evaluation import build_evaluator
 from vlprompt.utils import AverageMeter, MetricMeter, mkdir_if_missing, write_json
 
-from .batch_sources import LoaderSource, PairedSource, wants_epoch
+from vlprompt.data.batch_sources import LoaderSource, PairedSource, wants_epoch
 from .checkpoint import Checkpointer
 from .hooks import engine_hooks
 from .results_record import RESULTS_FILE, RESULTS_SCHEMA, build_results_record
@@ -326,7 +326,7 @@ class TrainerBase:
             end = time.time()
 
     def batch_source(self):
-        """This epoch's batch source (:mod:`.batch_sources`): a sized iterable of ``forward_backward``
+        """This epoch's batch source (:mod:`vlprompt.data.batch_sources`): a sized iterable of ``forward_backward``
         argument tuples."""
         raise NotImplementedError
 
