@@ -6,7 +6,8 @@
 * every supported host (parametrised over :func:`supported_pairs`): build, exact trainable set (the host's +
   DePT's), one step moves both, the checkpoint keeps DePT's state in its own folder, reload onto another
   class list (base -> novel: similarity only), and the host alone loads the composed run's checkpoint;
-* kill-and-resume bit-equal and ``train.py --trainer CoOp+DePT`` on the toy world end to end.
+* kill-and-resume bit-equal for one host of each kind (CoOp, MaPLe, PromptSRC with its aggregation hook,
+  CLIP-Adapter on stored features) and ``train.py --trainer CoOp+DePT`` on the toy world end to end.
 """
 import json
 import os
@@ -311,7 +312,10 @@ def test_dept_on_every_supported_host(host, data_root, tmp_path):
     torch.testing.assert_close(a, b)
 
 
-def test_kill_and_resume_equals_uninterrupted(data_root, tmp_path, monkeypatch):
+# one host per kind of host: text prompts (CoOp), coupled deep prompts (MaPLe), a method hook with state
+# (PromptSRC's prompt aggregation) beside DePT's state, and the stored-feature batch source (CLIP-Adapter)
+@pytest.mark.parametrize("host", ["CoOp", "MaPLe", "PromptSRC", "CLIP_Adapter"])
+def test_kill_and_resume_equals_uninterrupted(host, data_root, tmp_path, monkeypatch):
     class _Stop(Exception):
         pass
 
@@ -321,15 +325,17 @@ def test_kill_and_resume_equals_uninterrupted(data_root, tmp_path, monkeypatch):
         finally:
             restore_stdout()
 
+    name, card = f"{host}+DePT", method_spec(host)
     yaml = tmp_path / "five.yaml"
     yaml.write_text('DATASET:\n  NAME: "ImageFolder"\n  FOLDER: "five"\n')
-    common = ["--root", str(data_root), "--seed", "1", "--trainer", "CoOp+DePT", "--dataset-config-file", str(yaml),
+    common = ["--root", str(data_root), "--seed", "1", "--trainer", name, "--dataset-config-file", str(yaml),
               "MODEL.BACKBONE.NAME", "test-vit-tiny", "USE_CUDA", "False", "DATALOADER.NUM_WORKERS", "0",
               "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "OPTIM.MAX_EPOCH", "2", "OPTIM.LR", "0.05",
-              "OPTIM.WARMUP_EPOCH", "0", "TEST.NO_TEST", "True", "INPUT.SIZE", "(224, 224)", "TRAINER.COOP.PREC", "fp32"]
+              "OPTIM.WARMUP_EPOCH", "0", "TEST.NO_TEST", "True", "INPUT.SIZE", "(224, 224)",
+              f"TRAINER.{card.cfg_node}.PREC", "fp32"]
     full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
     assert run(["--output-dir", full, *common]) == 0
-    cls = TRAINER_REGISTRY.get("CoOp+DePT")
+    cls = TRAINER_REGISTRY.get(name)
     original = cls.run_epoch
 
     def run_epoch_then_stop(self):
@@ -344,12 +350,13 @@ def test_kill_and_resume_equals_uninterrupted(data_root, tmp_path, monkeypatch):
     assert osp.exists(osp.join(killed, "DePT", LAST_CHECKPOINT))
     monkeypatch.setattr(cls, "run_epoch", original)
     assert run(["--output-dir", killed, *common]) == 0
-    for folder in ("prompt_learner", "DePT"):
+    for folder in (card.model_name, "DePT"):
         a = load_checkpoint(osp.join(full, folder, "model.pth.tar-2"))
         b = load_checkpoint(osp.join(killed, folder, "model.pth.tar-2"))
         for k in a["state_dict"]:
             assert torch.equal(a["state_dict"][k], b["state_dict"][k]), (folder, k)
         assert str(a.get("optimizer")) == str(b.get("optimizer"))
+        assert str(a.get("hooks")) == str(b.get("hooks"))
 
 
 # ------------------------------------------------------------------------------------------------
