@@ -34,6 +34,7 @@ if HERE not in sys.path:
 from vlprompt.config import (  # noqa: E402
     config_digest,
     extend_cfg,
+    flatten_cfg,
     get_cfg_default,
     merge_from_file,
     merge_from_list,
@@ -166,21 +167,10 @@ LOG_PATIENCE_S = 10.0
 _DIGEST_FREE_KEYS = {"OUTPUT_DIR", "RESUME", "DATASET.ROOT", "SEED", "VERBOSE"}
 
 
-def _flatten(node, prefix=""):
-    out = {}
-    if isinstance(node, dict):
-        for k, v in node.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    if isinstance(node, tuple):
-        node = list(node)
-    return {prefix[:-1]: node}
-
-
 def _config_differences(old, new, limit=8):
     """``KEY: old -> new`` for the keys that differ between two config dicts."""
-    a = _flatten(old)
-    b = _flatten(json.loads(json.dumps(new, default=str)))
+    a = flatten_cfg(old)
+    b = flatten_cfg(json.loads(json.dumps(new, default=str)))
     keys = sorted(k for k in set(a) | set(b) if k not in _DIGEST_FREE_KEYS and a.get(k, "<absent>") != b.get(k, "<absent>"))
     shown = [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in keys[:limit]]
     if len(keys) > limit:

@@ -22,7 +22,9 @@ __all__ = [
     "get_cfg_default",
     "clean_cfg",
     "register_cfg_extension",
+    "register_trainer_node",
     "extend_cfg",
+    "flatten_cfg",
     "merge_from_file",
     "merge_from_list",
     "config_digest",
@@ -145,6 +147,30 @@ def add_trainer_cfg(cfg, node, defaults):
         if key not in cfg.TRAINER[node]:
             setattr(cfg.TRAINER[node], key, value)
     return cfg
+
+
+def register_trainer_node(node, defaults, name=None):
+    """Register the extension that adds ``cfg.TRAINER.<node>`` with ``defaults`` (a method's or a plug-in's
+    config node, declared once in its file); ``name``: the extension function's name (for messages)."""
+    defaults = dict(defaults)
+
+    def extend(cfg, node=node, defaults=defaults):
+        add_trainer_cfg(cfg, node, defaults)
+
+    extend.__name__ = name or f"extend_cfg_{node.lower()}"
+    return register_cfg_extension(extend)
+
+
+def flatten_cfg(node, prefix=""):
+    """A config (or its ``dict`` dump) as ``{"A.B.C": value}``; tuples become lists."""
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            out.update(flatten_cfg(v, f"{prefix}{k}."))
+        return out
+    if isinstance(node, tuple):
+        node = list(node)
+    return {prefix[:-1]: node}
 
 
 def extend_cfg(cfg):

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from vlprompt.clip import Precision, build_clip_from_cfg, drop_class_derived_keys
 from vlprompt.clip.blocks import ArgError
-from vlprompt.config import ConfigError, add_trainer_cfg, register_cfg_extension
+from vlprompt.config import ConfigError, add_trainer_cfg, register_trainer_node
 from vlprompt.clip.precision import PRECISIONS
 from vlprompt.metrics import compute_accuracy
 from vlprompt.protocol.card import card_of
@@ -121,15 +121,9 @@ class ClipPromptTrainer(TrainerX):
         card = card_of(cls)
         if not card.cfg_defaults:
             return
-        node, defaults = card.cfg_node, dict(card.cfg_defaults)
-        if not node:
+        if not card.cfg_node:
             raise TypeError(f"{cls.__name__} sets cfg_defaults but no cfg_node")
-
-        def extend(cfg, node=node, defaults=defaults):
-            add_trainer_cfg(cfg, node, defaults)
-
-        extend.__name__ = f"extend_cfg_{node.lower()}"
-        register_cfg_extension(extend)
+        register_trainer_node(card.cfg_node, card.cfg_defaults)
 
     @property
     def method_cfg(self):

@@ -43,7 +43,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from vlprompt.config import ConfigError, add_trainer_cfg, register_cfg_extension
+from vlprompt.config import ConfigError, register_trainer_node
 from vlprompt.protocol.card import card_of
 from vlprompt.utils import Registry
 from vlprompt.utils.errors import UnknownNameError, UserError
@@ -174,15 +174,9 @@ class Plugin:
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         if cls.__dict__.get("CFG_DEFAULTS"):
-            node, defaults = cls.CFG_NODE, dict(cls.CFG_DEFAULTS)
-            if not node:
+            if not cls.CFG_NODE:
                 raise TypeError(f"{cls.__name__} sets CFG_DEFAULTS but no CFG_NODE")
-
-            def extend(cfg, node=node, defaults=defaults):
-                add_trainer_cfg(cfg, node, defaults)
-
-            extend.__name__ = f"extend_cfg_plugin_{node.lower()}"
-            register_cfg_extension(extend)
+            register_trainer_node(cls.CFG_NODE, cls.CFG_DEFAULTS, f"extend_cfg_plugin_{cls.CFG_NODE.lower()}")
 
     # ---- declarations ----------------------------------------------------------------------------
 

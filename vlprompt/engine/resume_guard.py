@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from vlprompt.config import flatten_cfg
 from vlprompt.utils import UserError
 
 from .checkpoint import RUN_CONFIG_KEY, checkpoint_candidates
@@ -87,24 +88,13 @@ def resume_directory(cfg):
     return cfg.OUTPUT_DIR
 
 
-def _flatten(node, prefix=""):
-    out = {}
-    if isinstance(node, dict):
-        for k, v in node.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    if isinstance(node, tuple):
-        node = list(node)
-    return {prefix[:-1]: node}
-
-
 def _plain(cfg_or_yaml):
     """A config (yacs node or its YAML dump) as flat ``{KEY: value}`` with YAML-normalised values."""
     text = cfg_or_yaml if isinstance(cfg_or_yaml, str) else cfg_or_yaml.dump()
     data = yaml.safe_load(text)
     if not isinstance(data, dict):
         raise ValueError("not a mapping")
-    return _flatten(data)
+    return flatten_cfg(data)
 
 
 def config_differences(old, new):
