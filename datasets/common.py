@@ -23,11 +23,12 @@ from vlprompt.data.datasets import (
     read_split,
     save_split,
 )
+from vlprompt.errors import UserError
 
 __all__ = ["SplitDataset", "AnnotationError", "read_lines", "make_datum", "require_path", "dataset_root"]
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError, ValueError):
     """A malformed line in an annotation file (the message names the file and the line)."""
 
     def __init__(self, path, lineno, expected, line):

@@ -12,6 +12,7 @@ import os
 import os.path as osp
 from dataclasses import asdict, dataclass
 from typing import Optional
+from vlprompt.errors import InvalidValueError
 
 __all__ = ["TowerInfo", "tower_info", "FAMILIES", "family_of", "TEXT_ANY", "PROMPTABLE", "ANY_TOWERS",
            "PROMPTABLE_VISION"]
@@ -119,7 +120,7 @@ def _build_meta(name):
     _, oc_name = bb.normalize_backbone_name(name)  # ValueError naming close matches for an unknown name
     cfg = get_model_config(oc_name)
     if cfg is None:
-        raise ValueError(f"open_clip has no model config for {oc_name}")
+        raise InvalidValueError(f"open_clip has no model config for {oc_name}")
     cfg = dict(cfg)
     if cfg.get("text_cfg", {}).get("hf_model_name"):
         return None, False  # a Hugging Face text tower: not an open_clip transformer

@@ -18,6 +18,7 @@ tokenizer.
 import functools
 
 import torch
+from vlprompt.errors import InvalidValueError, UserRuntimeError
 
 __all__ = ["tokenize", "count_tokens", "model_tokenizer", "ClipBPETokenizer", "OpenClipTokenizer",
            "NoStartBPETokenizer"]
@@ -55,7 +56,7 @@ class ClipBPETokenizer:
         for i, t in enumerate(texts):
             ids = [self.sot] + self.encode(t) + [self.eot]
             if len(ids) > n:
-                raise ValueError(f"Text is {len(ids)} tokens long, more than the context length {n}: {t!r}")
+                raise InvalidValueError(f"Text is {len(ids)} tokens long, more than the context length {n}: {t!r}")
             out[i, : len(ids)] = torch.tensor(ids)
         return out
 
@@ -104,7 +105,7 @@ class NoStartBPETokenizer(ClipBPETokenizer):
         for i, t in enumerate(texts):
             ids = self.encode(t) + [self.eot]
             if len(ids) > n:
-                raise ValueError(f"Text is {len(ids)} tokens long, more than the context length {n}: {t!r}")
+                raise InvalidValueError(f"Text is {len(ids)} tokens long, more than the context length {n}: {t!r}")
             out[i, : len(ids)] = torch.tensor(ids)
         return out
 
@@ -125,7 +126,7 @@ class OpenClipTokenizer:
         try:
             self._tok = open_clip.get_tokenizer(open_clip_name)
         except Exception as e:  # a missing package or an offline Hugging Face download
-            raise RuntimeError(
+            raise UserRuntimeError(
                 f"The tokenizer of {open_clip_name} could not be loaded ({type(e).__name__}: {e}). SigLIP-family "
                 "tokenizers are Hugging Face tokenizers: install `transformers` and `sentencepiece`, and have "
                 "the tokenizer files in the Hugging Face cache (run once with network)"
@@ -149,7 +150,7 @@ class OpenClipTokenizer:
         ids = self._tok(list(texts), context_length=n)
         for t, row in zip(texts, ids):
             if not (row == self.eot).any():
-                raise ValueError(f"Text is longer than the context length {n}: {t!r}")
+                raise InvalidValueError(f"Text is longer than the context length {n}: {t!r}")
         return ids
 
     def eot_positions(self, ids):

@@ -1,4 +1,5 @@
 from vlprompt.utils import Registry, check_availability
+from vlprompt.errors import InvalidValueError
 
 TRAINER_REGISTRY = Registry("TRAINER")
 
@@ -6,7 +7,7 @@ TRAINER_REGISTRY = Registry("TRAINER")
 def build_trainer(cfg):
     avai_trainers = TRAINER_REGISTRY.registered_names()
     if not cfg.TRAINER.NAME:
-        raise ValueError(f"TRAINER.NAME is empty: pass --trainer (registered trainers: {sorted(avai_trainers)})")
+        raise InvalidValueError(f"TRAINER.NAME is empty: pass --trainer (registered trainers: {sorted(avai_trainers)})")
     check_availability(cfg.TRAINER.NAME, avai_trainers)
     if cfg.VERBOSE:
         print(f"Loading trainer: {cfg.TRAINER.NAME}")

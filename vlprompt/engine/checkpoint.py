@@ -27,6 +27,7 @@ import re
 from vlprompt.utils import load_checkpoint, save_checkpoint
 
 from .rng import get_rng_state, set_rng_state
+from vlprompt.errors import UserRuntimeError
 
 __all__ = ["LAST_CHECKPOINT", "Checkpointer", "checkpoint_candidates"]
 
@@ -174,7 +175,7 @@ class Checkpointer:
             loaded[name] = (path, ckpt)
         epochs = {n: int(c["epoch"]) for n, (_, c) in loaded.items()}
         if len(set(epochs.values())) > 1:
-            raise RuntimeError(
+            raise UserRuntimeError(
                 f"Cannot resume from {directory}: the models' newest readable checkpoints are from different "
                 f"epochs {epochs}; remove the newer files or start a fresh run in another output directory"
             )
@@ -189,7 +190,7 @@ class Checkpointer:
                 self._restore_hooks(ckpt["hooks"], path)
             rng = ckpt.get("rng_state", rng)
         if t._hooks and not any("hooks" in c for _, c in loaded.values()):
-            raise RuntimeError(
+            raise UserRuntimeError(
                 f"Cannot resume from {directory}: this method keeps state in hooks {list(t._hooks)}, but the "
                 "checkpoint holds none (written by another trainer or version); start a fresh run in another "
                 "output directory"
@@ -214,7 +215,7 @@ class Checkpointer:
             elif f"optim_{opt_name}" in extra:  # checkpoints written before named optimisers
                 opt_state, sched_state = extra[f"optim_{opt_name}"], extra.get(f"sched_{opt_name}")
             else:
-                raise RuntimeError(
+                raise UserRuntimeError(
                     f'Cannot resume from "{path}": it holds no state for the optimiser "{opt_name}" (saved by '
                     "another trainer or an older version); start a fresh run in another output directory"
                 )
@@ -222,7 +223,7 @@ class Checkpointer:
                 optim.load_state_dict(opt_state)
                 print(f"Loaded optimizer{'' if primary else ' ' + opt_name}")
             if (sched is None) != (sched_state is None):
-                raise RuntimeError(
+                raise UserRuntimeError(
                     f'Cannot resume from "{path}": the optimiser "{opt_name}" had '
                     f"{'no' if sched_state is None else 'a'} LR scheduler there, and this run has "
                     f"{'one' if sched is not None else 'none'} (was the config changed?); start a fresh run"
@@ -235,6 +236,6 @@ class Checkpointer:
         t = self.trainer
         missing = [k for k in t._hooks if k not in states]
         if missing:
-            raise RuntimeError(f'Cannot resume from "{path}": no state for the hooks {missing}; start a fresh run')
+            raise UserRuntimeError(f'Cannot resume from "{path}": no state for the hooks {missing}; start a fresh run')
         for k, h in t._hooks.items():
             h.load_state_dict(states[k])
