@@ -271,6 +271,8 @@ class ClipPromptTrainer(TrainerX):
             lines = [f'Cannot load "{path}" into {name}:']
             if missing:
                 lines.append(f"  learnable keys missing from the checkpoint: {missing}")
+                lines.append(f"  (is --model-dir the output folder of a {self.cfg.TRAINER.NAME} run? its config.yaml "
+                             "names the trainer that wrote it)")
             if wrong:
                 lines.append("  learnable keys with another shape: " + "; ".join(wrong))
                 lines.append(
