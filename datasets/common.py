@@ -24,6 +24,7 @@ from vlprompt.data.datasets import (
     save_split,
 )
 from vlprompt.errors import UserError
+from vlprompt.utils.errors import DataNotFoundError
 
 __all__ = ["SplitDataset", "AnnotationError", "read_lines", "make_datum", "require_path", "dataset_root"]
 
@@ -52,7 +53,7 @@ def make_datum(impath, label, classname, source=None, lineno=None):
         where = ""
         if source is not None:
             where = f" (listed in {source}" + (f", line {lineno}" if lineno is not None else "") + ")"
-        raise FileNotFoundError(f'Image "{impath}" does not exist{where}')
+        raise DataNotFoundError(f'Image "{impath}" does not exist{where}')
     return Datum(impath=impath, label=label, classname=classname)
 
 

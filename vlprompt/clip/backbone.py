@@ -26,6 +26,7 @@ is returned by :func:`backbone_preprocess` and applied to ``cfg.INPUT`` by
 """
 import os
 import os.path as osp
+import warnings
 
 import torch
 
@@ -178,12 +179,16 @@ def _candidate_files(clip_name, oc_name, path, cache_dir):
 def _load_weight_file(fpath):
     """Load an OpenAI JIT archive, a plain state dict, or an open_clip checkpoint -> state dict."""
     try:
-        jit_model = torch.jit.load(fpath, map_location="cpu")
+        with warnings.catch_warnings():  # torch's deprecation notice of jit.load is not the user's concern
+            warnings.simplefilter("ignore", FutureWarning)
+            jit_model = torch.jit.load(fpath, map_location="cpu")
         return {k: v for k, v in jit_model.state_dict().items()}
     except (RuntimeError, ValueError):
         pass
     try:
-        obj = torch.load(fpath, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a pickle's protocol is named in the refusal, not in a warning
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(fpath, map_location="cpu", weights_only=True)
     except Exception as e:
         from vlprompt.utils.torchtools import unsafe_pickle_message
 

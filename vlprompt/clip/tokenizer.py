@@ -125,7 +125,14 @@ class OpenClipTokenizer:
 
         try:
             self._tok = open_clip.get_tokenizer(open_clip_name)
-        except Exception as e:  # a missing package or an offline Hugging Face download
+        except ImportError as e:  # the packages of Hugging Face tokenizers (requirements.txt names them)
+            missing = getattr(e, "name", None) or "transformers"
+            raise UserRuntimeError(
+                f"The tokenizer of {open_clip_name} needs the Python package `{missing}`, which is not installed. "
+                "SigLIP-family tokenizers are Hugging Face tokenizers: pip install transformers sentencepiece "
+                "(both are in requirements.txt, so pip install -e . installs them)"
+            ) from None
+        except Exception as e:  # an offline Hugging Face download
             raise UserRuntimeError(
                 f"The tokenizer of {open_clip_name} could not be loaded ({type(e).__name__}: {e}). SigLIP-family "
                 "tokenizers are Hugging Face tokenizers: install `transformers` and `sentencepiece`, and have "

@@ -76,15 +76,23 @@ def unsafe_pickle_message(fpath, e, what="File"):
     """
     text = str(e)
     low = text.lower()
-    if "unsupported global" not in low and "unsupported operand" not in low:
-        return None
+    if "unsupported global" not in low:
+        if "unsupported operand" not in low:
+            return None
+        try:  # a pickle (protocol >= 2 starts with PROTO) with opcodes the weights-only unpickler refuses
+            with open(fpath, "rb") as f:
+                if f.read(1) != b"\x80":
+                    return None  # not a pickle at all: damaged bytes or another format
+        except OSError:
+            return None
     found = re.search(r"unsupported GLOBAL ([\w.]+)|Unsupported global: GLOBAL ([\w.]+)", text)
     name = next((g for g in (found.groups() if found else ()) if g), None)
     holds = f"pickled Python objects (e.g. {name})" if name else "pickled Python objects or opcodes"
+    legacy = (" A legacy Dassl checkpoint (which pickles its warmup scheduler) must be re-saved as plain tensors "
+              "where it was written, or retrained." if what == "Checkpoint" else "")
     return (f'{what} "{fpath}" is not a weights-only file: it holds {holds} that only a full unpickler could '
             "load, and unpickling can run arbitrary code, so vlprompt refuses to load it. Use a file of plain "
-            "tensors (a state dict saved with torch.save); a legacy Dassl checkpoint that pickles its "
-            "scheduler must be re-saved as plain tensors where it was written, or retrained.")
+            f"tensors (a state dict saved with torch.save).{legacy}")
 
 
 def load_checkpoint(fpath, weights_only=True):
@@ -108,7 +116,9 @@ def load_checkpoint(fpath, weights_only=True):
                                      + _WHAT_TO_DO)
     map_location = None if torch.cuda.is_available() else "cpu"
     try:
-        checkpoint = torch.load(fpath, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # a pickle's protocol is named in the refusal, not in a warning
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            checkpoint = torch.load(fpath, map_location=map_location, weights_only=True)
     except Exception as e:
         unsafe = unsafe_pickle_message(fpath, e, "Checkpoint")
         if unsafe:
