@@ -384,3 +384,20 @@ def test_every_command_line_spells_errors_the_same(tmp_path):
         assert p.returncode == 2, (c, p.stderr)
         assert p.stderr.startswith("Error: ") and p.stderr.count("Error:") == 1, (c, p.stderr)
         assert "Traceback" not in p.stderr and "error:" not in p.stderr, (c, p.stderr)
+
+
+def test_siglip_tokenizer_without_its_packages_names_the_install_command(monkeypatch):
+    """SigLIP's Hugging Face tokenizer without `transformers` (the `siglip` extra): one message naming the
+    exact command, raised as a user error (README, "Backbone families")."""
+    from vlprompt.clip.tokenizer import OpenClipTokenizer
+    from vlprompt.errors import UserError
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if not installed (import raises ImportError)
+    with pytest.raises(UserError) as e:
+        OpenClipTokenizer("ViT-B-16-SigLIP")
+    assert str(e.value) == (
+        "The tokenizer of ViT-B-16-SigLIP needs the Python package `transformers`, which is not installed. "
+        'SigLIP-family tokenizers are Hugging Face tokenizers: run pip install -e ".[siglip]" in the vlprompt '
+        "checkout (or: pip install transformers sentencepiece)")
+    with open(os.path.join(ROOT, "setup.py")) as f:
+        assert '"siglip": ["transformers>=4.38", "sentencepiece>=0.1.99"]' in f.read()

@@ -129,8 +129,8 @@ class OpenClipTokenizer:
             missing = getattr(e, "name", None) or "transformers"
             raise UserRuntimeError(
                 f"The tokenizer of {open_clip_name} needs the Python package `{missing}`, which is not installed. "
-                "SigLIP-family tokenizers are Hugging Face tokenizers: pip install transformers sentencepiece "
-                "(both are in requirements.txt, so pip install -e . installs them)"
+                'SigLIP-family tokenizers are Hugging Face tokenizers: run pip install -e ".[siglip]" in the '
+                "vlprompt checkout (or: pip install transformers sentencepiece)"
             ) from None
         except Exception as e:  # an offline Hugging Face download
             raise UserRuntimeError(

@@ -81,7 +81,8 @@ def unsafe_pickle_message(fpath, e, what="File"):
             return None
         try:  # a pickle (protocol >= 2 starts with PROTO) with opcodes the weights-only unpickler refuses
             with open(fpath, "rb") as f:
-                if f.read(1) != b"\x80":
+                head = f.read(2)
+                if len(head) < 2 or head[0] != 0x80 or not 2 <= head[1] <= 5:
                     return None  # not a pickle at all: damaged bytes or another format
         except OSError:
             return None
