@@ -274,11 +274,13 @@ def split_trainval(trainval, p_val=0.2):
     return train, val
 
 
-def read_and_split_data(image_dir, p_trn=0.5, p_val=0.2, ignored=(), new_cnames=None):
+def read_and_split_data(image_dir, p_trn=0.5, p_val=0.2, ignored=(), new_cnames=None, keep=None):
     """Folder-per-class tree -> per-class 50/20/30 split (CoOp's DTD.read_and_split_data).
 
     Classes are the case-sensitively sorted non-hidden subfolders minus ``ignored``; the label is
     the index in that order, and ``new_cnames`` renames a class after its label is assigned.
+    ``keep(path)``, when given, selects the entries of a class folder that are images (the others are
+    left out before the shuffle; CoOp's datasets pass none, so their splits are CoOp's).
     """
     categories = listdir_nohidden(image_dir)
     categories = [c for c in categories if c not in ignored and osp.isdir(osp.join(image_dir, c))]
@@ -294,6 +296,8 @@ def read_and_split_data(image_dir, p_trn=0.5, p_val=0.2, ignored=(), new_cnames=
         category_dir = osp.join(image_dir, category)
         images = listdir_nohidden(category_dir)
         images = [osp.join(category_dir, im) for im in images]
+        if keep is not None:
+            images = [im for im in images if keep(im)]
         random.shuffle(images)
         n_total = len(images)
         n_train = round(n_total * p_trn)
