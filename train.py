@@ -12,7 +12,8 @@ toy world with the shipped toy CLIP, offline, in a few minutes on a CPU.
 A mistake in the inputs (config file, option, trainer or dataset name, --root, a missing dataset
 folder or image, an unreadable image or checkpoint, an output folder in use or holding a finished
 run) ends in one ``Error: ...`` line on stderr and exit status 2, without a traceback; a run refused
-before it starts leaves nothing in the output folder. A non-finite loss stops training with one
+before it starts leaves nothing in the output folder. A mistake is whatever the library raises as
+:class:`vlprompt.errors.UserError`; any other exception is a bug and keeps its traceback. A non-finite loss stops training with one
 ``Error:`` line and exit status 1 (the log and the last checkpoint are kept). ``--debug`` (or
 ``VLPROMPT_DEBUG=1``) shows the traceback instead.
 """
