@@ -27,7 +27,8 @@ def _cases():
     load_plugins()
     out = {}
     for spec in method_specs():
-        recipe = spec.recipes.get("base2new") or next(iter(spec.recipes.values()))
+        recipes = spec.all_recipes()
+        recipe = recipes.get("base2new") or next(iter(recipes.values()))
         if spec.eval_only:
             continue
         name = recipe["config"]

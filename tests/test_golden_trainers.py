@@ -2,9 +2,16 @@
 
 For each trainer with recipes: the logits of a fixed batch before training, the loss summary of one
 training step on a fixed batch, and the parameter update of that step, compared with
-``tests/golden/trainer_pins.json`` (``VLPROMPT_UPDATE_GOLDEN=1`` rewrites it). Refactors of the engine
-or the shared blocks must keep these numbers (rtol/atol 1e-6; bit for bit where the order of operations
-is unchanged).
+``tests/golden/trainer_pins*.json`` (``VLPROMPT_UPDATE_GOLDEN=1`` rewrites this machine's file). Refactors
+of the engine or the shared blocks must keep these numbers (rtol/atol 1e-6; bit for bit where the order
+of operations is unchanged).
+
+CPU kernels differ by instruction set (an AVX2 and an AVX-512 GEMM sum in another order: logits then
+move by up to ~2e-5 at logit scale 100), so the pins are kept per CPU capability
+(``torch.backends.cpu.get_cpu_capability()``): ``trainer_pins.json`` was recorded on AVX-512,
+``trainer_pins.AVX2.json`` on AVX2. A machine with its own file is held to 1e-6; on another machine the
+nearest recorded file is used with a cross-kernel tolerance of 1e-4 (still far below what any change of
+a method's computation moves).
 """
 import json
 import os
@@ -22,7 +29,10 @@ from vlprompt.utils import restore_stdout
 load_plugins()
 # the shipped trainers (trainers/*.py), not those a test registers at run time
 SPECS = {s.name: s for s in method_specs() if TRAINER_REGISTRY.get(s.name).__module__.startswith("trainers.")}
-PINS = osp.join(GOLDEN, "trainer_pins.json")
+CAPABILITY = torch.backends.cpu.get_cpu_capability()
+PIN_FILES = {"AVX512": osp.join(GOLDEN, "trainer_pins.json"), "AVX2": osp.join(GOLDEN, "trainer_pins.AVX2.json")}
+PINS = PIN_FILES.get(CAPABILITY, osp.join(GOLDEN, f"trainer_pins.{CAPABILITY}.json"))
+STRICT, CROSS_KERNEL = 1e-6, 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -74,23 +84,33 @@ def _pins_of(name, data_root, out):
     return pins
 
 
-def _close(a, b, path):
+def _close(a, b, path, tol=STRICT):
     if isinstance(a, dict):
         assert sorted(a) == sorted(b), f"{path}: keys {sorted(a)} != {sorted(b)}"
         for k in a:
-            _close(a[k], b[k], f"{path}.{k}")
+            _close(a[k], b[k], f"{path}.{k}", tol)
     elif isinstance(a, list):
         assert len(a) == len(b), f"{path}: length {len(a)} != {len(b)}"
         ta, tb = torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
-        assert torch.allclose(ta, tb, rtol=1e-6, atol=1e-6), f"{path}: max diff {(ta - tb).abs().max().item():.3g}"
+        assert torch.allclose(ta, tb, rtol=tol, atol=tol), f"{path}: max diff {(ta - tb).abs().max().item():.3g}"
     else:
-        assert abs(a - b) <= 1e-6 + 1e-6 * abs(b), f"{path}: {a} != {b}"
+        assert abs(a - b) <= tol + tol * abs(b), f"{path}: {a} != {b}"
+
+
+def _stored_pins():
+    """(pins, tolerance): this CPU capability's file at 1e-6, else the first recorded one at 1e-4."""
+    if osp.exists(PINS) or os.environ.get("VLPROMPT_UPDATE_GOLDEN"):
+        return (json.load(open(PINS)) if osp.exists(PINS) else {}), STRICT
+    for path in PIN_FILES.values():
+        if osp.exists(path):
+            return json.load(open(path)), CROSS_KERNEL
+    return {}, STRICT
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))
 def test_trainer_numbers_are_pinned(name, data_root, tmp_path):
     got = _pins_of(name, data_root, tmp_path / "out")
-    stored = json.load(open(PINS)) if osp.exists(PINS) else {}
+    stored, tol = _stored_pins()
     if os.environ.get("VLPROMPT_UPDATE_GOLDEN"):
         stored[name] = got
         tmp = PINS + ".tmp"
@@ -98,4 +118,4 @@ def test_trainer_numbers_are_pinned(name, data_root, tmp_path):
             json.dump(stored, f, indent=1, sort_keys=True)
         os.replace(tmp, PINS)
     assert name in stored, f"no pinned numbers for {name} in {PINS} (VLPROMPT_UPDATE_GOLDEN=1 to add them)"
-    _close(got, stored[name], name)
+    _close(got, stored[name], name, tol)

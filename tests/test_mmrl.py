@@ -442,7 +442,7 @@ def test_official_config_values_and_recipes():
         assert (m.ALPHA, list(m.REP_LAYERS), m.REP_DIM, m.N_REP_TOKENS, m.PREC) == (0.7, LAYERS, 512, 5, "amp")
         assert (cfg.DATALOADER.TEST.BATCH_SIZE, tuple(cfg.INPUT.RRCROP_SCALE), cfg.MODEL.BACKBONE.NAME) == (
             250, (0.5, 1), "ViT-B/16"), name
-    rec = method_spec("MMRL").recipes
+    rec = method_spec("MMRL").all_recipes()
     assert rec["base2new"] == {"config": "vit_b16", "per_dataset": {"imagenet": "vit_b16_imagenet"}}
     assert rec["cross_dataset"] == rec["domain_generalization"] == {"config": "vit_b16_cross_datasets"}
     assert rec["few_shot"] == {"config": "vit_b16_few_shot", "per_dataset": {"imagenet": "vit_b16_imagenet_few_shot"}}

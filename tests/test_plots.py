@@ -115,3 +115,70 @@ def test_few_shot_curves_data_and_no_figure_without_few_shot_runs(tmp_path):
     others = [r for r in records if r.protocol != "few_shot"]
     assert plots.plot_few_shot(others, str(tmp_path / "none")) == []
     assert not (tmp_path / "none").exists()
+
+
+# --------------------------------------------------------------------------- issue 26 item 8
+def _b2n(out, trainer, d, seed, base, novel, bb="ViT-B/16", level=""):
+    tail = f"{d}/shots_16/{trainer}/c/{level}seed{seed}"
+    write_result(out, f"base2new/train_base/{tail}", trainer, d, seed, base, subsample="base", config_name="c",
+                 backbone=bb)
+    write_result(out, f"base2new/test_new/{tail}", trainer, d, seed, novel, subsample="new", phase="eval",
+                 model_dir="/m", config_name="c", backbone=bb)
+
+
+def _bars(ax):
+    return [p for p in ax.patches if p.get_height() == p.get_height()]
+
+
+def test_two_backbones_give_one_figure_each(tmp_path, figures):
+    """The second backbone's bars are drawn (in a figure of its own), not dropped or mixed into the first."""
+    out = str(tmp_path / "out")
+    for s in (1, 2):
+        _b2n(out, "CoOp", "dtd", s, 80.0, 60.0)
+        _b2n(out, "CoOp", "dtd", s, 70.0, 50.0, bb="RN50", level="bb-RN50/")
+    records, problems = collect(out)
+    assert problems == [] and {r.backbone for r in records} == {"ViT-B/16", "RN50"}
+    paths = plots.make_plots(records, str(tmp_path / "fig"), seeds=(1, 2))
+    assert sorted(os.path.basename(p) for p in paths) == [
+        "base2new_bars_rn50.pdf", "base2new_bars_rn50.png", "base2new_bars_vit_b_16.pdf", "base2new_bars_vit_b_16.png"]
+    for name, (b, n) in (("base2new_bars_vit_b_16", (80.0, 60.0)), ("base2new_bars_rn50", (70.0, 50.0))):
+        fig = figures[name]
+        dtd = next(ax for ax in fig.axes if ax.get_title() == "DTD")
+        assert [p.get_height() for p in _bars(dtd)] == pytest.approx([b, n, 2 * b * n / (b + n)])
+        assert fig._suptitle.get_text().endswith("; backbone " + ("ViT-B/16" if b == 80.0 else "RN50"))
+
+
+def test_figures_follow_the_protocols_asked_for(tmp_path, capsys):
+    out = str(tmp_path / "out")
+    _fabricate(out)
+    _b2n(out, "CoOp", "dtd", 1, 80.0, 60.0)
+    records, _ = collect(out)
+    only = plots.make_plots(records, str(tmp_path / "a"), protocols=["few_shot"])
+    assert sorted(os.path.basename(p) for p in only) == ["few_shot_curves.pdf", "few_shot_curves.png"]
+    assert sorted(os.path.basename(p) for p in plots.make_plots(records, str(tmp_path / "b"),
+                                                                protocols=["base2new"])) == [
+        "base2new_bars.pdf", "base2new_bars.png"]
+    from vlprompt.results.cli import main
+
+    assert main([out, "--protocol", "few_shot", "--plots", str(tmp_path / "c")]) == 0
+    assert sorted(os.listdir(tmp_path / "c")) == ["few_shot_curves.pdf", "few_shot_curves.png"]
+
+
+def test_missing_seeds_and_nan_are_shown(tmp_path, figures):
+    out = str(tmp_path / "out")
+    for s in (1, 2, 3):
+        _b2n(out, "CoOp", "dtd", s, 80.0, 60.0)
+    _b2n(out, "MaPLe", "dtd", 1, 82.0, 70.0)  # seeds 2 and 3 missing
+    for s in (1, 2, 3):  # seed 1's base accuracy is not a number
+        _b2n(out, "VPT", "dtd", s, float("nan") if s == 1 else 75.0, 65.0)
+    records, problems = collect(out)
+    assert problems == []
+    plots.make_plots(records, str(tmp_path / "fig"), protocols=["base2new"], seeds=(1, 2, 3))
+    fig = figures["base2new_bars"]
+    dtd = next(ax for ax in fig.axes if ax.get_title() == "DTD")
+    hatched = [p.get_height() for p in dtd.patches if p.get_hatch()]
+    assert hatched == pytest.approx([82.0, 70.0, 2 * 82 * 70 / 152])  # MaPLe's three bars, and only those
+    assert [t.get_text() for t in dtd.texts].count("†") == 3
+    assert [t.get_text() for t in dtd.texts].count("NaN") == 2  # VPT's base and HM, where their bars would stand
+    foot = "\n".join(t.get_text() for t in fig.texts)
+    assert "MaPLe DTD base: seed(s) 2 3" in foot and "NaN" in foot and "VPT DTD" in foot

@@ -32,6 +32,7 @@ from trainers.promptsrc import (
 from vlprompt.clip import ZeroShotHead, tokenize
 from vlprompt.config import ConfigError, merge_from_file
 from vlprompt.engine import LAST_CHECKPOINT, build_trainer
+from vlprompt.engine.methods import method_card
 from vlprompt.utils import load_checkpoint, restore_stdout
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -340,7 +341,7 @@ def test_official_config_values_and_recipes():
     fs45 = _load_yaml("vit_b16_c2_ep50_batch4_4+4ctx_few_shot_gpa45")
     assert (fs45.OPTIM.MAX_EPOCH, fs45.TRAINER.PROMPTSRC.GPA_MEAN, fs45.TRAINER.PROMPTSRC.GPA_STD) == (50, 45, 5)
     names = set()
-    for recipe in PromptSRC.RECIPES.values():
+    for recipe in method_card(PromptSRC).all_recipes().values():
         names.add(recipe["config"])
         names.update(recipe.get("per_dataset", {}).values())
     for n in names | {"toy"}:

@@ -255,3 +255,39 @@ def test_config_prefixes_match_the_config_files():
             checked += 1
     assert checked > 80
     assert osp.isfile(osp.join(folder, "CoOp", "siglip_b16_ctxv1.yaml"))
+
+
+def test_a_registered_protocol_is_part_of_the_tree_and_the_plan(tmp_path):
+    """A protocol whose second step wraps the first step's finished model with extra options (the shape of
+    test-time adaptation): its folders are built and parsed, the sweep plans it from a card that names no
+    config for it, and an unregistered name is refused."""
+    from vlprompt.protocol import (Layout, Protocol, Step, TreeError, get_protocol, register_protocol,
+                                   unregister_protocol)
+    from vlprompt.protocol.card import MethodCard
+    from vlprompt.sweep.protocols import SweepError, expand, repo_root
+
+    tail = ("{dataset}", "{trainer}", "{config}", "shots_{shots}")
+    proto = Protocol(name="wrapped", title="Wrapped", datasets=("dtd",), shots=4,
+                     steps=(Step("fit"), Step("adapted", model_from="fit", shots_opt=False, opts=("TEST.X", "1"))),
+                     layouts=(Layout("wrapped_fit", "wrapped", "fit", ("wrapped",) + tail + ("fit", "seed{seed}")),
+                              Layout("wrapped_adapted", "wrapped", "adapted",
+                                     ("wrapped",) + tail + ("adapted", "seed{seed}"))))
+    register_protocol(proto)
+    try:
+        assert run_dir("wrapped", "adapted", dataset="dtd", trainer="T", config="c", shots=4, seed=2) == \
+            "wrapped/dtd/T/c/shots_4/adapted/seed2"
+        assert parse_run_dir("/o/wrapped/dtd/T/c/shots_4/bb-RN50/adapted/seed2") is None  # bb level after <cfg>
+        assert parse_run_dir("/o/wrapped/dtd/T/c/bb-RN50/shots_4/adapted/seed2")["backbone"] == "RN50"
+        specs = {"X": MethodCard(name="X", config="vit_b16", config_folder="CoOp")}
+        fit, adapted = expand("X", "wrapped", None, [1], output_root=str(tmp_path), root=repo_root(), specs=specs)
+        assert (fit.phase, fit.opts) == ("train", ["DATASET.NUM_SHOTS", "4"])
+        assert (adapted.phase, adapted.opts, adapted.model_dir) == ("test", ["TEST.X", "1"], fit.output_dir)
+        assert adapted.note["protocol"] == "wrapped" and adapted.note["role"] == "adapted"
+        with pytest.raises(KeyError, match="already registered"):
+            register_protocol(proto)
+    finally:
+        unregister_protocol("wrapped")
+    with pytest.raises(TreeError, match="Unknown protocol 'wrapped'"):
+        get_protocol("wrapped")
+    with pytest.raises(SweepError, match="Unknown protocol 'wrapped'. Valid protocols: base2new, cross_dataset"):
+        expand("X", "wrapped", None, [1], output_root=str(tmp_path), root=repo_root(), specs=specs)

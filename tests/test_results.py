@@ -155,8 +155,9 @@ def test_published_beside_ours(tmp_path):
     b = ts["base2new"]
     pub = [r for r in b.rows if r["kind"] == "published"]
     labels = [r["cells"][1] for r in pub]
-    assert labels == ["MaPLe [published]", "MaPLe [published]", "MaPLe [published]"]  # DTD, EuroSAT, Average
-    assert [c.mean for c in pub[-1]["cells"][2:5]] == [82.28, 75.14, 78.55]
+    # DTD, EuroSAT, Average: MaPLe's own row, then DePT's re-run of MaPLe (named so, tests/test_published_numbers.py)
+    assert labels == ["MaPLe [published]", "MaPLe (re-run in the DePT paper) [published]"] * 3
+    assert [c.mean for c in pub[-2]["cells"][2:5]] == [82.28, 75.14, 78.55]
     assert [c.mean for c in pub[0]["cells"][2:5]] == [80.36, 59.18, 68.16]
     assert any("APLe's own tables were not available" in n for n in b.notes)
     xd = [r for r in ts["cross_dataset"].rows if r["kind"] == "published"][0]["cells"]
@@ -302,6 +303,48 @@ def test_runs_outside_the_tree_are_placed_from_fields(tmp_path):
     assert sorted((r.protocol, r.role) for r in records) == [("base2new", "base"), ("base2new", "novel")]
     assert all(r.inferred for r in records)
     assert len(problems) == 1 and "do not name a protocol" in problems[0][1]
+
+
+@pytest.mark.parametrize("src", ["caltech101", "toy_shapes"])
+def test_a_transfer_source_run_on_another_source_is_never_filed_as_few_shot(tmp_path, capsys, src):
+    """Issue 26 item 4: the source run of a cross-dataset sweep on another source than ImageNet has the shape
+    of a CoOp-tree few-shot run (``<d>/<T>/<cfg>_16shots/seed<S>``), and an older engine recorded it with
+    protocol null. Target runs evaluated on its model name it as their model_dir: it is the transfer source,
+    whichever --source the results tool is given, and no few-shot table is made of it."""
+    out = str(tmp_path)
+    sdir = write_result(out, f"{src}/CoOp/c_16shots/seed1", "CoOp", src, 1, 81.0, config_name="c")
+    write_result(out, "evaluation/CoOp/c_16shots/dtd/seed1", "CoOp", "dtd", 1, 44.0, shots=-1, phase="eval",
+                 model_dir=sdir, config_name="c")
+    records, problems = collect(out)
+    assert problems == []
+    assert sorted((r.protocol, r.role, r.dataset) for r in records) == [
+        ("cross_dataset", "target", "dtd"), ("transfer", "source", src)]
+    assert results_main([out, "--protocol", "cross_dataset", "few_shot", "--seeds", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "Cross-dataset transfer" in text and "Few-shot" not in text
+    # told the source, the table shows its column
+    assert results_main([out, "--protocol", "cross_dataset", "--seeds", "1", "--source", src]) == 0
+    assert "81.00" in capsys.readouterr().out
+
+
+def test_a_results_json_that_records_a_wrong_protocol_is_refiled_as_the_source(tmp_path):
+    out = str(tmp_path)
+    sdir = write_result(out, "caltech101/CoOp/c_16shots/seed1", "CoOp", "caltech101", 1, 81.0, config_name="c")
+    data = json.load(open(osp.join(sdir, "results.json")))
+    json.dump(dict(data, protocol="few_shot", role="test"), open(osp.join(sdir, "results.json"), "w"))
+    write_result(out, "evaluation/CoOp/c_16shots/dtd/seed1", "CoOp", "dtd", 1, 44.0, shots=-1, phase="eval",
+                 model_dir=sdir, config_name="c")
+    records, problems = collect(out)
+    assert {(r.protocol, r.role) for r in records} == {("transfer", "source"), ("cross_dataset", "target")}
+    assert len(problems) == 1 and "records few_shot/test, but target runs were evaluated" in problems[0][1]
+
+
+def test_a_training_run_outside_the_tree_is_not_guessed_to_be_few_shot(tmp_path):
+    out = str(tmp_path)
+    write_result(out, "mine/run1", "CoOp", "caltech101", 1, 81.0, config_name="c")
+    records, problems = collect(out)
+    assert records == [] and len(problems) == 1
+    assert "may be a few-shot run or a transfer source run, so it is not filed" in problems[0][1]
 
 
 # --------------------------------------------------------------------------- plots

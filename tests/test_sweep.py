@@ -179,7 +179,7 @@ def test_clear_errors(repo, tmp_path):
         expand("MaPLe:nope", "base2new", output_root=out, root=repo)
     with pytest.raises(SweepError, match="No default config for MyTrainer in protocol base2new.*Available configs: mine"):
         expand("MyTrainer", "base2new", output_root=out, root=repo)
-    with pytest.raises(SweepError, match=r"default for APLe/base2new \(RECIPES of trainer APLe\)"):
+    with pytest.raises(SweepError, match=r"default for APLe/base2new \(the method card of trainer APLe\)"):
         expand("APLe", "base2new", output_root=out, root=repo)  # the recipe's config is not in this fake repo
     with pytest.raises(SweepError, match="unknown dataset 'dtdx'.*Available: caltech101"):
         expand("MaPLe", "base2new", ["dtdx"], output_root=out, root=repo)
@@ -200,18 +200,17 @@ def test_recipes_come_from_the_registry_and_name_existing_configs():
     load_plugins()
     live = method_specs()
     with_recipes = [s.name for s in live]
-    assert [(s.name, s.recipes, s.eval_only) for s in live] == [
-        (n, specs[n].recipes, specs[n].eval_only) for n in with_recipes]
+    assert live == [specs[n] for n in with_recipes]  # the cached cards equal the live ones, field by field
     assert {"CoOp", "MaPLe", "APLe", "ZeroshotCLIP"} <= set(with_recipes)
     assert specs["ZeroshotCLIP"].eval_only and not specs["CoOp"].eval_only
     for name in with_recipes:
         spec = specs[name]
-        for protocol, rec in spec.recipes.items():
+        for protocol, rec in spec.all_recipes().items():
             names = [rec["config"]] + list(rec.get("per_dataset", {}).values()) + list(rec.get("per_shots", {}).values())
             for cfg in names:
                 folder, base = cfg.rsplit("/", 1) if "/" in cfg else (spec.config_folder, cfg)
                 path = osp.join(root, "configs", "trainers", folder, base + ".yaml")
-                assert osp.isfile(path), f"{name}.RECIPES[{protocol!r}] names {cfg}, but {path} is missing"
+                assert osp.isfile(path), f"{name}'s card names {cfg} for {protocol}, but {path} is missing"
             runs = expand(name, protocol, None, [1], output_root="/o", root=root)
             assert runs and all(r.trainer == name for r in runs)
             assert all(r.eval_only for r in runs) == spec.eval_only
@@ -744,7 +743,7 @@ def test_method_table_cache(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("the registry was read although the cache is valid")
 
-    monkeypatch.setattr(em, "method_specs", boom)
+    monkeypatch.setattr(em, "method_cards", boom)
     monkeypatch.setattr(sp, "_REGISTRY", {})
     assert sp.registry_specs() == fresh
     # a change under trainers/ (another key) reads the registry again
@@ -996,19 +995,19 @@ def test_backbone_support_comes_from_the_trainers_declaration():
     """The sweep checks a pair against the trainer's BACKBONE_SUPPORT (read into the sweep's spec); every
     shipped trainer declares it, and a trainer that does not is not checked."""
     from vlprompt.sweep.backbones import describe_support, method_support, support_problem
-    from vlprompt.sweep.protocols import SpecView
+    from vlprompt.protocol.card import MethodCard
 
-    spec = SpecView(name="MaPLe", recipes={}, backbone_support={"text": ["causal"], "vision": ["clip_vit"]})
+    spec = MethodCard(name="MaPLe", backbones={"text": ["causal"], "vision": ["clip_vit"]})
     support, where = method_support(spec)
-    assert where == "BACKBONE_SUPPORT of trainer MaPLe" and describe_support(support) == "CLIP ViT"
+    assert where == "the method card of trainer MaPLe" and describe_support(support) == "CLIP ViT"
     assert support_problem("MaPLe", "EVA02-B-16@x", _towers("EVA02-B-16"), support).startswith(
         "MaPLe cannot run on EVA02-B-16@x (EVA02/PE-Core: its image tower is timm_eva); MaPLe supports: CLIP ViT")
-    assert method_support(SpecView(name="NewMethod", recipes={})) == (None, None)
+    assert method_support(MethodCard(name="NewMethod")) == (None, None)
     from vlprompt.engine import TRAINER_REGISTRY
 
     specs = {n: s for n, s in registry_specs().items() if TRAINER_REGISTRY.get(n).__module__.startswith("trainers.")}
-    assert len(specs) > 15 and all(s.backbone_support for s in specs.values()), [
-        n for n, s in specs.items() if not s.backbone_support]
+    assert len(specs) > 15 and all(s.backbones for s in specs.values()), [
+        n for n, s in specs.items() if not s.backbones]
     got = {n: describe_support(method_support(s)[0]) for n, s in specs.items()}
     assert got["MaPLe"] == got["VPT"] == got["APLe"] == "CLIP ViT, SigLIP/SigLIP2, EVA02/PE-Core, causal text + timm ViT (e.g. MobileCLIP)"
     assert got["MMRL"] == "CLIP ViT"
@@ -1016,3 +1015,25 @@ def test_backbone_support_comes_from_the_trainers_declaration():
     assert support_problem("MaPLe", "EVA02-B-16", _towers("EVA02-B-16"), method_support(specs["MaPLe"])[0]) is None
     assert support_problem("UMuDPT", "RN50", _towers("RN50"), method_support(specs["UMuDPT"])[0]).startswith(
         "UMuDPT cannot run on RN50 (CLIP ResNet: its image tower is resnet)")
+
+
+@pytest.mark.parametrize("src", ["caltech101", "imagenet"])
+def test_the_sweep_notes_each_runs_protocol_and_role_for_the_engine(tmp_path, src):
+    """Issue 26 item 4: results.json records what the engine reads with vlprompt.protocol.describe_run_dir;
+    a transfer source run on caltech101 sits in a folder that alone reads as a CoOp-tree few-shot run. The
+    sweep leaves each run's description in its folder before the run starts, so the record is right."""
+    from vlprompt.protocol import RUN_NOTE, describe_run_dir, parse_run_dir
+    from vlprompt.sweep.protocols import plan, repo_root
+
+    runs = plan(["CoOp"], ["cross_dataset"], ["dtd"], [1], output_root=str(tmp_path), root=repo_root(), source=src)
+    source, target = runs
+    assert (source.role, target.role) == ("source", "target")
+    if src != "imagenet":
+        assert parse_run_dir(source.output_dir)["protocol"] == "few_shot"  # what the folder alone says
+    for r in runs:
+        r.write_note()
+        assert osp.isfile(osp.join(r.output_dir, RUN_NOTE))
+    got = describe_run_dir(source.output_dir)
+    assert (got["protocol"], got["role"], got["dataset"], got["shots"], got["seed"]) == ("transfer", "source", src,
+                                                                                         16, 1)
+    assert describe_run_dir(target.output_dir)["protocol"] == "cross_dataset"

@@ -73,7 +73,7 @@ from vlprompt.clip.adapters import ADAPTER_MODES, FrequencyAdapter
 from vlprompt.config import ConfigError
 from vlprompt.clip.families import PROMPTABLE_VISION
 from vlprompt.engine import TRAINER_REGISTRY
-from vlprompt.engine.methods import recipes
+from vlprompt.engine.methods import MethodCard
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
 from vlprompt.optim import build_lr_scheduler, build_optimizer
 
@@ -184,12 +184,14 @@ class APLeCLIP(DeepPromptedCLIP):
 class APLe(ClipPromptTrainer):
     """APLe: decoupled text/vision prompts trained token-wise, with an image adapter and a zero-shot teacher."""
 
-    RECIPES = recipes("vit_b16_c2_ep5_batch4_2ctx", xd="vit_b16_c2_ep5_batch4_2ctx_cross_datasets", few_shot="vit_b16_c2_ep5_batch4_2ctx_fewshot")
-    TABLE_ORDER = 90
-    BACKBONE_SUPPORT = PROMPTABLE_VISION  # vision prompts: transformer image towers only
-
-    CFG_NODE = "APLE"
-    CFG_DEFAULTS = dict(
+    CARD = MethodCard(
+        config="vit_b16_c2_ep5_batch4_2ctx",
+        recipes={"cross_dataset": "vit_b16_c2_ep5_batch4_2ctx_cross_datasets",
+                 "few_shot": "vit_b16_c2_ep5_batch4_2ctx_fewshot"},
+        order=90,
+        backbones=PROMPTABLE_VISION,  # vision prompts: transformer image towers only
+        cfg_node="APLE",
+        cfg_defaults=dict(
         N_CTX=2,
         CTX_INIT="a photo of a",
         PREC="fp16",
@@ -206,10 +208,11 @@ class APLe(ClipPromptTrainer):
         STAGE_EPOCHS=(),
         TEXT_LR_SCHEDULE="same_as_vision",
         TEACHER_TEMPLATE="",
+        ),
+        cfg_args={"n_ctx": "N_CTX", "depth": "PROMPT_DEPTH", "ctx_init": "CTX_INIT", "mode": "ADAPTER",
+                  "sigma": "ADAPTER_SIGMA", "alpha": "ADAPTER_ALPHA", "templates": "TEACHER_TEMPLATE"},
+        model_name="MultiModalPromptLearner",
     )
-    CFG_ARGS = {"n_ctx": "N_CTX", "depth": "PROMPT_DEPTH", "ctx_init": "CTX_INIT", "mode": "ADAPTER",
-                "sigma": "ADAPTER_SIGMA", "alpha": "ADAPTER_ALPHA", "templates": "TEACHER_TEMPLATE"}
-    MODEL_NAME = "MultiModalPromptLearner"
 
     # ---- config -----------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from vlprompt.clip import ArgError, PromptedCLIP, ZeroShotHead, get_template
 from vlprompt.clip.families import ANY_TOWERS
 from vlprompt.engine import TRAINER_REGISTRY
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
+from vlprompt.engine.methods import MethodCard
 from vlprompt.features.training import FeatureEpochs
 
 
@@ -78,20 +79,16 @@ class CLIPAdapterModel(PromptedCLIP):
 class CLIP_Adapter(FeatureEpochs, ClipPromptTrainer):
     """CLIP-Adapter (visual adapter, residual ratio 0.2, reduction 4)."""
 
-    RECIPES = {
-        "few_shot": {"config": "vit_b16"},
-        "base2new": {"config": "vit_b16"},
-        "cross_dataset": {"config": "vit_b16"},
-        "domain_generalization": {"config": "vit_b16"},
-    }
-    TABLE_ORDER = 210
-    BACKBONE_SUPPORT = ANY_TOWERS
-
-    CFG_NODE = "CLIP_ADAPTER"
-    # official: REDUCTION 4 and ratio 0.2 hard-coded in clip_adapter.py; clip_model.float() -> fp32
-    CFG_DEFAULTS = dict(REDUCTION=4, RATIO=0.2, PREC="fp32")
-    CFG_ARGS = {"reduction": "REDUCTION", "ratio": "RATIO"}
-    MODEL_NAME = "clip_adapter"
+    CARD = MethodCard(
+        config="vit_b16",  # every protocol
+        order=210,
+        backbones=ANY_TOWERS,
+        cfg_node="CLIP_ADAPTER",
+        # official: REDUCTION 4 and ratio 0.2 hard-coded in clip_adapter.py; clip_model.float() -> fp32
+        cfg_defaults=dict(REDUCTION=4, RATIO=0.2, PREC="fp32"),
+        cfg_args={"reduction": "REDUCTION", "ratio": "RATIO"},
+        model_name="clip_adapter",
+    )
     LOG_ACC = True  # the official forward_backward logs acc
     FROZEN_IMAGE_FEATURES = True  # the adapter acts after the frozen tower: evaluation uses the store
 

@@ -28,8 +28,9 @@ from vlprompt.clip.blocks import PromptedCLIP
 from vlprompt.config import ConfigError
 from vlprompt.clip.families import PROMPTABLE_VISION
 from vlprompt.engine import TRAINER_REGISTRY
+from vlprompt.engine.batch_sources import IterationBudget
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
-from vlprompt.engine.methods import recipes
+from vlprompt.engine.methods import MethodCard
 from vlprompt.optim import build_optimizer
 
 ENCODERS = {"both": ("text", "vision"), "text": ("text",), "vision": ("vision",)}
@@ -96,49 +97,30 @@ class LoRACLIP(PromptedCLIP):
             return img @ text.t()
 
 
-class _IterationBudget:
-    """``n`` batches of ``loader``, chaining fresh (reshuffled) passes as needed."""
-
-    def __init__(self, loader, n):
-        self.loader, self.n = loader, int(n)
-        self.sampler = getattr(loader, "sampler", None)
-        self.dataset = getattr(loader, "dataset", None)
-
-    def __len__(self):
-        return self.n
-
-    def __iter__(self):
-        done = 0
-        while done < self.n:
-            for batch in self.loader:
-                yield batch
-                done += 1
-                if done == self.n:
-                    return
-
-
 @TRAINER_REGISTRY.register()
 class CLIPLoRA(ClipPromptTrainer):
     """CLIP-LoRA (see the module docstring)."""
 
     # No official base-to-novel recipe: the few-shot recipe on the base classes (a reconstruction,
     # docs/METHODS.md); the budget follows the shots (500 x 16 for the base-to-novel 16 shots).
-    RECIPES = recipes("vit_b16", few_shot="vit_b16")
-    TABLE_ORDER = 240
-    BACKBONE_SUPPORT = PROMPTABLE_VISION  # LoRA on the attention of both towers (ENCODER text: any image tower)
-    LR_SCHEDULE_UNIT = "iteration"
+    CARD = MethodCard(
+        config="vit_b16",
+        protocols=("base2new", "few_shot"),
+        order=240,
+        backbones=PROMPTABLE_VISION,  # LoRA on the attention of both towers (ENCODER text: any image tower)
+        lr_unit="iteration",
+        cfg_node="CLIPLORA",
+        # official run_utils.get_arguments defaults (r, alpha, dropout_rate, position, encoder, params,
+        # n_iters); LOGIT_SCALE = main.py's hard-coded 100; ETA_MIN = lora.py's CosineAnnealingLR eta_min;
+        # PREC amp = the official fp16 autocast + GradScaler training
+        cfg_defaults=dict(R=2, ALPHA=1.0, DROPOUT=0.25, POSITION="all", ENCODER="both", PARAMS=["q", "k", "v"],
+                          N_ITERS=500, ETA_MIN=1e-6, LOGIT_SCALE=100.0, EVAL_LOGITS="cosine", TEMPLATE="",
+                          PREC="amp"),
+        cfg_args={"r": "R", "alpha": "ALPHA", "dropout": "DROPOUT", "position": "POSITION", "encoders": "ENCODER",
+                  "params": "PARAMS", "eval_logits": "EVAL_LOGITS"},
+        model_name="lora",
+    )
     LOG_ACC = True
-
-    CFG_NODE = "CLIPLORA"
-    # official run_utils.get_arguments defaults (r, alpha, dropout_rate, position, encoder, params,
-    # n_iters); LOGIT_SCALE = main.py's hard-coded 100; ETA_MIN = lora.py's CosineAnnealingLR eta_min;
-    # PREC amp = the official fp16 autocast + GradScaler training
-    CFG_DEFAULTS = dict(R=2, ALPHA=1.0, DROPOUT=0.25, POSITION="all", ENCODER="both", PARAMS=["q", "k", "v"],
-                        N_ITERS=500, ETA_MIN=1e-6, LOGIT_SCALE=100.0, EVAL_LOGITS="cosine", TEMPLATE="",
-                        PREC="amp")
-    CFG_ARGS = {"r": "R", "alpha": "ALPHA", "dropout": "DROPOUT", "position": "POSITION", "encoders": "ENCODER",
-                "params": "PARAMS", "eval_logits": "EVAL_LOGITS"}
-    MODEL_NAME = "lora"
 
     def check_cfg(self, cfg):
         super().check_cfg(cfg)
@@ -177,9 +159,8 @@ class CLIPLoRA(ClipPromptTrainer):
 
     def build_data_loader(self):
         super().build_data_loader()
-        self._pass_loader = self.train_loader_x
         m, shots = self.cfg.TRAINER.CLIPLORA, int(self.cfg.DATASET.NUM_SHOTS)
-        per_pass = len(self._pass_loader)
+        per_pass = len(self.train_loader_x)
         if int(m.N_ITERS) > 0 and shots > 0:
             self.total_iters = int(m.N_ITERS) * shots
             if self.total_iters < self.max_epoch:
@@ -198,14 +179,14 @@ class CLIPLoRA(ClipPromptTrainer):
     def epoch_iterations(self, epoch):
         """Iterations of epoch ``epoch`` (0-based) under the budget."""
         if not self.budgeted:
-            return len(self._pass_loader)
+            return len(self.train_loader_x)
         t, n = self.total_iters, self.max_epoch
         return (epoch + 1) * t // n - epoch * t // n
 
-    def before_epoch(self):
-        if self.budgeted:
-            self.train_loader_x = _IterationBudget(self._pass_loader, self.epoch_iterations(self.epoch))
-        super().before_epoch()
+    def batch_source(self):
+        """Under the budget: this epoch's iterations, chaining reshuffled passes over the few-shot set."""
+        source = super().batch_source()
+        return IterationBudget(source, self.epoch_iterations(self.epoch)) if self.budgeted else source
 
     def build_optimizers(self, learnable):
         o = self.cfg.OPTIM

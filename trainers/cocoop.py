@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from vlprompt.clip import ArgError, ClassPromptLearner, PromptedCLIP, init_text_context
 from vlprompt.clip.families import ANY_TOWERS
 from vlprompt.engine import TRAINER_REGISTRY
-from vlprompt.engine.methods import recipes
+from vlprompt.engine.methods import MethodCard
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
 
 
@@ -115,15 +115,16 @@ class CoCoOpCLIP(PromptedCLIP):
 class CoCoOp(ClipPromptTrainer):
     """Conditional Context Optimization (CoCoOp)."""
 
-    RECIPES = recipes("vit_b16_c4_ep10_batch1_ctxv1", xd="vit_b16_c4_ep10_batch1_ctxv1")
-    TABLE_ORDER = 40
-    BACKBONE_SUPPORT = ANY_TOWERS
-
-    CFG_NODE = "COCOOP"
-    # CHUNK_SIZE (vlprompt): max (image, class) prompt sequences per text-encoder call; 0 = no limit.
-    CFG_DEFAULTS = dict(N_CTX=16, CTX_INIT="", PREC="fp16", CHUNK_SIZE=2048)
-    CFG_ARGS = {"n_ctx": "N_CTX", "ctx_init": "CTX_INIT", "chunk_size": "CHUNK_SIZE"}
-    MODEL_NAME = "prompt_learner"
+    CARD = MethodCard(
+        config="vit_b16_c4_ep10_batch1_ctxv1",  # every protocol
+        order=40,
+        backbones=ANY_TOWERS,
+        cfg_node="COCOOP",
+        # CHUNK_SIZE (vlprompt): max (image, class) prompt sequences per text-encoder call; 0 = no limit.
+        cfg_defaults=dict(N_CTX=16, CTX_INIT="", PREC="fp16", CHUNK_SIZE=2048),
+        cfg_args={"n_ctx": "N_CTX", "ctx_init": "CTX_INIT", "chunk_size": "CHUNK_SIZE"},
+        model_name="prompt_learner",
+    )
     FROZEN_IMAGE_FEATURES = True  # the Meta-Net reads the frozen tower's features: evaluation uses the store
 
     @classmethod

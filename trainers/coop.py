@@ -19,7 +19,7 @@ import torch.nn as nn
 from vlprompt.clip import ArgError, ClassPromptLearner, DeepPromptedCLIP, init_text_context, random_prompt
 from vlprompt.clip.families import ANY_TOWERS
 from vlprompt.engine import TRAINER_REGISTRY
-from vlprompt.engine.methods import recipes
+from vlprompt.engine.methods import MethodCard
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
 from vlprompt.errors import UserRuntimeError
 
@@ -98,17 +98,19 @@ class CoOp(ClipPromptTrainer):
     """Context Optimization (CoOp)."""
 
     # ImageNet trains 50 epochs in every protocol; few-shot: 1 shot 50, 2/4 shots 100 epochs (CoOp's COOP.md)
-    RECIPES = recipes("vit_b16_ctxv1", xd="vit_b16_ep50_ctxv1", few_shot="vit_b16",
-                      base2new_per_dataset={"imagenet": "vit_b16_ep50_ctxv1"},
-                      few_shot_per_dataset={"imagenet": "vit_b16_ep50"},
-                      few_shot_per_shots={"1": "vit_b16_ep50", "2": "vit_b16_ep100", "4": "vit_b16_ep100"})
-    TABLE_ORDER = 30
-    BACKBONE_SUPPORT = ANY_TOWERS
-
-    CFG_NODE = "COOP"
-    CFG_DEFAULTS = dict(N_CTX=16, CSC=False, CTX_INIT="", PREC="fp16", CLASS_TOKEN_POSITION="end")
-    CFG_ARGS = {"n_ctx": "N_CTX", "ctx_init": "CTX_INIT", "class_token_position": "CLASS_TOKEN_POSITION"}
-    MODEL_NAME = "prompt_learner"
+    CARD = MethodCard(
+        config="vit_b16_ctxv1",
+        recipes={"base2new": {"per_dataset": {"imagenet": "vit_b16_ep50_ctxv1"}},
+                 "cross_dataset": "vit_b16_ep50_ctxv1",
+                 "few_shot": {"config": "vit_b16", "per_dataset": {"imagenet": "vit_b16_ep50"},
+                              "per_shots": {"1": "vit_b16_ep50", "2": "vit_b16_ep100", "4": "vit_b16_ep100"}}},
+        order=30,
+        backbones=ANY_TOWERS,
+        cfg_node="COOP",
+        cfg_defaults=dict(N_CTX=16, CSC=False, CTX_INIT="", PREC="fp16", CLASS_TOKEN_POSITION="end"),
+        cfg_args={"n_ctx": "N_CTX", "ctx_init": "CTX_INIT", "class_token_position": "CLASS_TOKEN_POSITION"},
+        model_name="prompt_learner",
+    )
     LOG_ACC = True
     FROZEN_IMAGE_FEATURES = True  # the image tower is not prompted: evaluation uses the feature store
 

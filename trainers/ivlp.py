@@ -7,7 +7,7 @@ import re
 from vlprompt.clip import DeepPromptedCLIP, IndependentPrompts
 from vlprompt.clip.families import PROMPTABLE_VISION
 from vlprompt.engine import TRAINER_REGISTRY
-from vlprompt.engine.methods import recipes
+from vlprompt.engine.methods import MethodCard
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
 
 
@@ -38,16 +38,17 @@ VLPromptLearner = IndependentPrompts  # the official class name
 class IVLP(ClipPromptTrainer):
     """Independent Vision-Language Prompting (and deep language prompting)."""
 
-    RECIPES = recipes("vit_b16_c2_ep5_batch4_2+2ctx", xd="vit_b16_c2_ep5_batch4_2+2ctx")
-    TABLE_ORDER = 60
-    BACKBONE_SUPPORT = PROMPTABLE_VISION  # vision prompts: transformer image towers only
-
-    CFG_NODE = "IVLP"
-    CFG_DEFAULTS = dict(N_CTX_VISION=2, N_CTX_TEXT=2, CTX_INIT="a photo of a", PREC="fp16", PROMPT_DEPTH_VISION=9,
-                        PROMPT_DEPTH_TEXT=9)
-    CFG_ARGS = {"n_ctx_text": "N_CTX_TEXT", "depth_text": "PROMPT_DEPTH_TEXT", "n_ctx_vision": "N_CTX_VISION",
-                "depth_vision": "PROMPT_DEPTH_VISION", "ctx_init": "CTX_INIT"}
-    MODEL_NAME = "VLPromptLearner"
+    CARD = MethodCard(
+        config="vit_b16_c2_ep5_batch4_2+2ctx",  # every protocol
+        order=60,
+        backbones=PROMPTABLE_VISION,  # vision prompts: transformer image towers only
+        cfg_node="IVLP",
+        cfg_defaults=dict(N_CTX_VISION=2, N_CTX_TEXT=2, CTX_INIT="a photo of a", PREC="fp16",
+                          PROMPT_DEPTH_VISION=9, PROMPT_DEPTH_TEXT=9),
+        cfg_args={"n_ctx_text": "N_CTX_TEXT", "depth_text": "PROMPT_DEPTH_TEXT", "n_ctx_vision": "N_CTX_VISION",
+                  "depth_vision": "PROMPT_DEPTH_VISION", "ctx_init": "CTX_INIT"},
+        model_name="VLPromptLearner",
+    )
 
     @classmethod
     def build_custom_clip(cls, cfg, classnames, clip_model):

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from vlprompt.clip import CUSTOM_TEMPLATES, DeepPromptedCLIP, ZeroShotHead, get_template
 from vlprompt.clip.families import ANY_TOWERS
 from vlprompt.engine import TRAINER_REGISTRY
-from vlprompt.engine.methods import recipes
+from vlprompt.engine.methods import MethodCard
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
 
 from .coop import CoOpPromptLearner
@@ -86,15 +86,16 @@ class KgCoOp(ClipPromptTrainer):
     # official: configs/trainers/KgCoOp/vit_b16_ep100_ctxv1.yaml + scripts/base2new_train.sh (W 8.0); the
     # official repo ships no other protocol scripts for ViT-B/16: cross-dataset, DG and few-shot use the
     # same config (docs/METHODS.md)
-    RECIPES = recipes("vit_b16_ep100_ctxv1", xd="vit_b16_ep100_ctxv1")
-    TABLE_ORDER = 100
-    BACKBONE_SUPPORT = ANY_TOWERS
-
-    CFG_NODE = "KGCOOP"
-    # official train.py defaults of the keys KgCoOp reads (TRAINER.COOP there)
-    CFG_DEFAULTS = dict(N_CTX=16, CSC=False, CTX_INIT=False, W=1.0, PREC="fp16")
-    CFG_ARGS = {"n_ctx": "N_CTX", "ctx_init": "CTX_INIT", "csc": "CSC"}
-    MODEL_NAME = "prompt_learner"
+    CARD = MethodCard(
+        config="vit_b16_ep100_ctxv1",
+        order=100,
+        backbones=ANY_TOWERS,
+        cfg_node="KGCOOP",
+        # official train.py defaults of the keys KgCoOp reads (TRAINER.COOP there)
+        cfg_defaults=dict(N_CTX=16, CSC=False, CTX_INIT=False, W=1.0, PREC="fp16"),
+        cfg_args={"n_ctx": "N_CTX", "ctx_init": "CTX_INIT", "csc": "CSC"},
+        model_name="prompt_learner",
+    )
     LOG_ACC = True  # the official trainer logs the training accuracy
 
     @classmethod

@@ -37,6 +37,7 @@ from vlprompt.clip.towers import prompted_vision_encoder
 from vlprompt.config import add_trainer_cfg, register_cfg_extension
 from vlprompt.clip.families import ANY_TOWERS
 from vlprompt.engine import TRAINER_REGISTRY, TrainerX
+from vlprompt.engine.methods import MethodCard
 from vlprompt.features.extract import loader_features, view_features
 from vlprompt.errors import UserRuntimeError
 
@@ -83,13 +84,9 @@ def search_c(train_x, train_y, val_x, val_y, grid=C_GRID, steps=8, max_iter=1000
 class LinearProbeCLIP(TrainerX):
     """Logistic regression on frozen CLIP image features (CoOp's lpclip protocol)."""
 
-    RECIPES = {"few_shot": {"config": "rn50"}}
-    TABLE_ORDER = 200
-    BACKBONE_SUPPORT = ANY_TOWERS
-    EVAL_ONLY = True
+    CARD = MethodCard(config="rn50", protocols=("few_shot",), order=200, backbones=ANY_TOWERS, eval_only=True,
+                      cfg_node="LINEAR_PROBE", model_name="")
     FROZEN_IMAGE_FEATURES = True
-    CFG_NODE = "LINEAR_PROBE"
-    MODEL_NAME = ""
 
     @property
     def method_cfg(self):

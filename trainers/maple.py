@@ -11,7 +11,7 @@ from vlprompt.clip import ClassPromptLearner, DeepPromptedCLIP, init_text_contex
 from vlprompt.clip.backbone import model_dims
 from vlprompt.clip.families import PROMPTABLE_VISION
 from vlprompt.engine import TRAINER_REGISTRY
-from vlprompt.engine.methods import recipes
+from vlprompt.engine.methods import MethodCard
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
 
 
@@ -55,14 +55,16 @@ MultiModalPromptLearner = CoupledPrompts  # the official class name
 class MaPLe(ClipPromptTrainer):
     """Multi-modal Prompt Learning (MaPLe)."""
 
-    RECIPES = recipes("vit_b16_c2_ep5_batch4_2ctx", xd="vit_b16_c2_ep5_batch4_2ctx_cross_datasets")
-    TABLE_ORDER = 70
-    BACKBONE_SUPPORT = PROMPTABLE_VISION  # vision prompts: transformer image towers only
-
-    CFG_NODE = "MAPLE"
-    CFG_DEFAULTS = dict(N_CTX=2, CTX_INIT="a photo of a", PREC="fp16", PROMPT_DEPTH=9)
-    CFG_ARGS = {"n_ctx": "N_CTX", "depth": "PROMPT_DEPTH", "ctx_init": "CTX_INIT"}
-    MODEL_NAME = "MultiModalPromptLearner"
+    CARD = MethodCard(
+        config="vit_b16_c2_ep5_batch4_2ctx",
+        recipes={"cross_dataset": "vit_b16_c2_ep5_batch4_2ctx_cross_datasets"},
+        order=70,
+        backbones=PROMPTABLE_VISION,  # vision prompts: transformer image towers only
+        cfg_node="MAPLE",
+        cfg_defaults=dict(N_CTX=2, CTX_INIT="a photo of a", PREC="fp16", PROMPT_DEPTH=9),
+        cfg_args={"n_ctx": "N_CTX", "depth": "PROMPT_DEPTH", "ctx_init": "CTX_INIT"},
+        model_name="MultiModalPromptLearner",
+    )
 
     @classmethod
     def build_custom_clip(cls, cfg, classnames, clip_model):

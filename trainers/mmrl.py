@@ -66,7 +66,7 @@ from vlprompt.clip.prompt_init import token_embeddings
 from vlprompt.config import ConfigError, register_cfg_extension
 from vlprompt.engine import TRAINER_REGISTRY
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
-from vlprompt.engine.methods import recipes
+from vlprompt.engine.methods import MethodCard
 
 #: the official per-dataset values (``trainers/config.py``, ``get_dataset_specified_config``, MMRL part:
 #: the same for every TASK)
@@ -325,22 +325,22 @@ class MMRL(ClipPromptTrainer):
     # cross_datasets.sh -> scripts/mmrl/cross_datasets_*.sh (vit_b16_cross_datasets: ImageNet source, the
     # other datasets and the ImageNet variants as targets), few_shot.sh -> scripts/mmrl/few_shot.sh
     # (vit_b16_few_shot, ImageNet vit_b16_imagenet with TASK FS: vit_b16_imagenet_few_shot here)
-    RECIPES = recipes(
-        {"config": "vit_b16", "per_dataset": {"imagenet": "vit_b16_imagenet"}},
-        xd="vit_b16_cross_datasets",
-        few_shot={"config": "vit_b16_few_shot", "per_dataset": {"imagenet": "vit_b16_imagenet_few_shot"}},
+    CARD = MethodCard(
+        config="vit_b16",
+        recipes={"base2new": {"per_dataset": {"imagenet": "vit_b16_imagenet"}},
+                 "cross_dataset": "vit_b16_cross_datasets",
+                 "few_shot": {"config": "vit_b16_few_shot", "per_dataset": {"imagenet": "vit_b16_imagenet_few_shot"}}},
+        order=140,
+        # tokens inserted at a later block of open_clip CLIP ViT towers
+        backbones=dict(text=("causal",), vision=("clip_vit",), clip_towers=True),
+        cfg_node="MMRL",
+        # official train.py defaults, except REP_LAYERS ([] there, which crashes; every official config sets
+        # [6..12]); DATASET_CONFIG switches the official per-dataset table (trainers/config.py) on
+        cfg_defaults=dict(ALPHA=0.7, REG_WEIGHT=1.0, REP_LAYERS=[6, 7, 8, 9, 10, 11, 12], REP_DIM=512,
+                          N_REP_TOKENS=5, PREC="fp16", DATASET_CONFIG=True),
+        cfg_args={"rep_layers": "REP_LAYERS", "n_rep_tokens": "N_REP_TOKENS", "rep_dim": "REP_DIM", "alpha": "ALPHA"},
+        model_name="MultiModalRepresentationLearner",  # the official registered model name
     )
-    TABLE_ORDER = 140
-    # tokens inserted at a later block of open_clip CLIP ViT towers
-    BACKBONE_SUPPORT = dict(text=("causal",), vision=("clip_vit",), clip_towers=True)
-
-    CFG_NODE = "MMRL"
-    # official train.py defaults, except REP_LAYERS ([] there, which crashes; every official config sets
-    # [6..12]); DATASET_CONFIG switches the official per-dataset table (trainers/config.py) on
-    CFG_DEFAULTS = dict(ALPHA=0.7, REG_WEIGHT=1.0, REP_LAYERS=[6, 7, 8, 9, 10, 11, 12], REP_DIM=512, N_REP_TOKENS=5,
-                        PREC="fp16", DATASET_CONFIG=True)
-    CFG_ARGS = {"rep_layers": "REP_LAYERS", "n_rep_tokens": "N_REP_TOKENS", "rep_dim": "REP_DIM", "alpha": "ALPHA"}
-    MODEL_NAME = "MultiModalRepresentationLearner"  # the official registered model name
     LOG_ACC = True  # the official trainer logs the accuracy of the fused output
 
     @classmethod

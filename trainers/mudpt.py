@@ -42,6 +42,7 @@ fp16/fp32 mix failure (docs/METHODS.md, MuDPT: precision) cannot happen because 
 inside the converted CLIP.
 """
 from collections import OrderedDict
+from dataclasses import replace
 
 import torch
 import torch.nn as nn
@@ -57,7 +58,7 @@ from vlprompt.clip import (
 )
 from vlprompt.clip.families import PROMPTABLE_VISION
 from vlprompt.engine import TRAINER_REGISTRY
-from vlprompt.engine.methods import recipes
+from vlprompt.engine.methods import MethodCard
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
 from vlprompt.errors import InvalidValueError, UserRuntimeError
 
@@ -310,26 +311,27 @@ class MuDPT(ClipPromptTrainer):
     ``TRAINER.MUDPT.UNIDIRECTIONAL True`` gives UMuDPT from the same code.
     """
 
-    RECIPES = recipes("vit_b16_bz4_ep10_nctx4_depth9", xd="vit_b16_bz4_ep10_nctx4_depth9_cross_datasets")
-    TABLE_ORDER = 80
-    BACKBONE_SUPPORT = PROMPTABLE_VISION  # vision prompts: transformer image towers only
-
-    CFG_NODE = "MUDPT"
-    CFG_DEFAULTS = {
-        "N_CTX": 2,  # official train.py default; the configs use 4 (or 2)
-        "CTX_INIT": "a photo of a",  # only the first N_CTX words are used (MuDPT's rule)
-        "DEEP_PROMPT_DEPTH": 8,  # official train.py default; the configs use 9
-        # The official default says fp16, but every official run loaded CLIP through clip.load(...,
-        # device="cpu"), which calls model.float() (docs/METHODS.md, MuDPT): effectively fp32.
-        "PREC": "fp32",
-        "INJECTION": "transformer",  # transformer (paper's Injection Model) | linear (public MuDPT class)
-        "UNIDIRECTIONAL": False,  # True: UMuDPT (text-to-vision transformer injection only)
-    }
-    MODEL_NAME = "MultimodalDeepPromptTuning"
+    CARD = MethodCard(
+        config="vit_b16_bz4_ep10_nctx4_depth9",
+        recipes={"cross_dataset": "vit_b16_bz4_ep10_nctx4_depth9_cross_datasets"},
+        order=80,
+        backbones=PROMPTABLE_VISION,  # vision prompts: transformer image towers only
+        cfg_node="MUDPT",
+        cfg_defaults={
+            "N_CTX": 2,  # official train.py default; the configs use 4 (or 2)
+            "CTX_INIT": "a photo of a",  # only the first N_CTX words are used (MuDPT's rule)
+            "DEEP_PROMPT_DEPTH": 8,  # official train.py default; the configs use 9
+            # The official default says fp16, but every official run loaded CLIP through clip.load(...,
+            # device="cpu"), which calls model.float() (docs/METHODS.md, MuDPT): effectively fp32.
+            "PREC": "fp32",
+            "INJECTION": "transformer",  # transformer (paper's Injection Model) | linear (public MuDPT class)
+            "UNIDIRECTIONAL": False,  # True: UMuDPT (text-to-vision transformer injection only)
+        },
+        cfg_args={"n_ctx": "N_CTX", "depth": "DEEP_PROMPT_DEPTH", "ctx_init": "CTX_INIT", "injection": "INJECTION",
+                  "unidirectional": "UNIDIRECTIONAL"},
+        model_name="MultimodalDeepPromptTuning",
+    )
     LOG_ACC = True  # the official MuDPT trainer logs training accuracy
-
-    CFG_ARGS = {"n_ctx": "N_CTX", "depth": "DEEP_PROMPT_DEPTH", "ctx_init": "CTX_INIT", "injection": "INJECTION",
-                "unidirectional": "UNIDIRECTIONAL"}
 
     @classmethod
     def variant(cls, node):
@@ -369,13 +371,17 @@ class UMuDPT(MuDPT):
     ``MuDPT`` with ``UNIDIRECTIONAL True``; checkpoints under ``UnifiedMultimodalDeepPromptTuning/``
     (official name)."""
 
-    RECIPES = recipes("vit_b16_bz4_ep5_nctx2_depth9")
-    TABLE_ORDER = 85
-
-    CFG_NODE = "UMUDPT"
-    CFG_DEFAULTS = {"N_CTX": 2, "CTX_INIT": "a photo of a", "DEEP_PROMPT_DEPTH": 9, "PREC": "fp32"}
-    CFG_ARGS = {"n_ctx": "N_CTX", "depth": "DEEP_PROMPT_DEPTH", "ctx_init": "CTX_INIT"}
-    MODEL_NAME = "UnifiedMultimodalDeepPromptTuning"
+    CARD = replace(
+        MuDPT.CARD,
+        config="vit_b16_bz4_ep5_nctx2_depth9",
+        recipes={},
+        protocols=("base2new", "few_shot"),
+        order=85,
+        cfg_node="UMUDPT",
+        cfg_defaults={"N_CTX": 2, "CTX_INIT": "a photo of a", "DEEP_PROMPT_DEPTH": 9, "PREC": "fp32"},
+        cfg_args={"n_ctx": "N_CTX", "depth": "DEEP_PROMPT_DEPTH", "ctx_init": "CTX_INIT"},
+        model_name="UnifiedMultimodalDeepPromptTuning",
+    )
     LOG_ACC = False  # the official UMuDPT trainer logs only the loss
 
     @classmethod

@@ -39,6 +39,7 @@ from vlprompt.clip.towers.text import phrase_vectors
 from vlprompt.clip.families import ANY_TOWERS
 from vlprompt.engine import TRAINER_REGISTRY
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
+from vlprompt.engine.methods import MethodCard
 
 from .coop import POSITIONS, CoOpPromptLearner
 
@@ -136,23 +137,20 @@ class ProGrad(ClipPromptTrainer):
     # The official repository ships RN50 configs only (rn50 = 200 epochs, rn50_ep50, rn50_ep100). The
     # ViT-B/16 configs are reconstructions (marked in the files): the RN50 files with the backbone
     # changed; base-to-novel uses ep100 like scripts/base2new_train_prograd.sh.
-    RECIPES = {
-        "base2new": {"config": "vit_b16_ep100"},
-        "cross_dataset": {"config": "vit_b16_ep100"},
-        "domain_generalization": {"config": "vit_b16_ep100"},
+    CARD = MethodCard(
+        config="vit_b16_ep100",
         # README: 1 shot rn50_ep50, 2/4 shots rn50_ep100, 8/16 shots rn50 (200 epochs)
-        "few_shot": {"config": "vit_b16", "per_shots": {"1": "vit_b16_ep50", "2": "vit_b16_ep100",
-                                                          "4": "vit_b16_ep100"}},
-    }
-    TABLE_ORDER = 110
-    BACKBONE_SUPPORT = ANY_TOWERS
-
-    CFG_NODE = "PROGRAD"
-    # official train.py defaults: TRAINER.COOP.{N_CTX, CSC, CTX_INIT, PREC, CLASS_TOKEN_POSITION}, LOSS.{T, LAMBDA}
-    CFG_DEFAULTS = dict(N_CTX=16, CSC=False, CTX_INIT=False, PREC="fp16", CLASS_TOKEN_POSITION="end", T=1.0,
-                        LAMBDA=1.0)
-    CFG_ARGS = {"n_ctx": "N_CTX", "ctx_init": "CTX_INIT", "class_token_position": "CLASS_TOKEN_POSITION"}
-    MODEL_NAME = "prompt_learner"
+        recipes={"few_shot": {"config": "vit_b16", "per_shots": {"1": "vit_b16_ep50", "2": "vit_b16_ep100",
+                                                                 "4": "vit_b16_ep100"}}},
+        order=110,
+        backbones=ANY_TOWERS,
+        cfg_node="PROGRAD",
+        # official train.py defaults: TRAINER.COOP.{N_CTX, CSC, CTX_INIT, PREC, CLASS_TOKEN_POSITION}, LOSS.{T, LAMBDA}
+        cfg_defaults=dict(N_CTX=16, CSC=False, CTX_INIT=False, PREC="fp16", CLASS_TOKEN_POSITION="end", T=1.0,
+                          LAMBDA=1.0),
+        cfg_args={"n_ctx": "N_CTX", "ctx_init": "CTX_INIT", "class_token_position": "CLASS_TOKEN_POSITION"},
+        model_name="prompt_learner",
+    )
     LOG_ACC = True
 
     @classmethod

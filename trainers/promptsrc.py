@@ -49,6 +49,7 @@ from vlprompt.config import ConfigError
 from vlprompt.clip.families import PROMPTABLE_VISION
 from vlprompt.engine import TRAINER_REGISTRY, HookBase
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
+from vlprompt.engine.methods import MethodCard
 
 from .ivlp import convert_official_vision_keys
 from vlprompt.errors import InvalidValueError, UserRuntimeError
@@ -184,27 +185,27 @@ class GaussianPromptAggregation(HookBase):
 class PromptSRC(ClipPromptTrainer):
     """Independent V-L prompts with self-regulating losses and Gaussian prompt aggregation."""
 
-    RECIPES = {
-        "base2new": {"config": "vit_b16_c2_ep20_batch4_4+4ctx"},
-        "cross_dataset": {"config": "vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets"},
-        "domain_generalization": {"config": "vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets"},
-        "few_shot": {
-            "config": "vit_b16_c2_ep50_batch4_4+4ctx_few_shot",
-            # the official few-shot file's commented alternative (GPA 45 / 5) for these five datasets
-            "per_dataset": {d: "vit_b16_c2_ep50_batch4_4+4ctx_few_shot_gpa45" for d in
-                            ("stanford_cars", "oxford_flowers", "fgvc_aircraft", "dtd", "eurosat")},
+    CARD = MethodCard(
+        config="vit_b16_c2_ep20_batch4_4+4ctx",
+        recipes={
+            "cross_dataset": "vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets",
+            "few_shot": {
+                "config": "vit_b16_c2_ep50_batch4_4+4ctx_few_shot",
+                # the official few-shot file's commented alternative (GPA 45 / 5) for these five datasets
+                "per_dataset": {d: "vit_b16_c2_ep50_batch4_4+4ctx_few_shot_gpa45" for d in
+                                ("stanford_cars", "oxford_flowers", "fgvc_aircraft", "dtd", "eurosat")},
+            },
         },
-    }
-    TABLE_ORDER = 120
-    # its default has vision prompts (its text-only variant, PROMPT_DEPTH_VISION 0, also runs on CNN towers)
-    BACKBONE_SUPPORT = PROMPTABLE_VISION
-
-    CFG_NODE = "PROMPTSRC"
-    CFG_DEFAULTS = dict(N_CTX_VISION=4, N_CTX_TEXT=4, CTX_INIT="a photo of a", PREC="fp16", PROMPT_DEPTH_VISION=9,
-                        PROMPT_DEPTH_TEXT=9, TEXT_LOSS_WEIGHT=25, IMAGE_LOSS_WEIGHT=10, GPA_MEAN=15, GPA_STD=1)
-    CFG_ARGS = {"n_ctx_text": "N_CTX_TEXT", "depth_text": "PROMPT_DEPTH_TEXT", "n_ctx_vision": "N_CTX_VISION",
-                "depth_vision": "PROMPT_DEPTH_VISION", "ctx_init": "CTX_INIT"}
-    MODEL_NAME = "VLPromptLearner"
+        order=120,
+        # its default has vision prompts (its text-only variant, PROMPT_DEPTH_VISION 0, also runs on CNN towers)
+        backbones=PROMPTABLE_VISION,
+        cfg_node="PROMPTSRC",
+        cfg_defaults=dict(N_CTX_VISION=4, N_CTX_TEXT=4, CTX_INIT="a photo of a", PREC="fp16", PROMPT_DEPTH_VISION=9,
+                          PROMPT_DEPTH_TEXT=9, TEXT_LOSS_WEIGHT=25, IMAGE_LOSS_WEIGHT=10, GPA_MEAN=15, GPA_STD=1),
+        cfg_args={"n_ctx_text": "N_CTX_TEXT", "depth_text": "PROMPT_DEPTH_TEXT", "n_ctx_vision": "N_CTX_VISION",
+                  "depth_vision": "PROMPT_DEPTH_VISION", "ctx_init": "CTX_INIT"},
+        model_name="VLPromptLearner",
+    )
 
     @classmethod
     def build_custom_clip(cls, cfg, classnames, clip_model):

@@ -46,7 +46,7 @@ from vlprompt.clip import clean_classname, init_text_context, model_dims
 from vlprompt.clip.prompt_init import token_embeddings
 from vlprompt.clip.families import ANY_TOWERS
 from vlprompt.engine import TRAINER_REGISTRY
-from vlprompt.engine.methods import recipes
+from vlprompt.engine.methods import MethodCard
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
 
 from .kgcoop import KGCOOP_INIT_PHRASE, knowledge_gap
@@ -190,18 +190,19 @@ class TCP(ClipPromptTrainer):
     # official: configs/trainers/TCP/vit_b16_ep100_ctxv1.yaml + scripts/base2new_train.sh (N_CTX 4); the
     # official repo ships no other protocol scripts for ViT-B/16: cross-dataset, DG and few-shot use the
     # same config (docs/METHODS.md)
-    RECIPES = recipes("vit_b16_ep100_ctxv1", xd="vit_b16_ep100_ctxv1")
-    TABLE_ORDER = 130
-    BACKBONE_SUPPORT = ANY_TOWERS
-
-    CFG_NODE = "TCP"
-    # official train.py defaults (TRAINER.COOP there), except N_CTX: 16 there, but the meta-net makes 4
-    # tokens and every official run passes N_CTX 4 (scripts/base2new_train.sh), so 4 here
-    # ADAM_EPS: the official README patches Dassl's Adam to eps 1e-3 (every official run); applied
-    # when OPTIM.NAME is "adam" (0 keeps the optimiser's own eps)
-    CFG_DEFAULTS = dict(N_CTX=4, CTX_INIT=False, PREC="fp16", KG_WEIGHT=8.0, CLASS_TOKEN_LAYER=8, ADAM_EPS=1e-3)
-    CFG_ARGS = {"n_ctx": "N_CTX", "ctx_init": "CTX_INIT", "class_token_layer": "CLASS_TOKEN_LAYER"}
-    MODEL_NAME = "prompt_learner"
+    CARD = MethodCard(
+        config="vit_b16_ep100_ctxv1",
+        order=130,
+        backbones=ANY_TOWERS,
+        cfg_node="TCP",
+        # official train.py defaults (TRAINER.COOP there), except N_CTX: 16 there, but the meta-net makes 4
+        # tokens and every official run passes N_CTX 4 (scripts/base2new_train.sh), so 4 here
+        # ADAM_EPS: the official README patches Dassl's Adam to eps 1e-3 (every official run); applied
+        # when OPTIM.NAME is "adam" (0 keeps the optimiser's own eps)
+        cfg_defaults=dict(N_CTX=4, CTX_INIT=False, PREC="fp16", KG_WEIGHT=8.0, CLASS_TOKEN_LAYER=8, ADAM_EPS=1e-3),
+        cfg_args={"n_ctx": "N_CTX", "ctx_init": "CTX_INIT", "class_token_layer": "CLASS_TOKEN_LAYER"},
+        model_name="prompt_learner",
+    )
     LOG_ACC = True
 
     @classmethod

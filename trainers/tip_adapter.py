@@ -41,6 +41,7 @@ from vlprompt.clip import (IMAGENET_TEMPLATES_SELECT, ArgError, Precision, Promp
 from vlprompt.clip.families import ANY_TOWERS
 from vlprompt.engine import TRAINER_REGISTRY, TrainerX
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
+from vlprompt.engine.methods import MethodCard
 from vlprompt.features.extract import loader_features
 from vlprompt.features.training import FeatureEpochs, run_seed
 from vlprompt.metrics import compute_accuracy
@@ -225,13 +226,10 @@ class TipAdapter(TrainerX):
     # few-shot only: the cache is built from the evaluated dataset's own training shots when the trainer
     # is built, so an eval-only run on another dataset (cross-dataset, domain generalisation) or on novel
     # classes would not evaluate a transferred model
-    RECIPES = {"few_shot": {"config": "rn50_imagenet", "per_dataset": OFFICIAL_CONFIGS}}
-    TABLE_ORDER = 220
-    BACKBONE_SUPPORT = ANY_TOWERS
-    EVAL_ONLY = True
+    CARD = MethodCard(config="rn50_imagenet", recipes={"few_shot": {"per_dataset": OFFICIAL_CONFIGS}},
+                      protocols=("few_shot",), order=220, backbones=ANY_TOWERS, eval_only=True,
+                      cfg_node="TIP_ADAPTER", model_name="")
     FROZEN_IMAGE_FEATURES = True
-    CFG_NODE = "TIP_ADAPTER"
-    MODEL_NAME = ""
 
     @property
     def method_cfg(self):
@@ -283,14 +281,11 @@ class TipAdapterF(FeatureEpochs, ClipPromptTrainer):
     # domain generalisation: the ImageNet cache is loaded onto the target's classes by name (all of
     # ImageNet-V2/Sketch, the 200 of -A/-R); no cross-dataset / base-to-novel recipe: other classes have
     # no cache entries, so the method reduces to zero-shot CLIP there
-    RECIPES = {"few_shot": {"config": "rn50_imagenet", "per_dataset": OFFICIAL_CONFIGS},
-               "domain_generalization": {"config": "rn50_imagenet"}}
-    TABLE_ORDER = 230
-    BACKBONE_SUPPORT = ANY_TOWERS
-    CFG_NODE = "TIP_ADAPTER_F"
-    CFG_DEFAULTS = dict(TIP_DEFAULTS, ADAM_EPS=1e-4)
-    CFG_ARGS = {"zs_scale": "ZS_SCALE", "augment_epoch": "AUGMENT_EPOCH"}
-    MODEL_NAME = "adapter"
+    CARD = MethodCard(config="rn50_imagenet", recipes={"few_shot": {"per_dataset": OFFICIAL_CONFIGS}},
+                      protocols=("few_shot", "domain_generalization"), order=230, backbones=ANY_TOWERS,
+                      cfg_node="TIP_ADAPTER_F", cfg_defaults=dict(TIP_DEFAULTS, ADAM_EPS=1e-4),
+                      cfg_args={"zs_scale": "ZS_SCALE", "augment_epoch": "AUGMENT_EPOCH"}, model_name="adapter",
+                      lr_unit="iteration")  # the official cosine schedule steps after every iteration
     LOG_ACC = True
     FROZEN_IMAGE_FEATURES = True
 
@@ -333,11 +328,6 @@ class TipAdapterF(FeatureEpochs, ClipPromptTrainer):
     def loss_terms(self, features, label):
         logits = self.model.logits_from_image_features(features)
         return {"ce": F.cross_entropy(logits, label)}, logits
-
-    def forward_backward(self, batch):
-        summary = super().forward_backward(batch)
-        self.update_lr()  # the official cosine schedule steps every iteration
-        return summary
 
     def test(self, split=None):
         """Validation during training uses the current alpha/beta (the initial ones: the official

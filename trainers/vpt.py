@@ -4,7 +4,7 @@
 from vlprompt.clip import DeepPromptedCLIP, VisionPrompts, prompt_strings
 from vlprompt.clip.families import PROMPTABLE_VISION
 from vlprompt.engine import TRAINER_REGISTRY
-from vlprompt.engine.methods import recipes
+from vlprompt.engine.methods import MethodCard
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
 
 from .ivlp import convert_official_vision_keys
@@ -14,14 +14,15 @@ from .ivlp import convert_official_vision_keys
 class VPT(ClipPromptTrainer):
     """Deep vision prompt tuning with fixed hand-crafted text prompts."""
 
-    RECIPES = recipes("vit_b16_c2_ep5_batch4_4", xd="vit_b16_c2_ep5_batch4_4")
-    TABLE_ORDER = 50
-    BACKBONE_SUPPORT = PROMPTABLE_VISION  # vision prompts: transformer image towers only
-
-    CFG_NODE = "VPT"
-    CFG_DEFAULTS = dict(N_CTX_VISION=2, CTX_INIT="a photo of a", PREC="fp16", PROMPT_DEPTH_VISION=1)
-    CFG_ARGS = {"n_ctx": "N_CTX_VISION", "depth": "PROMPT_DEPTH_VISION", "templates": "CTX_INIT"}
-    MODEL_NAME = "prompt_learner"
+    CARD = MethodCard(
+        config="vit_b16_c2_ep5_batch4_4",  # every protocol
+        order=50,
+        backbones=PROMPTABLE_VISION,  # vision prompts: transformer image towers only
+        cfg_node="VPT",
+        cfg_defaults=dict(N_CTX_VISION=2, CTX_INIT="a photo of a", PREC="fp16", PROMPT_DEPTH_VISION=1),
+        cfg_args={"n_ctx": "N_CTX_VISION", "depth": "PROMPT_DEPTH_VISION", "templates": "CTX_INIT"},
+        model_name="prompt_learner",
+    )
 
     @classmethod
     def build_custom_clip(cls, cfg, classnames, clip_model):

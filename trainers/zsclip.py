@@ -9,12 +9,14 @@ Both register no model: the engine tolerates an empty registry in eval-only runs
 are computed once at build time. Precision follows ``TRAINER.COOP.PREC`` semantics: fp16 weights on
 GPU when PREC is fp16, fp32 on CPU.
 """
+from dataclasses import replace
+
 import torch
 
 from vlprompt.clip import IMAGENET_TEMPLATES_SELECT, ZeroShotHead, build_clip_from_cfg, get_template
 from vlprompt.clip.families import ANY_TOWERS
 from vlprompt.engine import TRAINER_REGISTRY, TrainerX
-from vlprompt.engine.methods import recipes
+from vlprompt.engine.methods import MethodCard
 from vlprompt.errors import UserRuntimeError
 
 
@@ -31,10 +33,7 @@ def _maybe_half(clip_model, cfg, device):
 class ZeroshotCLIP(TrainerX):
     """Zero-shot CLIP with the dataset's hand-crafted template (CoOp's ``CUSTOM_TEMPLATES``)."""
 
-    RECIPES = recipes("CoOp/vit_b16", xd="CoOp/vit_b16")
-    TABLE_ORDER = 10
-    BACKBONE_SUPPORT = ANY_TOWERS
-    EVAL_ONLY = True
+    CARD = MethodCard(config="CoOp/vit_b16", order=10, backbones=ANY_TOWERS, eval_only=True)
     FROZEN_IMAGE_FEATURES = True  # evaluated from the feature store (vlprompt.features)
 
     def templates(self):
@@ -76,8 +75,7 @@ class ZeroshotCLIP(TrainerX):
 class ZeroshotCLIP2(ZeroshotCLIP):
     """Prompt ensembling (CLIP's 7 selected templates + the dataset template)."""
 
-    RECIPES = recipes("CoOp/vit_b16", xd="CoOp/vit_b16")
-    TABLE_ORDER = 20
+    CARD = replace(ZeroshotCLIP.CARD, order=20)
 
     def templates(self):
         templates = list(IMAGENET_TEMPLATES_SELECT)

@@ -5,61 +5,22 @@ weights, well under a second) and reads it with :func:`vlprompt.clip.backbone.to
 ``fp16_weights_supported``, the same functions the trainers' build-time checks use. Built-in test
 backbones are built for real (they are tiny). The answers are kept in ``<cache dir>/backbones.json``
 (keyed by the open_clip and timm versions), so callers (the sweep's planning, the results record)
-import torch only for a backbone not seen before. :data:`FAMILIES` names the families the docs use.
+import torch only for a backbone not seen before. The facts planning compares a reading with (:class:`TowerInfo`,
+:data:`FAMILIES`, the support values ``ANY_TOWERS`` / ``PROMPTABLE_VISION``) live without torch in
+:mod:`vlprompt.protocol.families` and are re-exported here.
 """
 import json
 import os
 import os.path as osp
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Optional
 from vlprompt.errors import InvalidValueError
 
+from vlprompt.protocol.families import (ANY_TOWERS, FAMILIES, PROMPTABLE, PROMPTABLE_VISION, TEXT_ANY, TowerInfo,
+                                       family_of)
+
 __all__ = ["TowerInfo", "tower_info", "FAMILIES", "family_of", "TEXT_ANY", "PROMPTABLE", "ANY_TOWERS",
            "PROMPTABLE_VISION"]
-
-TEXT_ANY = ("causal", "bidirectional")
-PROMPTABLE = ("clip_vit", "timm_vit", "timm_eva")  # image towers that take vision prompts
-
-#: ``BACKBONE_SUPPORT`` values a trainer declares (read by the sweep's planning, vlprompt.sweep.backbones):
-#: every family whose towers vlprompt can build, and every family whose image tower takes vision prompts
-ANY_TOWERS = {"text": TEXT_ANY, "vision": "any"}
-PROMPTABLE_VISION = {"text": TEXT_ANY, "vision": PROMPTABLE}
-
-#: (name, text kind, vision kind, open_clip CLIP class) of the families the docs name; "*" = any
-FAMILIES = (
-    ("CLIP ViT", "causal", "clip_vit", True),
-    ("CLIP ResNet", "causal", "resnet", True),
-    ("SigLIP/SigLIP2", "bidirectional", "timm_vit", False),
-    ("EVA02/PE-Core", "causal", "timm_eva", False),
-    ("causal text + timm ViT (e.g. MobileCLIP)", "causal", "timm_vit", False),
-    ("other timm trunks", "*", "other", False),
-)
-
-
-@dataclass(frozen=True)
-class TowerInfo:
-    """What planning needs to know about a backbone's towers."""
-
-    text: str  # causal | bidirectional | unsupported:<why>
-    vision: str  # clip_vit | resnet | timm_vit | timm_eva | other:<class>
-    clip_towers: bool  # open_clip CLIP (built-in text transformer), not CustomTextCLIP
-    fp16_weights: bool  # PREC fp16 (fp16 weights) applies (vlprompt.clip.backbone.fp16_weights_supported)
-    builtin: bool = False  # a built-in test backbone (no pretrained tag needed)
-
-    @property
-    def family(self):
-        return family_of(self)
-
-
-def family_of(info):
-    """The family name of a :class:`TowerInfo` (``SigLIP/SigLIP2``, ...) or ``text X, image Y``."""
-    if info.text.startswith("unsupported:"):
-        return "unsupported text tower"
-    for name, text, vision, clip in FAMILIES:
-        vis_ok = info.vision.startswith("other:") if vision == "other" else info.vision == vision
-        if vis_ok and text in ("*", info.text) and (vision == "other" or clip == info.clip_towers):
-            return name
-    return f"text {info.text}, image {info.vision}"
 
 
 # ----------------------------------------------------------------------------------------- tower kinds

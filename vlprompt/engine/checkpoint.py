@@ -8,7 +8,8 @@ A file holds plain tensors and numbers only (``torch.load(..., weights_only=True
     epoch             epochs completed
     optimizer         the model's first optimiser (Dassl's slot), scheduler: its scheduler
     optimizers        {name: {"optimizer": ..., "scheduler": ...}} further named optimisers of this model
-    hooks             {name: state} of the engine hooks (in the first model's file)
+    hooks             {name: state} of the stateful engine hooks (in the first model's file; the
+                      engine's own services only with TEST.FINAL_MODEL best_val: the best result)
     val_result, rng_state
 
 Besides the ``model.pth.tar-<epoch>`` files that ``TRAIN.CHECKPOINT_FREQ`` and the last epoch keep,
@@ -104,8 +105,9 @@ class Checkpointer:
         if named:
             state["optimizers"] = named
         names = t.get_model_names()
-        if t._hooks and names and name == names[0]:
-            state["hooks"] = {k: h.state_dict() for k, h in t._hooks.items()}
+        hooks = _stateful_hooks(t)
+        if hooks and names and name == names[0]:
+            state["hooks"] = {k: h.state_dict() for k, h in hooks.items()}
         return state
 
     def save(self, epoch, directory, is_best=False, val_result=None, model_name=""):
@@ -189,9 +191,10 @@ class Checkpointer:
             if "hooks" in ckpt:
                 self._restore_hooks(ckpt["hooks"], path)
             rng = ckpt.get("rng_state", rng)
-        if t._hooks and not any("hooks" in c for _, c in loaded.values()):
+        required = [k for k, h in _stateful_hooks(t).items() if not h.OPTIONAL_STATE]
+        if required and not any("hooks" in c for _, c in loaded.values()):
             raise UserRuntimeError(
-                f"Cannot resume from {directory}: this method keeps state in hooks {list(t._hooks)}, but the "
+                f"Cannot resume from {directory}: this method keeps state in hooks {required}, but the "
                 "checkpoint holds none (written by another trainer or version); start a fresh run in another "
                 "output directory"
             )
@@ -233,9 +236,15 @@ class Checkpointer:
                 print(f"Loaded scheduler{'' if primary else ' ' + opt_name}")
 
     def _restore_hooks(self, states, path):
-        t = self.trainer
-        missing = [k for k in t._hooks if k not in states]
+        hooks = _stateful_hooks(self.trainer)
+        missing = [k for k, h in hooks.items() if k not in states and not h.OPTIONAL_STATE]
         if missing:
             raise UserRuntimeError(f'Cannot resume from "{path}": no state for the hooks {missing}; start a fresh run')
-        for k, h in t._hooks.items():
-            h.load_state_dict(states[k])
+        for k, h in hooks.items():
+            if k in states:
+                h.load_state_dict(states[k])
+
+
+def _stateful_hooks(trainer):
+    """``{name: hook}`` of the trainer's hooks whose state goes into checkpoints, in hook order."""
+    return {k: h for k, h in trainer._hooks.items() if h.stateful}

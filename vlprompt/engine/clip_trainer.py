@@ -4,11 +4,13 @@ A method is one file: its learnable module(s), its objective, its config node an
 
     @TRAINER_REGISTRY.register()
     class MyMethod(ClipPromptTrainer):
-        CFG_NODE = "MYMETHOD"                           # cfg.TRAINER.MYMETHOD
-        CFG_DEFAULTS = dict(N_CTX=4, PREC="fp16")      # registered as that node's defaults
-        CFG_ARGS = {"n_ctx": "N_CTX"}                   # block argument -> config key (for errors)
-        MODEL_NAME = "prompt_learner"                   # checkpoint folder
-        RECIPES = {"base2new": {"config": "vit_b16"}}   # default config per protocol
+        CARD = MethodCard(
+            config="vit_b16",                           # default config (configs/trainers/MyMethod/)
+            cfg_node="MYMETHOD",                        # cfg.TRAINER.MYMETHOD
+            cfg_defaults=dict(N_CTX=4, PREC="fp16"),    # registered as that node's defaults
+            cfg_args={"n_ctx": "N_CTX"},                # block argument -> config key (for errors)
+            model_name="prompt_learner",                # checkpoint folder
+        )
 
         @classmethod
         def build_custom_clip(cls, cfg, classnames, clip_model):
@@ -37,6 +39,7 @@ from vlprompt.clip.blocks import ArgError
 from vlprompt.config import ConfigError, add_trainer_cfg, register_cfg_extension
 from vlprompt.clip.precision import PRECISIONS
 from vlprompt.metrics import compute_accuracy
+from vlprompt.protocol.card import card_of
 from vlprompt.optim import build_lr_scheduler, build_optimizer
 from vlprompt.utils import count_num_param, load_checkpoint, load_pretrained_weights
 
@@ -49,13 +52,16 @@ __all__ = ["ClipPromptTrainer", "add_trainer_cfg"]
 class ClipPromptTrainer(TrainerX):
     """Base class of the CLIP prompt-learning trainers (see the module docstring)."""
 
-    #: name of the method's config node under ``cfg.TRAINER`` (e.g. ``"COOP"``)
+    # What a method declares is its CARD (vlprompt.protocol.card.MethodCard); the card sets these class
+    # attributes from its fields (read on instances: self.CFG_NODE, self.MODEL_NAME, ...). The values here
+    # are the defaults of a class whose card leaves a field out, or that declares no card.
+    #: name of the method's config node under ``cfg.TRAINER`` (card ``cfg_node``, e.g. ``"COOP"``)
     CFG_NODE = None
-    #: that node's keys and defaults (registered as a config extension when the class is defined)
+    #: that node's keys and defaults (card ``cfg_defaults``; registered as a config extension)
     CFG_DEFAULTS = None
-    #: building-block argument -> config key of ``CFG_NODE``, so that errors name the key
+    #: building-block argument -> config key of ``CFG_NODE`` (card ``cfg_args``), so that errors name the key
     CFG_ARGS = {}
-    #: registered model name (= checkpoint sub-folder), as in the official repositories
+    #: registered model name (= checkpoint sub-folder), as in the official repositories (card ``model_name``)
     MODEL_NAME = "prompt_learner"
     #: add training accuracy to the per-iteration log (CoOp does; CoCoOp/MaPLe log only the loss)
     LOG_ACC = False
@@ -109,16 +115,22 @@ class ClipPromptTrainer(TrainerX):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        if cls.__dict__.get("CFG_DEFAULTS"):
-            node, defaults = cls.CFG_NODE, dict(cls.CFG_DEFAULTS)
-            if not node:
-                raise TypeError(f"{cls.__name__} sets CFG_DEFAULTS but no CFG_NODE")
+        # the config node a class's card (or loose CFG_DEFAULTS) brings becomes a config extension; a
+        # subclass that declares none inherits its parent's node, registered already
+        if "CARD" not in cls.__dict__ and "CFG_DEFAULTS" not in cls.__dict__:
+            return
+        card = card_of(cls)
+        if not card.cfg_defaults:
+            return
+        node, defaults = card.cfg_node, dict(card.cfg_defaults)
+        if not node:
+            raise TypeError(f"{cls.__name__} sets cfg_defaults but no cfg_node")
 
-            def extend(cfg, node=node, defaults=defaults):
-                add_trainer_cfg(cfg, node, defaults)
+        def extend(cfg, node=node, defaults=defaults):
+            add_trainer_cfg(cfg, node, defaults)
 
-            extend.__name__ = f"extend_cfg_{node.lower()}"
-            register_cfg_extension(extend)
+        extend.__name__ = f"extend_cfg_{node.lower()}"
+        register_cfg_extension(extend)
 
     @property
     def method_cfg(self):

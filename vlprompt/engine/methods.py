@@ -1,30 +1,29 @@
-"""The method table: what every registered trainer declares about itself, in one place.
+"""The method table: what every registered trainer declares about itself, read through one function.
 
-A trainer declares, as class attributes (read here, never copied into other lists):
+A trainer declares one :class:`~vlprompt.protocol.card.MethodCard` as ``CARD`` at its registration point
+(docs/EXTENDING.md): its default config and per-protocol recipes, table order, backbone support, config
+node / defaults / argument map, model name, eval-only, LR unit. :func:`method_card` (a registered name or
+a class) is how every consumer reads it: the sweep (:func:`vlprompt.sweep.protocols.registry_specs`), the
+result tables (:mod:`vlprompt.results.methods`), the benchmarks and the contract tests (through
+:func:`method_cards`); the config extension (``ClipPromptTrainer.__init_subclass__``) reads the same card
+with :func:`vlprompt.protocol.card.card_of`. The card type is torch-free (``vlprompt.protocol.card``), so
+the sweep's cached table reads back without torch.
 
-* ``RECIPES``: the default config per protocol, e.g.
-  ``{"base2new": {"config": "vit_b16_ctxv1", "per_dataset": {"imagenet": "vit_b16_ep50_ctxv1"}}}``.
-  ``config`` names a yaml under ``configs/trainers/<CONFIG_FOLDER>/`` (or ``OTHER/NAME`` for another
-  trainer's folder); ``per_dataset`` and ``per_shots`` override it for one dataset or shot count
-  (``per_dataset`` wins). A protocol that is absent is not run for that method.
-* ``EVAL_ONLY``: nothing to train (zero-shot methods); every run of a sweep is ``--eval-only``.
-* ``TABLE_ORDER``: position in result tables (smaller first; ties by name).
-* ``CONFIG_FOLDER``: folder under ``configs/trainers/`` (default: the trainer's name).
-
-The sweep, the result tables, the benchmarks and the contract tests take their lists from
-:func:`method_specs`. ``vlprompt`` never imports ``trainers/`` statically; :func:`load_plugins` imports
-the repository-root ``trainers`` and ``datasets`` packages at run time (what ``train.py`` does), so that
-they register.
+``vlprompt`` never imports ``trainers/`` statically; :func:`load_plugins` imports the repository-root
+``trainers`` and ``datasets`` packages at run time (what ``train.py`` does), so that they register.
 """
 import importlib
 import os.path as osp
 import sys
-from dataclasses import dataclass, field
-from typing import Dict
+
+from vlprompt.protocol.card import MethodCard, card_of
+from vlprompt.protocol.families import ANY_TOWERS, PROMPTABLE_VISION
+from vlprompt.protocol.protocols import PROTOCOL_REGISTRY
 
 from .build import TRAINER_REGISTRY
 
-__all__ = ["MethodSpec", "method_specs", "method_spec", "method_order", "load_plugins", "repo_root"]
+__all__ = ["MethodCard", "method_card", "method_cards", "method_order", "load_plugins", "repo_root", "ANY_TOWERS",
+           "PROMPTABLE_VISION", "MethodSpec", "method_spec", "method_specs"]
 
 
 def repo_root():
@@ -41,60 +40,42 @@ def load_plugins(packages=("trainers", "datasets")):
         importlib.import_module(pkg)
 
 
-@dataclass(frozen=True)
-class MethodSpec:
-    """What one registered trainer declares (see the module docstring)."""
-
-    name: str
-    recipes: Dict[str, dict] = field(default_factory=dict)
-    eval_only: bool = False
-    order: int = 1000
-    config_folder: str = ""
-    model_name: str = ""
-    cfg_node: str = ""
-
-    @property
-    def protocols(self):
-        return tuple(self.recipes)
+def method_card(trainer):
+    """The card of a registered trainer (a name, e.g. ``"CoOp"``, or a trainer class), every field filled
+    (:func:`vlprompt.protocol.card.card_of`). ``KeyError`` naming the registered trainers for an unknown
+    name. A name is looked up in ``TRAINER_REGISTRY``, so a trainer registered at run time (a composed
+    ``Host+Plugin`` one included) has its card here as soon as it is registered."""
+    if isinstance(trainer, type):
+        return card_of(trainer)
+    return card_of(TRAINER_REGISTRY.get(trainer), trainer)
 
 
-def _spec(name, cls):
-    return MethodSpec(
-        name=name,
-        recipes={k: dict(v) for k, v in (getattr(cls, "RECIPES", None) or {}).items()},
-        eval_only=bool(getattr(cls, "EVAL_ONLY", False)),
-        order=int(getattr(cls, "TABLE_ORDER", 1000)),
-        config_folder=getattr(cls, "CONFIG_FOLDER", None) or name,
-        model_name=getattr(cls, "MODEL_NAME", "") or "",
-        cfg_node=getattr(cls, "CFG_NODE", "") or "",
-    )
+def method_cards(with_recipes_only=True):
+    """The cards of the registered trainers, in table order (call :func:`load_plugins` first).
 
-
-def method_specs(with_recipes_only=True):
-    """Specs of the registered trainers, in table order (call :func:`load_plugins` first).
-
-    With ``with_recipes_only`` (default) only trainers that declare ``RECIPES`` are listed: the
-    methods a sweep can run (test-only trainers registered by the test suite without recipes are
-    left out).
-    """
-    specs = [_spec(n, TRAINER_REGISTRY.get(n)) for n in TRAINER_REGISTRY.registered_names()]
+    With ``with_recipes_only`` (default) only trainers that run some registered protocol are listed: the
+    methods a sweep can run (test-only trainers registered by the test suite without a card are left
+    out)."""
+    cards = [method_card(n) for n in TRAINER_REGISTRY.registered_names()]
     if with_recipes_only:
-        specs = [s for s in specs if s.recipes]
-    return sorted(specs, key=lambda s: (s.order, s.name))
-
-
-def method_spec(name):
-    """The spec of one registered trainer (``KeyError`` naming the registered ones otherwise)."""
-    return _spec(name, TRAINER_REGISTRY.get(name))
+        cards = [c for c in cards if c.all_recipes(PROTOCOL_REGISTRY)]
+    return sorted(cards, key=lambda c: (c.order, c.name))
 
 
 def method_order():
     """Trainer names in table order (those with recipes)."""
-    return [s.name for s in method_specs()]
+    return [c.name for c in method_cards()]
+
+
+# the names before cards (a spec was the read-only view a card now is)
+MethodSpec = MethodCard
+method_spec = method_card
+method_specs = method_cards
 
 
 def recipes(base2new=None, xd=None, few_shot=None, cross_dataset=None, domain_generalization=None, **per):
-    """A ``RECIPES`` dict in one line: ``xd`` is the config of both cross-dataset and domain
+    """A loose ``RECIPES`` dict (for a trainer written without a card; a card names its ``config`` and only
+    the protocols that differ) in one line: ``xd`` is the config of both cross-dataset and domain
     generalisation (their ImageNet training run is shared), ``few_shot`` defaults to ``base2new``.
 
     A value is a config name or a full recipe dict (``{"config": ..., "per_dataset": ..., "per_shots": ...}``).

@@ -8,16 +8,19 @@ only its idea:
 * **named optimisers**: ``register_model(name, model, optim, sched)`` (Dassl) registers the model's
   first optimiser; ``register_optimizer(name, optim, sched, model=...)`` adds more (APLe's text and
   vision prompts); all are checkpointed and resumed under their names (:mod:`.checkpoint`);
-* **LR stepping**: every scheduler steps once at the end of each epoch (Dassl's per-epoch trajectory).
-  A ported Dassl trainer that still calls ``update_lr()`` itself at the last batch is not stepped twice;
-* **hooks with state** (:mod:`.hooks`) for epoch-level tricks (prompt aggregation, EMA);
-* checkpoints (also a per-epoch ``model-last.pth.tar`` resume point), precision scaler, logging of
-  every named loss term, ``results.json`` (:mod:`.results_record`).
+* **one loop** (:meth:`TrainerBase.train` / :meth:`TrainerBase.run_epoch`) that knows neither data nor
+  optimisers: each epoch iterates the trainer's batch source (:mod:`.batch_sources`: the labelled loader,
+  labelled + unlabelled pairs, an iteration budget, stored feature views) and calls ``forward_backward``;
+* **services as hooks** (:mod:`.hooks`), one ordered list with state: resume, LR stepping (per epoch, Dassl's
+  trajectory, or per iteration; a ported Dassl trainer that still calls ``update_lr()`` itself at the
+  last batch is not stepped twice), the methods' own hooks (prompt aggregation, EMA), evaluation
+  (best-val, the final test), checkpoints (numbered, best-val, the per-epoch ``model-last.pth.tar``
+  resume point), the timer and tensorboard;
+* precision scaler, logging of every named loss term, ``results.json`` (:mod:`.results_record`).
 
 Differences from Dassl are listed in docs/ENGINE.md.
 """
 import datetime
-import inspect
 import os
 import os.path as osp
 import sys
@@ -33,7 +36,9 @@ from vlprompt.data import DataManager
 from vlprompt.evaluation import build_evaluator
 from vlprompt.utils import AverageMeter, MetricMeter, mkdir_if_missing, write_json
 
+from .batch_sources import LoaderSource, PairedSource, wants_epoch
 from .checkpoint import Checkpointer
+from .hooks import engine_hooks
 from .results_record import RESULTS_FILE, RESULTS_SCHEMA, build_results_record
 from .rng import get_rng_state, set_rng_state  # noqa: F401  (re-exported for ported code)
 
@@ -99,12 +104,20 @@ class TrainerBase:
         self._optimizers[name] = (optim, sched, model, primary)
 
     def register_hook(self, name, hook):
-        """Register an engine hook (:class:`vlprompt.engine.hooks.HookBase`) under ``name``."""
+        """Register an engine hook (:class:`vlprompt.engine.hooks.HookBase`) under ``name``; hooks run in
+        the order of their ``PRIORITY`` (ties: registration order)."""
         if name in self._hooks:
             raise KeyError(f"A hook named {name!r} is already registered")
         hook.trainer = self
         self._hooks[name] = hook
+        order = sorted(enumerate(self._hooks.items()), key=lambda ih: (ih[1][1].PRIORITY, ih[0]))
+        self._hooks = OrderedDict(item for _, item in order)
         return hook
+
+    def register_engine_hooks(self):
+        """Register the engine's services (:func:`vlprompt.engine.hooks.engine_hooks`) as hooks."""
+        for name, hook in engine_hooks(self.LR_SCHEDULE_UNIT):
+            self.register_hook(name, hook)
 
     def _call_hooks(self, event):
         for hook in self._hooks.values():
@@ -277,7 +290,8 @@ class TrainerBase:
     # ---- the loop ------------------------------------------------------------------------------
 
     def train(self, start_epoch, max_epoch):
-        """Generic training loop (hooks around Dassl's before/after methods)."""
+        """The engine's one training loop: hooks (:mod:`.hooks`) around Dassl's before/after methods and
+        :meth:`run_epoch` over the trainer's :meth:`batch_source`."""
         self.start_epoch = start_epoch
         self.max_epoch = max_epoch
         self.before_train()
@@ -286,12 +300,33 @@ class TrainerBase:
             self.before_epoch()
             self._call_hooks("before_epoch")
             self.run_epoch()
-            if self.LR_SCHEDULE_UNIT == "epoch" and getattr(self, "_lr_stepped_epoch", None) != self.epoch:
-                self.update_lr()
             self._call_hooks("after_epoch")
             self.after_epoch()
         self._call_hooks("after_train")
         self.after_train()
+
+    def run_epoch(self):
+        """One epoch: every item of :meth:`batch_source` goes through ``forward_backward``, with the
+        per-iteration hooks and the Dassl log line."""
+        self.set_model_mode("train")
+        losses, batch_time, data_time = MetricMeter(), AverageMeter(), AverageMeter()
+        source = self.batch_source()
+        self.num_batches = len(source)
+        end = time.time()
+        for self.batch_idx, args in enumerate(source):
+            data_time.update(time.time() - end)
+            self._call_hooks("before_iter")
+            loss_summary = self.forward_backward(*args)
+            batch_time.update(time.time() - end)
+            losses.update(loss_summary)
+            self._log_iteration(losses, batch_time, data_time)
+            self._call_hooks("after_iter")
+            end = time.time()
+
+    def batch_source(self):
+        """This epoch's batch source (:mod:`.batch_sources`): a sized iterable of ``forward_backward``
+        argument tuples."""
+        raise NotImplementedError
 
     def before_train(self):
         pass
@@ -305,8 +340,8 @@ class TrainerBase:
     def after_epoch(self):
         pass
 
-    def run_epoch(self):
-        raise NotImplementedError
+    def _log_iteration(self, losses, batch_time, data_time):
+        pass
 
     def test(self):
         raise NotImplementedError
@@ -373,6 +408,7 @@ class SimpleTrainer(TrainerBase):
         self.run_info = {}
         self._time_created = time.time()
         self.build_data_loader()
+        self.register_engine_hooks()
         self.build_model()
         if dist_info()[1] > 1:
             from .distributed import sync_learnable_parameters
@@ -380,7 +416,7 @@ class SimpleTrainer(TrainerBase):
             n = sync_learnable_parameters([self._models[k] for k in self._models])
             print(f"Distributed: world size {dist_info()[1]}, {n:,} learnable parameters synchronised")
         self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname)
-        self.best_result = -np.inf
+        self.best_result = -np.inf  # kept up to date by the evaluation hook (best-val)
 
     def check_cfg(self, cfg):
         """Hook to check cfg before it is stored (receives cfg; ``self.cfg`` does not exist yet)."""
@@ -404,61 +440,10 @@ class SimpleTrainer(TrainerBase):
     def train(self):
         super().train(self.start_epoch, self.max_epoch)
 
-    def before_train(self):
-        directory = self.cfg.OUTPUT_DIR
-        if self.cfg.RESUME:
-            directory = self.cfg.RESUME
-        if self.cfg.TRAIN.OVERWRITE and not self.cfg.RESUME:
-            removed = self.checkpointer.clear(directory) if self.is_main_process else []
-            print(f"TRAIN.OVERWRITE True: training from scratch; removed {len(removed)} checkpoint file(s) of the "
-                  f"previous run in {directory}")
-            self.start_epoch = 0
-        else:
-            self.start_epoch = self.resume_model_if_exist(directory)
-        writer_dir = osp.join(self.output_dir, "tensorboard")
-        mkdir_if_missing(writer_dir)
-        self.init_writer(writer_dir)
-        self.time_start = time.time()
-
     def before_epoch(self):
         sampler = getattr(self.train_loader_x, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(self.epoch)
-
-    def after_train(self):
-        print("Finish training")
-        do_test = not self.cfg.TEST.NO_TEST
-        if do_test:
-            if self.cfg.TEST.FINAL_MODEL == "best_val":
-                print("Deploy the model with the best val performance")
-                self.load_model(self.output_dir)
-            else:
-                print("Deploy the last-epoch model")
-            self.test()
-        elapsed = round(time.time() - self.time_start)
-        elapsed = str(datetime.timedelta(seconds=elapsed))
-        print(f"Elapsed: {elapsed}")
-        self.close_writer()
-
-    def after_epoch(self):
-        last_epoch = (self.epoch + 1) == self.max_epoch
-        do_test = not self.cfg.TEST.NO_TEST
-        meet_checkpoint_freq = (
-            (self.epoch + 1) % self.cfg.TRAIN.CHECKPOINT_FREQ == 0 if self.cfg.TRAIN.CHECKPOINT_FREQ > 0 else False
-        )
-        if do_test and self.cfg.TEST.FINAL_MODEL == "best_val":
-            curr_result = self.test(split="val")
-            is_best = curr_result > self.best_result
-            if is_best:
-                self.best_result = curr_result
-                self.save_model(self.epoch, self.output_dir, val_result=curr_result, model_name="model-best.pth.tar")
-        if meet_checkpoint_freq or last_epoch:
-            self.save_model(self.epoch, self.output_dir)
-            if self.is_main_process:  # the numbered file is newer than the per-epoch resume point
-                self.checkpointer.remove_last(self.output_dir)
-        elif self.is_main_process:
-            # the per-epoch resume point (one file per model, replaced every epoch)
-            self.checkpointer.save_last(self.epoch, self.output_dir)
 
     @torch.no_grad()
     def test(self, split=None):
@@ -550,37 +535,10 @@ class SimpleTrainer(TrainerBase):
 class TrainerX(SimpleTrainer):
     """A trainer that uses only labelled data (every CoOp-family method)."""
 
-    def _forward_backward_wants_epoch(self):
-        try:
-            params = list(inspect.signature(self.forward_backward).parameters.values())
-        except (TypeError, ValueError):
-            return False
-        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        return len(positional) >= 2 and positional[1].default is inspect.Parameter.empty
-
-    def run_epoch(self):
-        self.set_model_mode("train")
-        losses = MetricMeter()
-        batch_time = AverageMeter()
-        data_time = AverageMeter()
-        self.num_batches = len(self.train_loader_x)
-        # Optional extension: trainers whose forward_backward takes (batch, epoch) (the public APLe
-        # file does) get the epoch as well.
-        with_epoch = self._forward_backward_wants_epoch()
-        end = time.time()
-        for self.batch_idx, batch in enumerate(self.train_loader_x):
-            data_time.update(time.time() - end)
-            if with_epoch:
-                loss_summary = self.forward_backward(batch, self.epoch)
-            else:
-                loss_summary = self.forward_backward(batch)
-            batch_time.update(time.time() - end)
-            losses.update(loss_summary)
-
-            self._log_iteration(losses, batch_time, data_time)
-            if self.LR_SCHEDULE_UNIT == "iteration":
-                self.update_lr()
-            end = time.time()
+    def batch_source(self):
+        """The labelled loader; trainers whose ``forward_backward`` takes ``(batch, epoch)`` (the public
+        APLe file does) also get the epoch."""
+        return LoaderSource(self.train_loader_x, self.epoch if wants_epoch(self.forward_backward) else None)
 
     def parse_batch_train(self, batch):
         input = batch["img"].to(self.device)
@@ -598,46 +556,12 @@ class TrainerXU(SimpleTrainer):
     Dassl trainers run.
     """
 
-    def run_epoch(self):
-        self.set_model_mode("train")
-        losses = MetricMeter()
-        batch_time = AverageMeter()
-        data_time = AverageMeter()
+    def batch_source(self):
         if self.train_loader_u is None:
             raise ValueError(
                 f"{type(self).__name__} needs unlabelled data, but dataset {self.cfg.DATASET.NAME} has no train_u"
             )
-        len_x, len_u = len(self.train_loader_x), len(self.train_loader_u)
-        count_iter = self.cfg.TRAIN.COUNT_ITER
-        if count_iter == "train_x":
-            self.num_batches = len_x
-        elif count_iter == "train_u":
-            self.num_batches = len_u
-        elif count_iter == "smaller_one":
-            self.num_batches = min(len_x, len_u)
-        else:
-            raise ValueError(f'TRAIN.COUNT_ITER must be "train_x", "train_u" or "smaller_one", got {count_iter!r}')
-        iter_x, iter_u = iter(self.train_loader_x), iter(self.train_loader_u)
-        end = time.time()
-        for self.batch_idx in range(self.num_batches):
-            try:
-                batch_x = next(iter_x)
-            except StopIteration:
-                iter_x = iter(self.train_loader_x)
-                batch_x = next(iter_x)
-            try:
-                batch_u = next(iter_u)
-            except StopIteration:
-                iter_u = iter(self.train_loader_u)
-                batch_u = next(iter_u)
-            data_time.update(time.time() - end)
-            loss_summary = self.forward_backward(batch_x, batch_u)
-            batch_time.update(time.time() - end)
-            losses.update(loss_summary)
-            self._log_iteration(losses, batch_time, data_time)
-            if self.LR_SCHEDULE_UNIT == "iteration":
-                self.update_lr()
-            end = time.time()
+        return PairedSource(self.train_loader_x, self.train_loader_u, self.cfg.TRAIN.COUNT_ITER)
 
     def parse_batch_train(self, batch_x, batch_u):
         input_x = batch_x["img"].to(self.device)

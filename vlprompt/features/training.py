@@ -1,8 +1,9 @@
 """Training from stored features, for feature-based methods (CLIP-Adapter, Tip-Adapter-F).
 
 :class:`FeatureEpochs` is a mixin for a :class:`vlprompt.engine.clip_trainer.ClipPromptTrainer` whose
-learnable part sits after the frozen, unprompted image tower. Its ``run_epoch`` replaces the image
-loader by the stored features of one augmented view of the training images per epoch:
+learnable part sits after the frozen, unprompted image tower. Its batch source
+(:class:`FeatureViewSource`, read by the engine's one loop) replaces the image loader by the stored
+features of one augmented view of the training images per epoch:
 
 * epoch ``e`` uses view ``e % V`` (``V`` = ``FEATURES.TRAIN_VIEWS``; 0 = one view per epoch, i.e. a
   fresh augmentation every epoch as with the image loader); view ``v`` of image ``i`` is drawn with the
@@ -12,20 +13,18 @@ loader by the stored features of one augmented view of the training images per e
   epoch (checkpointed and resumed by the engine), ``DATALOADER.TRAIN_X.BATCH_SIZE``, ``drop_last``
   when there is at least one full batch (a method may keep the last partial batch: ``drop_last()``);
 * every batch goes through the trainer's ``forward_backward({"feat": F, "label": y})`` and the engine
-  step, with the usual log line.
+  step, with the usual log line and hooks (LR stepping per iteration or epoch, checkpoints).
 
 ``FEATURES.TRAIN_CACHE False`` trains from images through the engine's own loop instead (the
 trainer's ``forward_backward`` then receives image batches and encodes them with the frozen tower).
 """
-import time
-
 import torch
 
-from vlprompt.utils import AverageMeter, MetricMeter
+from vlprompt.engine.batch_sources import BatchSource
 
 from .extract import frozen_tower, view_features
 
-__all__ = ["FeatureEpochs", "run_seed"]
+__all__ = ["FeatureEpochs", "FeatureViewSource", "run_seed"]
 
 
 def run_seed(cfg):
@@ -33,8 +32,30 @@ def run_seed(cfg):
     return int(cfg.SEED) if int(cfg.SEED) >= 0 else 0
 
 
+class FeatureViewSource(BatchSource):
+    """Batches ``({"feat": F, "label": y},)`` of stored features ``feats`` (N, d) with ``labels`` (N,):
+    a random permutation drawn from the global torch RNG when the source is made (one per epoch),
+    ``batch_size`` rows a batch; the last partial batch is dropped when ``drop_last`` and there is at
+    least one full batch (the image loader's rule)."""
+
+    def __init__(self, feats, labels, batch_size, drop_last, device):
+        self.feats, self.labels, self.bs, self.device = feats, labels, int(batch_size), device
+        n = feats.shape[0]
+        self.order = torch.randperm(n)
+        full = n // self.bs
+        self.n = full if (full >= 1 and drop_last) else -(-n // self.bs)
+
+    def __len__(self):
+        return self.n
+
+    def __iter__(self):
+        for b in range(self.n):
+            idx = self.order[b * self.bs:(b + 1) * self.bs]
+            yield ({"feat": self.feats[idx].to(self.device), "label": self.labels[idx].to(self.device)},)
+
+
 class FeatureEpochs:
-    """Mixin: ``run_epoch`` over stored features of augmented training views (module docstring)."""
+    """Mixin: a batch source of stored features of augmented training views (module docstring)."""
 
     def train_from_store(self):
         return bool(self.cfg.FEATURES.TRAIN_CACHE) if "FEATURES" in self.cfg else True
@@ -69,23 +90,9 @@ class FeatureEpochs:
         with torch.no_grad(), self.precision.autocast():
             return tower(batch["img"].to(self.device))
 
-    def run_epoch(self):
+    def batch_source(self):
         if not self.train_from_store():
-            return super().run_epoch()
-        self.set_model_mode("train")
-        losses, batch_time, data_time = MetricMeter(), AverageMeter(), AverageMeter()
-        end = time.time()
+            return super().batch_source()
         feats = self.train_view_features(self.train_view_offset() + self.epoch % self.n_train_views())
         labels = torch.tensor([int(it.label) for it in self.dm.dataset.train_x], dtype=torch.long)
-        n, bs = feats.shape[0], int(self.cfg.DATALOADER.TRAIN_X.BATCH_SIZE)
-        order = torch.randperm(n)
-        full = n // bs
-        self.num_batches = full if (full >= 1 and self.drop_last()) else -(-n // bs)
-        for self.batch_idx in range(self.num_batches):
-            idx = order[self.batch_idx * bs:(self.batch_idx + 1) * bs]
-            batch = {"feat": feats[idx].to(self.device), "label": labels[idx].to(self.device)}
-            data_time.update(time.time() - end)
-            losses.update(self.forward_backward(batch))
-            batch_time.update(time.time() - end)
-            self._log_iteration(losses, batch_time, data_time)
-            end = time.time()
+        return FeatureViewSource(feats, labels, self.cfg.DATALOADER.TRAIN_X.BATCH_SIZE, self.drop_last(), self.device)

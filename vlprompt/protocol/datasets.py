@@ -3,7 +3,9 @@
 Dataset names are the yaml base names of ``configs/datasets/``. The lists follow the papers' tables
 (CoOp, CoCoOp, MaPLe): 11 datasets for base-to-novel and few-shot, ImageNet as the source of
 cross-dataset transfer and domain generalisation, the 10 other datasets as cross-dataset targets and
-the four ImageNet variants as domain-generalisation targets.
+the four ImageNet variants as domain-generalisation targets. The protocols themselves (which of these
+lists each uses, its steps and folders) are the registered objects of :mod:`vlprompt.protocol.protocols`;
+:data:`PROTOCOLS` names the four shipped ones (``protocol_names()`` gives every registered one).
 """
 import os.path as osp
 

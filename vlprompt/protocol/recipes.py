@@ -1,4 +1,4 @@
-"""Reading a method's recipe (plain data declared by the trainer as ``RECIPES``; see
+"""Reading a method's recipe (plain data of the method card, ``MethodCard.recipe(protocol)``; see
 ``vlprompt.engine.methods``): which config a protocol uses for one dataset and shot count.
 
 A recipe for one protocol is ``{"config": NAME, "per_dataset": {d: NAME}, "per_shots": {"K": NAME}}``;

@@ -34,14 +34,16 @@ import json
 import os
 import os.path as osp
 import re
-from dataclasses import dataclass
-from typing import Optional, Tuple
 
-from .backbones import BACKBONE_LEVEL, BackboneError, backbone_folder, backbone_from_folder
-from .datasets import KNOWN_DATASETS, PROTOCOLS, XD_SOURCE, target_protocol
+from .backbones import BackboneError, backbone_folder
+from .datasets import XD_SOURCE, target_protocol
+from .layout import Layout, TreeError
+from .protocols import PROTOCOL_REGISTRY, all_roles, protocol_names, tree_protocols
 
 __all__ = [
     "ROLES",
+    "roles",
+    "layouts",
     "Layout",
     "LAYOUTS",
     "TreeError",
@@ -51,135 +53,76 @@ __all__ = [
     "describe_run_dir",
     "option_slug",
     "config_folder",
+    "RUN_NOTE",
+    "RUN_FIELDS",
+    "write_run_note",
+    "read_run_note",
 ]
 
-# role -> what the run is: base (training run of base2new, tested on the base classes), novel (its
-# eval-only test on the new classes), source (the ImageNet training run of the transfer protocols),
-# target (an eval-only test of that model on another dataset), test (a few-shot run)
+# role -> what the run is, for the standard protocols: base (training run of base2new, tested on the base
+# classes), novel (its eval-only test on the new classes), source (the ImageNet training run of the transfer
+# protocols), target (an eval-only test of that model on another dataset), test (a few-shot run). A
+# registered protocol may add roles of its own (:func:`roles`).
 ROLES = ("base", "novel", "source", "target", "test")
 
-_FIELD = {
-    "dataset": r"[^/]+",
-    "trainer": r"[^/]+",
-    "config": r".+",
-    "shots": r"\d+",
-    "seed": r"\d+",
-    "variant": r"nctx\d+_csc\w+_ctp\w+",
-    "backbone": re.escape(BACKBONE_LEVEL) + r"[A-Za-z0-9%._+-]+(?:@[A-Za-z0-9%._+-]+)?",
-}
-_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+def roles():
+    """Every role of the registered protocols."""
+    return all_roles()
 
 
-class TreeError(ValueError):
-    """A run that has no place in the output tree (unknown protocol/role, a field with a '/')."""
+def layouts():
+    """Every layout of the registered protocols, in the order paths are matched: the writable ones, then
+    their ``bb-`` variants, then the read-only ones (other codebases' trees)."""
+    seen, writable, readonly = set(), [], []
+    for p in PROTOCOL_REGISTRY.values():
+        for lay in p.layouts:
+            if lay.name in seen:
+                continue
+            seen.add(lay.name)
+            (readonly if lay.readonly else writable).append(lay)
+    return tuple(writable + [lay.with_backbone() for lay in writable] + readonly)
 
 
-@dataclass(frozen=True)
-class Layout:
-    """One kind of run folder.
+class _Layouts:
+    """``LAYOUTS``: the current :func:`layouts` (a protocol registered later is included)."""
 
-    ``protocol`` None: the protocol follows the dataset (:func:`target_protocol`). ``dataset_rule``:
-    ``"source"`` (the dataset must be the transfer source), ``"not_source"`` (a known dataset other
-    than the source; CoOp's own few-shot tree) or None. ``readonly`` layouts are only parsed.
-    """
+    def __iter__(self):
+        return iter(layouts())
 
-    name: str
-    protocol: Optional[str]
-    role: str
-    segments: Tuple[str, ...]
-    dataset_rule: Optional[str] = None
-    readonly: bool = False
+    def __len__(self):
+        return len(layouts())
 
-    @property
-    def fields(self):
-        return [f for s in self.segments for f in _PLACEHOLDER.findall(s)]
-
-    def _regexes(self):
-        out = []
-        for s in self.segments:
-            pos, rx = 0, ""
-            for m in _PLACEHOLDER.finditer(s):
-                rx += re.escape(s[pos:m.start()]) + f"(?P<{m.group(1)}>{_FIELD[m.group(1)]})"
-                pos = m.end()
-            out.append(re.compile(rx + re.escape(s[pos:]) + r"\Z"))
-        return out
-
-    def match(self, parts, source=XD_SOURCE):
-        """The run description if the last path segments ``parts`` fit this layout, else None."""
-        n = len(self.segments)
-        if len(parts) < n:
-            return None
-        got = {}
-        for rx, part in zip(self._regexes(), parts[-n:]):
-            m = rx.match(part)
-            if m is None:
-                return None
-            got.update(m.groupdict())
-        d = got["dataset"] if "dataset" in got else source
-        if self.dataset_rule == "source" and d != source:
-            return None
-        if self.dataset_rule == "not_source" and (d == source or d not in KNOWN_DATASETS):
-            return None
-        config = got["config"] + (f"/{got['variant']}" if got.get("variant") else "")
-        backbone = backbone_from_folder(got["backbone"]) if got.get("backbone") else None
-        return dict(protocol=self.protocol or target_protocol(d), role=self.role, dataset=d,
-                    trainer=got["trainer"], config=config, shots=int(got["shots"]), seed=int(got["seed"]),
-                    backbone=backbone)
-
-    def build(self, **fields):
-        if "{backbone}" in self.segments:
-            fields = dict(fields, backbone=backbone_folder(fields["backbone"]))
-        return osp.join(*(s.format(**fields) for s in self.segments))
+    def __getitem__(self, i):
+        return layouts()[i]
 
 
-_B2N_TAIL = ("{dataset}", "shots_{shots}", "{trainer}", "{config}", "seed{seed}")
-_B2N_TAIL_BB = ("{dataset}", "shots_{shots}", "{trainer}", "{config}", "{backbone}", "seed{seed}")
-LAYOUTS = (
-    Layout("base2new_base", "base2new", "base", ("base2new", "train_base") + _B2N_TAIL),
-    Layout("base2new_novel", "base2new", "novel", ("base2new", "test_new") + _B2N_TAIL),
-    Layout("few_shot", "few_shot", "test", ("few_shot", "{dataset}", "{trainer}", "{config}", "shots_{shots}",
-                                            "seed{seed}")),
-    Layout("target", None, "target", ("evaluation", "{trainer}", "{config}_{shots}shots", "{dataset}", "seed{seed}")),
-    # the same runs on a backbone that the command line sets (one more level after <cfg>)
-    Layout("base2new_base_bb", "base2new", "base", ("base2new", "train_base") + _B2N_TAIL_BB),
-    Layout("base2new_novel_bb", "base2new", "novel", ("base2new", "test_new") + _B2N_TAIL_BB),
-    Layout("few_shot_bb", "few_shot", "test", ("few_shot", "{dataset}", "{trainer}", "{config}", "{backbone}",
-                                               "shots_{shots}", "seed{seed}")),
-    Layout("target_bb", None, "target", ("evaluation", "{trainer}", "{config}_{shots}shots", "{backbone}", "{dataset}",
-                                         "seed{seed}")),
-    Layout("source_bb", "transfer", "source", ("{dataset}", "{trainer}", "{config}_{shots}shots", "{backbone}",
-                                               "seed{seed}"), dataset_rule="source"),
-    Layout("coop_target", None, "target",
-           ("evaluation", "{trainer}", "{config}_{shots}shots", "{variant}", "{dataset}", "seed{seed}"), readonly=True),
-    Layout("source", "transfer", "source", ("{dataset}", "{trainer}", "{config}_{shots}shots", "seed{seed}"),
-           dataset_rule="source"),
-    Layout("coop_source", "transfer", "source",
-           ("{dataset}", "{trainer}", "{config}_{shots}shots", "{variant}", "seed{seed}"),
-           dataset_rule="source", readonly=True),
-    Layout("coop_few_shot", "few_shot", "test", ("{dataset}", "{trainer}", "{config}_{shots}shots", "seed{seed}"),
-           dataset_rule="not_source", readonly=True),
-    Layout("coop_few_shot_variant", "few_shot", "test",
-           ("{dataset}", "{trainer}", "{config}_{shots}shots", "{variant}", "seed{seed}"),
-           dataset_rule="not_source", readonly=True),
-)
+LAYOUTS = _Layouts()
 
 
 def layout_for(protocol, role, dataset=None, backbone=False):
     """The writable layout of a run (``protocol`` may be ``transfer`` or either transfer protocol for the
     source run); ``backbone``: the layout with the ``bb-<NAME>[@<TAG>]`` level."""
-    if protocol not in PROTOCOLS + ("transfer",):
-        raise TreeError(f"Unknown protocol '{protocol}'. Valid protocols: {', '.join(PROTOCOLS)}")
-    if role == "source" and protocol in ("cross_dataset", "domain_generalization"):
-        protocol = "transfer"
-    for lay in LAYOUTS:
+    if protocol not in tree_protocols():
+        raise TreeError(f"Unknown protocol '{protocol}'. Valid protocols: {', '.join(protocol_names())}")
+    own = PROTOCOL_REGISTRY.get(protocol)
+    if own is not None:
+        step = next((s for s in own.steps if s.role == role), None)
+        if step is not None and step.tree:
+            protocol, own = step.tree, None
+    if own is not None:
+        candidates, owners = list(own.layouts), [own]
+    else:  # a shared step's folders (``transfer``): the layouts that carry that name
+        candidates = [lay for p in PROTOCOL_REGISTRY.values() for lay in p.layouts if lay.protocol == protocol]
+        owners = [p for p in PROTOCOL_REGISTRY.values() if protocol in {s.tree for s in p.steps}]
+    for lay in candidates + [c.with_backbone() for c in candidates if not c.readonly]:
         if lay.readonly or lay.role != role or ("backbone" in lay.fields) != bool(backbone):
             continue
-        if lay.protocol == protocol or (lay.protocol is None and protocol in ("cross_dataset", "domain_generalization")):
-            if lay.protocol is None and dataset is not None and target_protocol(dataset) != protocol:
-                raise TreeError(f"{dataset} is a {target_protocol(dataset)} target, not a {protocol} target")
-            return lay
-    roles = {"base2new": "base, novel", "few_shot": "test", "transfer": "source"}.get(protocol, "source, target")
-    raise TreeError(f"Protocol {protocol} has no role '{role}' (roles: {roles})")
+        if lay.protocol is None and dataset is not None and target_protocol(dataset) != protocol:
+            raise TreeError(f"{dataset} is a {target_protocol(dataset)} target, not a {protocol} target")
+        return lay
+    roles_of = sorted({s.role for p in owners for s in p.steps if (s.tree or p.name) == protocol})
+    raise TreeError(f"Protocol {protocol} has no role '{role}' (roles: {', '.join(roles_of)})")
 
 
 def run_dir(protocol, role, *, dataset, trainer, config, shots, seed, root=None, source=XD_SOURCE, backbone=None):
@@ -213,19 +156,55 @@ def parse_run_dir(path, source=XD_SOURCE):
     when the path is not a run folder of the tree (writable layouts are tried first, then CoOp's own
     trees). ``backbone`` is ``NAME[@TAG]`` of a ``bb-`` level, None in the default tree."""
     parts = [p for p in osp.normpath(osp.abspath(str(path))).split(os.sep) if p]
-    for lay in LAYOUTS:
+    for lay in layouts():
         got = lay.match(parts, source)
         if got is not None:
             return got
     return None
 
 
+RUN_NOTE = "vlprompt_run.json"
+RUN_FIELDS = ("protocol", "role", "dataset", "trainer", "config", "shots", "seed", "backbone")
+
+
+def write_run_note(output_dir, run):
+    """Write the run's description (``dict(protocol, role, ...)`` as :func:`parse_run_dir` gives it) into
+    its folder as :data:`RUN_NOTE` (atomically), so that the engine records it whatever the folder alone
+    would say (the sweep does this before it starts a run: a transfer source run on another source than
+    ImageNet is otherwise indistinguishable from a few-shot run in CoOp's own tree)."""
+    note = {k: run.get(k) for k in RUN_FIELDS}
+    if note["protocol"] not in tree_protocols() or note["role"] not in all_roles():
+        raise TreeError(f"A run note needs a registered protocol and role, got {note['protocol']}/{note['role']}")
+    os.makedirs(output_dir, exist_ok=True)
+    path = osp.join(output_dir, RUN_NOTE)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(note, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+    return path
+
+
+def read_run_note(output_dir):
+    """The description the sweep left in a run folder (:func:`write_run_note`), or None (no note, or one
+    that does not name a registered protocol and role)."""
+    path = osp.join(output_dir, RUN_NOTE)
+    try:
+        with open(path) as f:
+            note = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(note, dict) or note.get("protocol") not in tree_protocols() or note.get("role") not in all_roles():
+        return None
+    return {k: note.get(k) for k in RUN_FIELDS}
+
+
 def describe_run_dir(output_dir, source=XD_SOURCE):
     """What a run folder is: ``dict(protocol, role, dataset, trainer, config, shots, seed, backbone)`` or
-    None outside the tree. The engine records ``protocol`` and ``role`` (and the whole dict as ``run``) in
-    results.json; ``protocol`` is ``transfer`` for the source run shared by cross_dataset and
+    None outside the tree: the sweep's note in the folder (:func:`read_run_note`) when there is one, else
+    the folder's place in the tree. The engine records ``protocol`` and ``role`` (and the whole dict as
+    ``run``) in results.json; ``protocol`` is ``transfer`` for the source run shared by cross_dataset and
     domain_generalization."""
-    return parse_run_dir(output_dir, source)
+    return read_run_note(output_dir) or parse_run_dir(output_dir, source)
 
 
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]")

@@ -25,8 +25,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ..protocol import (DATASETS_11, DG_TARGETS, DISPLAY_NAMES, XD_SOURCE, XD_TARGETS, BackboneError, family_config,
-                        family_config_name, parse_backbone)
+from ..protocol import (DATASETS_11, DG_TARGETS, DISPLAY_NAMES, PROTOCOL_REGISTRY, XD_SOURCE, XD_TARGETS,
+                        BackboneError, family_config, family_config_name, get_protocol, parse_backbone)
 from .methods import MethodTable, default_methods
 from .records import Record
 
@@ -43,6 +43,8 @@ __all__ = [
     "base2new_table",
     "transfer_table",
     "few_shot_tables",
+    "datasets_table",
+    "TABLE_KINDS",
 ]
 
 XD_TARGETS = list(XD_TARGETS)
@@ -104,6 +106,7 @@ class Table:
     notes: List[str] = field(default_factory=list)
     numeric: List[bool] = field(default_factory=list)
     trainers: set = field(default_factory=set)
+    protocol: str = ""  # the registered protocol the table belongs to
 
     def add(self, cells, kind="ours", sep=False):
         self.rows.append({"cells": list(cells), "kind": kind, "sep": sep})
@@ -111,7 +114,14 @@ class Table:
 
 # ----------------------------------------------------------------------------- helpers
 def _recipe_protocol(r):
-    return {"transfer": "cross_dataset", "domain_generalization": "cross_dataset"}.get(r.protocol, r.protocol)
+    """The protocol whose recipe a record's run followed: the shared source run (``transfer``) and the
+    protocols that take another's recipe (``recipe_from``: domain generalisation) map to that one."""
+    p = PROTOCOL_REGISTRY.get(r.protocol)
+    if p is None:  # a shared step's folder name: the protocol that owns the step
+        p = next((q for q in PROTOCOL_REGISTRY.values() if r.protocol in {s.tree for s in q.steps}), None)
+    while p is not None and p.recipe_from:
+        p = PROTOCOL_REGISTRY.get(p.recipe_from)
+    return p.name if p is not None else r.protocol
 
 
 def apply_families(records: List[Record], methods: Optional[MethodTable] = None):
@@ -121,7 +131,7 @@ def apply_families(records: List[Record], methods: Optional[MethodTable] = None)
     with vit_b16_ctxv1; the ImageNet runs are shown in the vit_b16_ctxv1 row. A config's runs are
     merged only when every one of them sits where the recipe uses that config (so a config run on its
     own, e.g. vit_b16_ep50 on every dataset, keeps its own row), and never into a dataset/shot slot
-    that the main config fills itself. The recipes are the trainers' ``RECIPES`` (``methods``, default:
+    that the main config fills itself. The recipes are the trainers' method cards (``methods``, default:
     the registry). Returns the notes that say so.
     """
     methods = methods or default_methods()
@@ -152,7 +162,7 @@ def apply_families(records: List[Record], methods: Optional[MethodTable] = None)
     notes = []
     for (t, p, fam, cfg), where in sorted(merged.items()):
         notes.append(f"{t} {p}: runs with {cfg} ({', '.join(sorted(where))}) are shown in the {fam} row, "
-                     f"as in the official recipe (RECIPES of trainer {t}).")
+                     f"as in the official recipe (the method card of trainer {t}).")
     return notes
 
 
@@ -613,8 +623,70 @@ def build_tables(records, protocols=None, seeds=(1, 2, 3), metric="accuracy", pu
     return tables
 
 
+def datasets_table(records, protocol, seeds, metric="accuracy", pub=None, pub_mode=None, source=XD_SOURCE,
+                   methods=None):
+    """The table of a protocol of kind ``datasets``: one row per (trainer, config), one column per dataset
+    (the protocol's standard datasets first), the accuracy of one role (``table_role``, default the last
+    step's), averaged over seeds; the average is over the datasets shown."""
+    proto = get_protocol(protocol) if isinstance(protocol, str) else protocol
+    role = proto.table_role or proto.roles[-1]
+    recs = [r for r in records if r.protocol == proto.name and r.role == role]
+    if not recs:
+        return []
+    keys = sorted({(r.trainer, r.group_config) for r in recs}, key=lambda k: (_trainer_rank(k[0], methods), k[1:]))
+    labels = _labels(keys)
+    datasets = _dataset_order({r.dataset for r in recs}, list(proto.datasets))
+    t = Table(
+        name=proto.name,
+        title=f"{proto.title} ({metric}, %, mean ± std over seeds)",
+        columns=["Method"] + [_fmt_ds(d) for d in datasets] + ["Average", "Seeds"],
+        numeric=[False] + [True] * (len(datasets) + 1) + [False],
+    )
+    missing = _Missing()
+    for k in keys:
+        cells = []
+        for d in datasets:
+            c = seed_stat(_values([r for r in recs if (r.trainer, r.group_config) == k and r.dataset == d], metric),
+                          seeds)
+            cells.append(c)
+            missing.add(labels[k], _fmt_ds(d), c)
+        have = [c for c in cells if not c.empty]
+        avg = Cell(sum(c.mean for c in have) / len(have)) if have else EMPTY
+        t.add([labels[k]] + cells + [avg, _seeds_text(*cells)])
+    t.trainers = {k[0] for k in keys}
+    t.notes.append(_configs_note(keys, labels))
+    t.notes.append(f"Each cell: the {role} run's {metric}; Average: mean over the datasets shown.")
+    t.notes += _common_notes(seeds)
+    t.notes += missing.notes()
+    return [t]
+
+
+def _base2new_kind(records, proto, seeds, metric, pub, pub_mode, source, methods):
+    t = base2new_table(records, seeds, metric, pub, pub_mode, methods)
+    return [t] if t else []
+
+
+def _transfer_kind(records, proto, seeds, metric, pub, pub_mode, source, methods):
+    t = transfer_table(records, proto.name, seeds, metric, pub, pub_mode, source, methods)
+    return [t] if t else []
+
+
+def _few_shot_kind(records, proto, seeds, metric, pub, pub_mode, source, methods):
+    return few_shot_tables(records, seeds, metric, pub, pub_mode, methods)
+
+
+def _datasets_kind(records, proto, seeds, metric, pub, pub_mode, source, methods):
+    return datasets_table(records, proto, seeds, metric, pub, pub_mode, source, methods)
+
+
+#: table kind (a protocol's ``table``) -> builder ``(records, protocol, seeds, metric, published view,
+#: published mode, source, methods) -> [Table]``
+TABLE_KINDS = {"base2new": _base2new_kind, "transfer": _transfer_kind, "few_shot": _few_shot_kind,
+               "datasets": _datasets_kind}
+
+
 def _tables_of(records, protocols, seeds, metric, pub, published, source, methods, family_notes):
-    wanted = set(protocols or ["base2new", "cross_dataset", "domain_generalization", "few_shot"])
+    wanted = set(protocols or PROTOCOL_REGISTRY)
     dup = {}
     for r in records:
         dup.setdefault((r.trainer, r.group_config, r.protocol, r.role, r.dataset, r.shots, r.seed), []).append(r.path)
@@ -622,21 +694,19 @@ def _tables_of(records, protocols, seeds, metric, pub, published, source, method
                  for p in dup.values() if len(p) > 1]
     published = published if pub is not None else None
     tables = []
-    if "base2new" in wanted:
-        t = base2new_table(records, seeds, metric, pub, published, methods)
-        if t:
+    for proto in PROTOCOL_REGISTRY.values():  # registration order: base2new, cross_dataset, DG, few_shot, ...
+        if proto.name not in wanted:
+            continue
+        for t in TABLE_KINDS[proto.table](records, proto, seeds, metric, pub, published, source, methods):
+            t.protocol = proto.name
             tables.append(t)
-    for p in ("cross_dataset", "domain_generalization"):
-        if p in wanted:
-            t = transfer_table(records, p, seeds, metric, pub, published, source, methods)
-            if t:
-                tables.append(t)
-    if "few_shot" in wanted:
-        tables += few_shot_tables(records, seeds, metric, pub, published, methods)
     for t in tables:
-        proto = t.name if not t.name.startswith("few_shot") else "few_shot"
+        proto = t.protocol
+        # the shared source run's notes go with the protocol that owns its recipe (cross-dataset)
+        owner = PROTOCOL_REGISTRY[proto]
+        shared = {s.tree for s in owner.steps if s.tree} if not owner.recipe_from else set()
         t.notes += [n for n in family_notes if n.split(" ")[0] in t.trainers
-                    and (f" {proto}:" in n or (proto == "cross_dataset" and " transfer:" in n))]
+                    and (f" {proto}:" in n or any(f" {name}:" in n for name in shared))]
         t.notes += dup_notes
         if methods.note:
             t.notes.append("Note: " + methods.note + ".")

@@ -11,7 +11,7 @@ import os
 import os.path as osp
 import sys
 
-from ..protocol import DEFAULT_SEEDS, PROTOCOLS, XD_SOURCE
+from ..protocol import DEFAULT_SEEDS, XD_SOURCE, protocol_names
 from .aggregate import build_tables
 from .methods import default_methods
 from .records import collect
@@ -26,8 +26,9 @@ def build_parser():
         description="Aggregate results.json files (and log.txt of old runs) over seeds into the papers' tables.",
     )
     p.add_argument("roots", nargs="*", default=["output"], help="output trees to read (default: output)")
-    p.add_argument("--protocol", nargs="+", default=None, choices=PROTOCOLS, metavar="PROTOCOL",
-                   help=f"only these protocols ({', '.join(PROTOCOLS)}); default: every protocol found")
+    names = protocol_names()  # the registered protocols
+    p.add_argument("--protocol", nargs="+", default=None, choices=names, metavar="PROTOCOL",
+                   help=f"only these protocols ({', '.join(names)}); default: every protocol found")
     p.add_argument("--format", nargs="+", default=None, metavar="FMT",
                    help="md, csv and/or latex (default: md on stdout; md csv latex with --out)")
     p.add_argument("--out", default=None, help="write <table>.md/.csv/.tex and runs.csv into this folder")
@@ -79,7 +80,7 @@ def main(argv=None):
         print(f"note: {methods.note}", file=sys.stderr)
     tables = build_tables(records, args.protocol, seeds, args.metric, args.with_published, args.source, methods)
     if not tables:
-        print(f"Error: no runs of protocol(s) {' '.join(args.protocol or PROTOCOLS)} found", file=sys.stderr)
+        print(f"Error: no runs of protocol(s) {' '.join(args.protocol or protocol_names())} found", file=sys.stderr)
         return 1
     std = not args.no_std
     render = {
@@ -108,6 +109,7 @@ def main(argv=None):
     if args.plots:
         from .plots import make_plots
 
-        for p in make_plots(records, args.plots, args.metric, args.ablation_trainer, args.ablation_key):
+        for p in make_plots(records, args.plots, args.metric, args.ablation_trainer, args.ablation_key,
+                            protocols=args.protocol, seeds=seeds):
             print(p)
     return 0

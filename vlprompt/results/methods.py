@@ -1,7 +1,7 @@
 """What the tables need from the method table: the row order of trainers and their recipes.
 
-Both come from the trainers' own declarations (``TABLE_ORDER``, ``RECIPES``) through
-``vlprompt.engine.methods``, imported only when needed (it loads the repository's ``trainers`` package,
+Both come from the trainers' method cards (``order``, ``config``/``recipes``) through
+:func:`vlprompt.engine.methods.method_cards`, imported only when needed (it loads the repository's ``trainers`` package,
 and so torch). When that import fails, :func:`default_methods` returns an empty table (trainers in
 name order, no recipe rows merged) together with a one-line note saying why; the CLI prints the note
 and the tables carry it.
@@ -31,14 +31,14 @@ class MethodTable:
 def load_methods():
     """The method table of the registered trainers (plugins loaded), or an empty one with a note."""
     try:
-        from vlprompt.engine.methods import load_plugins, method_specs
+        from vlprompt.engine.methods import load_plugins, method_cards
 
         load_plugins()
-        specs = method_specs()
+        cards = method_cards()
     except Exception as e:  # ImportError, or any error raised while a plugin registers
         return MethodTable(note=f"the method table could not be loaded ({type(e).__name__}: {e}); trainers are "
                                 f"listed by name and recipe override runs keep their own rows")
-    return MethodTable(order=[s.name for s in specs], recipes={s.name: dict(s.recipes) for s in specs})
+    return MethodTable(order=[c.name for c in cards], recipes={c.name: c.all_recipes() for c in cards})
 
 
 _DEFAULT = []

@@ -1,5 +1,12 @@
 """Figures (matplotlib, Agg backend), each written as PNG and PDF.
 
+Which figures are drawn follows the registered protocols (``figure`` of
+:class:`vlprompt.protocol.Protocol`, :data:`FIGURE_KINDS`) and ``--protocol``; as the tables, the
+figures of one backbone never mix with another's: with several backbones each figure is drawn per
+backbone, named ``<figure>_<backbone slug>``. What a figure cannot show as a plain value is marked: a
+bar or point averaged over fewer seeds than expected is hatched / hollow and marked ``†``, a value that
+is not a number (NaN) is written ``NaN`` where it would stand, and a footnote says so.
+
 * ``base2new_bars``: per dataset (and the average), base / novel / HM bars for each method;
 * ``few_shot_curves``: accuracy against shots per dataset (and the average over the datasets every
   method has), one line per method; zero-shot runs (shots_0) are drawn as dashed horizontal lines;
@@ -10,10 +17,32 @@ import math
 import os
 import os.path as osp
 
-from ..protocol import DATASETS_11, DISPLAY_NAMES
-from .aggregate import _dataset_order, _trainer_rank, _values, apply_families, hm, mean_std
+from ..protocol import DATASETS_11, DEFAULT_SEEDS, DISPLAY_NAMES, PROTOCOL_REGISTRY
+from .aggregate import MISSING_SEEDS, _dataset_order, _slug, _trainer_rank, _values, apply_families, hm, mean_std
 
-__all__ = ["plot_base2new", "few_shot_curves", "plot_few_shot", "plot_prompt_length", "make_plots"]
+__all__ = ["plot_base2new", "few_shot_curves", "plot_few_shot", "plot_prompt_length", "make_plots", "FIGURE_KINDS"]
+
+NAN_NOTE = "NaN: the runs' metric is not a number (shown where the value would stand)"
+
+
+def _nan(x):
+    return x is not None and x != x
+
+
+def _seed_stat(values, seeds):
+    """(mean, std, missing seeds) over the seeds of ``values`` ({seed: value}); NaN propagates."""
+    m, s = mean_std(values.values())
+    return m, s, tuple(sorted(set(seeds) - set(values)))
+
+
+def _footnote(fig, marks):
+    notes = []
+    if marks.get("missing"):
+        notes.append(f"{MISSING_SEEDS} hatched / hollow: fewer seeds than expected ({'; '.join(marks['missing'])})")
+    if marks.get("nan"):
+        notes.append(NAN_NOTE + f" ({'; '.join(marks['nan'])})")
+    if notes:
+        fig.text(0.01, 0.005, "\n".join(notes), fontsize="x-small", ha="left", va="bottom", wrap=True)
 
 
 def _plt():
@@ -56,28 +85,40 @@ def _label(k, keys):
     return k[0] if len(same) == 1 else f"{k[0]} ({k[1]})"
 
 
-def plot_base2new(records, out_dir, metric="accuracy"):
+def plot_base2new(records, out_dir, metric="accuracy", seeds=DEFAULT_SEEDS, name="base2new_bars", where=""):
+    """Base / novel / HM bars per dataset and the average, one colour per method (``seeds``: the expected
+    seeds; a bar over fewer is hatched and marked, a NaN value is written ``NaN``). Returns the paths."""
     recs = [r for r in records if r.protocol == "base2new"]
     if not recs:
         return []
     keys = sorted({(r.trainer, r.group_config) for r in recs}, key=lambda k: (_trainer_rank(k[0]), k[1]))
     datasets = _dataset_order({r.dataset for r in recs}, DATASETS_11)
-    vals = {}  # key -> dataset -> (b, n, h, bstd, nstd)
+    vals = {}  # key -> dataset -> (b, n, h, bstd, nstd, bmissing, nmissing)
+    marks = {"missing": [], "nan": []}
     for k in keys:
         for d in datasets:
             sel = [r for r in recs if (r.trainer, r.group_config) == k and r.dataset == d]
             b = _values([r for r in sel if r.role == "base"], metric)
             n = _values([r for r in sel if r.role == "novel"], metric)
-            if b and n:
-                (bm, bs), (nm, ns) = mean_std(b.values()), mean_std(n.values())
-                vals.setdefault(k, {})[d] = (bm, nm, hm(bm, nm), bs, ns)
+            if not b and not n:
+                continue
+            bm, bs, bmiss = _seed_stat(b, seeds) if b else (None, None, tuple(seeds))
+            nm, ns, nmiss = _seed_stat(n, seeds) if n else (None, None, tuple(seeds))
+            h = hm(bm, nm) if bm is not None and nm is not None else None
+            vals.setdefault(k, {})[d] = (bm, nm, h, bs, ns, bmiss, nmiss)
+            for role, miss in (("base", bmiss), ("novel", nmiss)):
+                if miss:
+                    marks["missing"].append(f"{_label(k, keys)} {DISPLAY_NAMES.get(d, d)} {role}: seed(s) "
+                                            f"{' '.join(map(str, miss))}")
+            if any(_nan(x) for x in (bm, nm)):
+                marks["nan"].append(f"{_label(k, keys)} {DISPLAY_NAMES.get(d, d)}")
     panels = datasets + ["Average"]
     for k in keys:
-        ds = [d for d in datasets if d in vals.get(k, {})]
+        ds = [d for d in datasets if d in vals.get(k, {}) and vals[k][d][2] is not None]
         if ds:
             ab = sum(vals[k][d][0] for d in ds) / len(ds)
             an = sum(vals[k][d][1] for d in ds) / len(ds)
-            vals[k]["Average"] = (ab, an, hm(ab, an), None, None)
+            vals[k]["Average"] = (ab, an, hm(ab, an), None, None, (), ())
     plt = _plt()
     rows, cols = _grid(len(panels))
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
@@ -89,8 +130,23 @@ def plot_base2new(records, out_dir, metric="accuracy"):
             if v is None:
                 continue
             xs = [j + (i - (len(keys) - 1) / 2) * width for j in range(3)]
-            err = [v[3] or 0.0, v[4] or 0.0, 0.0]
-            ax.bar(xs, v[:3], width, yerr=err, capsize=2, label=_label(k, keys), color=colors[i % len(colors)])
+            miss = [v[5], v[6], v[5] or v[6]]
+            first = True
+            for j in range(3):
+                y = v[j]
+                if y is None:
+                    continue
+                if _nan(y):
+                    ax.text(xs[j], 0, "NaN", rotation=90, ha="center", va="bottom", fontsize="x-small",
+                            color=colors[i % len(colors)])
+                    continue
+                err = (v[3] if j == 0 else v[4] if j == 1 else None) or 0.0
+                ax.bar([xs[j]], [y], width, yerr=[err], capsize=2, color=colors[i % len(colors)],
+                       label=_label(k, keys) if first else None, hatch="//" if miss[j] else None,
+                       edgecolor="black" if miss[j] else None)
+                first = False
+                if miss[j]:
+                    ax.annotate(MISSING_SEEDS, (xs[j], y), ha="center", va="bottom", fontsize="small")
         ax.set_xticks(range(3))
         ax.set_xticklabels(["Base", "Novel", "HM"])
         ax.set_title(DISPLAY_NAMES.get(d, d))
@@ -100,9 +156,10 @@ def plot_base2new(records, out_dir, metric="accuracy"):
         ax.axis("off")
     handles, labels = _legend_entries(axes)
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), bbox_to_anchor=(0.5, -0.02))
-    fig.suptitle("Base-to-novel generalization (average: HM of averaged base and novel)")
+    fig.suptitle("Base-to-novel generalization (average: HM of averaged base and novel)" + where)
     fig.tight_layout(rect=(0, 0.04, 1, 0.97))
-    return _save(fig, out_dir, "base2new_bars")
+    _footnote(fig, marks)
+    return _save(fig, out_dir, name)
 
 
 def few_shot_curves(records, metric="accuracy"):
@@ -133,14 +190,29 @@ def few_shot_curves(records, metric="accuracy"):
     return keys, datasets, curves, averaged
 
 
-def plot_few_shot(records, out_dir, metric="accuracy"):
+def plot_few_shot(records, out_dir, metric="accuracy", seeds=DEFAULT_SEEDS, name="few_shot_curves", where=""):
     """Accuracy against shots per class, one panel per dataset and an average panel: one line per method
     (mean over seeds, a band of +-1 std where there are several seeds), and every zero-shot run
-    (``shots_0``, e.g. ZeroshotCLIP) as a dashed horizontal reference line at its accuracy. Written as
+    (``shots_0``, e.g. ZeroshotCLIP) as a dashed horizontal reference line at its accuracy. A point over
+    fewer seeds than ``seeds`` is hollow, a NaN value is written ``NaN`` at its shot count. Written as
     ``few_shot_curves.png`` and ``.pdf``; returns the paths ([] without few-shot records)."""
     keys, datasets, curves, averaged = few_shot_curves(records, metric)
     if not keys:
         return []
+    recs = [r for r in records if r.protocol == "few_shot" and r.shots is not None]
+    missing, marks = {}, {"missing": [], "nan": []}
+    for k in keys:
+        for d in datasets:
+            for K in curves.get(k, {}).get(d, {}):
+                got = {r.seed for r in recs if (r.trainer, r.group_config) == k and r.dataset == d and r.shots == K
+                       and metric in r.metrics}
+                miss = tuple(sorted(set(seeds) - got))
+                if miss:
+                    missing[(k, d, K)] = miss
+                    marks["missing"].append(f"{_label(k, keys)} {DISPLAY_NAMES.get(d, d)} {K}-shot: seed(s) "
+                                            f"{' '.join(map(str, miss))}")
+                if _nan(curves[k][d][K][0]):
+                    marks["nan"].append(f"{_label(k, keys)} {DISPLAY_NAMES.get(d, d)} {K}-shot")
     panels = datasets + (["Average"] if averaged else [])
     titles = {d: DISPLAY_NAMES.get(d, d) for d in datasets}
     titles["Average"] = (f"Average ({len(averaged)} datasets)" if len(averaged) == len(datasets) else
@@ -156,11 +228,19 @@ def plot_few_shot(records, out_dir, metric="accuracy"):
             color = colors[i % len(colors)]
             if 0 in c:
                 ax.axhline(c[0][0], ls="--", lw=1.5, color=color, label=f"{_label(k, keys)} (zero-shot)")
-            ks = [K for K in sorted(c) if K > 0]
+            for K in sorted(c):
+                if _nan(c[K][0]):
+                    ax.text(K if K > 0 else 1, 0.5, "NaN", transform=ax.get_xaxis_transform(), ha="center",
+                            fontsize="x-small", color=color)
+            ks = [K for K in sorted(c) if K > 0 and not _nan(c[K][0])]
             if not ks:
                 continue
             means = [c[K][0] for K in ks]
             ax.plot(ks, means, marker="o", color=color, label=_label(k, keys))
+            hollow = [K for K in ks if (k, d, K) in missing]
+            if hollow:
+                ax.plot(hollow, [c[K][0] for K in hollow], ls="none", marker="o", markersize=9, markerfacecolor="white",
+                        markeredgecolor=color, label=f"{MISSING_SEEDS} fewer seeds")
             stds = [c[K][1] for K in ks]
             if all(sd is not None and sd > 0 for sd in stds):
                 ax.fill_between(ks, [m - sd for m, sd in zip(means, stds)], [m + sd for m, sd in zip(means, stds)],
@@ -177,10 +257,11 @@ def plot_few_shot(records, out_dir, metric="accuracy"):
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     handles, labels = _legend_entries(axes)
-    fig.suptitle("Few-shot classification (mean over seeds; dashed: zero-shot)")
+    fig.suptitle("Few-shot classification (mean over seeds; dashed: zero-shot)" + where)
     fig.tight_layout(rect=(0, 0.1 if rows == 1 else 0.06, 1, 0.97))
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), bbox_to_anchor=(0.5, 0.0))
-    return _save(fig, out_dir, "few_shot_curves")
+    _footnote(fig, marks)
+    return _save(fig, out_dir, name)
 
 
 def _get_key(d, dotted):
@@ -197,12 +278,13 @@ def _common(per_n):
     return set.intersection(*sets) if sets else set()
 
 
-def plot_prompt_length(records, out_dir, trainer="APLe", key=None, metric="accuracy"):
+def plot_prompt_length(records, out_dir, trainer="APLe", key=None, metric="accuracy", name=None, where=""):
     """Accuracy against N for ``trainer``'s runs; N is ``key`` (default TRAINER.<TRAINER>.N_CTX) read
     from each run's results.json ``config``. Every point averages (over seeds, then over datasets) the
     datasets that were run for every N. A panel is drawn per protocol with at least two values of N;
     returns [] when there is none."""
     key = key or f"TRAINER.{trainer.upper()}.N_CTX"
+    out_name = name or f"prompt_length_{trainer}"
     recs = [r for r in records if r.trainer == trainer and _get_key(r.config_dict, key) is not None]
     nval = {id(r): _get_key(r.config_dict, key) for r in recs}
 
@@ -267,15 +349,43 @@ def plot_prompt_length(records, out_dir, trainer="APLe", key=None, metric="accur
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    fig.suptitle(f"{trainer}: accuracy vs prompt length (mean over seeds, then over datasets)")
+    fig.suptitle(f"{trainer}: accuracy vs prompt length (mean over seeds, then over datasets)" + where)
     fig.tight_layout()
-    return _save(fig, out_dir, f"prompt_length_{trainer}")
+    return _save(fig, out_dir, out_name)
 
 
-def make_plots(records, out_dir, metric="accuracy", ablation_trainer="APLe", ablation_key=None):
-    apply_families(records)
+#: figure kind (a protocol's ``figure``) -> ``(plot function, figure name)``
+FIGURE_KINDS = {"base2new": (plot_base2new, "base2new_bars"), "few_shot": (plot_few_shot, "few_shot_curves")}
+
+
+def make_plots(records, out_dir, metric="accuracy", ablation_trainer="APLe", ablation_key=None, protocols=None,
+               seeds=DEFAULT_SEEDS):
+    """Every figure of the records: the figure of each registered protocol in ``protocols`` (None: all)
+    that declares one, and the prompt-length figure over those protocols' runs. One set per backbone
+    (``Record.backbone``); with several backbones the names get ``_<backbone slug>`` and the titles say
+    the backbone. Returns the paths written."""
+    wanted = set(protocols or PROTOCOL_REGISTRY)
+    tree_names = set(wanted) | {s.tree for p in wanted if p in PROTOCOL_REGISTRY
+                                for s in PROTOCOL_REGISTRY[p].steps if s.tree}
+    records = [r for r in records if r.protocol in tree_names]
+    by_bb = {}
+    for r in records:
+        by_bb.setdefault(r.backbone, []).append(r)
+    several = len(by_bb) > 1
     paths = []
-    paths += plot_base2new(records, out_dir, metric)
-    paths += plot_few_shot(records, out_dir, metric)
-    paths += plot_prompt_length(records, out_dir, ablation_trainer, ablation_key, metric)
+    for bb in sorted(by_bb, key=lambda b: (b is None, str(b))):
+        recs = by_bb[bb]
+        apply_families(recs)
+        suffix = ("_" + (_slug(bb) if bb is not None else "backbone_not_recorded")) if several else ""
+        where = f"; backbone {bb}" if bb is not None else ""
+        done = set()
+        for p in PROTOCOL_REGISTRY.values():
+            kind = FIGURE_KINDS.get(p.figure) if p.name in wanted else None
+            if kind is None or kind in done:
+                continue
+            done.add(kind)
+            fn, name = kind
+            paths += fn(recs, out_dir, metric, seeds=seeds, name=name + suffix, where=where)
+        paths += plot_prompt_length(recs, out_dir, ablation_trainer, ablation_key, metric,
+                                    name=f"prompt_length_{ablation_trainer}{suffix}", where=where)
     return paths

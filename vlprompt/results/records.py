@@ -28,8 +28,6 @@ from ..protocol import (
     DATASET_CLASS_TO_KEY,
     DISPLAY_NAMES,
     KNOWN_DATASETS,
-    PROTOCOLS,
-    ROLES,
     XD_SOURCE,
     BackboneError,
     backbone_label,
@@ -37,7 +35,9 @@ from ..protocol import (
     dataset_key,
     parse_backbone,
     parse_run_dir,
+    roles,
     target_protocol,
+    tree_protocols,
 )
 from .legacy import read_run_log
 
@@ -76,7 +76,9 @@ def infer_from_path(run_dir, source=XD_SOURCE):
 
 
 def _infer_from_fields(data):
-    """Protocol/role from results.json fields for a run outside the CoOp tree (None if ambiguous)."""
+    """Protocol/role from results.json fields for a run outside the CoOp tree, or a string saying why they
+    cannot be told. A training run on all classes is not guessed: it may be a few-shot run or the source
+    run of the transfer protocols (see :func:`collect` for how a source run is recognised)."""
     sub = data.get("subsample", "all")
     d = dataset_key(data.get("dataset_config_file") or data.get("dataset"))
     if sub in ("base", "new"):
@@ -84,14 +86,17 @@ def _infer_from_fields(data):
     if data.get("phase") == "eval" and data.get("model_dir"):
         return dict(protocol=target_protocol(d), role="target", dataset=d)
     if data.get("phase") == "train":
-        return dict(protocol="few_shot", role="test", dataset=d)
-    return None
+        return ("results.json records no protocol and the folder is not in the output tree: a training run on "
+                "all classes may be a few-shot run or a transfer source run, so it is not filed (run it through "
+                "the sweep, which records the protocol, or move it into the output tree)")
+    return ("path is not in the CoOp output tree and the fields do not "
+            "name a protocol (subsample all, no model_dir)")
 
 
 def _place(data, from_path, path, problems):
     """(run description, how it was found) for one results.json, or None (reported in ``problems``)."""
     if data.get("protocol") and data.get("role"):
-        if data["protocol"] not in PROTOCOLS + ("transfer",) or data["role"] not in ROLES:
+        if data["protocol"] not in tree_protocols() or data["role"] not in roles():
             problems.append((path, f"unknown protocol/role {data['protocol']}/{data['role']} in results.json"))
             return None
         run = data.get("run") if isinstance(data.get("run"), dict) else {}
@@ -109,9 +114,8 @@ def _place(data, from_path, path, problems):
     if from_path is not None:
         return from_path, "path"
     fi = _infer_from_fields(data)
-    if fi is None:
-        problems.append((path, "path is not in the CoOp output tree and the fields do not "
-                               "name a protocol (subsample all, no model_dir)"))
+    if isinstance(fi, str):
+        problems.append((path, fi))
         return None
     return dict(fi, trainer=data.get("trainer"), config=data.get("config_name"), shots=_shots_of(data),
                 seed=data.get("seed")), "fields"
@@ -160,12 +164,44 @@ def _shots_of(data):
     return int(s)
 
 
+def _norm(path):
+    return osp.normpath(osp.abspath(str(path)))
+
+
+def _is_target(data, info):
+    """Whether a results.json is an eval-only test of another run's model on all classes (a transfer target)."""
+    if data.get("role"):
+        return data["role"] == "target"
+    if info is not None:
+        return info["role"] == "target"
+    return data.get("phase") == "eval" and data.get("subsample", "all") == "all" and bool(data.get("model_dir"))
+
+
+def _as_source(dirpath, info):
+    """The description of a folder known to hold a transfer source run (target runs were evaluated on its
+    model): its place in the tree read with its own dataset as the source, or None."""
+    if info is not None and info["role"] == "source":
+        return info
+    parts = [p for p in _norm(dirpath).split(os.sep) if p]
+    for cand in parts[-6:-3]:
+        got = parse_run_dir(dirpath, source=cand)
+        if got is not None and got["role"] == "source":
+            return got
+    return None
+
+
 def collect(roots, source=XD_SOURCE):
     """All records under the given roots. Returns (records, problems) where problems lists
-    (path, reason) for runs that could not be read or placed."""
+    (path, reason) for runs that could not be read or placed.
+
+    A run is filed under the protocol its results.json records (the engine writes what the sweep noted in
+    the folder); a run that records none is placed by its folder. A folder whose model target runs were
+    evaluated on (their ``model_dir``) is a transfer source run, whatever its folder alone would say (a
+    source run on another source than ImageNet has the shape of a few-shot run in CoOp's own tree), so it
+    is never filed as a few-shot result."""
     if isinstance(roots, str):
         roots = [roots]
-    records: List[Record] = []
+    items = []
     problems = []
     for root in roots:
         if not osp.isdir(root):
@@ -184,33 +220,51 @@ def collect(roots, source=XD_SOURCE):
                 except (ValueError, OSError) as e:
                     problems.append((path, f"unreadable: {e}"))
                     continue
-                got = _place(data, info, path, problems)
-                if got is None:
-                    continue
-                info, placed_by = got
-                trainer = data.get("trainer") or info["trainer"]
-                if info.get("trainer") and trainer != info["trainer"] and placed_by == "path":
-                    problems.append((path, f"trainer {trainer} in results.json but {info['trainer']} in the path; "
-                                           "using results.json"))
-                metrics = {k: float(v) for k, v in data["metrics"].items() if isinstance(v, (int, float))}
-                records.append(Record(
-                    trainer=trainer, config=info["config"], protocol=info["protocol"], role=info["role"],
-                    dataset=info["dataset"], shots=info["shots"],
-                    seed=int(data["seed"]) if data.get("seed") is not None else info["seed"],
-                    metrics=metrics, path=path, origin="json", config_dict=data.get("config") or {},
-                    inferred=placed_by == "fields", placed_by=placed_by, backbone=_json_backbone(data, info),
-                ))
-            else:
-                if info is None:
-                    continue  # a log outside the tree (e.g. a sweep log folder): not a run we can place
-                got = read_run_log(dirpath)
-                if got is None:
-                    problems.append((dirpath, "log.txt has no result (unfinished run?)"))
-                    continue
-                metrics, path, _kind = got
-                records.append(Record(
-                    trainer=info["trainer"], config=info["config"], protocol=info["protocol"], role=info["role"],
-                    dataset=info["dataset"], shots=info["shots"], seed=info["seed"], metrics=metrics, path=path,
-                    origin="log", backbone=_path_backbone(info),
-                ))
+                items.append((dirpath, info, path, data))
+            elif info is not None:  # a log outside the tree (e.g. a sweep log folder) is not a run we can place
+                items.append((dirpath, info, None, None))
+    sources = {_norm(data["model_dir"]) for _, info, _, data in items
+               if data is not None and data.get("model_dir") and _is_target(data, info)}
+    records: List[Record] = []
+    for dirpath, info, path, data in items:
+        linked = sources and (_norm(dirpath) in sources or (data is not None and data.get("output_dir")
+                                                            and _norm(data["output_dir"]) in sources))
+        if linked:
+            as_source = _as_source(dirpath, info)
+            if as_source is not None:
+                recorded = (data or {}).get("protocol"), (data or {}).get("role")
+                if recorded[1] and recorded[1] != "source":
+                    problems.append((path, f"results.json records {recorded[0]}/{recorded[1]}, but target runs "
+                                           f"were evaluated on this run's model: filed as the transfer source run"))
+                info = as_source
+                if data is not None:
+                    data = dict(data, protocol=None, role=None)
+        if data is not None:
+            got = _place(data, info, path, problems)
+            if got is None:
+                continue
+            info, placed_by = got
+            trainer = data.get("trainer") or info["trainer"]
+            if info.get("trainer") and trainer != info["trainer"] and placed_by == "path":
+                problems.append((path, f"trainer {trainer} in results.json but {info['trainer']} in the path; "
+                                       "using results.json"))
+            metrics = {k: float(v) for k, v in data["metrics"].items() if isinstance(v, (int, float))}
+            records.append(Record(
+                trainer=trainer, config=info["config"], protocol=info["protocol"], role=info["role"],
+                dataset=info["dataset"], shots=info["shots"],
+                seed=int(data["seed"]) if data.get("seed") is not None else info["seed"],
+                metrics=metrics, path=path, origin="json", config_dict=data.get("config") or {},
+                inferred=placed_by == "fields", placed_by=placed_by, backbone=_json_backbone(data, info),
+            ))
+        else:
+            got = read_run_log(dirpath)
+            if got is None:
+                problems.append((dirpath, "log.txt has no result (unfinished run?)"))
+                continue
+            metrics, path, _kind = got
+            records.append(Record(
+                trainer=info["trainer"], config=info["config"], protocol=info["protocol"], role=info["role"],
+                dataset=info["dataset"], shots=info["shots"], seed=info["seed"], metrics=metrics, path=path,
+                origin="log", backbone=_path_backbone(info),
+            ))
     return records, problems

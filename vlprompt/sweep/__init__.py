@@ -2,7 +2,7 @@
 
 ``python -m vlprompt.sweep --help`` for the command line; :func:`plan` / :func:`expand` for the
 run list of a protocol. The dataset lists and the output tree come from
-``vlprompt.protocol``; the default configs from the trainers' ``RECIPES`` (:func:`registry_specs`,
+``vlprompt.protocol``; the default configs from the trainers' method cards (:func:`registry_specs`,
 which loads the trainers and so torch, unless specs are passed); the backbone axis (``backbones=``,
 ``--backbones``) from :mod:`vlprompt.sweep.backbones`.
 """

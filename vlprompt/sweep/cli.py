@@ -23,7 +23,9 @@ import shlex
 import sys
 import time
 
-from .protocols import (DEFAULT_SEEDS, FEW_SHOT_SHOTS, PROTOCOLS, XD_SOURCE, SweepError, parse_method, plan,
+from vlprompt.protocol import protocol_names
+
+from .protocols import (DEFAULT_SEEDS, FEW_SHOT_SHOTS, XD_SOURCE, SweepError, parse_method, plan,
                         registry_specs, repo_root)
 from .runner import Runner, cpu_slots, default_prefix, gpu_slots, log_path
 
@@ -38,13 +40,13 @@ def build_parser():
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--recipes", action="store_true",
-                   help="print every registered trainer's default config per protocol (its RECIPES) and exit")
+                   help="print every registered trainer's default config per protocol (its method card) and exit")
     p.add_argument("--methods", nargs="+", default=None, metavar="TRAINER[:CONFIG]",
                    help="trainers, optionally with a config name (configs/trainers/TRAINER/CONFIG.yaml, or "
                         "FOLDER/CONFIG for another folder); without a config the protocol's default that the "
-                        "trainer declares (RECIPES) is used")
+                        "trainer declares (its method card) is used")
     p.add_argument("--protocol", "--protocols", nargs="+", default=None, dest="protocols", metavar="PROTOCOL",
-                   help=f"one or more of: {', '.join(PROTOCOLS)}")
+                   help=f"one or more of: {', '.join(protocol_names())}")
     p.add_argument("--datasets", nargs="+", default=None, metavar="NAME",
                    help="dataset yaml names (default: the 11 for base2new/few_shot, the 10 non-ImageNet "
                         "datasets as cross_dataset targets, the 4 ImageNet variants for domain_generalization). "
@@ -186,11 +188,12 @@ def _print_commands(runs, data_root, prefix, output_root, shown_root, out, err):
 def print_recipes(specs, out):
     """The method table as the sweep uses it: one line per trainer and protocol."""
     for name, spec in sorted(specs.items(), key=lambda kv: (kv[1].order, kv[0])):
-        if not spec.recipes:
+        recipes = spec.all_recipes()
+        if not recipes:
             continue
         flag = "  (eval only)" if spec.eval_only else ""
         print(f"{name}{flag}", file=out)
-        for protocol, rec in spec.recipes.items():
+        for protocol, rec in recipes.items():
             extra = "".join(f"; {k} " + ", ".join(f"{a}: {b}" for a, b in rec[k].items())
                             for k in ("per_dataset", "per_shots") if rec.get(k))
             print(f"  {protocol:22s} {rec['config']}{extra}", file=out)
@@ -264,6 +267,12 @@ def main(argv=None):
             print(f"all {len(runs)} runs are complete; nothing to submit")
             return 0
         paths = write_slurm(runs, data_root, prefix, repo, sdir, sopts)
+        try:
+            for r in todo:
+                r.write_note()
+        except OSError as e:
+            print(f"Error: cannot write the run note into {r.output_dir}: {e}", file=sys.stderr)
+            return 2
         print(f"# {len(todo)} runs to do ({len(runs) - len(todo)} complete); scripts in {sdir}")
         if args.dry_run:
             submitted, why = False, "--dry-run"
@@ -282,6 +291,13 @@ def main(argv=None):
     if args.dry_run:
         _print_plan(runs, data_root, prefix, log_dir, output_root, sys.stdout)
         return 0
+    try:
+        for r in runs:
+            if not r.is_complete():
+                r.write_note()  # the engine records the run's protocol and role from it
+    except OSError as e:
+        print(f"Error: cannot write the run note into {r.output_dir}: {e}", file=sys.stderr)
+        return 2
     runner = Runner(runs, data_root, slots, output_root=output_root, log_dir=log_dir, prefix=prefix, cwd=repo,
                     poll=args.poll)
     return runner.run()

@@ -2,14 +2,18 @@
 
 Every run is one ``python train.py ...`` call, described by :class:`Run`. :func:`plan` builds the
 list for several methods and protocols and removes duplicates (cross-dataset and domain
-generalisation share their ImageNet training runs). The folders come from
-:func:`vlprompt.protocol.run_dir`, the same description the result tables parse; the dataset lists
-from :mod:`vlprompt.protocol`.
+generalisation share their ImageNet training runs). Every protocol is expanded by the same code
+(:func:`_expand_steps`) from what the registered protocol declares (:class:`vlprompt.protocol.Protocol`:
+its steps, datasets, shot counts, source), so a protocol registered later is planned like the shipped
+ones. The folders come from :func:`vlprompt.protocol.run_dir`, the same description the result tables
+parse; each run carries that description (:attr:`Run.note`), which the sweep writes into the folder
+before the run starts (:meth:`Run.write_note`) so that the engine records the right protocol and role.
 
-The default config of a method per protocol, and whether it trains at all, are what the trainer
-declares (``RECIPES``, ``EVAL_ONLY``; read through :func:`vlprompt.engine.methods.method_specs`). A
-caller may pass ``specs`` (name -> spec) instead; without them the registry is loaded once
-(:func:`registry_specs`, which imports the repository's ``trainers`` package and so torch).
+The default config of a method per protocol, and whether it trains at all, are what the trainer's
+method card declares (``config``/``recipes``, ``eval_only``; :class:`vlprompt.protocol.card.MethodCard`,
+read through :func:`vlprompt.engine.methods.method_card`). A caller may pass ``specs`` (name -> card)
+instead; without them the registry is loaded once (:func:`registry_specs`, which imports the repository's
+``trainers`` package and so torch, or reads the cards back from a cache without torch).
 
 The backbone axis (``backbones``, ``--backbones NAME[@TAG] ...``): per (method, recipe, backbone) the
 sweep uses the method's config for that backbone when it ships one (the recipe config's sibling named by
@@ -36,7 +40,6 @@ from typing import Dict, List, Optional
 import yaml
 
 from vlprompt.protocol import (
-    B2N_SHOTS,
     CLIP_NAMES,
     Backbone,
     BackboneError,
@@ -49,15 +52,18 @@ from vlprompt.protocol import (
     DG_TARGETS,
     FEW_SHOT_SHOTS,
     PROTOCOLS,
-    XD_SHOTS,
     XD_SOURCE,
     TreeError,
     config_folder,
-    default_datasets,
     family_config as _family_config,
+    get_protocol,
+    parse_run_dir,
+    protocol_names,
+    write_run_note,
     recipe_config,
     run_dir,
 )
+from vlprompt.protocol.card import MethodCard
 
 __all__ = [
     "PROTOCOLS",
@@ -92,35 +98,11 @@ def repo_root():
 _REGISTRY = {}
 
 
-@dataclass(frozen=True)
-class SpecView:
-    """The fields of ``vlprompt.engine.methods.MethodSpec`` the sweep reads (as plain data)."""
+#: the method table's entries are method cards (vlprompt.protocol.card.MethodCard, torch-free); the old name
+SpecView = MethodCard
 
-    name: str
-    recipes: dict
-    eval_only: bool = False
-    order: int = 1000
-    config_folder: str = ""
-    cfg_node: str = ""  # TRAINER.<CFG_NODE> of the trainer's options
-    prec_default: str = ""  # the trainer's default TRAINER.<CFG_NODE>.PREC ("" = none declared)
-    backbone_support: Optional[dict] = None  # BACKBONE_SUPPORT of the trainer (vlprompt.sweep.backbones)
-
-
-#: bump when SpecView gains a field, so that a cache written by older code is not read
-_CACHE_VERSION = 2
-
-
-def _spec_row(s):
-    """The SpecView fields of a MethodSpec, plus what the trainer class declares beyond it."""
-    from vlprompt.engine.build import TRAINER_REGISTRY
-
-    cls = TRAINER_REGISTRY.get(s.name)
-    defaults = getattr(cls, "CFG_DEFAULTS", None)
-    prec = defaults.get("PREC", "") if isinstance(defaults, dict) else ""
-    support = getattr(s, "backbone_support", None) or getattr(cls, "BACKBONE_SUPPORT", None)
-    return dict(name=s.name, recipes=s.recipes, eval_only=s.eval_only, order=s.order, config_folder=s.config_folder,
-                cfg_node=s.cfg_node, prec_default=str(prec or ""),
-                backbone_support=json.loads(json.dumps(support)) if support else None)
+#: bump when MethodCard gains a field, so that a cache written by older code is not read
+_CACHE_VERSION = 3
 
 
 def _cache_key(root):
@@ -147,9 +129,9 @@ def _engine_loaded():
 
 
 def registry_specs():
-    """``{trainer name: SpecView}`` of every registered trainer.
+    """``{trainer name: MethodCard}`` of every registered trainer.
 
-    Read from ``vlprompt.engine.methods.method_specs`` (plugins loaded, which imports torch) and kept
+    Read from ``vlprompt.engine.methods.method_cards`` (plugins loaded, which imports torch) and kept
     in ``~/.cache/vlprompt/methods-<repo>.json`` (or ``$VLPROMPT_CACHE_DIR``) until a .py file under
     ``trainers/`` or ``vlprompt/engine/`` changes, so that planning a sweep or a script's dry run does
     not import torch every time. ``VLPROMPT_CACHE_DIR=off`` disables the file. In a process that has
@@ -159,10 +141,10 @@ def registry_specs():
     if _engine_loaded():
         # the engine is loaded already (train.py, the toy demo, tests): read the live registry, which
         # also holds trainers registered outside trainers/ (never written to the cache)
-        from vlprompt.engine.methods import load_plugins, method_specs
+        from vlprompt.engine.methods import load_plugins, method_cards
 
         load_plugins()
-        return {s.name: SpecView(**_spec_row(s)) for s in method_specs(with_recipes_only=False)}
+        return {c.name: c for c in method_cards(with_recipes_only=False)}
     if "specs" in _REGISTRY:
         return _REGISTRY["specs"]
     root = repo_root()
@@ -180,13 +162,13 @@ def registry_specs():
             rows = None
     if rows is None:
         try:
-            from vlprompt.engine.methods import load_plugins, method_specs
+            from vlprompt.engine.methods import load_plugins, method_cards
 
             load_plugins()
-            specs = method_specs(with_recipes_only=False)
+            cards = method_cards(with_recipes_only=False)
         except ImportError as e:
             raise SweepError(f"Cannot load the method table (vlprompt.engine.methods, trainers/): {e}") from e
-        rows = [_spec_row(s) for s in specs]
+        rows = [c.to_row() for c in cards]
         if use_file:
             try:
                 os.makedirs(osp.dirname(path), exist_ok=True)
@@ -196,7 +178,7 @@ def registry_specs():
                 os.replace(tmp, path)
             except OSError:
                 pass  # an unwritable cache only costs time: the table was read from the registry
-    _REGISTRY["specs"] = {r["name"]: SpecView(**r) for r in rows}
+    _REGISTRY["specs"] = {r["name"]: MethodCard.from_row(r) for r in rows}
     return _REGISTRY["specs"]
 
 
@@ -206,6 +188,24 @@ def _specs(specs):
     if isinstance(specs, dict):
         return specs
     return {s.name: s for s in specs}
+
+
+def _card(specs, trainer):
+    """The card of ``trainer`` from a method table; a name the table lacks (a composed ``Host+Plugin``
+    trainer made at run time) is asked of the live registry (:func:`vlprompt.engine.methods.method_card`),
+    None when that does not know it either."""
+    card = specs.get(trainer)
+    if card is not None or "+" not in str(trainer):
+        return card
+    try:
+        from vlprompt.engine.methods import load_plugins, method_card
+
+        load_plugins()
+        card = method_card(trainer)
+    except (ImportError, KeyError, ValueError):
+        return None
+    specs[trainer] = card
+    return card
 
 
 @dataclass(frozen=True)
@@ -239,6 +239,7 @@ class Run:
     protocols: List[str] = field(default_factory=list)  # every protocol that needs this run
     role: str = ""  # base | novel | source | target | test (vlprompt.protocol.ROLES)
     backbone: str = ""  # the backbone the run uses (its label: NAME[@TAG]), shown in the plan
+    note: Optional[dict] = None  # what the run is (protocol, role, ...), written into its folder before it starts
 
     @property
     def key(self):
@@ -276,6 +277,12 @@ class Run:
 
     def result_file(self):
         return osp.join(self.output_dir, "results.json")
+
+    def write_note(self):
+        """Leave :attr:`note` in the run folder (:func:`vlprompt.protocol.write_run_note`), so that the
+        engine records this run's protocol and role in results.json whatever its folder alone says."""
+        if self.note:
+            write_run_note(self.output_dir, self.note)
 
     def is_complete(self):
         return osp.isfile(self.result_file())
@@ -335,8 +342,8 @@ def _check_config(root, folder, config, why):
 
 def family_config(trainer, protocol, dataset, shots, config, specs=None):
     """The recipe's main config if ``config`` is the recipe's override for this dataset/shot count."""
-    spec = _specs(specs).get(trainer)
-    return _family_config(spec.recipes.get(protocol) if spec else None, dataset, shots, config)
+    spec = _card(_specs(specs), trainer)
+    return _family_config(spec.recipe(protocol) if spec else None, dataset, shots, config)
 
 
 def read_max_epoch(path, opts=()):
@@ -469,7 +476,7 @@ class _Ctx:
                     return _OnBackbone(sibling, swhy, [], None, backbone_label(*sown), [])
                 # the backbone's own config with another pretrained tag
                 return _OnBackbone(sibling, swhy, ["MODEL.BACKBONE.PRETRAINED_TAG", want.tag], want, want.label, [])
-        spec = self.specs.get(method.trainer)
+        spec = _card(self.specs, method.trainer)
         info = self.towers(want.name) if self.towers else None
         builtin = bool(info and info.builtin)
         if not want.tag and not builtin and want.name not in CLIP_NAMES:
@@ -497,26 +504,26 @@ class _Ctx:
         return _OnBackbone(base, f"{why}, run on {want}", opts, want, want.label, notes)
 
     def eval_only(self, trainer):
-        spec = self.specs.get(trainer)
+        spec = _card(self.specs, trainer)
         return bool(spec and spec.eval_only)
 
     def resolve(self, method, protocol, dataset, shots):
         """(config yaml relative path, folder name, load epoch) for one run."""
-        spec = self.specs.get(method.trainer)
+        spec = _card(self.specs, method.trainer)
         folder = (spec.config_folder if spec and spec.config_folder else method.trainer)
         if method.config is not None:
             config, why = method.config, f"given as {method}"
         else:
-            config = recipe_config(spec.recipes.get(protocol) if spec else None, dataset, shots)
+            config = recipe_config(spec.recipe(protocol) if spec else None, dataset, shots)
             if config is None:
                 avail = _available_configs(self.root, folder)
                 raise SweepError(
-                    f"No default config for {method.trainer} in protocol {protocol} (its trainer declares no "
-                    f"RECIPES['{protocol}']); name one as {method.trainer}:CONFIG. Available configs: "
+                    f"No default config for {method.trainer} in protocol {protocol} (its method card names no "
+                    f"config for {protocol}); name one as {method.trainer}:CONFIG. Available configs: "
                     f"{', '.join(avail) if avail else 'none'}"
                 )
             config = _swap_backbone(config, self.backbone)
-            why = f"default for {method.trainer}/{protocol} (RECIPES of trainer {method.trainer})"
+            why = f"default for {method.trainer}/{protocol} (the method card of trainer {method.trainer})"
         extra, level, label = [], None, ""
         if self.on is not None:
             ob = self.on_backbone(method, folder, config, why, explicit=method.config is not None)
@@ -555,137 +562,74 @@ class _Resolved:
     label: str
 
 
-def _expand_base2new(ctx, method, datasets, seeds, shots):
+def _step_run(ctx, proto, step, method, zs, res, dataset, shots, seed, dirs, source):
+    """The :class:`Run` of one step of a protocol (``dirs``: role -> output dir of this seed's runs so far)."""
     t = method.trainer
-    zs = ctx.eval_only(t)
-    shots = B2N_SHOTS if shots is None else shots
+    shots_opt = step.shots_opt if not zs or step.eval_only_shots_opt is None else step.eval_only_shots_opt
+    if zs and proto.eval_only_shots is not None:
+        shots_opt = False  # one eval-only run per dataset, whatever the shot counts
+    where = dict(dataset=dataset, trainer=t, config=res.cfg, shots=shots, seed=seed, level=res.level)
+    if step.on_source:
+        where["source"] = source
+    out = ctx.out(proto.tree_name(step), step.role, **where)
+    dirs[step.role] = out
+    note = parse_run_dir(out, source) or {}  # what the folder is, read with this run's source
+    model_dir = dirs[step.model_from] if step.model_from and not zs else None
+    opts = (["DATASET.NUM_SHOTS", str(shots)] if shots_opt else [])
+    opts += ["DATASET.SUBSAMPLE_CLASSES", step.subsample] if step.subsample else []
+    opts += list(step.opts)
+    return Run(
+        protocol=proto.name, phase="eval" if zs else ("train" if step.trains else "test"), role=step.role, trainer=t,
+        config=res.cfg, config_file=res.rel, dataset=dataset, seed=seed, shots=shots if step.records_shots else None,
+        backbone=res.label, output_dir=out, model_dir=model_dir, load_epoch=res.epoch if model_dir else None,
+        opts=opts + res.opts + ctx.opts, depends_on=model_dir, note=note,
+    )
+
+
+def _expand_steps(ctx, method, proto, datasets, seeds, shots_list, source):
+    """Every run of ``proto`` for one method: its steps per dataset, shot count and seed (datasets, then
+    shot counts, then seeds); a protocol with a source step runs it once per seed on the source, then its
+    other steps per dataset (targets)."""
+    zs = ctx.eval_only(method.trainer)
     runs = []
-    for d in datasets:
-        res = ctx.resolve(method, "base2new", d, shots)
-        cfg, epoch = res.cfg, res.epoch
+    if any(step.on_source for step in proto.steps):
+        if source in datasets:
+            raise SweepError(f"The source dataset {source} cannot also be a target of {proto.name} (its test is "
+                             f"part of the training run)")
+        K = shots_list[0]
+        res = ctx.resolve(method, proto.name, source, K)
         for s in seeds:
-            where = dict(dataset=d, trainer=t, config=cfg, shots=shots, seed=s, level=res.level)
-            train_dir = ctx.out("base2new", "base", **where)
-            common = dict(protocol="base2new", trainer=t, config=cfg, config_file=res.rel, dataset=d, seed=s,
-                          shots=shots, backbone=res.label)
-            train = Run(
-                phase="eval" if zs else "train",
-                role="base",
-                output_dir=train_dir,
-                opts=["DATASET.NUM_SHOTS", str(shots), "DATASET.SUBSAMPLE_CLASSES", "base"] + res.opts + ctx.opts,
-                **common,
-            )
-            test = Run(
-                phase="eval" if zs else "test",
-                role="novel",
-                output_dir=ctx.out("base2new", "novel", **where),
-                model_dir=None if zs else train_dir,
-                load_epoch=None if zs else epoch,
-                opts=["DATASET.NUM_SHOTS", str(shots), "DATASET.SUBSAMPLE_CLASSES", "new"] + res.opts + ctx.opts,
-                depends_on=None if zs else train_dir,
-                **common,
-            )
-            runs += [train, test]
-    return runs
-
-
-def _expand_transfer(ctx, method, protocol, targets, seeds, shots, source):
-    t = method.trainer
-    zs = ctx.eval_only(t)
-    shots = XD_SHOTS if shots is None else shots
-    if source in targets:
-        raise SweepError(f"The source dataset {source} cannot also be a target of {protocol} (its test is part "
-                         f"of the training run)")
-    res = ctx.resolve(method, protocol, source, shots)
-    cfg, epoch = res.cfg, res.epoch
-    runs = []
-    for s in seeds:
-        train_dir = ctx.out("transfer", "source", dataset=source, trainer=t, config=cfg, shots=shots, seed=s,
-                            source=source, level=res.level)
-        common = dict(protocol=protocol, trainer=t, config=cfg, config_file=res.rel, seed=s, backbone=res.label)
-        runs.append(
-            Run(
-                phase="eval" if zs else "train",
-                role="source",
-                dataset=source,
-                shots=shots,
-                output_dir=train_dir,
-                opts=(["DATASET.NUM_SHOTS", str(shots)] if not zs else []) + res.opts + ctx.opts,
-                **common,
-            )
-        )
-        for d in targets:
-            runs.append(
-                Run(
-                    phase="eval" if zs else "test",
-                    role="target",
-                    dataset=d,
-                    shots=None,
-                    output_dir=ctx.out(protocol, "target", dataset=d, trainer=t, config=cfg, shots=shots, seed=s,
-                                       level=res.level),
-                    model_dir=None if zs else train_dir,
-                    load_epoch=None if zs else epoch,
-                    opts=res.opts + ctx.opts,
-                    depends_on=None if zs else train_dir,
-                    **common,
-                )
-            )
-    return runs
-
-
-def _expand_few_shot(ctx, method, datasets, seeds, shots_list):
-    t = method.trainer
-    runs = []
-    if ctx.eval_only(t):
-        # Zero-shot does not depend on K: one all-class test per dataset, filed under shots_0.
-        for d in datasets:
-            res = ctx.resolve(method, "few_shot", d, None)
-            for s in seeds:
-                runs.append(
-                    Run(
-                        protocol="few_shot", phase="eval", role="test", trainer=t, config=res.cfg,
-                        config_file=res.rel, dataset=d, seed=s, shots=0, backbone=res.label,
-                        output_dir=ctx.out("few_shot", "test", dataset=d, trainer=t, config=res.cfg, shots=0, seed=s,
-                                           level=res.level),
-                        opts=res.opts + ctx.opts,
-                    )
-                )
+            dirs = {}
+            for step in proto.steps:
+                for d in ([source] if step.on_source else datasets):
+                    runs.append(_step_run(ctx, proto, step, method, zs, res, d, K, s, dirs, source))
         return runs
+    collapse = zs and proto.eval_only_shots is not None
     for d in datasets:
-        for k in shots_list:
-            if k < 1:
-                raise SweepError(f"few_shot shot counts must be positive, got {k}")
-            res = ctx.resolve(method, "few_shot", d, k)
+        for K in ([proto.eval_only_shots] if collapse else shots_list):
+            if proto.shot_list and not collapse and K < 1:
+                raise SweepError(f"{proto.name} shot counts must be positive, got {K}")
+            res = ctx.resolve(method, proto.name, d, None if collapse else K)
             for s in seeds:
-                runs.append(
-                    Run(
-                        protocol="few_shot", phase="train", role="test", trainer=t, config=res.cfg,
-                        config_file=res.rel, dataset=d, seed=s, shots=k, backbone=res.label,
-                        output_dir=ctx.out("few_shot", "test", dataset=d, trainer=t, config=res.cfg, shots=k, seed=s,
-                                           level=res.level),
-                        opts=["DATASET.NUM_SHOTS", str(k)] + res.opts + ctx.opts,
-                    )
-                )
+                dirs = {}
+                for step in proto.steps:
+                    runs.append(_step_run(ctx, proto, step, method, zs, res, d, K, s, dirs, source))
     return runs
 
 
 def route_datasets(protocol, datasets, source=XD_SOURCE, strict=True):
     """The datasets of one protocol out of a list given for several protocols.
 
-    The ImageNet variants (DG targets) go to domain_generalization only, every other dataset to
-    base2new, few_shot and cross_dataset; the source dataset is never a transfer target (its
-    training run reports the source accuracy). None keeps each protocol's default list. With
-    ``strict`` a protocol that gets no dataset is an error; otherwise it gets an empty list.
+    Each protocol says which datasets it takes (:meth:`vlprompt.protocol.Protocol.takes`): the ImageNet
+    variants (DG targets) go to domain_generalization only, every other dataset to base2new, few_shot and
+    cross_dataset; the source dataset is never a transfer target (its training run reports the source
+    accuracy). None keeps each protocol's default list. With ``strict`` a protocol that gets no dataset is
+    an error; otherwise it gets an empty list.
     """
     if datasets is None:
         return None
     datasets = list(datasets)
-    if protocol == "domain_generalization":
-        out = [d for d in datasets if d in DG_TARGETS]
-    else:
-        out = [d for d in datasets if d not in DG_TARGETS]
-        if protocol == "cross_dataset":
-            out = [d for d in out if d != source]
+    out = [d for d in datasets if _protocol(protocol).takes(d, source)]
     if not out and strict:
         raise SweepError(
             f"None of the datasets {' '.join(datasets)} belongs to protocol {protocol} "
@@ -693,6 +637,13 @@ def route_datasets(protocol, datasets, source=XD_SOURCE, strict=True):
             f"the source {source} and the DG variants; base2new and few_shot take the others)"
         )
     return out
+
+
+def _protocol(name):
+    try:
+        return get_protocol(name)
+    except TreeError:
+        raise SweepError(f"Unknown protocol '{name}'. Valid protocols: {', '.join(protocol_names())}") from None
 
 
 def expand(method, protocol, datasets=None, seeds=DEFAULT_SEEDS, *, output_root="output", root=None,
@@ -715,25 +666,20 @@ def expand(method, protocol, datasets=None, seeds=DEFAULT_SEEDS, *, output_root=
     """
     if isinstance(method, str):
         method = parse_method(method)
-    if protocol not in PROTOCOLS:
-        raise SweepError(f"Unknown protocol '{protocol}'. Valid protocols: {', '.join(PROTOCOLS)}")
+    proto = _protocol(protocol)
     root = root or repo_root()
     specs = _specs(specs)
     known = _known_trainers(root, specs)
-    if method.trainer not in known:
+    if method.trainer not in known and _card(specs, method.trainer) is None:
         raise SweepError(f"Unknown trainer '{method.trainer}'. Known trainers: {', '.join(known)}")
     if len(opts) % 2:
         raise SweepError(f"Options must be KEY VALUE pairs, got {list(opts)}")
-    datasets = default_datasets(protocol, source) if datasets is None else list(datasets)
-    if protocol == "domain_generalization":
-        bad = [d for d in datasets if d not in DG_TARGETS]
-        if bad:
-            raise SweepError(f"domain_generalization targets must be among {' '.join(DG_TARGETS)}; got {' '.join(bad)}")
-    elif protocol == "cross_dataset":
-        bad = [d for d in datasets if d in DG_TARGETS]
-        if bad:
-            raise SweepError(f"{' '.join(bad)} are domain_generalization targets, not cross_dataset targets")
-    for d in datasets + ([source] if protocol in ("cross_dataset", "domain_generalization") else []):
+    datasets = proto.default_datasets(source) if datasets is None else list(datasets)
+    problem = proto.dataset_problem(datasets)
+    if problem:
+        raise SweepError(problem)
+    uses_source = any(step.on_source for step in proto.steps)
+    for d in datasets + ([source] if uses_source else []):
         _check_dataset(root, d)
     seeds = [int(s) for s in seeds]
     if any(s < 0 for s in seeds):
@@ -743,22 +689,16 @@ def expand(method, protocol, datasets=None, seeds=DEFAULT_SEEDS, *, output_root=
         raise SweepError("--backbone (a config-name prefix) and --backbones cannot be combined; use --backbones")
     towers = towers or _default_towers
     if on is not None:
-        _check_support(method.trainer, on, specs.get(method.trainer), towers, notes)
+        _check_support(method.trainer, on, _card(specs, method.trainer), towers, notes)
     ctx = _Ctx(root, output_root, specs, opts, tag, slug_opts, backbone, load_epoch, on=on, towers=towers)
-    if protocol == "base2new":
-        if isinstance(shots, (list, tuple)):
-            raise SweepError("base2new takes one shot count")
-        runs = _expand_base2new(ctx, method, datasets, seeds, shots)
-    elif protocol == "few_shot":
-        if shots is None:
-            shots_list = list(FEW_SHOT_SHOTS)
-        else:
-            shots_list = [int(k) for k in (shots if isinstance(shots, (list, tuple)) else [shots])]
-        runs = _expand_few_shot(ctx, method, datasets, seeds, shots_list)
+    if proto.shot_list:
+        shots_list = (list(proto.shots) if shots is None else
+                      [int(k) for k in (shots if isinstance(shots, (list, tuple)) else [shots])])
     else:
         if isinstance(shots, (list, tuple)):
             raise SweepError(f"{protocol} takes one shot count")
-        runs = _expand_transfer(ctx, method, protocol, datasets, seeds, shots, source)
+        shots_list = [proto.shots if shots is None else shots]
+    runs = _expand_steps(ctx, method, proto, datasets, seeds, shots_list, source)
     for r in runs:
         r.protocols = [protocol]
     if notes is not None:
@@ -797,7 +737,7 @@ def _check_support(trainer, on, spec, towers, notes):
     if info is None:
         note = f"{trainer} on {on}: the towers of {on.name} cannot be read before the run; not checked at planning"
     elif support is None:
-        note = f"{trainer} declares no BACKBONE_SUPPORT; {on} ({info.family}) is not checked at planning"
+        note = f"{trainer}'s method card declares no backbones; {on} ({info.family}) is not checked at planning"
     if note:
         if notes is not None and note not in notes:
             notes.append(note)
@@ -825,8 +765,7 @@ def plan(methods, protocols, datasets=None, seeds=DEFAULT_SEEDS, *, few_shot_sho
     if isinstance(protocols, str):
         protocols = [protocols]
     for p in protocols:
-        if p not in PROTOCOLS:
-            raise SweepError(f"Unknown protocol '{p}'. Valid protocols: {', '.join(PROTOCOLS)}")
+        _protocol(p)
     source = kw.get("source", XD_SOURCE)
     routed = {p: route_datasets(p, datasets, source, strict=len(protocols) == 1) for p in protocols}
     if datasets is not None and not any(routed.values()):
@@ -839,7 +778,7 @@ def plan(methods, protocols, datasets=None, seeds=DEFAULT_SEEDS, *, few_shot_sho
         if ds is not None and not ds:
             continue
         kw_p = dict(kw)
-        if p == "few_shot":
+        if _protocol(p).shot_list:
             kw_p["shots"] = few_shot_shots
         for on, m in itertools.product(axis, methods):
             try:
