@@ -295,6 +295,7 @@ def main(args):
     created_top = _first_missing_ancestor(cfg.OUTPUT_DIR)
     lock = OutputDirLock(cfg.OUTPUT_DIR, command=" ".join(["train.py"] + sys.argv[1:])[:300]) if rank == 0 else None
     started_ok = False
+    refused_log = None
     try:
         if lock is not None:
             lock.acquire(quiet=True)
@@ -347,11 +348,18 @@ def main(args):
                 logger.discard()  # refused: nothing shown, nothing written
             else:
                 logger.commit()  # a bug: keep what was printed, for the report
+        elif not started_ok and logger is not None and _user_error_code(e) is not None:
+            refused_log = logger.fpath  # committed by LOG_PATIENCE_S: this run's own (new) file goes too
         raise
     finally:
         if lock is not None:
             lock.release()
             if not started_ok:
+                if refused_log:
+                    try:
+                        os.remove(refused_log)
+                    except OSError:
+                        pass
                 _remove_created_dirs(cfg.OUTPUT_DIR, created_top)
 
 

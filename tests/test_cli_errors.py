@@ -401,3 +401,32 @@ def test_siglip_tokenizer_without_its_packages_names_the_install_command(monkeyp
         "checkout (or: pip install transformers sentencepiece)")
     with open(os.path.join(ROOT, "setup.py")) as f:
         assert '"siglip": ["transformers>=4.38", "sentencepiece>=0.1.99"]' in f.read()
+
+
+def test_a_refusal_after_the_log_started_leaves_nothing_either(tmp_path, data_root, dataset_yaml, method_yaml,
+                                                               capsys, monkeypatch):
+    """A slow start commits the log after LOG_PATIENCE_S seconds; a mistake found later (here: while the
+    trainer is built) still leaves the output folder as it was."""
+    import time
+
+    from vlprompt.errors import InvalidValueError
+    from vlprompt.utils.logger import Logger
+
+    monkeypatch.setattr(train_mod, "LOG_PATIENCE_S", 0.0)
+    real = train_mod.build_trainer
+
+    def slow_then_refused(cfg):
+        deadline = time.time() + 30
+        while isinstance(sys.stdout, Logger) and sys.stdout.deferred and time.time() < deadline:
+            time.sleep(0.01)
+        assert isinstance(sys.stdout, Logger) and not sys.stdout.deferred  # the log file exists now
+        assert os.listdir(cfg.OUTPUT_DIR)
+        raise InvalidValueError("MODEL.BACKBONE.NAME is not what it should be")
+
+    monkeypatch.setattr(train_mod, "build_trainer", slow_then_refused)
+    out = tmp_path / "o"
+    rc = run_cli(args_for(data_root, dataset_yaml, method_yaml, out))
+    monkeypatch.setattr(train_mod, "build_trainer", real)
+    cap = capsys.readouterr()
+    assert rc == 2 and cap.err.endswith("Error: MODEL.BACKBONE.NAME is not what it should be\n")
+    assert not out.exists()
