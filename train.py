@@ -240,7 +240,8 @@ def validate_inputs(cfg, args):
     trainers = TRAINER_REGISTRY.registered_names()
     if not cfg.TRAINER.NAME:
         raise RunError(f"No trainer given: pass --trainer NAME (registered trainers: {sorted(trainers)})")
-    check_availability(cfg.TRAINER.NAME, trainers)
+    TRAINER_REGISTRY.resolve(cfg.TRAINER.NAME)  # Host+Plugin spellings are composed here (or refused)
+    check_availability(cfg.TRAINER.NAME, TRAINER_REGISTRY.registered_names())
     datasets = DATASET_REGISTRY.registered_names()
     if not cfg.DATASET.NAME:
         raise RunError("No dataset given (DATASET.NAME is empty): pass --dataset-config-file "
@@ -256,6 +257,17 @@ def validate_inputs(cfg, args):
                        "of the run to resume; a run also resumes from its own --output-dir)")
     if args.eval_only and args.model_dir and not osp.isdir(args.model_dir):
         raise RunError(f'--model-dir "{args.model_dir}" does not exist or is not a folder')
+
+
+def check_run_sanity(cfg, args):
+    """Refuse a run that cannot mean what its result would claim (vlprompt/config/run_checks.py)."""
+    from vlprompt.config.run_checks import check_run
+    from vlprompt.engine import TRAINER_REGISTRY
+
+    cls = TRAINER_REGISTRY.get(cfg.TRAINER.NAME)
+    check_run(cfg, training=not (args.eval_only or args.no_train),
+              trainer_trains=not getattr(cls, "EVAL_ONLY", False),
+              lr_schedule_unit=getattr(cls, "LR_SCHEDULE_UNIT", "epoch"))
 
 
 def _first_missing_ancestor(path):
@@ -292,6 +304,7 @@ def main(args):
     cfg = setup_cfg(args)
     rank, world = init_distributed_from_env()
     validate_inputs(cfg, args)
+    check_run_sanity(cfg, args)
     created_top = _first_missing_ancestor(cfg.OUTPUT_DIR)
     lock = OutputDirLock(cfg.OUTPUT_DIR, command=" ".join(["train.py"] + sys.argv[1:])[:300]) if rank == 0 else None
     started_ok = False
@@ -300,6 +313,11 @@ def main(args):
         if lock is not None:
             lock.acquire(quiet=True)
         check_output_dir(cfg, args)  # with the lock held, so no run can finish in between
+        resume = None
+        if not args.eval_only and not args.no_train:
+            from vlprompt.engine.resume_guard import check_resume
+
+            resume = check_resume(cfg)  # a resume with another config is refused before anything changes
         if lock is not None:
             clean_stale_tmp(cfg.OUTPUT_DIR)
             # hold the argument/config dump (console and log.txt) until the inputs are validated, or for
@@ -317,6 +335,11 @@ def main(args):
         print_args(args, cfg)
         for line in PREPROCESS_LOG:
             print(line)
+        if resume is not None:
+            from vlprompt.engine.resume_guard import describe
+
+            for line in describe(resume):
+                print(line)
 
         started = time.time()
         trainer = build_trainer(cfg)  # reads the dataset and builds the model: the inputs are now validated
@@ -335,6 +358,8 @@ def main(args):
             model_dir=args.model_dir, load_epoch=args.load_epoch, started_at=started,
             phase="eval" if args.eval_only else "train",
         )
+        if resume is not None:
+            trainer.run_info["resume"] = resume.record()
         if args.eval_only:
             trainer.test()
             return trainer

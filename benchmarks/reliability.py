@@ -21,6 +21,14 @@ What it does (real processes and signals, on the toy world with the shipped toy 
    refused by the output-folder lock), then checks that every run's metrics and the final tables equal the
    reference's, and that no partial ``*.tmp`` file or lock file is left in the output tree.
 
+5. resume with a changed config (``--changed-config only`` runs just this part): one ``train.py`` run of CoOp
+   (the sweep's base-class training command) is killed with SIGKILL after its first epoch, then started again
+   with each of several changed configs (``OPTIM.MAX_EPOCH``, ``OPTIM.LR``, ``TRAINER.COOP.N_CTX``, ``--seed``,
+   ``TEST.FINAL_MODEL``): each must be refused with one ``Error: Cannot resume ...`` line, exit 2, and leave every
+   file of the folder unchanged; then it is resumed with a key that is safe to change (``TRAIN.PRINT_FREQ``),
+   which must end with exit 0, record the change in results.json (``resume.changed_keys``) and give the
+   reference sweep's metrics for that run.
+
 The report (stdout, and ``--json``) gives how many kill points were tried and, per check, how many held.
 Timings are not measured: this is a correctness benchmark. Expected under SIGKILL of the runner: its
 jobs live on (a killed process cannot stop its children); the lock must then keep the resumed sweep out
@@ -239,6 +247,85 @@ def trial(args, i, kind, rng, ref, duration, work):
     return rec
 
 
+CHANGED_CONFIGS = (
+    ("OPTIM.MAX_EPOCH", ["OPTIM.MAX_EPOCH", "5"]),
+    ("OPTIM.LR", ["OPTIM.LR", "0.005"]),
+    ("TRAINER.COOP.N_CTX", ["TRAINER.COOP.N_CTX", "8"]),
+    ("SEED", ["--seed", "2"]),
+    ("TEST.FINAL_MODEL", ["TEST.FINAL_MODEL", "best_val"]),
+)
+
+
+def _snapshot(folder):
+    out = {}
+    for dirpath, _, files in os.walk(folder):
+        for fn in files:
+            if fn == ".vlprompt.lock":  # the dead run's lock: taken over and released by the next run
+                continue
+            path = osp.join(dirpath, fn)
+            with open(path, "rb") as f:
+                out[osp.relpath(path, folder)] = (os.stat(path).st_mtime_ns, f.read())
+    return out
+
+
+def changed_config_check(args, work, ref):
+    """Item 5 of the module docstring; returns its record."""
+    out = osp.join(work, "changed_config")
+    shutil.rmtree(out, ignore_errors=True)
+
+    def argv(seed="1", opts=()):
+        a = ["--root", args.data_root, "--seed", seed, "--trainer", "CoOp", "--dataset-config-file",
+             "configs/datasets/toy_shapes.yaml", "--config-file", "configs/trainers/CoOp/toy.yaml",
+             "--output-dir", out, "DATASET.NUM_SHOTS", "16", "DATASET.SUBSAMPLE_CLASSES", "base",
+             "OPTIM.MAX_EPOCH", str(args.epochs)]
+        return [sys.executable, "train.py"] + a + list(opts)
+
+    rec = {"refusals": {}, "safe_resume": None}
+    proc = subprocess.Popen(argv(), cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    killed = False
+    for line in proc.stdout:
+        if "model-last.pth.tar" in line:
+            proc.kill()
+            killed = True
+            break
+    proc.wait()
+    proc.stdout.close()
+    rec["killed_after_epoch_1"] = killed
+    if not killed:
+        rec["note"] = "the run ended before its first resume point"
+        return rec
+    for key, opts in CHANGED_CONFIGS:
+        before = _snapshot(out)
+        cmd = argv(seed=opts[1], opts=()) if opts[0] == "--seed" else argv(opts=opts)
+        p = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True)
+        err = p.stderr.strip().splitlines()
+        rec["refusals"][key] = {
+            "rc": p.returncode,
+            "one_error_line": len(err) == 1 and err[0].startswith("Error: Cannot resume") and key in err[0],
+            "folder_unchanged": _snapshot(out) == before,
+            "message": err[-1][:300] if err else "",
+        }
+    p = subprocess.run(argv(opts=["TRAIN.PRINT_FREQ", "5"]), cwd=REPO, env=env(), capture_output=True, text=True)
+    safe = {"rc": p.returncode, "resumed": "Previous epoch: 1" in p.stdout}
+    path = osp.join(out, "results.json")
+    if osp.isfile(path):
+        with open(path) as f:
+            got = json.load(f)
+        safe["changed_keys"] = (got.get("resume") or {}).get("changed_keys")
+        refs = [m for k, m in ref["metrics"].items() if "train_base" in k and f"{os.sep}CoOp{os.sep}" in k]
+        safe["metrics_equal_reference"] = bool(refs) and got["metrics"] == refs[0]
+    rec["safe_resume"] = safe
+    return rec
+
+
+def changed_config_ok(rec):
+    safe = rec.get("safe_resume") or {}
+    return (rec.get("killed_after_epoch_1") and all(
+        r["rc"] == 2 and r["one_error_line"] and r["folder_unchanged"] for r in rec["refusals"].values())
+        and safe.get("rc") == 0 and safe.get("resumed") and safe.get("changed_keys") == {"TRAIN.PRINT_FREQ": [10, 5]}
+        and safe.get("metrics_equal_reference"))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--trials", type=int, default=12, help="kill points to try (12 = each kind once)")
@@ -250,6 +337,8 @@ def main(argv=None):
     p.add_argument("--out", default=None, help="work folder (default: a temporary folder, removed at the end)")
     p.add_argument("--keep", action="store_true", help="keep every trial's output tree")
     p.add_argument("--json", default=None, help="also write the report here")
+    p.add_argument("--changed-config", choices=("yes", "no", "only"), default="yes",
+                   help="also (yes, default), never (no) or only (only) check the resume with a changed config")
     p.add_argument("--kinds", nargs="+", default=None, metavar="SIGNAL:TARGET:piped|file",
                    help="only these kill kinds, e.g. SIGINT:runner:piped SIGTERM:runner:piped")
     args = p.parse_args(argv)
@@ -269,6 +358,22 @@ def main(argv=None):
         return 1
     print(f"reference sweep: {len(ref['metrics'])} runs, exit 0 (about {duration:.0f} s); kill points drawn in "
           f"[2, {0.9 * duration:.0f}] s")
+
+    changed = None
+    if args.changed_config != "no":
+        changed = changed_config_check(args, work, ref)
+        for key, r in changed["refusals"].items():
+            print(f"resume with another {key}: rc {r['rc']}, one Error line {r['one_error_line']}, "
+                  f"folder unchanged {r['folder_unchanged']}")
+        print(f"resume with a safe key changed (TRAIN.PRINT_FREQ): {changed['safe_resume']}")
+        print(f"resume with a changed config: {'held' if changed_config_ok(changed) else 'FAILED'}", flush=True)
+        if args.changed_config == "only":
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump({"changed_config": changed}, f, indent=2)
+            if not args.out and not args.keep:
+                shutil.rmtree(work, ignore_errors=True)
+            return 0 if changed_config_ok(changed) else 1
 
     kinds = list(itertools.product(["SIGKILL", "SIGINT", "SIGTERM"], ["runner", "job"], [False, True]))
     if args.kinds:
@@ -309,17 +414,20 @@ def main(argv=None):
             lambda r: r["orphans"] > 0, lambda r: r["target"] == "runner" and r["signal"] == "SIGKILL" and r["killed"]),
         "resumed_job_refused_by_lock_(orphan_alive)": sum(r["lock_refusals"] for r in records),
     }
+    if changed is not None:
+        summary["resume_with_changed_config_refused_and_safe_keys_applied"] = "1/1" if changed_config_ok(changed) else "0/1"
     print("\nsummary (held / tried, or a count):")
     for k, v in summary.items():
         print(f"  {k:42s} {v}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"summary": summary, "trials": records, "reference_runs": sorted(ref["metrics"])}, f, indent=2)
+            json.dump({"summary": summary, "trials": records, "reference_runs": sorted(ref["metrics"]),
+                       "changed_config": changed}, f, indent=2)
     if not args.out and not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     failed = [r for r in records if not (r["resumed_ok"] and r["metrics_equal"] and r["tables_equal"]
                                           and not r["leftovers"])]
-    return 1 if failed else 0
+    return 1 if failed or (changed is not None and not changed_config_ok(changed)) else 0
 
 
 if __name__ == "__main__":

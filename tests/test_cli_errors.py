@@ -32,7 +32,7 @@ def dataset_yaml(tmp_path_factory):
 @pytest.fixture(scope="module")
 def method_yaml(tmp_path_factory):
     return write_method_yaml(tmp_path_factory.mktemp("cfgm") / "probe.yaml",
-                             METHOD_YAML.replace("MAX_EPOCH: 3", "MAX_EPOCH: 1"))
+                             METHOD_YAML.replace("MAX_EPOCH: 3", "MAX_EPOCH: 1").replace("WARMUP_EPOCH: 1", "WARMUP_EPOCH: 0"))
 
 
 def run_cli(argv):

@@ -106,13 +106,13 @@ def test_fewshot_cache_json_round_trip(folder, tmp_path):
     t1, v1 = load_or_make_fewshot(ds, cache_dir, 4, 1, train, val, prefix=folder)
     path = os.path.join(cache_dir, "shot_4-seed_1.json")
     data = json.loads(open(path).read())
-    assert set(data) == {"train", "val"} and len(data["train"]) == 20 and len(data["val"]) == 5 * 2
+    assert set(data) == {"train", "val", "source"} and len(data["train"]) == 20 and len(data["val"]) == 5 * 2
     random.seed(999)  # the cache, not the RNG, decides
     t2, v2 = load_or_make_fewshot(ds, cache_dir, 4, 1, train, val, prefix=folder)
     assert [d.impath for d in t1] == [d.impath for d in t2] and [d.impath for d in v1] == [d.impath for d in v2]
     # ImageNet style: no val
     t3, v3 = load_or_make_fewshot(ds, cache_dir, 2, 1, train, None, prefix=folder)
-    assert v3 is None and set(json.loads(open(os.path.join(cache_dir, "shot_2-seed_1.json")).read())) == {"train"}
+    assert v3 is None and set(json.loads(open(os.path.join(cache_dir, "shot_2-seed_1.json")).read())) == {"train", "source"}
 
 
 def test_subsample_base_new_relabels(folder):

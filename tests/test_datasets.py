@@ -128,10 +128,10 @@ def test_fewshot_sampling_and_json_cache(tmp_path, name, capsys):
     assert all(c == 2 for c in _per_class(ds.train_x).values())
     assert {it.impath for it in ds.train_x} <= full_train
     if name == "ImageNet":
-        assert sorted(data) == ["train"]
+        assert sorted(data) == ["source", "train"]  # source: the split it was drawn from
         assert _triples(ds.test) == _triples(full.test) and ds.val is ds.test
     else:
-        assert sorted(data) == ["train", "val"]
+        assert sorted(data) == ["source", "train", "val"]
         full_val = _per_class(full.val)
         assert _per_class(ds.val) == {k: min(v, 2) for k, v in full_val.items()}
         assert _triples(ds.test) == _triples(full.test)

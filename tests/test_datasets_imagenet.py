@@ -162,6 +162,6 @@ def test_fewshot_imagenet_cache_holds_train_only(tmp_path):
     mini = MINIS["ImageNet"](str(tmp_path))
     ds = build_dataset(tmp_path, "ImageNet", num_shots=1, subsample="base")
     with open(osp.join(mini.dataset_dir, "split_fewshot", "shot_1-seed_1.json")) as f:
-        assert list(json.load(f)) == ["train"]
+        assert list(json.load(f)) == ["train", "source"]
     assert ds.classnames == ["tench", "goldfish"]
     assert len(ds.train_x) == 2 and len(ds.test) == 4 and ds.val is ds.test

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from tests.helpers import make_cfg, make_image_folder
 from vlprompt.engine import TRAINER_REGISTRY, HookBase, TrainerBase, TrainerX, build_trainer
-from vlprompt.engine.batch_sources import IterationBudget, LoaderSource, PairedSource
+from vlprompt.data.batch_sources import IterationBudget, LoaderSource, PairedSource
 from vlprompt.engine.methods import load_plugins
 from vlprompt.optim import build_lr_scheduler, build_optimizer
 from vlprompt.utils import load_checkpoint, restore_stdout
@@ -121,6 +121,8 @@ def test_lr_is_stepped_once_per_unit(probe, tmp_path, unit, itself, expected):
     n = tr.num_batches
     assert n >= 2
     assert tr.sched.last_epoch == (3 if expected == "epochs" else 3 * n)
+    loader = tr.train_loader_x  # the loop counts the labelled images it fed (results.json cost)
+    assert tr.images_trained == 3 * (n * loader.batch_size if loader.drop_last else len(loader.sampler))
 
 
 def test_iteration_budget_chains_reshuffled_passes():

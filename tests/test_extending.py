@@ -87,7 +87,7 @@ def test_the_extending_example_runs_through_registry_sweep_and_results(tmp_path,
     ensure_toy_dataset("ToyShapes", str(data), log=None)
     out = tmp_path / "output"
     runs = expand("TinyReg", "base2new", ["toy_shapes"], seeds=[1], output_root=str(out), shots=2,
-                  opts=["OPTIM.MAX_EPOCH", "1"])
+                  opts=["OPTIM.MAX_EPOCH", "1", "OPTIM.WARMUP_EPOCH", "0"])
     assert [(r.phase, r.role) for r in runs] == [("train", "base"), ("test", "novel")]
     monkeypatch.chdir(ROOT)
     for run in runs:  # the commands the sweep runs, in its order

@@ -155,7 +155,9 @@ def test_forward_equals_the_official_computation_with_gradients(tiny, layers):
     g_ours = torch.autograd.grad(loss(ours), list(params.values()))
     g_ref = torch.autograd.grad(loss(ref), list(params.values()))
     for name, a, b in zip(params, g_ours, g_ref):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
+        # float32 sums in another order (and another GEMM kernel on AVX2 than on AVX-512): ~3e-6 of the
+        # largest gradient, so the absolute tolerance scales with it
+        torch.testing.assert_close(a, b, atol=1e-5 * max(1.0, float(b.abs().max())), rtol=1e-4, msg=name)
         assert a.abs().sum() > 0, name  # every learnable tensor gets a gradient
 
 

@@ -462,7 +462,7 @@ def run_cli(argv):
 
 
 TINY_OPTS = ["MODEL.BACKBONE.NAME", "test-vit-tiny", "USE_CUDA", "False", "DATALOADER.NUM_WORKERS", "0",
-             "DATALOADER.TEST.BATCH_SIZE", "16", "OPTIM.MAX_EPOCH", "1", "TRAIN.PRINT_FREQ", "1",
+             "DATALOADER.TEST.BATCH_SIZE", "16", "OPTIM.MAX_EPOCH", "1", "OPTIM.WARMUP_EPOCH", "0", "TRAIN.PRINT_FREQ", "1",
              "OPTIM.LR", "0.05"]
 
 

@@ -402,7 +402,7 @@ def test_written_files_honour_the_umask(tmp_path, method_yaml, umask, expected):
     old = os.umask(umask)
     try:
         assert run_cli(args_for(root, str(ds), method_yaml, out, "DATASET.NUM_SHOTS", "2",
-                                "OPTIM.MAX_EPOCH", "1")) == 0
+                                "OPTIM.MAX_EPOCH", "1", "OPTIM.WARMUP_EPOCH", "0")) == 0
     finally:
         os.umask(old)
     files = [out / "results.json", out / "config.yaml", out / "log.txt", out / "head" / "model.pth.tar-1",

@@ -447,12 +447,12 @@ def test_demo_runs_train_py_base_to_novel(toy_root, tmp_path):
     lines = []
     out = tmp_path / "demo"
     res = run_demo(root=toy_root, output_dir=str(out), shots=2, quiet=True, log=lines.append,
-                   opts=["OPTIM.MAX_EPOCH", "1"])
+                   opts=["OPTIM.MAX_EPOCH", "1", "OPTIM.WARMUP_EPOCH", "0"])
     assert set(res) == {"ZeroshotCLIP", "APLe"}
     for accs in res.values():
         assert set(accs) == {"base", "novel", "hm"} and all(0 <= v <= 100 for v in accs.values())
     # the trailing option is part of the config folder, so the variant never lands in the default run's folder
-    tail = ("toy_shapes", "shots_2", "APLe", "toy_max_epoch1", "seed1")
+    tail = ("toy_shapes", "shots_2", "APLe", "toy_max_epoch1_warmup_epoch0", "seed1")
     assert osp.isfile(osp.join(out, "base2new", "train_base", *tail, "results.json"))
     assert osp.isfile(osp.join(out, "base2new", "test_new", *tail, "results.json"))
     assert osp.isfile(osp.join(out, "base2new", "train_base", *tail, "log.txt"))
@@ -461,7 +461,7 @@ def test_demo_runs_train_py_base_to_novel(toy_root, tmp_path):
     # A second call reuses the finished runs.
     lines.clear()
     again = run_demo(root=toy_root, output_dir=str(out), shots=2, quiet=True, log=lines.append,
-                     opts=["OPTIM.MAX_EPOCH", "1"])
+                     opts=["OPTIM.MAX_EPOCH", "1", "OPTIM.WARMUP_EPOCH", "0"])
     assert again == res and sum("already done" in m for m in lines) == 4
 
 

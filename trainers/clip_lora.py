@@ -28,7 +28,7 @@ from vlprompt.clip.blocks import PromptedCLIP
 from vlprompt.config import ConfigError
 from vlprompt.clip.families import PROMPTABLE_VISION
 from vlprompt.engine import TRAINER_REGISTRY
-from vlprompt.engine.batch_sources import IterationBudget
+from vlprompt.data.batch_sources import IterationBudget
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
 from vlprompt.engine.methods import MethodCard
 from vlprompt.optim import build_optimizer

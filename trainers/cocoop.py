@@ -97,7 +97,7 @@ class CoCoOpCLIP(PromptedCLIP):
         image_features = F.normalize(raw_features.float(), dim=-1)
         ctx_shifted = self.prompt_learner(image_features)
         text_features = self.conditioned_text_features(ctx_shifted)
-        return self.logits(image_features, text_features)
+        return self.logits(image_features, text_features, raw_image_features=raw_features)
 
     def forward_loop(self, image):
         """Reference: the official per-image loop (K prompts encoded per image). Same result."""

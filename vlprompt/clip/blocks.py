@@ -115,9 +115,19 @@ class PromptedCLIP(nn.Module):
                 m.set_classnames(classnames)
         self.text_cache.clear()
 
-    def logits(self, image_features, text_features):
-        """fp32 ``exp(logit_scale) * cos`` logits; see :func:`normalized_logits`."""
-        return normalized_logits(image_features, text_features, self.logit_scale)
+    #: a callable ``tap(image_features, text_features, logits)`` called by :meth:`logits` (None: none);
+    #: plug-ins read the features before the logit product through it (vlprompt.engine.plugins.FeatureTap)
+    feature_tap = None
+
+    def logits(self, image_features, text_features, raw_image_features=None):
+        """fp32 ``exp(logit_scale) * cos`` logits; see :func:`normalized_logits`.
+
+        ``raw_image_features``: the unnormalised image features when ``image_features`` were normalised
+        by the caller (given to the feature tap only; the logits do not depend on it)."""
+        out = normalized_logits(image_features, text_features, self.logit_scale)
+        if self.feature_tap is not None:
+            self.feature_tap(image_features if raw_image_features is None else raw_image_features, text_features, out)
+        return out
 
 
 class ZeroShotHead(nn.Module):
@@ -206,18 +216,27 @@ class DeepPromptedCLIP(PromptedCLIP):
             self.fixed_text = ZeroShotHead(clip_model, classnames, fixed_text_templates)
         self.prompts_vision = hasattr(learner, "vision_prompts") and int(vision[1]) > 0
 
+    #: a plug-in's prompt modifier (None: none): ``modifier(prompts, eot_idx, shared_prefix)`` returns the
+    #: three edited (e.g. ATPrompt's attribute tokens inserted after SOS); ``modifier.cache_owner`` covers
+    #: the learner's and the modifier's tensors for the evaluation text cache
+    prompt_modifier = None
+
     def text_features(self):
         """Text features (K, d) of the current prompts (not normalised)."""
         prompts, deep_text = self.prompt_learner.text_prompts()
         # leading positions that are one tensor for every class (SOS + a generic context): computed once
         shared = getattr(self.prompt_learner, "shared_prefix_length", None)
-        return self.text_encoder(prompts, self.prompt_learner.eot_idx, deep_text, shared_prefix=shared)
+        eot_idx = self.prompt_learner.eot_idx
+        if self.prompt_modifier is not None:
+            prompts, eot_idx, shared = self.prompt_modifier(prompts, eot_idx, shared)
+        return self.text_encoder(prompts, eot_idx, deep_text, shared_prefix=shared)
 
     def class_text_features(self):
         """Text features used for the logits: cached during evaluation, or the fixed ones."""
         if self.fixed_text is not None:
             return self.fixed_text.text_features()
-        return self.cached_text_features(self.text_features)
+        owner = self.prompt_modifier.cache_owner if self.prompt_modifier is not None else None
+        return self.cached_text_features(self.text_features, owner)
 
     def image_features(self, image):
         """Image features (B, d) with the learner's vision prompts (if any)."""

@@ -11,6 +11,8 @@ A file holds plain tensors and numbers only (``torch.load(..., weights_only=True
     hooks             {name: state} of the stateful engine hooks (in the first model's file; the
                       engine's own services only with TEST.FINAL_MODEL best_val: the best result)
     val_result, rng_state
+    run_config        the effective config of the run that wrote it (``cfg.dump()``, a YAML string);
+                      a resume with another config is refused (:mod:`.resume_guard`). Older files lack it.
 
 Besides the ``model.pth.tar-<epoch>`` files that ``TRAIN.CHECKPOINT_FREQ`` and the last epoch keep,
 every epoch replaces ``model-last.pth.tar`` (atomically), so a killed run resumes from its last
@@ -30,9 +32,11 @@ from vlprompt.utils import load_checkpoint, save_checkpoint
 from .rng import get_rng_state, set_rng_state
 from vlprompt.errors import UserRuntimeError
 
-__all__ = ["LAST_CHECKPOINT", "Checkpointer", "checkpoint_candidates"]
+__all__ = ["LAST_CHECKPOINT", "RUN_CONFIG_KEY", "Checkpointer", "checkpoint_candidates"]
 
 LAST_CHECKPOINT = "model-last.pth.tar"
+#: the checkpoint entry holding the effective config (a YAML string) of the run that wrote it
+RUN_CONFIG_KEY = "run_config"
 _EPOCH_FILE = re.compile(r"model\.pth\.tar-(\d+)$")
 
 
@@ -92,6 +96,9 @@ class Checkpointer:
             "val_result": val_result,
             "rng_state": rng,
         }
+        cfg = getattr(t, "cfg", None)
+        if cfg is not None and hasattr(cfg, "dump"):
+            state[RUN_CONFIG_KEY] = cfg.dump()
         named = {}
         for opt_name, (optim, sched, owner, primary) in t._optimizers.items():
             if owner != name:

@@ -267,11 +267,21 @@ class ClipPromptTrainer(TrainerX):
             checkpoint = load_checkpoint(model_path)
             state_dict = checkpoint["state_dict"] if "state_dict" in checkpoint else checkpoint
             ckpt_epoch = checkpoint.get("epoch")
-            state_dict = drop_class_derived_keys(self.convert_legacy_state_dict(dict(state_dict)))
+            state_dict = drop_class_derived_keys(self.convert_state_dict_for(name, dict(state_dict)))
             print(f'Loading weights to {name} from "{model_path}" (epoch = {ckpt_epoch})')
             self._load_learned_state(name, self._models[name], state_dict, model_path)
 
+    def convert_state_dict_for(self, name, state_dict):
+        """The checkpoint state of the registered model ``name`` mapped onto its keys (default:
+        :meth:`convert_legacy_state_dict`; a composed trainer routes its plug-ins' folders to them)."""
+        return self.convert_legacy_state_dict(state_dict)
+
     def _load_learned_state(self, name, module, state_dict, path):
+        # a module whose shapes follow the checkpoint (e.g. a plug-in's head trained on another class list)
+        # adapts itself before the shapes are compared
+        adapt = getattr(module, "adapt_to_state_dict", None)
+        if adapt is not None:
+            adapt(state_dict)
         expected = module.state_dict()
         missing = [k for k in expected if k not in state_dict]
         wrong = [

@@ -9,7 +9,7 @@ only its idea:
   first optimiser; ``register_optimizer(name, optim, sched, model=...)`` adds more (APLe's text and
   vision prompts); all are checkpointed and resumed under their names (:mod:`.checkpoint`);
 * **one loop** (:meth:`TrainerBase.train` / :meth:`TrainerBase.run_epoch`) that knows neither data nor
-  optimisers: each epoch iterates the trainer's batch source (:mod:`.batch_sources`: the labelled loader,
+  optimisers: each epoch iterates the trainer's batch source (:mod:`vlprompt.data.batch_sources`: the labelled loader,
   labelled + unlabelled pairs, an iteration budget, stored feature views) and calls ``forward_backward``;
 * **services as hooks** (:mod:`.hooks`), one ordered list with state: resume, LR stepping (per epoch, Dassl's
   trajectory, or per iteration; a ported Dassl trainer that still calls ``update_lr()`` itself at the
@@ -36,7 +36,7 @@ from vlprompt.data import DataManager
 from vlprompt.evaluation import build_evaluator
 from vlprompt.utils import AverageMeter, MetricMeter, mkdir_if_missing, write_json
 
-from .batch_sources import LoaderSource, PairedSource, wants_epoch
+from vlprompt.data.batch_sources import LoaderSource, PairedSource, wants_epoch
 from .checkpoint import Checkpointer
 from .hooks import engine_hooks
 from .results_record import RESULTS_FILE, RESULTS_SCHEMA, build_results_record
@@ -68,6 +68,7 @@ class TrainerBase:
         self._hooks = OrderedDict()
         self._writer = None
         self.scaler = None
+        self.images_trained = 0  # labelled training images the loop fed in this process (results.json cost)
         self.checkpointer = Checkpointer(self)
 
     # ---- registration ------------------------------------------------------------------------
@@ -317,6 +318,7 @@ class TrainerBase:
             data_time.update(time.time() - end)
             self._call_hooks("before_iter")
             loss_summary = self.forward_backward(*args)
+            self.images_trained += _batch_size(args[0])
             batch_time.update(time.time() - end)
             losses.update(loss_summary)
             self._log_iteration(losses, batch_time, data_time)
@@ -324,7 +326,7 @@ class TrainerBase:
             end = time.time()
 
     def batch_source(self):
-        """This epoch's batch source (:mod:`.batch_sources`): a sized iterable of ``forward_backward``
+        """This epoch's batch source (:mod:`vlprompt.data.batch_sources`): a sized iterable of ``forward_backward``
         argument tuples."""
         raise NotImplementedError
 
@@ -357,6 +359,12 @@ class TrainerBase:
 
     def model_inference(self, input):
         raise NotImplementedError
+
+
+def _batch_size(batch):
+    """Labelled items in a batch (a dict with ``label``, as every engine loader and batch source gives)."""
+    label = batch.get("label") if isinstance(batch, Mapping) else None
+    return int(label.shape[0]) if hasattr(label, "shape") and len(label.shape) else 0
 
 
 class EvalProgress:

@@ -20,7 +20,7 @@ trainer's ``forward_backward`` then receives image batches and encodes them with
 """
 import torch
 
-from vlprompt.engine.batch_sources import BatchSource
+from vlprompt.data.batch_sources import BatchSource
 
 from .extract import frozen_tower, view_features
 

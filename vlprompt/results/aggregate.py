@@ -1,5 +1,9 @@
 """Aggregate records over seeds and build the protocol tables.
 
+Each registered protocol (:mod:`vlprompt.protocol.protocols`) names the kind of table it gets
+(:data:`TABLE_KINDS`: ``base2new``, ``transfer``, ``few_shot``, ``datasets``); :func:`build_tables` builds
+them in registration order, so a protocol registered later is tabulated without code here.
+
 Conventions (the papers'):
 
 * a cell is the mean over seeds, with the population standard deviation (numpy's default, ddof=0,

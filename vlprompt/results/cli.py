@@ -44,6 +44,9 @@ def build_parser():
     p.add_argument("--source", default=XD_SOURCE, help="source dataset of the transfer protocols")
     p.add_argument("--plots", default=None, metavar="DIR", help="also write the figures (PNG and PDF) here")
     p.add_argument("--ablation-trainer", default="APLe", help="trainer of the prompt-length plot (default APLe)")
+    p.add_argument("--cost", action="store_true",
+                   help="also the cost table: train/eval time, images/s, peak memory, parameters per run "
+                        "(the cost entry of results.json)")
     p.add_argument("--ablation-key", default=None,
                    help="config key holding N (default TRAINER.<TRAINER>.N_CTX)")
     return p
@@ -80,7 +83,18 @@ def main(argv=None):
         print(f"note: {methods.note}", file=sys.stderr)
     tables = build_tables(records, args.protocol, seeds, args.metric, args.with_published, args.source, methods)
     if not tables:
-        print(f"Error: no runs of protocol(s) {' '.join(args.protocol or protocol_names())} found", file=sys.stderr)
+        print(f"{'note' if args.cost else 'Error'}: no runs of protocol(s) "
+              f"{' '.join(args.protocol or protocol_names())} found", file=sys.stderr)
+    if args.cost:  # per run, whatever its protocol (a run outside the tree too)
+        from .cost import cost_table
+
+        table = cost_table(records)
+        if table is None:
+            print("note: --cost: no run records a cost (results.json files written before it was recorded)",
+                  file=sys.stderr)
+        else:
+            tables.append(table)
+    if not tables:
         return 1
     std = not args.no_std
     render = {

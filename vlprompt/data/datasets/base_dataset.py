@@ -139,6 +139,7 @@ class DatasetBase:
         for data_source in data_sources:
             tracker = self.split_dataset_by_label(data_source)
             dataset = []
+            short = {}
             for label, items in tracker.items():
                 if len(items) >= num_shots:
                     sampled_items = random.sample(items, num_shots)
@@ -146,7 +147,13 @@ class DatasetBase:
                     sampled_items = random.choices(items, k=num_shots)
                 else:
                     sampled_items = items
+                    short[items[0].classname or label] = len(items)
                 dataset.extend(sampled_items)
+            if short:  # said, not hidden: results.json records the real numbers (shots_used)
+                shown = ", ".join(f"{k} ({v})" for k, v in list(short.items())[:5])
+                more = f" and {len(short) - 5} more" if len(short) > 5 else ""
+                print(f"Warning: {num_shots} shots per class requested, but {len(short)} of {len(tracker)} classes "
+                      f"have fewer images, all of which are used: {shown}{more}")
             output.append(dataset)
         if len(output) == 1:
             return output[0]
@@ -369,32 +376,81 @@ def _datums_from_json(items, prefix, fpath):
     return out
 
 
+def split_identity(items, prefix):
+    """An order-free sha256 (16 hex digits) of a split's ``[relpath, label, classname]`` entries: the
+    identity of the split a few-shot subset is drawn from (stored in the cache, ``source``)."""
+    import hashlib
+    import json
+
+    entries = sorted(json.dumps(e) for e in _datums_to_json(items, prefix))
+    return hashlib.sha256("\n".join(entries).encode()).hexdigest()[:16]
+
+
+def _stale_reason(data, train, val, prefix):
+    """Why a few-shot cache does not belong to the current split (``None`` when it does).
+
+    A cache that records its split's identity (``source``) is compared by digest; an older cache
+    without one is checked item by item: every cached item must still be in the current split.
+    """
+    source = data.get("source")
+    if isinstance(source, dict):
+        if source.get("train") != split_identity(train, prefix):
+            return (f"it was drawn from another train split ({source.get('num_train', '?')} items, identity "
+                    f"{source.get('train')}; the split now has {len(train)} items, identity "
+                    f"{split_identity(train, prefix)})")
+        if val is not None and "val" in source and source.get("val") != split_identity(val, prefix):
+            return (f"it was drawn from another val split (identity {source.get('val')}; now "
+                    f"{split_identity(val, prefix)})")
+        return None
+    for name, items in (("train", train), ("val", val)):
+        if items is None:
+            continue
+        current = {tuple(e) for e in _datums_to_json(items, prefix)}
+        missing = [e for e in data.get(name, []) if not (isinstance(e, (list, tuple)) and tuple(e) in current)]
+        if missing:
+            return (f"it records no split identity (written by an older vlprompt) and {len(missing)} of its "
+                    f"{name} items are not in the current {name} split (e.g. {missing[0]!r})")
+    return None
+
+
 def load_or_make_fewshot(dataset, split_fewshot_dir, num_shots, seed, train, val=None, prefix=None):
     """Load the few-shot subset cache, or sample and save it.
 
-    The cache is ``split_fewshot/shot_<K>-seed_<S>.json`` holding ``{"train": [...], "val": [...]}``
-    (``val`` omitted when ``val`` is None, as for ImageNet), entries ``[relpath, label, classname]``
-    relative to ``prefix`` (default: the cache's parent directory). ``train`` is sampled first, then
-    ``val`` with ``min(num_shots, 4)``, exactly as CoOp does, so the same seed gives the same subset.
-    Returns ``(train, val)``.
+    The cache is ``split_fewshot/shot_<K>-seed_<S>.json`` holding ``{"train": [...], "val": [...],
+    "source": {...}}`` (``val`` omitted when ``val`` is None, as for ImageNet), entries
+    ``[relpath, label, classname]`` relative to ``prefix`` (default: the cache's parent directory).
+    ``train`` is sampled first, then ``val`` with ``min(num_shots, 4)``, exactly as CoOp does, so the
+    same seed gives the same subset. ``source`` is the identity of the split the subset was drawn from
+    (:func:`split_identity` of train and val, and their sizes): when the split changes (a rebuilt
+    ImageFolder split, an edited split file), the cached subset could hold images that are now test
+    images, so it is drawn again from the current split, with a message, and the cache is replaced.
+    A cache without ``source`` (older vlprompt) is kept when every cached item is still in the current
+    split, and drawn again otherwise. Returns ``(train, val)``.
     """
     mkdir_if_missing(split_fewshot_dir)
     prefix = prefix or osp.dirname(osp.abspath(split_fewshot_dir))
     fpath = osp.join(split_fewshot_dir, f"shot_{num_shots}-seed_{seed}.json")
     if osp.exists(fpath):
-        print(f"Loading preprocessed few-shot data from {fpath}")
         data = read_json(fpath)
-        if "train" not in data:
+        if not isinstance(data, dict) or "train" not in data:
             raise InvalidValueError(f'Few-shot cache {fpath} has no "train" list; delete it to resample')
-        train = _datums_from_json(data["train"], prefix, fpath)
-        if val is not None:
-            val = _datums_from_json(data.get("val", []), prefix, fpath)
-        return train, val
+        stale = _stale_reason(data, train, val, prefix)
+        if stale is None:
+            print(f"Loading preprocessed few-shot data from {fpath}")
+            cached_train = _datums_from_json(data["train"], prefix, fpath)
+            if val is not None:
+                val = _datums_from_json(data.get("val", []), prefix, fpath)
+            return cached_train, val
+        print(f"Few-shot cache {fpath} does not belong to the current split: {stale}. Drawing the "
+              f"{num_shots}-shot subset again from the current split (seed {seed}) and replacing the cache.")
+    source = {"train": split_identity(train, prefix), "num_train": len(train)}
     train = dataset.generate_fewshot_dataset(train, num_shots=num_shots)
     data = {"train": _datums_to_json(train, prefix)}
     if val is not None:
+        source.update(val=split_identity(val, prefix), num_val=len(val))
         val = dataset.generate_fewshot_dataset(val, num_shots=min(num_shots, 4))
         data["val"] = _datums_to_json(val, prefix)
+    data["source"] = source
     print(f"Saving preprocessed few-shot data to {fpath}")
     write_json(data, fpath)
     return train, val
