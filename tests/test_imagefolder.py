@@ -19,7 +19,8 @@ register_linear_probe()
 @pytest.fixture(scope="module")
 def method_yaml(tmp_path_factory):
     return write_method_yaml(tmp_path_factory.mktemp("cfgm") / "probe.yaml",
-                             METHOD_YAML.replace("MAX_EPOCH: 3", "MAX_EPOCH: 1"))
+                             METHOD_YAML.replace("MAX_EPOCH: 3", "MAX_EPOCH: 1")
+                             .replace("WARMUP_EPOCH: 1", "WARMUP_EPOCH: 0"))
 
 
 def run(argv):
