@@ -21,5 +21,11 @@ setup(
     package_data={"vlprompt": ["**/*.json", "**/*.txt", "**/*.csv", "**/*.pt", "**/*.safetensors"]},
     python_requires=">=3.9",
     install_requires=read_requirements(),
-    extras_require={"dev": ["pytest>=7.4", "pytest-xdist>=3.5"]},
+    extras_require={
+        "dev": ["pytest>=7.4", "pytest-xdist>=3.5"],
+        # the Hugging Face tokenizers of the SigLIP / SigLIP2 families (open_clip's HFTokenizer). Not in
+        # requirements.txt: open_clip imports transformers at start-up once it is installed, which every
+        # run would pay for (README, "Backbone families")
+        "siglip": ["transformers>=4.38", "sentencepiece>=0.1.99"],
+    },
 )

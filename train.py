@@ -12,7 +12,8 @@ toy world with the shipped toy CLIP, offline, in a few minutes on a CPU.
 A mistake in the inputs (config file, option, trainer or dataset name, --root, a missing dataset
 folder or image, an unreadable image or checkpoint, an output folder in use or holding a finished
 run) ends in one ``Error: ...`` line on stderr and exit status 2, without a traceback; a run refused
-before it starts leaves nothing in the output folder. A non-finite loss stops training with one
+before it starts leaves nothing in the output folder. A mistake is whatever the library raises as
+:class:`vlprompt.errors.UserError`; any other exception is a bug and keeps its traceback. A non-finite loss stops training with one
 ``Error:`` line and exit status 1 (the log and the last checkpoint are kept). ``--debug`` (or
 ``VLPROMPT_DEBUG=1``) shows the traceback instead.
 """
@@ -40,6 +41,7 @@ from vlprompt.config import (  # noqa: E402
     merge_from_list,
 )
 from vlprompt.engine import RESULTS_FILE, build_trainer  # noqa: E402
+from vlprompt.errors import error_line  # noqa: E402
 from vlprompt.utils import (  # noqa: E402
     OutputDirLock,
     UserError,
@@ -156,7 +158,7 @@ def setup_cfg(args):
 PREPROCESS_LOG = []
 
 
-class RunError(RuntimeError):
+class RunError(UserError, RuntimeError):
     """A problem with the requested run that the user must resolve (printed without a traceback)."""
 
 
@@ -240,6 +242,9 @@ def validate_inputs(cfg, args):
                        "that holds the dataset folders (see docs/DATASETS.md)")
     if not cfg.OUTPUT_DIR:
         raise RunError("No output folder given: pass --output-dir DIR")
+    if args.resume and not osp.isdir(args.resume):
+        raise RunError(f'--resume "{args.resume}" does not exist or is not a folder (it names the output folder '
+                       "of the run to resume; a run also resumes from its own --output-dir)")
     if args.eval_only and args.model_dir and not osp.isdir(args.model_dir):
         raise RunError(f'--model-dir "{args.model_dir}" does not exist or is not a folder')
 
@@ -293,6 +298,7 @@ def main(args):
     created_top = _first_missing_ancestor(cfg.OUTPUT_DIR)
     lock = OutputDirLock(cfg.OUTPUT_DIR, command=" ".join(["train.py"] + sys.argv[1:])[:300]) if rank == 0 else None
     started_ok = False
+    refused_log = None
     try:
         if lock is not None:
             lock.acquire(quiet=True)
@@ -327,6 +333,8 @@ def main(args):
 
         started = time.time()
         trainer = build_trainer(cfg)  # reads the dataset and builds the model: the inputs are now validated
+        if args.eval_only:  # the checkpoint is an input too: a wrong --model-dir leaves nothing behind
+            trainer.load_model(args.model_dir, epoch=args.load_epoch)
         started_ok = True
         if isinstance(sys.stdout, Logger):
             sys.stdout.commit()
@@ -343,7 +351,6 @@ def main(args):
         if resume is not None:
             trainer.run_info["resume"] = resume.record()
         if args.eval_only:
-            trainer.load_model(args.model_dir, epoch=args.load_epoch)
             trainer.test()
             return trainer
         if not args.no_train:
@@ -356,25 +363,28 @@ def main(args):
                 logger.discard()  # refused: nothing shown, nothing written
             else:
                 logger.commit()  # a bug: keep what was printed, for the report
+        elif not started_ok and logger is not None and _user_error_code(e) is not None:
+            refused_log = logger.fpath  # committed by LOG_PATIENCE_S: this run's own (new) file goes too
         raise
     finally:
         if lock is not None:
             lock.release()
             if not started_ok:
+                if refused_log:
+                    try:
+                        os.remove(refused_log)
+                    except OSError:
+                        pass
                 _remove_created_dirs(cfg.OUTPUT_DIR, created_top)
 
 
 def _user_error_code(e):
-    """Exit status for an exception that is the user's mistake (2) or a stopped run (1); None for a bug."""
-    from vlprompt.clip import MissingWeightsError
-    from vlprompt.config import ConfigError
+    """Exit status for an exception that is the user's mistake (2) or a stopped run (1); None for a bug.
 
-    if isinstance(e, (RunError, ConfigError, MissingWeightsError, UserError)):
-        return 2
-    if isinstance(e, (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError)):
-        return 2  # a path given by the user (dataset file, split, model dir, an unwritable output folder)
-    cls_name = type(e).__name__
-    if cls_name in ("AnnotationError", "ToyDataError"):  # datasets/common.py, vlprompt/toy/data.py
+    By construction: the library raises :class:`vlprompt.errors.UserError` (or a subclass) for every
+    mistake in the inputs; any other exception is a bug and keeps its traceback.
+    """
+    if isinstance(e, UserError):
         return 2
     if isinstance(e, FloatingPointError):
         return 1
@@ -382,15 +392,13 @@ def _user_error_code(e):
 
 
 def _error_message(e):
-    """The message of ``e``; for an error re-raised from a DataLoader worker, the original one."""
+    """The ``Error:`` line of ``e``; for an error re-raised from a DataLoader worker, the original one's."""
     msg = str(e)
     if "Original Traceback" in msg:
         last = [ln for ln in msg.strip().splitlines() if ln.strip()][-1]
         head, sep, tail = last.partition(": ")
-        msg = tail if sep and "Error" in head.split(".")[-1] else last
-    if isinstance(e, OSError) and e.strerror and e.filename:  # e.g. FileNotFoundError(errno, text, path)
-        msg = f'{e.strerror}: "{e.filename}"'
-    return msg.strip()
+        return "Error: " + (tail if sep and "Error" in head.split(".")[-1] else last).strip()
+    return error_line(e)
 
 
 class Terminated(BaseException):
@@ -423,7 +431,7 @@ def cli(argv=None):
         code = _user_error_code(e)
         if code is None or debug:
             raise
-        line = f"Error: {_error_message(e)}"
+        line = _error_message(e)
         if code == 1:
             line += " (exit status 1: the run stopped; its log.txt and last checkpoint are kept)"
         logger = sys.stdout if isinstance(sys.stdout, Logger) else None

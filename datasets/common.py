@@ -23,11 +23,13 @@ from vlprompt.data.datasets import (
     read_split,
     save_split,
 )
+from vlprompt.errors import UserError
+from vlprompt.utils.errors import DataNotFoundError
 
 __all__ = ["SplitDataset", "AnnotationError", "read_lines", "make_datum", "require_path", "dataset_root"]
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError, ValueError):
     """A malformed line in an annotation file (the message names the file and the line)."""
 
     def __init__(self, path, lineno, expected, line):
@@ -51,7 +53,7 @@ def make_datum(impath, label, classname, source=None, lineno=None):
         where = ""
         if source is not None:
             where = f" (listed in {source}" + (f", line {lineno}" if lineno is not None else "") + ")"
-        raise FileNotFoundError(f'Image "{impath}" does not exist{where}')
+        raise DataNotFoundError(f'Image "{impath}" does not exist{where}')
     return Datum(impath=impath, label=label, classname=classname)
 
 

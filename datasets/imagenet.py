@@ -35,6 +35,7 @@ from vlprompt.data.datasets import (
 from vlprompt.utils import atomic_write, listdir_nohidden
 
 from .common import dataset_root, require_path
+from vlprompt.errors import InvalidValueError
 
 INDEX_FILE = "preprocessed.json"
 INDEX_FORMAT = "vlprompt-imagenet-file-index"
@@ -70,7 +71,7 @@ def list_class_folders(split_dir, ignored=()):
             else:
                 loose += 1
     if not folders and loose:
-        raise ValueError(
+        raise InvalidValueError(
             f'"{split_dir}" holds {loose} files but no class folders. The images must be sorted into '
             "one folder per class (<wnid>/); for the ImageNet val set see docs/DATASETS.md."
         )
@@ -182,13 +183,13 @@ class ImageNet(DatasetBase):
         wnid2label = {}
         for label, (wnid, _) in enumerate(index["train"]):
             if wnid not in classnames:
-                raise ValueError(
+                raise InvalidValueError(
                     f'ImageNet: class folder "{wnid}" in {train_dir} has no name in {classnames_file}'
                 )
             wnid2label[wnid] = label
         unknown = [wnid for wnid, _ in index["val"] if wnid not in wnid2label]
         if unknown:
-            raise ValueError(
+            raise InvalidValueError(
                 f"ImageNet: {len(unknown)} class folder(s) in {val_dir} are not in {train_dir} "
                 f"(e.g. {unknown[:3]}); train and val must hold the same wnid folders"
             )
@@ -238,7 +239,7 @@ class ImageNetVariant(DatasetBase):
         out = []
         for label, entry in enumerate(folders):
             if entry.name not in classnames:
-                raise ValueError(
+                raise InvalidValueError(
                     f'{self.info.name}: class folder "{entry.name}" in {self.image_dir} has no name in '
                     f"{classnames_file}"
                 )

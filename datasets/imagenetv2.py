@@ -7,6 +7,7 @@ line of classnames.txt, which is the same for the standard sorted file).
 from vlprompt.data.datasets import DATASET_REGISTRY
 
 from .imagenet import ImageNetVariant
+from vlprompt.errors import InvalidValueError
 
 
 @DATASET_REGISTRY.register()
@@ -18,20 +19,20 @@ class ImageNetV2(ImageNetVariant):
         numbered = {}
         for entry in folders:
             if not entry.name.isdigit():
-                raise ValueError(
+                raise InvalidValueError(
                     f'ImageNetV2: unexpected folder "{entry.name}" in {self.image_dir}; class folders '
                     "are named 0 ... 999"
                 )
             numbered[int(entry.name)] = entry
         missing = sorted(set(range(len(numbered))) - set(numbered))
         if missing:
-            raise ValueError(
+            raise InvalidValueError(
                 f"ImageNetV2: class folders must be numbered 0 ... {len(numbered) - 1} without gaps; "
                 f"missing {missing[:10]} in {self.image_dir}"
             )
         wnids = sorted(classnames)
         if len(numbered) > len(wnids):
-            raise ValueError(
+            raise InvalidValueError(
                 f"ImageNetV2: {len(numbered)} class folders but only {len(wnids)} classes in {classnames_file}"
             )
         return [(numbered[label], label, classnames[wnids[label]]) for label in range(len(numbered))]

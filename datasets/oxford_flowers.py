@@ -12,6 +12,7 @@ from vlprompt.data.datasets import DATASET_REGISTRY
 from vlprompt.utils import read_json
 
 from .common import SplitDataset, make_datum
+from vlprompt.errors import InvalidValueError
 
 
 @DATASET_REGISTRY.register()
@@ -27,7 +28,7 @@ class OxfordFlowers(SplitDataset):
         try:
             labels = loadmat(label_file)["labels"][0]
         except Exception as e:
-            raise ValueError(f'Cannot read the "labels" array from {label_file}: {e}') from e
+            raise InvalidValueError(f'Cannot read the "labels" array from {label_file}: {e}') from e
         lab2cname = read_json(lab2cname_file)
 
         tracker = OrderedDict()
@@ -39,7 +40,7 @@ class OxfordFlowers(SplitDataset):
         train, val, test = [], [], []
         for label, impaths in tracker.items():
             if str(label) not in lab2cname:
-                raise ValueError(f'{lab2cname_file} has no name for label "{label}" (used in {label_file})')
+                raise InvalidValueError(f'{lab2cname_file} has no name for label "{label}" (used in {label_file})')
             cname = lab2cname[str(label)]
             random.shuffle(impaths)
             n_total = len(impaths)
@@ -47,7 +48,7 @@ class OxfordFlowers(SplitDataset):
             n_val = round(n_total * 0.2)
             n_test = n_total - n_train - n_val
             if not (n_train > 0 and n_val > 0 and n_test > 0):
-                raise ValueError(
+                raise InvalidValueError(
                     f"{label_file}: label {label} has {n_total} images, too few for a 50/20/30 split"
                 )
 

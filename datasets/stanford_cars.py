@@ -11,6 +11,7 @@ import os.path as osp
 from vlprompt.data.datasets import DATASET_REGISTRY, split_trainval
 
 from .common import SplitDataset, make_datum
+from vlprompt.errors import InvalidValueError
 
 
 def year_first(name):
@@ -40,11 +41,11 @@ class StanfordCars(SplitDataset):
         try:
             annos = loadmat(anno_file)["annotations"][0]
         except Exception as e:
-            raise ValueError(f'Cannot read the "annotations" struct array from {anno_file}: {e}') from e
+            raise InvalidValueError(f'Cannot read the "annotations" struct array from {anno_file}: {e}') from e
         try:
             class_names = loadmat(meta_file)["class_names"][0]
         except Exception as e:
-            raise ValueError(f'Cannot read the "class_names" array from {meta_file}: {e}') from e
+            raise InvalidValueError(f'Cannot read the "class_names" array from {meta_file}: {e}') from e
 
         items = []
         for i in range(len(annos)):
@@ -52,11 +53,11 @@ class StanfordCars(SplitDataset):
                 imname = str(annos[i]["fname"][0])
                 label = int(annos[i]["class"][0, 0]) - 1
             except Exception as e:
-                raise ValueError(
+                raise InvalidValueError(
                     f'{anno_file}: annotation {i} lacks a usable "fname"/"class" field ({e})'
                 ) from e
             if not 0 <= label < len(class_names):
-                raise ValueError(
+                raise InvalidValueError(
                     f"{anno_file}: annotation {i} has class {label + 1}, but {meta_file} "
                     f"lists {len(class_names)} class names"
                 )

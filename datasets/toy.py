@@ -22,6 +22,7 @@ from vlprompt.data.datasets import (
 )
 from vlprompt.toy import templates as _toy_templates  # noqa: F401  (registers the toy templates)
 from vlprompt.toy.data import TOY_DATASETS, ensure_toy_dataset, split_file_name
+from vlprompt.errors import InvalidValueError
 
 
 class _ToyDataset(DatasetBase):
@@ -32,7 +33,7 @@ class _ToyDataset(DatasetBase):
     def __init__(self, cfg):
         spec = TOY_DATASETS[self.toy_name]
         if not cfg.DATASET.ROOT:
-            raise ValueError(
+            raise InvalidValueError(
                 f"{self.toy_name}: DATASET.ROOT (--root) is empty; the toy dataset is generated on first use "
                 f"under that folder, so pass one, e.g. --root ./data"
             )

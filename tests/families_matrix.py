@@ -2,7 +2,9 @@
 tests/test_families_methods.py (prompt-learning methods) and tests/test_families_methods_frozen.py
 (zero-shot, feature-based and LoRA methods; two files so that each stays fast). Every registered method,
 built by its trainer on the small random-weight family backbones, trains one step and evaluates, or
-stops at build time with one clear error naming the supported image towers.
+stops at build time with one clear error naming the supported image towers. Besides each method's
+defaults, every cell also runs with the code-path switches of the method's shipped configs
+(:func:`shipped_switches`: CTX_INIT, CSC, INJECTION, ...; ProGrad's ``CTX_INIT True`` once crashed on SigLIP).
 
 Families: ``test-siglip-tiny`` / ``test-eva02-tiny`` / ``test-pecore-tiny`` (tower structure of
 ViT-B-16-SigLIP, EVA02-B-16, PE-Core-B-16), ``test-rn-tiny`` (an open_clip CLIP with a ModifiedResNet
@@ -77,12 +79,48 @@ FROZEN_TOWER_METHODS = ("ZeroshotCLIP", "ZeroshotCLIP2", "LinearProbeCLIP", "CLI
                         "TipAdapterF", "CLIPLoRA")
 
 
+def shipped_switches(spec):
+    """The code-path switches of the method's shipped configs (configs/trainers/<folder>/*.yaml): per
+    config, the keys of its ``TRAINER.<NODE>`` whose default is a string or a boolean (CTX_INIT, CSC,
+    CLASS_TOKEN_POSITION, INJECTION, ADAPTER, ENCODER, ...) and whose value differs from the default
+    (PREC aside: the matrix runs fp32 on CPU), de-duplicated. Sizes (N_CTX, depths, weights) are left
+    at the defaults, which the plain cells run. Returns ``[(label, opts)]``."""
+    import glob
+    import os
+
+    import yaml
+
+    from vlprompt.config import extend_cfg, get_cfg_default
+
+    if not spec.cfg_node:
+        return []
+    defaults = extend_cfg(get_cfg_default()).TRAINER[spec.cfg_node]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = {}
+    for path in sorted(glob.glob(os.path.join(root, "configs", "trainers", spec.config_folder, "*.yaml"))):
+        with open(path) as f:
+            node = ((yaml.safe_load(f) or {}).get("TRAINER") or {}).get(spec.cfg_node) or {}
+        switches = {k: v for k, v in node.items() if k != "PREC" and k in defaults
+                    and isinstance(defaults[k], (str, bool)) and v != defaults[k]}
+        if switches:
+            label = "shipped-" + ",".join(f"{k}={str(v).replace(' ', '_')}" for k, v in sorted(switches.items()))
+            out.setdefault(label, [x for k, v in sorted(switches.items())
+                                   for x in (f"TRAINER.{spec.cfg_node}.{k}", v)])
+    return sorted(out.items())
+
+
+#: the families on which the shipped switches run (all: about a second per cell)
+SHIPPED_FAMILIES = tuple(FAMILIES)
+
+
 def cases(frozen_group):
     """``(method, family, label, opts)`` of one file's group, with pytest ids."""
     # the other timm trunk: the deep-vision guard is shared (require_vit), so one of those methods stands for all
     out = [(name, fam, "", []) for name in SPECS for fam in FAMILIES
            if not (fam == "test-timm-resnet-tiny" and name in DEEP_VISION and name != "VPT")]
     out += [(m, f, label, opts) for m, f, label, opts in VARIANTS if m in SPECS]
+    out += [(name, fam, label, opts) for name in SPECS for label, opts in shipped_switches(SPECS[name])
+            for fam in SHIPPED_FAMILIES]
     out = [c for c in out if (c[0] in FROZEN_TOWER_METHODS) == frozen_group]
     return out, [f"{m}-{f}{'-' + lab if lab else ''}" for m, f, lab, _ in out]
 
@@ -130,7 +168,8 @@ def _batch():
 def check_case(method, family, label, opts, data_root, tmp_path, capsys):
     """One cell of the table: the refusal (``REFUSED``) or one training step and an evaluation."""
     spec = SPECS[method]
-    refusal = None if label else REFUSED.get((method, family))
+    # VARIANTS make a refused cell run with the method's own switch; the shipped switches keep the refusal
+    refusal = None if label and not label.startswith("shipped-") else REFUSED.get((method, family))
     if refusal is not None:
         with pytest.raises(ConfigError, match=refusal):
             _build(spec, family, data_root, tmp_path, opts)

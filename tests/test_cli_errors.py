@@ -205,3 +205,228 @@ def test_output_folder_that_cannot_be_created(tmp_path, data_root, dataset_yaml,
     rc = run_cli(args_for(data_root, dataset_yaml, method_yaml, blocker / "out"))
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("Error: ") and str(blocker / "out") in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- issue 26, item 6: every user
+# mistake is a vlprompt.errors.UserError raised by the library; train.py maps that type alone to exit 2.
+def _image_folder(tmp_path, name="five"):
+    root = tmp_path / "d"
+    make_image_folder(str(root / name), n_classes=3, n_per_class=10)
+    ds = tmp_path / f"{name}.yaml"
+    ds.write_text(f'DATASET:\n  NAME: "ImageFolder"\n  FOLDER: "{name}"\n')
+    return root, str(ds)
+
+
+def test_unknown_backbone_name(tmp_path, data_root, dataset_yaml, method_yaml, capsys):
+    out = tmp_path / "o"
+    rc = run_cli(args_for(data_root, dataset_yaml, method_yaml, out) + ["MODEL.BACKBONE.NAME", "ViT-B/17"])
+    err = assert_refused(capsys, rc, out)
+    assert err.startswith('Error: Unknown backbone "ViT-B/17". Did you mean ViT-B/16, ')
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("OPTIM.NAME", "sgdd", "Error: OPTIM.NAME must be one of ['adam', 'amsgrad', 'sgd', 'rmsprop', 'radam', "
+                           "'adamw'], but got 'sgdd'\n"),
+    ("OPTIM.LR_SCHEDULER", "cosin", "Error: OPTIM.LR_SCHEDULER must be one of ['single_step', 'multi_step', "
+                                    "'cosine'], but got 'cosin'\n"),
+    ("DATALOADER.TRAIN_X.SAMPLER", "Foo", "Error: Unknown sampler type 'Foo'; vlprompt supports RandomSampler, "
+                                          "SequentialSampler, RandomClassSampler\n"),
+])
+def test_a_value_out_of_its_choices(tmp_path, data_root, dataset_yaml, method_yaml, capsys, key, value, message):
+    out = tmp_path / "o"
+    rc = run_cli(args_for(data_root, dataset_yaml, method_yaml, out) + [key, value])
+    assert assert_refused(capsys, rc, out) == message
+
+
+def test_flag_after_the_key_value_options(tmp_path, data_root, dataset_yaml, method_yaml, capsys):
+    out = tmp_path / "o"
+    argv = args_for(data_root, dataset_yaml, method_yaml, out)
+    argv = argv[:-2] + ["OPTIM.LR", "0.1", "--output-dir", str(out)]
+    rc = run_cli(argv)
+    assert assert_refused(capsys, rc, out) == (
+        "Error: Unknown config key --output-dir in the command-line options. --output-dir is a flag: flags go "
+        "before the KEY VALUE options (python train.py --root ... --output-dir ... KEY VALUE ...).\n")
+
+
+def test_malformed_split_json(tmp_path, method_yaml, capsys):
+    root, ds = _image_folder(tmp_path)
+    split = root / "five" / "split_vlprompt_ImageFolder.json"
+    split.write_text('{"train": [["class0/x.png", 0, ')
+    out = tmp_path / "o"
+    rc = run_cli(args_for(root, ds, method_yaml, out))
+    assert assert_refused(capsys, rc, out) == f"Error: Malformed JSON in {split}, line 1 column 32: Expecting value\n"
+
+
+def test_output_folder_that_is_not_writable(tmp_path, data_root, dataset_yaml, method_yaml, capsys, monkeypatch):
+    """A read-only place (simulated: the tests may run as root, for whom chmod does not stop writes)."""
+    import vlprompt.utils.lock as lock_mod
+
+    out = tmp_path / "ro"
+    out.mkdir()
+    real_open = os.open
+
+    def read_only(path, flags, *a, **k):
+        if str(path).startswith(str(out)) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *a, **k)
+
+    monkeypatch.setattr(lock_mod.os, "open", read_only)
+    rc = run_cli(args_for(data_root, dataset_yaml, method_yaml, out))
+    monkeypatch.undo()
+    assert assert_refused(capsys, rc, out) == (
+        f'Error: Cannot write into the output folder "{out}" (Permission denied: {out}/.vlprompt.lock). '
+        "Choose a writable --output-dir.\n")
+
+
+def test_resume_folder_that_does_not_exist(tmp_path, data_root, dataset_yaml, method_yaml, capsys):
+    out = tmp_path / "o"
+    rc = run_cli(args_for(data_root, dataset_yaml, method_yaml, out) + ["--resume", str(tmp_path / "nowhere")])
+    assert assert_refused(capsys, rc, out).startswith(f'Error: --resume "{tmp_path / "nowhere"}" does not exist')
+
+
+def test_model_dir_of_another_method(tmp_path, data_root, dataset_yaml, method_yaml, capsys):
+    """CoCoOp evaluated from a CoOp run's folder: one message naming the file and what to check; the
+    eval run's folder stays empty (the checkpoint is read before anything is written)."""
+    import torch
+
+    import trainers  # noqa: F401  (CoCoOp)
+
+    model_dir = tmp_path / "coop_run"
+    (model_dir / "prompt_learner").mkdir(parents=True)
+    ckpt = model_dir / "prompt_learner" / "model.pth.tar-1"
+    torch.save({"state_dict": {"ctx": torch.zeros(4, 32)}, "epoch": 1}, str(ckpt))
+    out = tmp_path / "o"
+    rc = run_cli(args_for(data_root, dataset_yaml, method_yaml, out, trainer="CoCoOp") +
+                 ["--eval-only", "--model-dir", str(model_dir), "--load-epoch", "1"])
+    err = assert_refused(capsys, rc, out, "learnable keys missing from the checkpoint: ['meta_net.linear1.weight'")
+    assert err.startswith(f'Error: Cannot load "{ckpt}" into prompt_learner:\n')
+    assert "(is --model-dir the output folder of a CoCoOp run? its config.yaml names the trainer" in err
+
+
+def _pickle_bomb(path):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    import torch
+
+    torch.save({"state_dict": Evil(), "epoch": 1}, str(path))
+    assert b"system" in path.read_bytes()
+    return pickle  # keeps the import used
+
+
+def test_checkpoint_that_is_a_malicious_pickle(tmp_path, data_root, dataset_yaml, method_yaml, capsys):
+    model_dir = tmp_path / "evil"
+    (model_dir / "head").mkdir(parents=True)
+    ckpt = model_dir / "head" / "model.pth.tar-1"
+    _pickle_bomb(ckpt)
+    out = tmp_path / "o"
+    rc = run_cli(args_for(data_root, dataset_yaml, method_yaml, out) +
+                 ["--eval-only", "--model-dir", str(model_dir), "--load-epoch", "1"])
+    err = assert_refused(capsys, rc, out)
+    assert err == (
+        f'Error: Checkpoint "{ckpt}" is not a weights-only file: it holds pickled Python objects (e.g. posix.system) '
+        "that only a full unpickler could load, and unpickling can run arbitrary code, so vlprompt refuses to load "
+        "it. Use a file of plain tensors (a state dict saved with torch.save). A legacy Dassl checkpoint (which "
+        "pickles its warmup scheduler) must be re-saved as plain tensors where it was written, or retrained.\n")
+    assert "truncated" not in err and "Delete" not in err and "weights_only" not in err
+
+
+@pytest.mark.parametrize("kind", ["pickle", "text"])
+def test_bad_backbone_path(tmp_path, data_root, dataset_yaml, method_yaml, capsys, kind):
+    weights = tmp_path / "weights.pt"
+    if kind == "pickle":
+        _pickle_bomb(weights)
+    else:
+        weights.write_text("not a weight file\n" * 10)
+    out = tmp_path / "o"
+    rc = run_cli(args_for(data_root, dataset_yaml, method_yaml, out) +
+                 ["MODEL.BACKBONE.NAME", "ViT-B/16", "MODEL.BACKBONE.PATH", str(weights)])
+    err = assert_refused(capsys, rc, out, weights)
+    assert err.count("\n") == 1 and "weights_only" not in err
+    if kind == "pickle":
+        assert err.startswith(f'Error: Weight file "{weights}" is not a weights-only file: it holds pickled Python '
+                              "objects (e.g. posix.system)")
+    else:
+        assert err.startswith(f'Error: Cannot read weight file "{weights}" (')
+        assert err.endswith("Check MODEL.BACKBONE.PATH (docs/ENGINE.md lists the formats).\n")
+
+
+def test_a_bug_keeps_its_traceback(tmp_path, data_root, dataset_yaml, method_yaml, monkeypatch):
+    """Only vlprompt.errors.UserError is a user mistake: a ValueError / FileNotFoundError from a bug
+    propagates (the traceback is the report), whatever its message."""
+    def broken(cfg):
+        raise FileNotFoundError(2, "No such file or directory", "/internal/file")
+
+    monkeypatch.setattr(train_mod, "build_trainer", broken)
+    with pytest.raises(FileNotFoundError):
+        run_cli(args_for(data_root, dataset_yaml, method_yaml, tmp_path / "o"))
+    assert train_mod._user_error_code(ValueError("x")) is None
+    from vlprompt.errors import InvalidValueError
+
+    assert train_mod._user_error_code(InvalidValueError("x")) == 2
+
+
+def test_every_command_line_spells_errors_the_same(tmp_path):
+    """sweep, results, doctor and download: one ``Error:`` line, exit status 2."""
+    cmds = [
+        ["-m", "vlprompt.results", str(tmp_path / "nowhere")],
+        ["-m", "vlprompt.data.doctor", "--root", str(tmp_path), "--dataset", "OxfordPet"],
+        ["-m", "vlprompt.data.download", "OxfordPet", "--root", str(tmp_path)],
+        ["-m", "vlprompt.sweep", "--methods", "CoOp", "--protocol", "base2novel", "--root", str(tmp_path),
+         "--dry-run"],
+    ]
+    for c in cmds:
+        p = subprocess.run([sys.executable, *c], capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert p.returncode == 2, (c, p.stderr)
+        assert p.stderr.startswith("Error: ") and p.stderr.count("Error:") == 1, (c, p.stderr)
+        assert "Traceback" not in p.stderr and "error:" not in p.stderr, (c, p.stderr)
+
+
+def test_siglip_tokenizer_without_its_packages_names_the_install_command(monkeypatch):
+    """SigLIP's Hugging Face tokenizer without `transformers` (the `siglip` extra): one message naming the
+    exact command, raised as a user error (README, "Backbone families")."""
+    from vlprompt.clip.tokenizer import OpenClipTokenizer
+    from vlprompt.errors import UserError
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if not installed (import raises ImportError)
+    with pytest.raises(UserError) as e:
+        OpenClipTokenizer("ViT-B-16-SigLIP")
+    assert str(e.value) == (
+        "The tokenizer of ViT-B-16-SigLIP needs the Python package `transformers`, which is not installed. "
+        'SigLIP-family tokenizers are Hugging Face tokenizers: run pip install -e ".[siglip]" in the vlprompt '
+        "checkout (or: pip install transformers sentencepiece)")
+    with open(os.path.join(ROOT, "setup.py")) as f:
+        assert '"siglip": ["transformers>=4.38", "sentencepiece>=0.1.99"]' in f.read()
+
+
+def test_a_refusal_after_the_log_started_leaves_nothing_either(tmp_path, data_root, dataset_yaml, method_yaml,
+                                                               capsys, monkeypatch):
+    """A slow start commits the log after LOG_PATIENCE_S seconds; a mistake found later (here: while the
+    trainer is built) still leaves the output folder as it was."""
+    import time
+
+    from vlprompt.errors import InvalidValueError
+    from vlprompt.utils.logger import Logger
+
+    monkeypatch.setattr(train_mod, "LOG_PATIENCE_S", 0.0)
+    real = train_mod.build_trainer
+
+    def slow_then_refused(cfg):
+        deadline = time.time() + 30
+        while isinstance(sys.stdout, Logger) and sys.stdout.deferred and time.time() < deadline:
+            time.sleep(0.01)
+        assert isinstance(sys.stdout, Logger) and not sys.stdout.deferred  # the log file exists now
+        assert os.listdir(cfg.OUTPUT_DIR)
+        raise InvalidValueError("MODEL.BACKBONE.NAME is not what it should be")
+
+    monkeypatch.setattr(train_mod, "build_trainer", slow_then_refused)
+    out = tmp_path / "o"
+    rc = run_cli(args_for(data_root, dataset_yaml, method_yaml, out))
+    monkeypatch.setattr(train_mod, "build_trainer", real)
+    cap = capsys.readouterr()
+    assert rc == 2 and cap.err.endswith("Error: MODEL.BACKBONE.NAME is not what it should be\n")
+    assert not out.exists()

@@ -78,7 +78,7 @@ def test_train_writes_dassl_tree_log_and_results(finished_run):
     assert (out / "tensorboard").is_dir() and os.listdir(out / "tensorboard")
     assert (out / "config.yaml").read_text().count("NUM_SHOTS: 4") == 1
     res = json.loads((out / "results.json").read_text())
-    assert res["trainer"] == "TestLinearProbe" and res["dataset"] == "ImageFolder"
+    assert res["trainer"] == "TestLinearProbe" and res["dataset"] == "five"  # an ImageFolder dataset: its folder
     assert res["shots"] == 4 and res["seed"] == 1 and res["subsample"] == "all"
     assert res["phase"] == "train" and res["epochs"] == 3 and res["num_classes"] == 5
     assert res["num_test"] == 5 * 3  # 30% of 10 images per class

@@ -908,7 +908,7 @@ def test_backbone_axis_refuses_unsupported_methods_at_planning_time(tmp_path, ca
     # the CLI: one line per pair, exit 2, nothing planned
     rc = sweep_main(["--methods", "MaPLe", "--protocol", "base2new", "--root", "/DATA", "--datasets", "dtd",
                      "--seeds", "1", "--output-root", out, "--dry-run", "--backbones", "RN50"])
-    assert rc == 2 and "error: MaPLe cannot run on RN50 (CLIP ResNet" in capsys.readouterr().err
+    assert rc == 2 and "Error: MaPLe cannot run on RN50 (CLIP ResNet" in capsys.readouterr().err
 
 
 def test_backbone_axis_dry_run_shows_the_backbone(tmp_path, capsys, monkeypatch):

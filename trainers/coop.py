@@ -21,6 +21,7 @@ from vlprompt.clip.families import ANY_TOWERS
 from vlprompt.engine import TRAINER_REGISTRY
 from vlprompt.engine.methods import MethodCard
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
+from vlprompt.errors import UserRuntimeError
 
 POSITIONS = ("end", "middle", "front")
 
@@ -70,7 +71,7 @@ class CoOpPromptLearner(ClassPromptLearner):
 
     def forward(self):
         if self.csc and self.ctx.shape[0] != self.n_cls:
-            raise RuntimeError(
+            raise UserRuntimeError(
                 f"Class-specific contexts were learned for {self.ctx.shape[0]} classes but the current "
                 f"label space has {self.n_cls}; CSC contexts do not transfer to another class list"
             )

@@ -39,6 +39,7 @@ from vlprompt.clip.families import ANY_TOWERS
 from vlprompt.engine import TRAINER_REGISTRY, TrainerX
 from vlprompt.engine.methods import MethodCard
 from vlprompt.features.extract import loader_features, view_features
+from vlprompt.errors import UserRuntimeError
 
 C_GRID = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)
 LP_DEFAULTS = dict(C_GRID=C_GRID, SEARCH_STEPS=8, MAX_ITER=1000, PREC="fp16")
@@ -163,7 +164,7 @@ class LinearProbeCLIP(TrainerX):
             self.test()
 
     def forward_backward(self, batch):
-        raise RuntimeError("LinearProbeCLIP is fitted when it is built: run it with --eval-only")
+        raise UserRuntimeError("LinearProbeCLIP is fitted when it is built: run it with --eval-only")
 
 
 def _extend(cfg):

@@ -60,6 +60,7 @@ from vlprompt.clip.families import PROMPTABLE_VISION
 from vlprompt.engine import TRAINER_REGISTRY
 from vlprompt.engine.methods import MethodCard
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
+from vlprompt.errors import InvalidValueError, UserRuntimeError
 
 __all__ = [
     "QuickGELU",
@@ -146,7 +147,7 @@ def injection_heads(width, backbone_width, backbone_heads):
     (``width / (backbone_width / backbone_heads)``: 8 heads at 512 and 12 at 768 for ViT-B/16)."""
     head_width = backbone_width // backbone_heads
     if head_width < 1 or width % head_width != 0:
-        raise ValueError(
+        raise InvalidValueError(
             f"Cannot derive injection attention heads: width {width} is not a multiple of the backbone's "
             f"head width {head_width}"
         )
@@ -355,7 +356,7 @@ class MuDPT(ClipPromptTrainer):
         own = set(self.learnable_module().state_dict().keys())
         official = ("mudpt_prompt_learner.", "umudpt_prompt_learner.", "uumudpt_prompt_learner.")
         if not own & set(state_dict) and any(k.startswith(official) for k in state_dict):
-            raise RuntimeError(
+            raise UserRuntimeError(
                 "This checkpoint has the layout of the official MuDPT repository (a whole CustomCLIP with "
                 "'*mudpt_prompt_learner.' keys and vision parameters inside the image encoder). Its layout "
                 "changed between the repository's commits, so it is not converted; retrain with vlprompt."

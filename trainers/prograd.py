@@ -34,8 +34,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vlprompt.clip import APLE_TEMPLATES, ArgError, ClassPromptLearner, DeepPromptedCLIP, ZeroShotHead, get_template
-from vlprompt.clip import clean_classname, count_tokens, random_prompt, tokenize
-from vlprompt.clip.prompt_init import token_embeddings
+from vlprompt.clip import clean_classname, count_tokens, random_prompt
+from vlprompt.clip.towers.text import phrase_vectors
 from vlprompt.clip.families import ANY_TOWERS
 from vlprompt.engine import TRAINER_REGISTRY
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
@@ -75,11 +75,11 @@ class ProGradPromptLearner(CoOpPromptLearner):
             if n_ctx < n_words:
                 raise ArgError("n_ctx", f'{n_ctx} context tokens are fewer than the {n_words} words of the init '
                                         f'phrase "{init_phrase}"')
-            if count_tokens(init_phrase) < n_words:
+            if count_tokens(init_phrase, model=clip_model) < n_words:
                 raise ArgError("ctx_init", f'the init phrase "{init_phrase}" has fewer tokens than words')
-            emb = token_embeddings(clip_model, tokenize(init_phrase, clip_model.positional_embedding.shape[0]))
+            # the phrase's first w token embeddings under the model's own tokenizer (every family)
             vectors = torch.zeros(n_ctx, d_t)
-            vectors[n_ctx - n_words:] = emb[0, 1:1 + n_words]
+            vectors[n_ctx - n_words:] = phrase_vectors(clip_model, init_phrase, n_words)
             prefix = " ".join(["X"] * (n_ctx - n_words) + [init_phrase])
             self.csc = False
         else:

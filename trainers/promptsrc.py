@@ -52,6 +52,7 @@ from vlprompt.engine.clip_trainer import ClipPromptTrainer
 from vlprompt.engine.methods import MethodCard
 
 from .ivlp import convert_official_vision_keys
+from vlprompt.errors import InvalidValueError, UserRuntimeError
 
 __all__ = ["PromptSRC", "GaussianPromptAggregation", "gpa_weights", "EnsembleTeacher", "IMAGENET_TEMPLATES"]
 
@@ -119,7 +120,7 @@ def gpa_weights(n_epochs, mean, std):
     dens = [math.exp(-0.5 * ((e - mean) / std) ** 2) / (std * math.sqrt(2 * math.pi)) for e in range(1, n_epochs + 1)]
     total = sum(dens)
     if not total > 0:
-        raise ValueError(
+        raise InvalidValueError(
             f"the GPA weights N(e; {mean}, {std}^2) underflow to 0 for every epoch e = 1..{n_epochs}; "
             "put GPA_MEAN within a few GPA_STD of the training epochs"
         )
@@ -171,7 +172,7 @@ class GaussianPromptAggregation(HookBase):
 
     def load_state_dict(self, state):
         if (float(state.get("mean", self.mean)), float(state.get("std", self.std))) != (self.mean, self.std):
-            raise RuntimeError(
+            raise UserRuntimeError(
                 f"Cannot resume: the checkpoint's GPA was N({state.get('mean')}, {state.get('std')}^2), this run's is "
                 f"N({self.mean}, {self.std}^2) (TRAINER.PROMPTSRC.GPA_MEAN/GPA_STD changed); start a fresh run"
             )

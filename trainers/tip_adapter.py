@@ -45,6 +45,7 @@ from vlprompt.engine.methods import MethodCard
 from vlprompt.features.extract import loader_features
 from vlprompt.features.training import FeatureEpochs, run_seed
 from vlprompt.metrics import compute_accuracy
+from vlprompt.errors import UserRuntimeError
 
 # Official configs/*.yaml (Tip-Adapter repository): init_alpha and search_scale per dataset; init_beta 1,
 # search_step [200, 20], augment_epoch 10, lr 0.001, train_epoch 20 (EuroSAT 100) everywhere.
@@ -270,7 +271,7 @@ class TipAdapter(TrainerX):
             self.test()
 
     def forward_backward(self, batch):
-        raise RuntimeError("TipAdapter is training-free: run it with --eval-only (TipAdapterF fine-tunes the keys)")
+        raise UserRuntimeError("TipAdapter is training-free: run it with --eval-only (TipAdapterF fine-tunes the keys)")
 
 
 @TRAINER_REGISTRY.register()

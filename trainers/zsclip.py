@@ -17,6 +17,7 @@ from vlprompt.clip import IMAGENET_TEMPLATES_SELECT, ZeroShotHead, build_clip_fr
 from vlprompt.clip.families import ANY_TOWERS
 from vlprompt.engine import TRAINER_REGISTRY, TrainerX
 from vlprompt.engine.methods import MethodCard
+from vlprompt.errors import UserRuntimeError
 
 
 def _maybe_half(clip_model, cfg, device):
@@ -67,7 +68,7 @@ class ZeroshotCLIP(TrainerX):
         return normalized_logits(features, self.head.text_features(), self.head.logit_scale)
 
     def forward_backward(self, batch):
-        raise RuntimeError(f"{type(self).__name__} has nothing to train: run it with --eval-only")
+        raise UserRuntimeError(f"{type(self).__name__} has nothing to train: run it with --eval-only")
 
 
 @TRAINER_REGISTRY.register()

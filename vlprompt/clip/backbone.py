@@ -26,11 +26,13 @@ is returned by :func:`backbone_preprocess` and applied to ``cfg.INPUT`` by
 """
 import os
 import os.path as osp
+import warnings
 
 import torch
 
 from vlprompt.protocol.backbones import CLIP_NAMES
 from vlprompt.utils.errors import UserError
+from vlprompt.errors import InvalidValueError, UserRuntimeError
 
 
 __all__ = [
@@ -78,7 +80,7 @@ for _clip_name, _oc in CLIP_NAME_TO_OPENCLIP.items():
     _OPENCLIP_TO_CLIP[_oc.replace("-quickgelu", "")] = _clip_name
 
 
-class MissingWeightsError(FileNotFoundError):
+class MissingWeightsError(UserError, FileNotFoundError):
     """No weight file could be found (and none could be downloaded)."""
 
 
@@ -148,7 +150,7 @@ def normalize_backbone_name(name):
     known = list(CLIP_NAME_TO_OPENCLIP) + list(BUILTIN_BACKBONES) + list(LAZY_BACKBONES) + open_clip.list_models()
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    raise ValueError(
+    raise InvalidValueError(
         f'Unknown backbone "{name}".{hint} Use a CLIP name ({", ".join(CLIP_NAME_TO_OPENCLIP)}), '
         f"an open_clip model name (open_clip.list_models()), or a built-in: "
         f"{', '.join(sorted(set(BUILTIN_BACKBONES) | set(LAZY_BACKBONES)))}."
@@ -177,18 +179,34 @@ def _candidate_files(clip_name, oc_name, path, cache_dir):
 def _load_weight_file(fpath):
     """Load an OpenAI JIT archive, a plain state dict, or an open_clip checkpoint -> state dict."""
     try:
-        jit_model = torch.jit.load(fpath, map_location="cpu")
+        with warnings.catch_warnings():  # torch's deprecation notice of jit.load is not the user's concern
+            warnings.simplefilter("ignore", FutureWarning)
+            jit_model = torch.jit.load(fpath, map_location="cpu")
         return {k: v for k, v in jit_model.state_dict().items()}
     except (RuntimeError, ValueError):
         pass
     try:
-        obj = torch.load(fpath, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a pickle's protocol is named in the refusal, not in a warning
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(fpath, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise RuntimeError(f'Cannot read weight file "{fpath}": {e}') from e
+        from vlprompt.utils.torchtools import unsafe_pickle_message
+
+        unsafe = unsafe_pickle_message(fpath, e, "Weight file")
+        if unsafe:
+            raise UserRuntimeError(unsafe) from None
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        if "weights_only" in first:  # torch's advice to unpickle is never passed on
+            first = ""
+        raise UserRuntimeError(
+            f'Cannot read weight file "{fpath}" ({type(e).__name__}{": " + first if first else ""}): it is not an '
+            "OpenAI CLIP archive, a state dict or an open_clip checkpoint, or it is truncated. Check "
+            "MODEL.BACKBONE.PATH (docs/ENGINE.md lists the formats)."
+        ) from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
-        raise RuntimeError(f'Weight file "{fpath}" does not hold a state dict (got {type(obj).__name__})')
+        raise UserRuntimeError(f'Weight file "{fpath}" does not hold a state dict (got {type(obj).__name__})')
     return {(k[7:] if k.startswith("module.") else k): v for k, v in obj.items()}
 
 
@@ -211,7 +229,7 @@ def _model_from_state_dict(sd, oc_name, fpath):
     missing, unexpected = model.load_state_dict(sd, strict=False)
     missing = [k for k in missing if k != "attn_mask"]
     if missing or unexpected:
-        raise RuntimeError(
+        raise UserRuntimeError(
             f'Weight file "{fpath}" does not match architecture {oc_name}: '
             f"missing keys {missing[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected keys {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
@@ -363,7 +381,7 @@ def build_clip_from_cfg(cfg):
     """:func:`build_clip_model` from ``cfg.MODEL.BACKBONE``; checks INPUT.SIZE against the model."""
     bb = cfg.MODEL.BACKBONE
     if not bb.NAME:
-        raise ValueError("MODEL.BACKBONE.NAME is empty: set it in the method yaml or with --backbone")
+        raise InvalidValueError("MODEL.BACKBONE.NAME is empty: set it in the method yaml or with --backbone")
     print(f"Loading CLIP (backbone: {bb.NAME}{', pretrained tag ' + bb.PRETRAINED_TAG if bb.PRETRAINED_TAG else ''})")
     model = build_clip_model(
         bb.NAME, path=bb.PATH, pretrained_tag=bb.PRETRAINED_TAG, cache_dir=bb.CACHE_DIR,
@@ -375,7 +393,7 @@ def build_clip_from_cfg(cfg):
           f"logit scale exp(s) = {float(model.logit_scale.detach().exp()):.2f}"
           + ("; logit bias not used (it cancels in softmax over classes)" if getattr(model, "logit_bias", None) is not None else ""))
     if tuple(cfg.INPUT.SIZE) != (res, res):
-        raise ValueError(
+        raise InvalidValueError(
             f"INPUT.SIZE {tuple(cfg.INPUT.SIZE)} does not match the backbone's input resolution "
             f"{res}x{res} ({bb.NAME}); set INPUT.SIZE ({res}, {res})"
         )

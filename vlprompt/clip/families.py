@@ -14,6 +14,7 @@ import os
 import os.path as osp
 from dataclasses import asdict
 from typing import Optional
+from vlprompt.errors import InvalidValueError
 
 from vlprompt.protocol.families import (ANY_TOWERS, FAMILIES, PROMPTABLE, PROMPTABLE_VISION, TEXT_ANY, TowerInfo,
                                        family_of)
@@ -80,7 +81,7 @@ def _build_meta(name):
     _, oc_name = bb.normalize_backbone_name(name)  # ValueError naming close matches for an unknown name
     cfg = get_model_config(oc_name)
     if cfg is None:
-        raise ValueError(f"open_clip has no model config for {oc_name}")
+        raise InvalidValueError(f"open_clip has no model config for {oc_name}")
     cfg = dict(cfg)
     if cfg.get("text_cfg", {}).get("hf_model_name"):
         return None, False  # a Hugging Face text tower: not an open_clip transformer

@@ -23,8 +23,11 @@ call the block's own ``forward`` so that numerics never change silently:
 * cross-attention blocks (``ln_1_kv``), attention with separate k/v dims, ``bias_k``/``bias_v`` or
   ``add_zero_attn``, or attention dropout active in training mode;
 * a block (or its attention) with forward hooks, or global module hooks: hooks expect the block's own
-  ``forward`` to run (the tests use them to inspect block inputs).
+  ``forward`` to run (the tests use them to inspect block inputs). Global hooks (``FlopCounterMode``, a
+  profiler's module tracker) print one warning line the first time they switch the fast paths off.
 """
+import sys
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -72,9 +75,31 @@ def fast_block_reason(block):
     return None
 
 
+#: set once the global-hooks notice has been printed (one line per process)
+_GLOBAL_HOOKS_NOTICE = {"shown": False}
+
+GLOBAL_HOOKS_NOTICE = (
+    "Warning: global module forward hooks are registered (e.g. torch.utils.flop_counter.FlopCounterMode or a "
+    "profiler's module tracker), so the prompted encoders run open_clip's own block forward instead of "
+    "vlprompt's exact fast paths while they are (same results, slower; counts and timings then describe the "
+    "slower path). To keep the fast paths, hook the modules you need (module.register_forward_hook) instead "
+    "of all modules."
+)
+
+
+def _notice_global_hooks():
+    if not _GLOBAL_HOOKS_NOTICE["shown"]:
+        _GLOBAL_HOOKS_NOTICE["shown"] = True
+        print(GLOBAL_HOOKS_NOTICE, file=sys.stderr, flush=True)
+
+
 def blocks_fast_reason(blocks):
-    """``None`` if every block in ``blocks`` is eligible (and no global hooks are set), else the first reason."""
+    """``None`` if every block in ``blocks`` is eligible (and no global hooks are set), else the first reason.
+
+    Global module hooks switch the fast paths off (a hook expects the block's own ``forward``); the first
+    time that happens in a process, one warning line on stderr says so (:data:`GLOBAL_HOOKS_NOTICE`)."""
     if _global_hooks():
+        _notice_global_hooks()
         return "global module forward hooks are registered"
     for i, b in enumerate(blocks):
         r = fast_block_reason(b)

@@ -32,6 +32,7 @@ import platform
 import warnings
 
 import torch
+from vlprompt.errors import InvalidValueError
 
 __all__ = ["PRECISIONS", "Precision", "resolve_precision", "convert_clip_to_fp16", "cpu_supports_bf16"]
 
@@ -89,7 +90,7 @@ def resolve_precision(prec, device):
     once): on a CPU, ``fp16`` always and ``bf16``/``amp`` without native bf16 (see the module doc)."""
     prec = str(prec).lower()
     if prec not in PRECISIONS:
-        raise ValueError(f"PREC must be one of {PRECISIONS}, got '{prec}'")
+        raise InvalidValueError(f"PREC must be one of {PRECISIONS}, got '{prec}'")
     dev = torch.device(device)
     if prec == "fp32" or dev.type == "cuda":
         return prec
@@ -136,7 +137,7 @@ class Precision:
         self.device = torch.device(device)
         if allow_cpu:
             if self.requested not in PRECISIONS:
-                raise ValueError(f"PREC must be one of {PRECISIONS}, got '{prec}'")
+                raise InvalidValueError(f"PREC must be one of {PRECISIONS}, got '{prec}'")
             self.mode = self.requested
         else:
             self.mode = resolve_precision(prec, self.device)

@@ -27,6 +27,7 @@ import torch.nn as nn
 from .errors import ArgError
 from .templates import clean_classname
 from .tokenizer import count_tokens, tokenize
+from vlprompt.errors import InvalidValueError
 
 __all__ = [
     "INIT_STD",
@@ -109,7 +110,7 @@ def init_text_context(clip_model, n_ctx, ctx_init="", rule="coop", context_lengt
     Returns: :class:`ContextInit`.
     """
     if rule not in RULES:
-        raise ValueError(f"Unknown context-init rule '{rule}'; choose one of {RULES}")
+        raise InvalidValueError(f"Unknown context-init rule '{rule}'; choose one of {RULES}")
     d_t = clip_model.token_embedding.weight.shape[1]
     phrase = clean_classname(ctx_init) if ctx_init else ""
     phrase = " ".join(phrase.split())

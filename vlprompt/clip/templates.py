@@ -1,5 +1,7 @@
 """Hand-crafted prompt templates keyed by ``DATASET.NAME`` (docs/METHODS.md, docs/DATASETS.md)."""
 
+from vlprompt.errors import InvalidValueError
+
 # CoOp's zero-shot templates (ZeroshotCLIP, and the CoOp family's zero-shot baseline).
 CUSTOM_TEMPLATES = {
     "OxfordPets": "a photo of a {}, a type of pet.",
@@ -60,7 +62,7 @@ def register_templates(table):
     its datasets' templates when :mod:`vlprompt.toy.templates` is imported)."""
     for name, template in table.items():
         if "{}" not in template:
-            raise ValueError(f'template for {name} must contain "{{}}", got "{template}"')
+            raise InvalidValueError(f'template for {name} must contain "{{}}", got "{template}"')
         _EXTRA_TEMPLATES[name] = template
 
 

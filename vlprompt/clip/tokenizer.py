@@ -18,6 +18,7 @@ tokenizer.
 import functools
 
 import torch
+from vlprompt.errors import InvalidValueError, UserRuntimeError
 
 __all__ = ["tokenize", "count_tokens", "model_tokenizer", "ClipBPETokenizer", "OpenClipTokenizer",
            "NoStartBPETokenizer"]
@@ -55,7 +56,7 @@ class ClipBPETokenizer:
         for i, t in enumerate(texts):
             ids = [self.sot] + self.encode(t) + [self.eot]
             if len(ids) > n:
-                raise ValueError(f"Text is {len(ids)} tokens long, more than the context length {n}: {t!r}")
+                raise InvalidValueError(f"Text is {len(ids)} tokens long, more than the context length {n}: {t!r}")
             out[i, : len(ids)] = torch.tensor(ids)
         return out
 
@@ -104,7 +105,7 @@ class NoStartBPETokenizer(ClipBPETokenizer):
         for i, t in enumerate(texts):
             ids = self.encode(t) + [self.eot]
             if len(ids) > n:
-                raise ValueError(f"Text is {len(ids)} tokens long, more than the context length {n}: {t!r}")
+                raise InvalidValueError(f"Text is {len(ids)} tokens long, more than the context length {n}: {t!r}")
             out[i, : len(ids)] = torch.tensor(ids)
         return out
 
@@ -124,8 +125,15 @@ class OpenClipTokenizer:
 
         try:
             self._tok = open_clip.get_tokenizer(open_clip_name)
-        except Exception as e:  # a missing package or an offline Hugging Face download
-            raise RuntimeError(
+        except ImportError as e:  # the packages of Hugging Face tokenizers (requirements.txt names them)
+            missing = getattr(e, "name", None) or "transformers"
+            raise UserRuntimeError(
+                f"The tokenizer of {open_clip_name} needs the Python package `{missing}`, which is not installed. "
+                'SigLIP-family tokenizers are Hugging Face tokenizers: run pip install -e ".[siglip]" in the '
+                "vlprompt checkout (or: pip install transformers sentencepiece)"
+            ) from None
+        except Exception as e:  # an offline Hugging Face download
+            raise UserRuntimeError(
                 f"The tokenizer of {open_clip_name} could not be loaded ({type(e).__name__}: {e}). SigLIP-family "
                 "tokenizers are Hugging Face tokenizers: install `transformers` and `sentencepiece`, and have "
                 "the tokenizer files in the Hugging Face cache (run once with network)"
@@ -149,7 +157,7 @@ class OpenClipTokenizer:
         ids = self._tok(list(texts), context_length=n)
         for t, row in zip(texts, ids):
             if not (row == self.eot).any():
-                raise ValueError(f"Text is longer than the context length {n}: {t!r}")
+                raise InvalidValueError(f"Text is longer than the context length {n}: {t!r}")
         return ids
 
     def eot_positions(self, ids):

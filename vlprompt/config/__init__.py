@@ -16,6 +16,7 @@ import yaml
 from yacs.config import CfgNode as CN
 
 from .defaults import _C
+from vlprompt.errors import UserError
 
 __all__ = [
     "CN",
@@ -36,7 +37,7 @@ __all__ = [
 _EXTENSIONS = []
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or option that cannot be merged."""
 
 
@@ -199,7 +200,11 @@ def _unknown_key_error(cfg, full_key, source):
         close = [v for v in valid if v.split(".")[-1] in close][:3]
     hint = f" Closest valid keys: {', '.join(close)}." if close else ""
     extra = ""
-    if full_key.startswith("TRAINER."):
+    if str(full_key).startswith("-"):  # argparse hands everything after the first KEY VALUE pair to opts
+        hint = ""
+        extra = (f" {full_key} is a flag: flags go before the KEY VALUE options (python train.py --root ... "
+                 f"{full_key} ... KEY VALUE ...).")
+    elif full_key.startswith("TRAINER."):
         nodes = [k for k in cfg.TRAINER.keys() if k != "NAME"]
         extra = f" Known trainer nodes: {nodes} (a trainer's node exists once its module is imported)."
     return ConfigError(f"Unknown config key {full_key} in {source}.{hint}{extra}")

@@ -21,6 +21,7 @@ import os.path as osp
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
+from vlprompt.errors import InvalidValueError
 
 __all__ = [
     "Archive",
@@ -504,12 +505,12 @@ def read_classnames(path):
                 continue
             parts = line.split(" ", 1)
             if len(parts) != 2 or not parts[1].strip():
-                raise ValueError(
+                raise InvalidValueError(
                     f'{path}, line {lineno}: expected "<wnid> <class name>", got {line!r}'
                 )
             wnid, name = parts[0], parts[1].strip()
             if wnid in classnames:
-                raise ValueError(f"{path}, line {lineno}: wnid {wnid} is listed twice")
+                raise InvalidValueError(f"{path}, line {lineno}: wnid {wnid} is listed twice")
             classnames[wnid] = name
     return classnames
 

@@ -8,6 +8,7 @@ from vlprompt.utils import read_image
 from .datasets import build_dataset
 from .samplers import build_sampler
 from .transforms import INTERPOLATION_MODES, build_transform
+from vlprompt.errors import InvalidValueError
 
 
 def _distributed():
@@ -41,7 +42,7 @@ def build_data_loader(cfg, sampler_type="SequentialSampler", data_source=None, b
         persistent_workers=False,
     )
     if len(loader) == 0:
-        raise ValueError(
+        raise InvalidValueError(
             f"The data loader is empty ({len(data_source)} items, batch size {batch_size}); "
             "check the dataset split and DATALOADER.*.BATCH_SIZE"
         )

@@ -500,7 +500,7 @@ def main(argv=None):
         finally:
             _PROGRESS["on"] = False
     except KeyError as e:
-        print(f"error: {e.args[0]}", file=sys.stderr)
+        print(f"Error: {e.args[0]}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps([asdict(v) for v in verdicts], indent=2))
@@ -512,4 +512,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from vlprompt.errors import run_cli
+
+    sys.exit(run_cli(main))

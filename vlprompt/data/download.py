@@ -48,6 +48,7 @@ import zlib
 from vlprompt.data.catalog import DATASETS, gdrive_url, gdrive_view_url, get_info
 from vlprompt.data.hub import HubClient, HubError, load_catalog, sources_with_data
 from vlprompt.data.integrity import IntegrityError, check_file, write_manifest
+from vlprompt.errors import UserError
 
 __all__ = [
     "DownloadError",
@@ -65,7 +66,7 @@ DEFAULT_TIMEOUT = 15.0
 EXIT_OK, EXIT_FAILED, EXIT_MANUAL = 0, 1, 3
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     pass
 
 
@@ -838,7 +839,7 @@ def main(argv=None, fetcher=fetch_url, hub=None):
         if args.inspect_mirror:
             return _inspect_mirror(args.inspect_mirror, args.repo_type, args.revision, hub)
     except HubError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"Error: {e}", file=sys.stderr)
         return EXIT_FAILED
     fetch_all = args.all or args.names == ["all"]
     if (not args.names and not args.all) or not args.root:
@@ -846,7 +847,7 @@ def main(argv=None, fetcher=fetch_url, hub=None):
     try:
         infos = list(DATASETS.values()) if fetch_all else [get_info(n) for n in args.names]
     except KeyError as e:
-        print(f"error: {e.args[0]}", file=sys.stderr)
+        print(f"Error: {e.args[0]}", file=sys.stderr)
         return 2
 
     result = EXIT_OK
@@ -883,4 +884,6 @@ def main(argv=None, fetcher=fetch_url, hub=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from vlprompt.errors import run_cli
+
+    sys.exit(run_cli(main))

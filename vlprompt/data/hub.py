@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 from vlprompt.data.integrity import IntegrityError, check_file
+from vlprompt.errors import UserError
 
 __all__ = [
     "HubError",
@@ -48,7 +49,7 @@ LAYOUTS = ("coop_folder",)
 _SIDE = ".vlprompt.json"  # next to a completed download: what it was checked against
 
 
-class HubError(RuntimeError):
+class HubError(UserError, RuntimeError):
     pass
 
 

@@ -16,6 +16,7 @@ import os
 import os.path as osp
 import time
 import zlib
+from vlprompt.errors import UserError
 
 __all__ = [
     "IntegrityError",
@@ -39,7 +40,7 @@ _CHUNK = 1 << 20
 _NOT_RECORDED = ("split_fewshot", "preprocessed.json", MANIFEST_NAME)
 
 
-class IntegrityError(RuntimeError):
+class IntegrityError(UserError, RuntimeError):
     pass
 
 

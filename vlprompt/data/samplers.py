@@ -3,6 +3,7 @@ import random
 from collections import defaultdict
 
 from torch.utils.data.sampler import RandomSampler, Sampler, SequentialSampler
+from vlprompt.errors import InvalidValueError
 
 
 class RandomClassSampler(Sampler):
@@ -10,7 +11,7 @@ class RandomClassSampler(Sampler):
 
     def __init__(self, data_source, batch_size, n_ins):
         if batch_size < n_ins:
-            raise ValueError(f"batch_size={batch_size} must be no less than n_ins={n_ins}")
+            raise InvalidValueError(f"batch_size={batch_size} must be no less than n_ins={n_ins}")
         self.data_source = data_source
         self.batch_size = batch_size
         self.n_ins = n_ins
@@ -20,7 +21,7 @@ class RandomClassSampler(Sampler):
             self.index_dic[item.label].append(index)
         self.labels = list(self.index_dic.keys())
         if len(self.labels) < self.ncls_per_batch:
-            raise ValueError("Not enough classes for RandomClassSampler")
+            raise InvalidValueError("Not enough classes for RandomClassSampler")
         self.length = 0
         for label in self.labels:
             n = len(self.index_dic[label])
@@ -60,6 +61,6 @@ def build_sampler(sampler_type, cfg=None, data_source=None, batch_size=32, n_dom
         return SequentialSampler(data_source)
     if sampler_type == "RandomClassSampler":
         return RandomClassSampler(data_source, batch_size, n_ins)
-    raise ValueError(
+    raise InvalidValueError(
         f"Unknown sampler type {sampler_type!r}; vlprompt supports RandomSampler, SequentialSampler, RandomClassSampler"
     )

@@ -1,4 +1,5 @@
 from vlprompt.utils import Registry, check_availability
+from vlprompt.errors import InvalidValueError
 
 
 class TrainerRegistry(Registry):
@@ -24,7 +25,7 @@ TRAINER_REGISTRY = TrainerRegistry("TRAINER")
 
 def build_trainer(cfg):
     if not cfg.TRAINER.NAME:
-        raise ValueError(f"TRAINER.NAME is empty: pass --trainer (registered trainers: "
+        raise InvalidValueError(f"TRAINER.NAME is empty: pass --trainer (registered trainers: "
                          f"{sorted(TRAINER_REGISTRY.registered_names())})")
     TRAINER_REGISTRY.resolve(cfg.TRAINER.NAME)
     avai_trainers = TRAINER_REGISTRY.registered_names()

@@ -30,6 +30,7 @@ import re
 from vlprompt.utils import load_checkpoint, save_checkpoint
 
 from .rng import get_rng_state, set_rng_state
+from vlprompt.errors import UserRuntimeError
 
 __all__ = ["LAST_CHECKPOINT", "RUN_CONFIG_KEY", "Checkpointer", "checkpoint_candidates"]
 
@@ -183,7 +184,7 @@ class Checkpointer:
             loaded[name] = (path, ckpt)
         epochs = {n: int(c["epoch"]) for n, (_, c) in loaded.items()}
         if len(set(epochs.values())) > 1:
-            raise RuntimeError(
+            raise UserRuntimeError(
                 f"Cannot resume from {directory}: the models' newest readable checkpoints are from different "
                 f"epochs {epochs}; remove the newer files or start a fresh run in another output directory"
             )
@@ -199,7 +200,7 @@ class Checkpointer:
             rng = ckpt.get("rng_state", rng)
         required = [k for k, h in _stateful_hooks(t).items() if not h.OPTIONAL_STATE]
         if required and not any("hooks" in c for _, c in loaded.values()):
-            raise RuntimeError(
+            raise UserRuntimeError(
                 f"Cannot resume from {directory}: this method keeps state in hooks {required}, but the "
                 "checkpoint holds none (written by another trainer or version); start a fresh run in another "
                 "output directory"
@@ -224,7 +225,7 @@ class Checkpointer:
             elif f"optim_{opt_name}" in extra:  # checkpoints written before named optimisers
                 opt_state, sched_state = extra[f"optim_{opt_name}"], extra.get(f"sched_{opt_name}")
             else:
-                raise RuntimeError(
+                raise UserRuntimeError(
                     f'Cannot resume from "{path}": it holds no state for the optimiser "{opt_name}" (saved by '
                     "another trainer or an older version); start a fresh run in another output directory"
                 )
@@ -232,7 +233,7 @@ class Checkpointer:
                 optim.load_state_dict(opt_state)
                 print(f"Loaded optimizer{'' if primary else ' ' + opt_name}")
             if (sched is None) != (sched_state is None):
-                raise RuntimeError(
+                raise UserRuntimeError(
                     f'Cannot resume from "{path}": the optimiser "{opt_name}" had '
                     f"{'no' if sched_state is None else 'a'} LR scheduler there, and this run has "
                     f"{'one' if sched is not None else 'none'} (was the config changed?); start a fresh run"
@@ -245,7 +246,7 @@ class Checkpointer:
         hooks = _stateful_hooks(self.trainer)
         missing = [k for k, h in hooks.items() if k not in states and not h.OPTIONAL_STATE]
         if missing:
-            raise RuntimeError(f'Cannot resume from "{path}": no state for the hooks {missing}; start a fresh run')
+            raise UserRuntimeError(f'Cannot resume from "{path}": no state for the hooks {missing}; start a fresh run')
         for k, h in hooks.items():
             if k in states:
                 h.load_state_dict(states[k])

@@ -44,6 +44,7 @@ from vlprompt.optim import build_lr_scheduler, build_optimizer
 from vlprompt.utils import count_num_param, load_checkpoint, load_pretrained_weights
 
 from .trainer import TrainerX
+from vlprompt.errors import UserPathNotFoundError, UserRuntimeError
 
 __all__ = ["ClipPromptTrainer", "add_trainer_cfg"]
 
@@ -256,7 +257,7 @@ class ClipPromptTrainer(TrainerX):
                 folder = osp.join(directory, name)
                 avail = sorted(f for f in os.listdir(folder) if f.startswith("model")) if osp.isdir(folder) else []
                 hint = f" (available: {avail})" if avail else f" (no checkpoints in {folder})"
-                raise FileNotFoundError(f'Model not found at "{model_path}"{hint}')
+                raise UserPathNotFoundError(f'Model not found at "{model_path}"{hint}')
             checkpoint = load_checkpoint(model_path)
             state_dict = checkpoint["state_dict"] if "state_dict" in checkpoint else checkpoint
             ckpt_epoch = checkpoint.get("epoch")
@@ -286,13 +287,15 @@ class ClipPromptTrainer(TrainerX):
             lines = [f'Cannot load "{path}" into {name}:']
             if missing:
                 lines.append(f"  learnable keys missing from the checkpoint: {missing}")
+                lines.append(f"  (is --model-dir the output folder of a {self.cfg.TRAINER.NAME} run? its config.yaml "
+                             "names the trainer that wrote it)")
             if wrong:
                 lines.append("  learnable keys with another shape: " + "; ".join(wrong))
                 lines.append(
                     "  (was it trained with other prompt settings (N_CTX, depth, CSC with another class "
                     "count) or another backbone?)"
                 )
-            raise RuntimeError("\n".join(lines))
+            raise UserRuntimeError("\n".join(lines))
         unexpected = [k for k in state_dict if k not in expected]
         if unexpected:
             shown = unexpected[:5] + (["..."] if len(unexpected) > 5 else [])

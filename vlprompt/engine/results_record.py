@@ -152,7 +152,7 @@ def build_results_record(trainer, metrics, eval_seconds=None, world_size=1):
     record = {
         "schema": RESULTS_SCHEMA,
         "trainer": cfg.TRAINER.NAME,
-        "dataset": cfg.DATASET.NAME,
+        "dataset": getattr(trainer.dm.dataset, "record_name", None) or cfg.DATASET.NAME,
         "subsample": cfg.DATASET.SUBSAMPLE_CLASSES,
         "shots": cfg.DATASET.NUM_SHOTS,
         "seed": cfg.SEED,

@@ -7,6 +7,7 @@ pass ``verbose`` to torch's base class, and its ``state_dict()`` stores the succ
 """
 import torch
 from torch.optim.lr_scheduler import LRScheduler
+from vlprompt.errors import InvalidValueError
 
 AVAI_SCHEDS = ["single_step", "multi_step", "cosine"]
 
@@ -71,7 +72,7 @@ def build_lr_scheduler(optimizer, optim_cfg):
     gamma = optim_cfg.GAMMA
     max_epoch = optim_cfg.MAX_EPOCH
     if lr_scheduler not in AVAI_SCHEDS:
-        raise ValueError(f"OPTIM.LR_SCHEDULER must be one of {AVAI_SCHEDS}, but got {lr_scheduler!r}")
+        raise InvalidValueError(f"OPTIM.LR_SCHEDULER must be one of {AVAI_SCHEDS}, but got {lr_scheduler!r}")
 
     if lr_scheduler == "single_step":
         if isinstance(stepsize, (list, tuple)):
@@ -96,5 +97,5 @@ def build_lr_scheduler(optimizer, optim_cfg):
         elif optim_cfg.WARMUP_TYPE == "linear":
             scheduler = LinearWarmupScheduler(optimizer, scheduler, optim_cfg.WARMUP_EPOCH, optim_cfg.WARMUP_MIN_LR)
         else:
-            raise ValueError(f"OPTIM.WARMUP_TYPE must be 'constant' or 'linear', got {optim_cfg.WARMUP_TYPE!r}")
+            raise InvalidValueError(f"OPTIM.WARMUP_TYPE must be 'constant' or 'linear', got {optim_cfg.WARMUP_TYPE!r}")
     return scheduler

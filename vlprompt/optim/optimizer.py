@@ -3,6 +3,7 @@ import warnings
 
 import torch
 import torch.nn as nn
+from vlprompt.errors import InvalidValueError
 
 AVAI_OPTIMS = ["adam", "amsgrad", "sgd", "rmsprop", "radam", "adamw"]
 
@@ -20,7 +21,7 @@ def build_optimizer(model, optim_cfg, param_groups=None):
     weight_decay = optim_cfg.WEIGHT_DECAY
     momentum = optim_cfg.MOMENTUM
     if optim not in AVAI_OPTIMS:
-        raise ValueError(f"OPTIM.NAME must be one of {AVAI_OPTIMS}, but got {optim!r}")
+        raise InvalidValueError(f"OPTIM.NAME must be one of {AVAI_OPTIMS}, but got {optim!r}")
 
     if param_groups is not None and optim_cfg.STAGED_LR:
         warnings.warn("OPTIM.STAGED_LR will be ignored because param_groups are given")

@@ -57,13 +57,13 @@ def main(argv=None):
     formats = []
     for f in args.format or (["md", "csv", "latex"] if args.out else ["md"]):
         if f not in FORMATS:
-            print(f"error: unknown format '{f}'; valid: md, csv, latex", file=sys.stderr)
+            print(f"Error: unknown format '{f}'; valid: md, csv, latex", file=sys.stderr)
             return 2
         formats.append(FORMATS[f])
     try:
         records, problems = collect(args.roots, source=args.source)
     except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"Error: {e}", file=sys.stderr)
         return 2
     for path, why in problems:
         print(f"warning: {path}: {why}", file=sys.stderr)
@@ -74,7 +74,7 @@ def main(argv=None):
         print(f"note: {len(inferred)} run(s) outside the CoOp output tree were placed from their results.json "
               f"fields (subsample/phase/model_dir)", file=sys.stderr)
     if not records:
-        print(f"error: no results found under {' '.join(args.roots)} (looked for results.json and log.txt in "
+        print(f"Error: no results found under {' '.join(args.roots)} (looked for results.json and log.txt in "
               f"the CoOp output tree)", file=sys.stderr)
         return 1
     seeds = args.seeds or list(DEFAULT_SEEDS)
@@ -83,7 +83,7 @@ def main(argv=None):
         print(f"note: {methods.note}", file=sys.stderr)
     tables = build_tables(records, args.protocol, seeds, args.metric, args.with_published, args.source, methods)
     if not tables:
-        print(f"{'note' if args.cost else 'error'}: no runs of protocol(s) "
+        print(f"{'note' if args.cost else 'Error'}: no runs of protocol(s) "
               f"{' '.join(args.protocol or protocol_names())} found", file=sys.stderr)
     if args.cost:  # per run, whatever its protocol (a run outside the tree too)
         from .cost import cost_table

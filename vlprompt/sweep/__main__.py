@@ -1,7 +1,12 @@
 import os
 import sys
 
+from vlprompt.errors import run_cli
+from vlprompt.protocol.backbones import BackboneError
+from vlprompt.protocol.tree import TreeError
+
 from .cli import main
+from .protocols import SweepError
 
 
 def _quiet_stdout():
@@ -17,7 +22,7 @@ def _quiet_stdout():
 
 if __name__ == "__main__":
     try:
-        rc = main()
+        rc = run_cli(main, user_errors=(SweepError, TreeError, BackboneError))
     except BrokenPipeError:  # output piped into head & co. while planning
         rc = 1
     _quiet_stdout()

@@ -141,6 +141,23 @@ def grid_variants(grid, tag="", opts=()):
     return out
 
 
+def check_opts(variants):
+    """Merge each variant's ``--opts``/``--grid`` KEY VALUE pairs into the default config (every
+    trainer's node included, as train.py builds it) so that an unknown key or a value of the wrong type
+    fails at planning time with one ``Error:`` naming the key, not later in every job (ConfigError)."""
+    variants = [list(v) for v in variants if v]
+    if not variants:
+        return
+    from vlprompt.config import extend_cfg, get_cfg_default, merge_from_list
+
+    if any(str(k).startswith("TRAINER.") for v in variants for k in v[0::2]):
+        from vlprompt.engine.methods import load_plugins  # the trainers' config nodes (imports torch)
+
+        load_plugins()
+    for v in variants:
+        merge_from_list(extend_cfg(get_cfg_default()), v)
+
+
 def _print_plan(runs, data_root, prefix, log_dir, output_root, out):
     n_done = sum(r.is_complete() for r in runs)
     print(f"# plan: {len(runs)} runs, {n_done} already complete, {len(runs) - n_done} to run", file=out)
@@ -189,7 +206,7 @@ def main(argv=None):
         try:
             print_recipes(registry_specs(), sys.stdout)
         except SweepError as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"Error: {e}", file=sys.stderr)
             return 2
         return 0
     missing = [f for f, v in (("--methods", args.methods), ("--protocol", args.protocols), ("--root", args.data_root))
@@ -203,7 +220,9 @@ def main(argv=None):
     try:
         methods = [parse_method(m) for m in args.methods]
         runs, seen, notes = [], set(), []
-        for tag, opts, slug_opts in grid_variants(args.grid, args.tag, args.opts):
+        variants = grid_variants(args.grid, args.tag, args.opts)
+        check_opts([opts for _, opts, _ in variants])
+        for tag, opts, slug_opts in variants:
             for r in plan(methods, args.protocols, args.datasets, args.seeds, output_root=output_root,
                           root=repo, few_shot_shots=args.shots or None, opts=opts, tag=tag, slug_opts=slug_opts,
                           source=args.source, backbone=args.backbone, load_epoch=args.load_epoch,
@@ -217,7 +236,7 @@ def main(argv=None):
             runs = [r for r in runs if r.depends_on is not None]
         slots = gpu_slots(args.gpus) if args.gpus else cpu_slots(args.jobs or 1)
     except (SweepError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"Error: {e}", file=sys.stderr)
         return 2
     for n in notes:
         print(f"note: {n}", file=sys.stderr)
@@ -226,7 +245,7 @@ def main(argv=None):
         _print_commands(runs, data_root, prefix, output_root, shown, sys.stdout, sys.stderr)
         return 0
     if not args.command and not osp.isfile(osp.join(repo, "train.py")) and not args.dry_run:
-        print(f"error: {repo}/train.py not found (use --repo-root or --command)", file=sys.stderr)
+        print(f"Error: {repo}/train.py not found (use --repo-root or --command)", file=sys.stderr)
         return 2
     log_dir = osp.abspath(args.log_dir) if args.log_dir else osp.join(output_root, "sweep_logs")
 
@@ -241,7 +260,7 @@ def main(argv=None):
                                  extra=args.slurm_extra, dependency=args.slurm_dependency,
                                  array_max=args.array_max)
         except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"Error: {e}", file=sys.stderr)
             return 2
         todo = [r for r in runs if not r.is_complete()]
         if not todo:
@@ -252,7 +271,7 @@ def main(argv=None):
             for r in todo:
                 r.write_note()
         except OSError as e:
-            print(f"error: cannot write the run note into {r.output_dir}: {e}", file=sys.stderr)
+            print(f"Error: cannot write the run note into {r.output_dir}: {e}", file=sys.stderr)
             return 2
         print(f"# {len(todo)} runs to do ({len(runs) - len(todo)} complete); scripts in {sdir}")
         if args.dry_run:
@@ -277,7 +296,7 @@ def main(argv=None):
             if not r.is_complete():
                 r.write_note()  # the engine records the run's protocol and role from it
     except OSError as e:
-        print(f"error: cannot write the run note into {r.output_dir}: {e}", file=sys.stderr)
+        print(f"Error: cannot write the run note into {r.output_dir}: {e}", file=sys.stderr)
         return 2
     runner = Runner(runs, data_root, slots, output_root=output_root, log_dir=log_dir, prefix=prefix, cwd=repo,
                     poll=args.poll)

@@ -9,9 +9,17 @@ per attempt).
 Stopping: every job runs in its own session (process group), so a Ctrl-C in the terminal reaches only
 the sweep. On SIGINT, SIGTERM or SIGHUP the runner stops every running job's whole process group --
 SIGINT first, then SIGTERM, then SIGKILL, each after ``grace`` seconds -- writes the status file, and
-returns ``128 + signal`` (130 for Ctrl-C). A closed stdout (``sweep | tee log`` with tee gone) never
+returns ``128 + signal`` (130 for Ctrl-C). A runner that cannot catch its end (SIGKILL: the OOM killer,
+``timeout -s KILL``) still takes its jobs with it: on Linux each job gets SIGTERM when the runner dies
+(``PR_SET_PDEATHSIG``), so it unwinds as on any SIGTERM (lock released, checkpoints kept). A job whose
+output folder is still held by a live process (an orphan of an earlier sweep on a system without
+``PR_SET_PDEATHSIG``, or the same run started by hand) is not started: the runner says so and waits
+for that process; if it finished the run, the job counts as complete, else the job starts (and
+resumes from the checkpoints). A failed job's summary line names its own ``Error:`` line. A closed stdout (``sweep | tee log`` with tee gone) never
 stops this: the progress lines then go nowhere and the final message goes to stderr when it can.
 """
+import ctypes
+import ctypes.util
 import json
 import os
 import os.path as osp
@@ -23,6 +31,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
 
 __all__ = ["Slot", "JobState", "Runner", "SweepInterrupted", "gpu_slots", "cpu_slots", "default_prefix", "log_path"]
 
@@ -72,6 +85,8 @@ class JobState:
     reason: str = ""
     proc: Optional[subprocess.Popen] = field(default=None, repr=False)
     index: int = 0
+    log_offset: int = 0  # where this attempt's output starts in ``log``
+    held_by: Optional[tuple] = None  # (pid, command) of a live process holding the output folder
 
 
 class SweepInterrupted(KeyboardInterrupt):
@@ -106,16 +121,86 @@ def _fmt_secs(s):
     return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s"
 
 
-def _tail(path, n=5):
+def _tail_since(path, offset, n=5):
+    """The last ``n`` lines of ``path`` written after byte ``offset`` (this attempt's output)."""
     try:
         with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 4096))
-            lines = f.read().decode("utf-8", "replace").splitlines()
-        return lines[-n:]
+            f.seek(max(offset, os.path.getsize(path) - 4096))
+            return f.read().decode("utf-8", "replace").splitlines()[-n:]
     except OSError:
         return []
+
+
+def _error_line(path, offset):
+    """The last ``Error: ...`` line that this attempt wrote into its log (train.py's one-line reason)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            text = f.read(1 << 20).decode("utf-8", "replace")
+    except OSError:
+        return ""
+    errors = [ln.strip() for ln in text.splitlines() if ln.startswith("Error: ")]
+    return errors[-1] if errors else ""
+
+
+# the lock file of vlprompt.utils.lock (not imported: that package imports torch, the sweep does not)
+_LOCK_NAME = ".vlprompt.lock"
+
+
+def lock_holder(output_dir):
+    """``(pid, command)`` of a live process holding ``output_dir``'s run lock (train.py's exclusive
+    ``flock``), or None. A dead holder's stale lock file is not held (the kernel released it)."""
+    path = osp.join(output_dir, _LOCK_NAME)
+    if fcntl is None or not osp.isfile(path):
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                owner = json.loads(os.read(fd, 65536).decode("utf-8", "replace") or "{}")
+            except (OSError, ValueError):
+                owner = {}
+            owner = owner if isinstance(owner, dict) else {}
+            return owner.get("pid"), owner.get("command")
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _libc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:  # pragma: no cover
+        return None
+
+
+def die_with_parent():
+    """A ``preexec_fn`` that makes the child get SIGTERM when this process dies (Linux
+    ``PR_SET_PDEATHSIG``; even on SIGKILL), or None where that does not exist. Only async-signal-safe
+    calls run in the child (libc is loaded here, before the fork)."""
+    libc = _libc()
+    if libc is None:
+        return None
+    parent = os.getpid()
+    sig = int(signal.SIGTERM)
+
+    def preexec():
+        libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died between fork and prctl
+            os.kill(os.getpid(), sig)
+
+    return preexec
 
 
 class Runner:
@@ -138,6 +223,7 @@ class Runner:
         for i, r in enumerate(runs):
             self.jobs[r.key] = JobState(run=r, index=i + 1)
         self.total = len(self.jobs)
+        self._preexec = die_with_parent()
 
     # ---------------------------------------------------------------- output
     def _out(self, text):
@@ -193,8 +279,10 @@ class Runner:
         logf.write(f"===== {time.strftime('%Y-%m-%d %H:%M:%S')} on {slot.name}\n$ {where}{shlex.join(cmd)}\n")
         logf.flush()
         try:
+            job.log_offset = logf.tell()
             job.proc = subprocess.Popen(cmd, cwd=self.cwd, env=env, stdout=logf, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
+                                        stdin=subprocess.DEVNULL, start_new_session=True,
+                                        preexec_fn=self._preexec)
         except OSError as e:
             logf.write(f"could not start: {e}\n")
             logf.close()
@@ -219,7 +307,8 @@ class Runner:
                       f"| {self._progress()}")
         else:
             job.status = "failed"
-            job.reason = f"exit status {rc}"
+            error = _error_line(job.log, job.log_offset)
+            job.reason = f"exit status {rc}" + (f": {error}" if error else "")
             self._say(f"FAIL  [{job.index}/{self.total}] {job.slot.name:5s} {job.run.describe()}  {took}  "
                       f"exit {rc}, log: {job.log}  | {self._progress()}")
         job.proc = None
@@ -287,10 +376,16 @@ class Runner:
                     free.sort(key=self.slots.index)
                     self._finish(job, rc)
             self._skip_broken()
+            waiting = False
             for job in self.jobs.values():  # start, in plan order
                 if not free:
                     break
                 if job.status == "pending" and self._dep_state(job) == "ready":
+                    if self._held_elsewhere(job):
+                        waiting = True
+                        continue
+                    if job.status != "pending":  # finished by the process we waited for
+                        continue
                     slot = free.pop(0)
                     if self._start(job, slot):
                         running.append(job)
@@ -305,8 +400,31 @@ class Runner:
                     for j in pending:  # waiting on nothing that can still finish (cannot happen for a valid plan)
                         j.status, j.reason = "skipped", f"dependency never ran: {j.run.depends_on}"
                     break
-                continue
+                if not waiting:
+                    continue
             time.sleep(self.poll)
+
+    def _held_elsewhere(self, job):
+        """True while a live process (not one of ours) holds the job's output folder: say so once and
+        wait. When it lets go, a job it finished becomes ``complete``; otherwise the job may start."""
+        holder = lock_holder(job.run.output_dir)
+        if holder is not None:
+            if job.held_by is None:
+                pid, command = holder
+                job.held_by = holder
+                self._say(f"WAIT  [{job.index}/{self.total}] {job.run.describe()}  (its output folder is in use "
+                          f"by process {pid if pid is not None else '?'}"
+                          f"{': ' + command if command else ''}; an earlier sweep's job? waiting for it to end)  "
+                          f"| {self._progress()}")
+            return True
+        if job.held_by is not None:
+            pid = job.held_by[0]
+            job.held_by = None
+            if job.run.is_complete():
+                job.status = "complete"
+                self._say(f"DONE  [{job.index}/{self.total}] {job.run.describe()}  (finished by process {pid})  "
+                          f"| {self._progress()}")
+        return False
 
     def _stop(self, jobs):
         """SIGINT, then SIGTERM, then SIGKILL to each job's process group, ``grace`` seconds apart."""
@@ -349,7 +467,7 @@ class Runner:
             lines.append(f"\n{len(failed)} failed job(s):")
             for j in failed:
                 lines.append(f"  FAILED  {j.run.describe()}  ({j.reason or j.status})\n          log: {j.log}")
-                lines += [f"          | {line}" for line in (_tail(j.log) if j.log else [])]
+                lines += [f"          | {line}" for line in (_tail_since(j.log, j.log_offset) if j.log else [])]
         if skipped:
             lines.append(f"\n{len(skipped)} job(s) skipped because a dependency did not succeed:")
             lines += [f"  SKIPPED {j.run.describe()}  ({j.reason})" for j in skipped]

@@ -26,6 +26,7 @@ import os.path as osp
 
 import numpy as np
 import torch
+from vlprompt.errors import UserError
 
 __all__ = [
     "TOY_CLIP_CFG",
@@ -58,7 +59,7 @@ TOY_WEIGHTS = osp.join(osp.dirname(osp.abspath(__file__)), "weights", "toy_clip.
 REGENERATE_CMD = "python -m vlprompt.toy.pretrain --out vlprompt/toy/weights/toy_clip.pt"
 
 
-class ToyWeightsError(RuntimeError):
+class ToyWeightsError(UserError, RuntimeError):
     """The toy CLIP weight file is missing, corrupt or of the wrong format."""
 
 

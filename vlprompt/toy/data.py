@@ -31,6 +31,7 @@ import shutil
 import time
 
 from .world import COLOURS, SHAPES, classname, render, sample_scene, scene_rng
+from vlprompt.errors import UserError
 
 __all__ = [
     "ToySpec",
@@ -52,7 +53,7 @@ MARKER = ".vlprompt_toy_complete.json"
 _SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 
 
-class ToyDataError(RuntimeError):
+class ToyDataError(UserError, RuntimeError):
     """A toy dataset cannot be materialised (e.g. the root is not writable)."""
 
 

@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import time
+from vlprompt.errors import UserError
 
 __all__ = ["run_demo", "main", "DemoError", "harmonic_mean"]
 
@@ -37,7 +38,7 @@ DATASET_NAME = "ToyShapes"
 SHOTS = 16
 
 
-class DemoError(RuntimeError):
+class DemoError(UserError, RuntimeError):
     """The demo cannot run (no repository checkout, a failed run, ...)."""
 
 

@@ -1,4 +1,5 @@
-from .errors import CheckpointError, DataNotFoundError, ImageReadError, UnknownNameError, UserError
+from .errors import (CheckpointError, DataNotFoundError, ImageReadError, InvalidValueError, UnknownNameError,
+                     UserError, UserFileError, UserPathNotFoundError, UserRuntimeError)
 from .registry import Registry, check_availability
 from .meters import AverageMeter, MetricMeter
 from .logger import Logger, setup_logger, restore_stdout

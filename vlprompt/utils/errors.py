@@ -1,21 +1,24 @@
-"""Error classes for the user's mistakes (printed by ``train.py`` as one ``Error:`` line, exit 2).
+"""Error classes for the user's mistakes (printed as one ``Error:`` line, exit status 2).
 
-Every class here mixes :class:`UserError` into the builtin exception that code has always caught
+The base class :class:`UserError` and the command-line boundary live in the torch-free
+:mod:`vlprompt.errors`; this module adds the classes of the engine's own layers. Every class here
+mixes :class:`UserError` into the builtin exception that code has always caught
 (``FileNotFoundError``, ``OSError``, ``ValueError``, ``RuntimeError``), so existing ``except``
 clauses keep working while the command line can tell a mistake in the inputs from a bug.
 """
+from vlprompt.errors import InvalidValueError, UserError, UserFileError, UserPathNotFoundError, UserRuntimeError
 
 __all__ = [
     "UserError",
+    "InvalidValueError",
+    "UserFileError",
+    "UserPathNotFoundError",
+    "UserRuntimeError",
     "DataNotFoundError",
     "ImageReadError",
     "UnknownNameError",
     "CheckpointError",
 ]
-
-
-class UserError(Exception):
-    """Mixin: a problem with the user's inputs (files, names, folders), not a bug in vlprompt."""
 
 
 class DataNotFoundError(UserError, FileNotFoundError):

@@ -12,7 +12,7 @@ import os.path as osp
 import socket
 import time
 
-from .errors import UserError
+from .errors import UserError, UserFileError
 from .tools import mkdir_if_missing
 
 try:
@@ -85,9 +85,16 @@ class OutputDirLock:
         if fcntl is None:  # pragma: no cover
             return self
         self.created_dir = not osp.isdir(self.directory)
-        mkdir_if_missing(self.directory)
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                mkdir_if_missing(self.directory)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:  # a read-only place, a file in the way, a full disk: the user's folder
+                raise UserFileError(
+                    f'Cannot write into the output folder "{self.directory}" ({e.strerror or e}'
+                    f'{": " + str(e.filename) if e.filename and e.filename != self.directory else ""}). '
+                    "Choose a writable --output-dir."
+                ) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from .errors import DataNotFoundError, ImageReadError
+from vlprompt.errors import InvalidValueError
 
 
 def mkdir_if_missing(dirname):
@@ -127,7 +128,7 @@ def read_json(fpath):
         try:
             return json.load(f)
         except json.JSONDecodeError as e:
-            raise ValueError(f"Malformed JSON in {fpath}, line {e.lineno} column {e.colno}: {e.msg}") from e
+            raise InvalidValueError(f"Malformed JSON in {fpath}, line {e.lineno} column {e.colno}: {e.msg}") from e
 
 
 def write_json(obj, fpath):

@@ -4,6 +4,7 @@ Checkpoints are dicts of plain tensors, numbers, strings and lists (state dicts 
 objects), written atomically and loaded with ``torch.load(..., weights_only=True)``.
 """
 import os.path as osp
+import re
 import shutil
 import warnings
 from collections import OrderedDict
@@ -66,6 +67,35 @@ _WHAT_TO_DO = ("Delete it (a resumed run then starts from the previous checkpoin
                "or point --model-dir/--resume at a folder with intact checkpoints.")
 
 
+def unsafe_pickle_message(fpath, e, what="File"):
+    """The message for a ``torch.load(weights_only=True)`` failure ``e`` caused by pickled Python
+    objects (code that unpickling would run), or None when ``e`` is another failure (damaged bytes).
+
+    The message says what the file is (not a weights-only file), that vlprompt refuses it, and never
+    suggests ``weights_only=False``.
+    """
+    text = str(e)
+    low = text.lower()
+    if "unsupported global" not in low:
+        if "unsupported operand" not in low:
+            return None
+        try:  # a pickle (protocol >= 2 starts with PROTO) with opcodes the weights-only unpickler refuses
+            with open(fpath, "rb") as f:
+                head = f.read(2)
+                if len(head) < 2 or head[0] != 0x80 or not 2 <= head[1] <= 5:
+                    return None  # not a pickle at all: damaged bytes or another format
+        except OSError:
+            return None
+    found = re.search(r"unsupported GLOBAL ([\w.]+)|Unsupported global: GLOBAL ([\w.]+)", text)
+    name = next((g for g in (found.groups() if found else ()) if g), None)
+    holds = f"pickled Python objects (e.g. {name})" if name else "pickled Python objects or opcodes"
+    legacy = (" A legacy Dassl checkpoint (which pickles its warmup scheduler) must be re-saved as plain tensors "
+              "where it was written, or retrained." if what == "Checkpoint" else "")
+    return (f'{what} "{fpath}" is not a weights-only file: it holds {holds} that only a full unpickler could '
+            "load, and unpickling can run arbitrary code, so vlprompt refuses to load it. Use a file of plain "
+            f"tensors (a state dict saved with torch.save).{legacy}")
+
+
 def load_checkpoint(fpath, weights_only=True):
     """Load a checkpoint on the CPU (or the default CUDA device when available).
 
@@ -87,17 +117,14 @@ def load_checkpoint(fpath, weights_only=True):
                                      + _WHAT_TO_DO)
     map_location = None if torch.cuda.is_available() else "cpu"
     try:
-        checkpoint = torch.load(fpath, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # a pickle's protocol is named in the refusal, not in a warning
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            checkpoint = torch.load(fpath, map_location=map_location, weights_only=True)
     except Exception as e:
+        unsafe = unsafe_pickle_message(fpath, e, "Checkpoint")
+        if unsafe:
+            raise CheckpointError(fpath, unsafe) from None
         text = str(e)
-        if "WeightsUnpickler error: Unsupported global" in text or (
-                "Unsupported global" in text and "Weights only load failed" in text):
-            raise CheckpointError(
-                fpath,
-                f'Checkpoint "{fpath}" contains pickled Python objects (a legacy Dassl checkpoint pickles its '
-                "warmup scheduler), which vlprompt never loads because unpickling can run arbitrary code. "
-                "Re-save its state dicts as plain tensors in the environment that wrote it, or retrain.",
-            ) from None
         if "WeightsUnpickler error:" in text:  # not a pickle of plain data: damaged bytes
             text = text.split("WeightsUnpickler error:", 1)[1]
         first = text.strip().splitlines()[0] if text.strip() else ""

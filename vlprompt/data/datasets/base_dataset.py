@@ -10,6 +10,7 @@ import random
 from collections import defaultdict
 
 from vlprompt.utils import DataNotFoundError, listdir_nohidden, mkdir_if_missing, read_json, write_json
+from vlprompt.errors import InvalidValueError
 
 __all__ = [
     "Datum",
@@ -123,7 +124,7 @@ class DatasetBase:
     def is_input_domain_valid(self, input_domains):
         for domain in input_domains:
             if domain not in self.domains:
-                raise ValueError(
+                raise InvalidValueError(
                     f"Input domain must belong to {self.domains}, but got [{domain}]"
                 )
 
@@ -218,11 +219,11 @@ def read_split(filepath, path_prefix):
 
     def _convert(key):
         if key not in split:
-            raise ValueError(f'Split file {filepath} has no "{key}" list')
+            raise InvalidValueError(f'Split file {filepath} has no "{key}" list')
         out = []
         for i, item in enumerate(split[key]):
             if not (isinstance(item, (list, tuple)) and len(item) == 3):
-                raise ValueError(
+                raise InvalidValueError(
                     f'Split file {filepath}: entry {i} of "{key}" should be '
                     f"[relative_path, label, classname], got {item!r}"
                 )
@@ -269,7 +270,7 @@ def split_trainval(trainval, p_val=0.2):
     for label, idxs in tracker.items():
         n_val = round(len(idxs) * p_val)
         if n_val <= 0:
-            raise ValueError(f"Class {label} has too few images ({len(idxs)}) to hold out a val split")
+            raise InvalidValueError(f"Class {label} has too few images ({len(idxs)}) to hold out a val split")
         random.shuffle(idxs)
         for n, idx in enumerate(idxs):
             item = trainval[idx]
@@ -280,11 +281,13 @@ def split_trainval(trainval, p_val=0.2):
     return train, val
 
 
-def read_and_split_data(image_dir, p_trn=0.5, p_val=0.2, ignored=(), new_cnames=None):
+def read_and_split_data(image_dir, p_trn=0.5, p_val=0.2, ignored=(), new_cnames=None, keep=None):
     """Folder-per-class tree -> per-class 50/20/30 split (CoOp's DTD.read_and_split_data).
 
     Classes are the case-sensitively sorted non-hidden subfolders minus ``ignored``; the label is
     the index in that order, and ``new_cnames`` renames a class after its label is assigned.
+    ``keep(path)``, when given, selects the entries of a class folder that are images (the others are
+    left out before the shuffle; CoOp's datasets pass none, so their splits are CoOp's).
     """
     categories = listdir_nohidden(image_dir)
     categories = [c for c in categories if c not in ignored and osp.isdir(osp.join(image_dir, c))]
@@ -300,13 +303,15 @@ def read_and_split_data(image_dir, p_trn=0.5, p_val=0.2, ignored=(), new_cnames=
         category_dir = osp.join(image_dir, category)
         images = listdir_nohidden(category_dir)
         images = [osp.join(category_dir, im) for im in images]
+        if keep is not None:
+            images = [im for im in images if keep(im)]
         random.shuffle(images)
         n_total = len(images)
         n_train = round(n_total * p_trn)
         n_val = round(n_total * p_val)
         n_test = n_total - n_train - n_val
         if not (n_train > 0 and n_val > 0 and n_test > 0):
-            raise ValueError(
+            raise InvalidValueError(
                 f'Class folder "{category_dir}" has {n_total} images: too few for a '
                 f"{p_trn:.0%}/{p_val:.0%}/{p_tst:.0%} split (each part needs at least one)"
             )
@@ -324,7 +329,7 @@ def subsample_classes(*args, subsample="all"):
     Labels are taken from the first dataset passed (train, after few-shot sampling).
     """
     if subsample not in ("all", "base", "new"):
-        raise ValueError(f'DATASET.SUBSAMPLE_CLASSES must be "all", "base" or "new", got "{subsample}"')
+        raise InvalidValueError(f'DATASET.SUBSAMPLE_CLASSES must be "all", "base" or "new", got "{subsample}"')
     if subsample == "all":
         return args
     dataset = args[0]
@@ -359,7 +364,7 @@ def _datums_from_json(items, prefix, fpath):
     out = []
     for i, entry in enumerate(items):
         if not (isinstance(entry, (list, tuple)) and len(entry) == 3):
-            raise ValueError(f"Few-shot cache {fpath}: malformed entry {i}: {entry!r}")
+            raise InvalidValueError(f"Few-shot cache {fpath}: malformed entry {i}: {entry!r}")
         rel, label, classname = entry
         impath = osp.join(prefix, rel)
         if not osp.isfile(impath):
@@ -428,7 +433,7 @@ def load_or_make_fewshot(dataset, split_fewshot_dir, num_shots, seed, train, val
     if osp.exists(fpath):
         data = read_json(fpath)
         if not isinstance(data, dict) or "train" not in data:
-            raise ValueError(f'Few-shot cache {fpath} has no "train" list; delete it to resample')
+            raise InvalidValueError(f'Few-shot cache {fpath} has no "train" list; delete it to resample')
         stale = _stale_reason(data, train, val, prefix)
         if stale is None:
             print(f"Loading preprocessed few-shot data from {fpath}")

@@ -1,5 +1,6 @@
 """The dataset registry and ``build_dataset``."""
 from vlprompt.utils import Registry, check_availability
+from vlprompt.errors import InvalidValueError
 
 DATASET_REGISTRY = Registry("DATASET")
 
@@ -7,7 +8,7 @@ DATASET_REGISTRY = Registry("DATASET")
 def build_dataset(cfg):
     avai_datasets = DATASET_REGISTRY.registered_names()
     if not cfg.DATASET.NAME:
-        raise ValueError(
+        raise InvalidValueError(
             "DATASET.NAME is empty: pass --dataset-config-file configs/datasets/<name>.yaml "
             f"(registered datasets: {sorted(avai_datasets)})"
         )

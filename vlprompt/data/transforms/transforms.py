@@ -21,6 +21,7 @@ from torchvision.transforms import (
     ToTensor,
 )
 from torchvision.transforms.functional import InterpolationMode
+from vlprompt.errors import InvalidValueError
 
 AVAI_CHOICES = [
     "random_flip",
@@ -112,11 +113,11 @@ def build_transform(cfg, is_train=True, choices=None):
         choices = cfg.INPUT.TRANSFORMS
     for choice in choices:
         if choice in NOT_SUPPORTED:
-            raise ValueError(f"Transform {choice!r} (a Dassl SSL augmentation) is not supported; supported: {AVAI_CHOICES}")
+            raise InvalidValueError(f"Transform {choice!r} (a Dassl SSL augmentation) is not supported; supported: {AVAI_CHOICES}")
         if choice not in AVAI_CHOICES:
-            raise ValueError(f"Invalid transform choice {choice!r}; expected one of {AVAI_CHOICES}")
+            raise InvalidValueError(f"Invalid transform choice {choice!r}; expected one of {AVAI_CHOICES}")
     if cfg.INPUT.INTERPOLATION not in INTERPOLATION_MODES:
-        raise ValueError(f"INPUT.INTERPOLATION must be one of {list(INTERPOLATION_MODES)}, got {cfg.INPUT.INTERPOLATION!r}")
+        raise InvalidValueError(f"INPUT.INTERPOLATION must be one of {list(INTERPOLATION_MODES)}, got {cfg.INPUT.INTERPOLATION!r}")
     target_size = f"{cfg.INPUT.SIZE[0]}x{cfg.INPUT.SIZE[1]}"
     normalize = Normalize(mean=cfg.INPUT.PIXEL_MEAN, std=cfg.INPUT.PIXEL_STD)
     if is_train:
@@ -202,7 +203,7 @@ def _build_transform_test(cfg, choices, target_size, normalize):
     input_size = cfg.INPUT.SIZE
     mode = cfg.INPUT.get("RESIZE_MODE", "shortest")  # key added by the config layer; CLIP's behaviour without it
     if mode not in RESIZE_MODES:
-        raise ValueError(f"INPUT.RESIZE_MODE must be one of {list(RESIZE_MODES)}, got {mode!r}")
+        raise InvalidValueError(f"INPUT.RESIZE_MODE must be one of {list(RESIZE_MODES)}, got {mode!r}")
     if mode == "squash":
         print(f"+ resize to {target_size} (squash: aspect ratio not kept)")
         tfm.append(Resize(tuple(input_size), interpolation=interp))
