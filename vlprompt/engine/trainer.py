@@ -33,6 +33,7 @@ import torch
 from tqdm import tqdm
 
 from vlprompt.data import DataManager
+from vlprompt.errors import UserPathNotFoundError
 from vlprompt.evaluation import build_evaluator
 from vlprompt.utils import AverageMeter, MetricMeter, mkdir_if_missing, write_json
 
@@ -164,7 +165,7 @@ class TrainerBase:
         for name in self.get_model_names():
             model_path = osp.join(directory, name, model_file)
             if not osp.exists(model_path):
-                raise FileNotFoundError(f'Model not found at "{model_path}"')
+                raise UserPathNotFoundError(f'Model not found at "{model_path}" (--model-dir / --load-epoch)')
             checkpoint = load_checkpoint(model_path)
             val_result = checkpoint.get("val_result")
             vr = f"{val_result:.1f}" if isinstance(val_result, (int, float)) else str(val_result)
