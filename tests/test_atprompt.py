@@ -171,9 +171,10 @@ ATT2 = ["TRAINER.ATPROMPT.ATT_NUM", "2", "TRAINER.ATPROMPT.ATT1_TEXT", "color", 
         "TRAINER.ATPROMPT.N_ATT1", "2", "TRAINER.ATPROMPT.N_ATT2", "3"]
 
 
-def _host_trainer(name, data_root, out, folder="five", extra=()):
+def _host_trainer(name, data_root, out, folder="five", extra=(), backbone="test-vit-tiny"):
     host = name.split("+")[0]
-    cfg = make_cfg(data_root, trainer=name, folder=folder, output_dir=str(out), opts=[*HOST_OPTS[host], *ATT2, *extra])
+    cfg = make_cfg(data_root, trainer=name, folder=folder, output_dir=str(out), opts=[*HOST_OPTS[host], *ATT2, *extra],
+                   backbone=backbone)
     cfg.freeze()
     set_random_seed(1)
     try:
@@ -220,17 +221,20 @@ def test_cocoop_prompts_per_image_equal_the_official_construction(data_root, tmp
         torch.testing.assert_close(model(img), want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("n_att2", [2, 3])
-def test_maple_deep_text_prompts_sit_behind_the_attribute_block(data_root, tmp_path, n_att2):
-    t = _host_trainer("MaPLe+ATPrompt", data_root, tmp_path, extra=["TRAINER.ATPROMPT.N_ATT2", str(n_att2)])
+@pytest.mark.parametrize("n_att2, backbone", [(2, "test-vit-tiny"), (3, "test-vit-tiny"), (3, "test-siglip-tiny")])
+def test_maple_deep_text_prompts_sit_behind_the_attribute_block(data_root, tmp_path, n_att2, backbone):
+    t = _host_trainer("MaPLe+ATPrompt", data_root, tmp_path, extra=["TRAINER.ATPROMPT.N_ATT2", str(n_att2)],
+                      backbone=backbone)
     model, pl, atp = t.model, t.model.prompt_learner, t._models["ATPrompt"]
     _randomize(atp, pl)
-    emb, eot = _official_embeddings(pl, model.text_encoder, (2, n_att2), 2)
-    start = 1 + 2 + 1 + n_att2 + 1  # SOS, A1, color, A2, shape
+    emb, eot = _official_embeddings(pl, model.text_encoder, (2, n_att2), 2)  # SigLIP: padded to the full length
+    s0 = pl.first_slot  # 1 after CLIP's SOS, 0 on SigLIP
+    start = s0 + 2 + 1 + n_att2 + 1  # A1, color, A2, shape
     if n_att2 == 2:  # every N_ATTk equals N_CTX: the official clip/model_atp.py slot formula 1 + ATT_NUM * (N_CTX + 1)
         assert start == 1 + 2 * (2 + 1)
     with torch.no_grad():
-        emb[:, 1:3], emb[:, 4:4 + n_att2], emb[:, start:start + 2] = atp.ctx_att1, atp.ctx_att2[:n_att2], pl.ctx
+        emb[:, s0:s0 + 2], emb[:, s0 + 3:s0 + 3 + n_att2] = atp.ctx_att1, atp.ctx_att2[:n_att2]
+        emb[:, start:start + 2] = pl.ctx
         deep = list(pl.compound_prompts_text)
         assert len(deep) == 1
         want = model.text_encoder(emb, eot, deep, prompt_slice=slice(start, start + 2), shared_prefix=0)

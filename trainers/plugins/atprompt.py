@@ -110,6 +110,9 @@ class PromptModifier:
                 f"{self.context_length} (lower TRAINER.ATPROMPT.N_ATT1..3 or the host's N_CTX)"
             )
         out = torch.cat([prompts[:, :s], block.unsqueeze(0).expand(K, -1, -1), prompts[:, s:]], dim=1)
+        # full-length prompts (SigLIP's bidirectional tower reads the padding too): the official string with the
+        # attribute words is padded to the context length, so the last n padding tokens go
+        out = out[:, : self.context_length]
         if shared is not None and shared >= s:
             shared = shared + n  # the block is one tensor for every class
         return out, eot_idx + n, shared
