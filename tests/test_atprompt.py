@@ -325,10 +325,9 @@ def test_host_trainable_set_training_step_and_reload(data_root, tmp_path, host):
 
 def test_train_py_maple_atprompt_on_the_toy_world(tmp_path):
     import train as train_mod
-    from vlprompt.toy.data import ensure_toy_dataset
+    from tests.toy_methods import toy_root  # built once per process, shared with the other toy tests
 
-    root = str(tmp_path / "data")
-    ensure_toy_dataset("ToyShapes", root, log=None)
+    root = toy_root()
     cfgs = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), "configs")
     common = ["--root", root, "--seed", "1", "--trainer", "MaPLe+ATPrompt",
               "--dataset-config-file", osp.join(cfgs, "datasets", "toy_shapes.yaml"),
