@@ -58,6 +58,10 @@ class CoCoOpPromptLearner(ClassPromptLearner):
 class CoCoOpCLIP(PromptedCLIP):
     """Frozen CLIP + CoCoOp prompt learner; ``forward(image)`` -> (B, K) logits."""
 
+    #: a plug-in's prompt modifier (None: none), as :attr:`vlprompt.clip.DeepPromptedCLIP.prompt_modifier`:
+    #: applied to every (image, class) prompt after the conditioned context is in place (ATPrompt)
+    prompt_modifier = None
+
     def __init__(self, clip_model, classnames, n_ctx=16, ctx_init="", chunk_size=2048):
         super().__init__(clip_model)
         self.prompt_learner = CoCoOpPromptLearner(clip_model, classnames, self.dims["d_embed"], n_ctx, ctx_init)
@@ -86,7 +90,10 @@ class CoCoOpCLIP(PromptedCLIP):
             prompts = torch.cat(
                 [prefix[k].to(ctx_shifted.dtype), ctx_shifted[b], suffix[k].to(ctx_shifted.dtype)], dim=1
             )
-            out.append(self.text_encoder(prompts, eot[k]))
+            eot_k = eot[k]
+            if self.prompt_modifier is not None:
+                prompts, eot_k, _ = self.prompt_modifier(prompts, eot_k, None)
+            out.append(self.text_encoder(prompts, eot_k))
         return torch.cat(out, dim=0).view(B, K, -1)
 
     def forward(self, image):
@@ -106,7 +113,10 @@ class CoCoOpCLIP(PromptedCLIP):
         ctx_shifted = pl(image_features)
         rows = []
         for f_b, ctx_b in zip(image_features, ctx_shifted):
-            text = self.text_encoder(pl.assemble(ctx_b), pl.eot_idx)
+            prompts, eot = pl.assemble(ctx_b), pl.eot_idx
+            if self.prompt_modifier is not None:
+                prompts, eot, _ = self.prompt_modifier(prompts, eot, None)
+            text = self.text_encoder(prompts, eot)
             rows.append(self.logits(f_b.unsqueeze(0), text))
         return torch.cat(rows, dim=0)
 

@@ -1,7 +1,8 @@
 """ATPrompt: Advancing Textual Prompt Learning with Anchored Attributes (Li et al., ICCV 2025), a plug-in.
 
 Official code: https://github.com/zhengli97/ATPrompt (``trainers/coop_atp.py``, ``trainers/dept_atp.py``,
-``train.py``; commit 86980a1). Spelling: ``--trainer CoOp+ATPrompt``, ``--trainer CoOp+DePT+ATPrompt``.
+``trainers/cocoop_atp.py``, ``trainers/maple_atp.py``, ``clip/model_atp.py``, ``train.py``; commit 86980a1).
+Spelling: ``--trainer CoOp+ATPrompt``, ``CoOp+DePT+ATPrompt``, ``CoCoOp+ATPrompt``, ``MaPLe+ATPrompt``.
 docs/METHODS.md, "ATPrompt".
 
 The host's text prompt ``[SOS] ctx <class> . [EOT]`` becomes, for ``ATT_NUM`` = 1, 2 or 3 attributes,
@@ -16,6 +17,14 @@ official per-dataset table (``train.py choose_attribute_for_atprompt``; it overr
 the datasets it names, and from ``TRAINER.ATPROMPT.ATT_NUM`` / ``ATT<k>_TEXT`` for other datasets (and
 for every dataset with ``USE_TABLE False``). The host's ``CTX_INIT`` is ignored officially (random context);
 the shipped configs set ``CTX_INIT ""``.
+
+CoCoOp: the block goes into every (image, class) prompt, ``[SOS] A1 <attr1> .. (ctx + pi_b) <class> . [EOT]``;
+the Meta-Net bias ``pi_b`` shifts the context only, not the attribute blocks. MaPLe: the block goes into the
+first-layer text prompts; the deep text prompts of the later layers replace the context slots behind it (the
+attribute blocks pass through the deeper layers), and the image tower is MaPLe's, untouched. Officially the
+deep slots start at ``1 + ATT_NUM * (N_CTX + 1)``, the same position when every ``N_ATTk`` equals ``N_CTX`` (the
+official scripts' setting); here they start behind the actual block for any ``N_ATTk``. In every host the
+blocks are drawn after the host's whole prompt learner (CoCoOp's Meta-Net, MaPLe's projections), as officially.
 """
 import torch
 import torch.nn as nn
@@ -71,6 +80,9 @@ class AttributePrompts(nn.Module):
         self.att_num = int(word_embeddings.shape[0])
         self.register_buffer("word_embeddings", word_embeddings.detach().clone(), persistent=False)
 
+    def block_length(self):
+        return sum(getattr(self, f"ctx_att{k + 1}").shape[0] + 1 for k in range(self.att_num))
+
     def block(self):
         parts = []
         for k in range(self.att_num):
@@ -98,9 +110,17 @@ class PromptModifier:
                 f"{self.context_length} (lower TRAINER.ATPROMPT.N_ATT1..3 or the host's N_CTX)"
             )
         out = torch.cat([prompts[:, :s], block.unsqueeze(0).expand(K, -1, -1), prompts[:, s:]], dim=1)
+        # full-length prompts (SigLIP's bidirectional tower reads the padding too): the official string with the
+        # attribute words is padded to the context length, so the last n padding tokens go
+        out = out[:, : self.context_length]
         if shared is not None and shared >= s:
             shared = shared + n  # the block is one tensor for every class
         return out, eot_idx + n, shared
+
+    def deep_prompt_slice(self, n_prompts):
+        """The slots of the host's deep text prompts (MaPLe): its context, now behind the attribute block."""
+        a = self.first_slot + self.module.block_length()
+        return slice(a, a + int(n_prompts))
 
 
 @PLUGIN_REGISTRY.register()
@@ -121,18 +141,20 @@ class ATPrompt(Plugin):
                               "per_dataset": {"imagenet": "vit_b16_nctx2_ep10", "dtd": "vit_b16_nctx4_ep100"}}},
         # scripts/dept/atprompt_base2new_train.sh: DePT/vit_b16_ep10_bs4_lr35.yaml, N_CTX 2, WEIGHT 0.7
         "CoOp+DePT": {"base2new": {"config": "vit_b16_ep10_bs4_lr35_nctx2"}},
-    }
-    REFUSED = {
-        "CoCoOp": "an official ATPrompt host not done in vlprompt yet: CoCoOp assembles its prompts per image "
-                  "outside the prompt learner's text_prompts()",
-        "MaPLe": "an official ATPrompt host not done in vlprompt yet: MaPLe's deep prompts would have to move "
-                 "behind the attribute blocks",
+        # scripts/cocoop/atprompt_base2new_train.sh: CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml, N_CTX 2 (and 4), 10 epochs;
+        # scripts/cocoop/atprompt_xd_train.sh: the same yaml, N_CTX 2 (and 4), 5 epochs
+        "CoCoOp": {"base2new": {"config": "vit_b16_c4_ep10_batch1_ctxv1_nctx2"},
+                   "cross_dataset": {"config": "vit_b16_c4_ep5_batch1_ctxv1_nctx2"}},
+        # scripts/maple/atprompt_base2new_train.sh: MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml, N_CTX 2 (and 4), 5 (and 10)
+        # epochs; scripts/maple/atprompt_xd_train.sh: the cross_datasets yaml, N_ATT 2 (and 4), 3 epochs
+        "MaPLe": {"base2new": {"config": "vit_b16_c2_ep5_batch4_2ctx_nctx2"},
+                  "cross_dataset": {"config": "vit_b16_c2_ep3_batch4_2ctx_cross_datasets_natt2"}},
     }
 
     def build(self, classnames):
         model = self.trainer.model
         learner = getattr(model, "prompt_learner", None)
-        if learner is None or not hasattr(learner, "text_prompts") or not hasattr(model, "prompt_modifier"):
+        if learner is None or not hasattr(learner, "first_slot") or not hasattr(model, "prompt_modifier"):
             raise RuntimeError(f"{self.trainer.HOST} has no learned text prompts for ATPrompt to extend")
         words = attribute_words(self.cfg)
         tok = learner._tokenizer

@@ -227,9 +227,12 @@ class DeepPromptedCLIP(PromptedCLIP):
         # leading positions that are one tensor for every class (SOS + a generic context): computed once
         shared = getattr(self.prompt_learner, "shared_prefix_length", None)
         eot_idx = self.prompt_learner.eot_idx
+        slots = None  # the deep text prompts' slots: the encoder's default (right after SOS)
         if self.prompt_modifier is not None:
             prompts, eot_idx, shared = self.prompt_modifier(prompts, eot_idx, shared)
-        return self.text_encoder(prompts, eot_idx, deep_text, shared_prefix=shared)
+            if deep_text and hasattr(self.prompt_modifier, "deep_prompt_slice"):  # e.g. behind inserted tokens
+                slots = self.prompt_modifier.deep_prompt_slice(self.text_encoder.n_prompts)
+        return self.text_encoder(prompts, eot_idx, deep_text, prompt_slice=slots, shared_prefix=shared)
 
     def class_text_features(self):
         """Text features used for the logits: cached during evaluation, or the fixed ones."""
