@@ -150,11 +150,12 @@ def test_a_protocol_defined_here_is_planned_run_and_tabulated(tmp_path, monkeypa
         data = tmp_path / "data"
         ensure_toy_dataset("ToyShapes", str(data), log=None)
         out = tmp_path / "output"
-        runs = expand("TinyReg", "reeval", None, seeds=[1], output_root=str(out), opts=["OPTIM.MAX_EPOCH", "1"])
+        runs = expand("TinyReg", "reeval", None, seeds=[1], output_root=str(out),
+                      opts=["OPTIM.MAX_EPOCH", "1", "OPTIM.WARMUP_EPOCH", "0"])
         assert [(r.phase, r.role, r.dataset, r.shots) for r in runs] == [("train", "fit", "toy_shapes", 2),
                                                                          ("test", "retest", "toy_shapes", 2)]
         fit, retest = runs
-        assert fit.output_dir.endswith("reeval/toy_shapes/TinyReg/toy_max_epoch1/shots_2/fit/seed1")
+        assert fit.output_dir.endswith("reeval/toy_shapes/TinyReg/toy_max_epoch1_warmup_epoch0/shots_2/fit/seed1")
         assert retest.model_dir == fit.output_dir and retest.load_epoch == 1
         assert "DATASET.NUM_SHOTS" not in retest.opts and fit.opts[:2] == ["DATASET.NUM_SHOTS", "2"]
         monkeypatch.chdir(ROOT)

@@ -378,7 +378,8 @@ def test_train_py_coop_dept_on_the_toy_world(toy_root, tmp_path):
     common = ["--root", root, "--seed", "1", "--trainer", "CoOp+DePT",
               "--dataset-config-file", osp.join(ROOT, "configs", "datasets", "toy_shapes.yaml"),
               "--config-file", osp.join(ROOT, "configs", "trainers", "DePT", "toy.yaml"),
-              "DATASET.NUM_SHOTS", "2", "OPTIM.MAX_EPOCH", "1", "DATALOADER.TRAIN_X.BATCH_SIZE", "4"]
+              "DATASET.NUM_SHOTS", "2", "OPTIM.MAX_EPOCH", "1", "OPTIM.WARMUP_EPOCH", "0",
+              "DATALOADER.TRAIN_X.BATCH_SIZE", "4"]
     base, new = str(tmp_path / "base"), str(tmp_path / "new")
     try:
         assert train_mod.cli(["--output-dir", base, *common, "DATASET.SUBSAMPLE_CLASSES", "base"]) == 0
@@ -404,7 +405,8 @@ def test_train_py_coop_dept_atprompt_on_the_toy_world(toy_root, tmp_path):
     common = ["--root", toy_root, "--seed", "1", "--trainer", "CoOp+DePT+ATPrompt",
               "--dataset-config-file", osp.join(ROOT, "configs", "datasets", "toy_shapes.yaml"),
               "--config-file", osp.join(ROOT, "configs", "trainers", "ATPrompt", "toy.yaml"),
-              "DATASET.NUM_SHOTS", "2", "OPTIM.MAX_EPOCH", "1", "DATALOADER.TRAIN_X.BATCH_SIZE", "4"]
+              "DATASET.NUM_SHOTS", "2", "OPTIM.MAX_EPOCH", "1", "OPTIM.WARMUP_EPOCH", "0",
+              "DATALOADER.TRAIN_X.BATCH_SIZE", "4"]
     base, new = str(tmp_path / "base"), str(tmp_path / "new")
     try:
         assert train_mod.cli(["--output-dir", base, *common, "DATASET.SUBSAMPLE_CLASSES", "base"]) == 0

@@ -80,7 +80,9 @@ def test_the_plugin_example_runs_through_registry_sweep_and_results(tmp_path, mo
     try:
         TRAINER_REGISTRY.get("CoOp+Temp")  # composed on first use (train.py and build_trainer do this)
         spec = method_spec("CoOp+Temp")
-        assert spec.recipes["base2new"]["config"] == "CoOp/vit_b16_ctxv1" and spec.order == 31
+        host = method_spec("CoOp")
+        assert spec.recipe("base2new") == host.recipe("base2new") and spec.config_folder == "CoOp"
+        assert spec.order == host.order + 1
 
         data = tmp_path / "data"
         ensure_toy_dataset("ToyShapes", str(data), log=None)

@@ -348,7 +348,9 @@ def test_text_fast_path_with_fp16_weights(tiny):
     with torch.no_grad():
         a, b = te_fast.encode_tokens(toks), te_plain.encode_tokens(toks)
     assert a.dtype == torch.float16
-    torch.testing.assert_close(a.float(), b.float(), atol=2e-3, rtol=2e-3)
+    # fp16 through every block, summed in another order by each path: on AVX2 kernels one of 80 values
+    # differs by 2.4e-3 (AVX-512: below 2e-3); a wrong fast path differs by far more
+    torch.testing.assert_close(a.float(), b.float(), atol=4e-3, rtol=4e-3)
 
 
 # ------------------------------------------------------------------------------------------------
