@@ -421,3 +421,15 @@ def test_train_py_coop_dept_atprompt_on_the_toy_world(toy_root, tmp_path):
         log = f.read()
     assert "ATPrompt: attributes ['color', 'shape'] (TRAINER.ATPROMPT)" in log and " dept " in log
     assert {"prompt_learner", "ATPrompt", "DePT"} <= set(os.listdir(base))
+
+
+def test_result_tables_put_host_plus_plugin_rows_below_their_host_with_their_recipes():
+    from vlprompt.results.methods import load_methods
+
+    table = load_methods()
+    names = ["PromptSRC+DePT", "MaPLe", "CoOp+DePT+ATPrompt", "CoOp", "CoOp+DePT", "PromptSRC", "Nope+DePT"]
+    ranked = sorted(names, key=table.rank)
+    assert ranked == ["CoOp", "CoOp+DePT", "CoOp+DePT+ATPrompt", "MaPLe", "PromptSRC", "PromptSRC+DePT",
+                      "Nope+DePT"]
+    assert table.recipe("CoOp+DePT", "base2new") == {"config": "DePT/vit_b16_ep10_bs4_lr35"}
+    assert table.recipe("PromptSRC+DePT", "few_shot") == method_spec("PromptSRC").recipe("few_shot")

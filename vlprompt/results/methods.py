@@ -11,6 +11,8 @@ from typing import Dict, List, Optional
 
 __all__ = ["MethodTable", "default_methods", "load_methods"]
 
+SEPARATOR = "+"  # a host and its plug-ins (vlprompt.engine.plugins.SEPARATOR; this module stays torch-free)
+
 
 @dataclass
 class MethodTable:
@@ -19,13 +21,34 @@ class MethodTable:
     note: Optional[str] = None  # why the table is empty (the method table could not be loaded)
 
     def rank(self, trainer):
-        """Sort key: declared order first, then unknown trainers by name."""
+        """Sort key: declared order first, then unknown trainers by name. A host + plug-in trainer
+        (``CoOp+DePT``) that the registry can compose sorts right below its host (ties by name)."""
         if trainer in self.order:
             return (self.order.index(trainer), trainer)
+        host = trainer.split(SEPARATOR)[0]
+        if host in self.order and self._composed(trainer) is not None:
+            return (self.order.index(host), trainer)
         return (len(self.order), trainer)
 
     def recipe(self, trainer, protocol):
-        return (self.recipes.get(trainer) or {}).get(protocol)
+        recipes = self.recipes.get(trainer)
+        if recipes is None and self._composed(trainer) is not None:
+            recipes = self.recipes[trainer]
+        return (recipes or {}).get(protocol)
+
+    def _composed(self, trainer):
+        """The recipes of a host + plug-in trainer met in the results (composed on demand by the registry,
+        its card derived from the host's), cached; None when it cannot be composed."""
+        if SEPARATOR not in trainer or self.note is not None or not self.order:
+            return None
+        if trainer not in self.recipes:
+            try:
+                from vlprompt.engine.methods import method_card
+
+                self.recipes[trainer] = method_card(trainer).all_recipes()
+            except Exception:  # an unknown host or plug-in: the row stays unknown (listed after the others)
+                return None
+        return self.recipes[trainer]
 
 
 def load_methods():
