@@ -51,12 +51,15 @@ def method_card(trainer):
 
 
 def method_cards(with_recipes_only=True):
-    """The cards of the registered trainers, in table order (call :func:`load_plugins` first).
+    """The cards of the registered trainers, in table order (call :func:`load_plugins` first); composed
+    ``Host+Plugin`` trainers are not listed (their cards: :func:`method_card` by name).
 
     With ``with_recipes_only`` (default) only trainers that run some registered protocol are listed: the
     methods a sweep can run (test-only trainers registered by the test suite without a card are left
     out)."""
-    cards = [method_card(n) for n in TRAINER_REGISTRY.registered_names()]
+    # composed Host+Plugin trainers are registered on first use (vlprompt.engine.plugins): reachable by name,
+    # never listed, so that a listing does not depend on what this process composed before
+    cards = [method_card(n) for n in TRAINER_REGISTRY.registered_names() if "+" not in n]
     if with_recipes_only:
         cards = [c for c in cards if c.all_recipes(PROTOCOL_REGISTRY)]
     return sorted(cards, key=lambda c: (c.order, c.name))
