@@ -117,12 +117,13 @@ def test_a_derived_card_under_a_composed_name_is_read_by_every_consumer(tmp_path
         card = method_card("CoOp+Probe")
         assert (card.name, card.order, card.cfg_node, card.config_folder) == ("CoOp+Probe", 31, "COOP", "CoOp+Probe")
         assert composed.MODEL_NAME == "prompt_learner"
-        assert "CoOp+Probe" in [c.name for c in method_cards()]
+        assert "CoOp+Probe" not in [c.name for c in method_cards()]  # reachable by name, never listed
         runs = expand("CoOp+Probe:CoOp/vit_b16_ctxv1", "base2new", ["dtd"], [1], output_root=str(tmp_path),
                       root=repo_root())
         assert [r.trainer for r in runs] == ["CoOp+Probe"] * 2 and "/CoOp+Probe/vit_b16_ctxv1/" in runs[0].output_dir
         table = load_methods()
-        assert table.order.index("CoOp") < table.order.index("CoOp+Probe") < table.order.index("CoCoOp")
+        assert table.rank("CoOp") < table.rank("CoOp+Probe") < table.rank("CoCoOp")
+        assert table.recipe("CoOp+Probe", "base2new") == card.recipe("base2new")
     finally:
         TRAINER_REGISTRY._obj_map.pop("CoOp+Probe", None)
 
