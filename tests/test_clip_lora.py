@@ -246,11 +246,16 @@ def test_training_logits_are_100_cos_and_eval_logits_are_cosines(data_root, tmp_
         assert t.model_inference(img).shape == (3, 2)
 
 
-def test_iteration_budget_is_n_iters_times_shots_with_per_iteration_cosine(data_root, tmp_path):
+def test_iteration_budget_is_n_iters_times_shots_with_per_iteration_cosine(data_root, tmp_path, capsys):
     opts = ["DATASET.NUM_SHOTS", "2", "TRAINER.CLIPLORA.N_ITERS", "3", "OPTIM.MAX_EPOCH", "4",
             "OPTIM.NAME", "adamw", "OPTIM.LR", "0.001", "TEST.NO_TEST", "True"]
     t = _trainer(data_root, tmp_path, opts=opts)
     assert t.total_iters == 6 and [t.epoch_iterations(e) for e in range(4)] == [1, 2, 1, 2]
+    # said at start: a short OPTIM.MAX_EPOCH does not shorten the budget, and what does
+    said = capsys.readouterr().out
+    assert "CLIP-LoRA budget: 3 x 2 shots = 6 iterations in 4 epochs of 1/2" in said
+    assert "not OPTIM.MAX_EPOCH (which only splits it into epochs): for a shorter run lower " \
+           "TRAINER.CLIPLORA.N_ITERS" in said
     steps = []
     orig = t.step
 

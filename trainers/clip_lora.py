@@ -170,7 +170,9 @@ class CLIPLoRA(ClipPromptTrainer):
             sizes = sorted({self.epoch_iterations(e) for e in range(self.max_epoch)})
             print(f"CLIP-LoRA budget: {m.N_ITERS} x {shots} shots = {self.total_iters} iterations in "
                   f"{self.max_epoch} epochs of {'/'.join(map(str, sizes))} (one pass over the few-shot set = "
-                  f"{per_pass} batches)")
+                  f"{per_pass} batches). The official budget follows the shots, not OPTIM.MAX_EPOCH (which only "
+                  f"splits it into epochs): for a shorter run lower TRAINER.CLIPLORA.N_ITERS, or set it to 0 for "
+                  f"epochs of one pass each")
         else:
             self.total_iters = self.max_epoch * per_pass
             self.budgeted = False
