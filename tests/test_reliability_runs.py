@@ -8,26 +8,8 @@ import pytest
 import torch
 
 from tests.helpers import METHOD_YAML, make_image_folder, write_method_yaml
-from tests.test_reliability import args_for, kill9, read_until, run_cli, spawn
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    make_image_folder(str(root / "five"), n_classes=3, n_per_class=10)
-    return root
-
-
-@pytest.fixture(scope="module")
-def dataset_yaml(tmp_path_factory):
-    p = tmp_path_factory.mktemp("cfg") / "five.yaml"
-    p.write_text('DATASET:\n  NAME: "ImageFolder"\n  FOLDER: "five"\n')
-    return str(p)
-
-
-@pytest.fixture(scope="module")
-def method_yaml(tmp_path_factory):
-    return write_method_yaml(tmp_path_factory.mktemp("cfgm") / "probe.yaml", METHOD_YAML)
+from tests.test_reliability import (  # noqa: F401  (the module-scoped fixtures are shared with test_reliability)
+    args_for, data_root, dataset_yaml, kill9, method_yaml, read_until, run_cli, spawn)
 
 
 def _snapshot(folder):
