@@ -12,11 +12,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.helpers import make_cfg, make_image_folder
+from tests.helpers import make_cfg
 from vlprompt.config import ConfigError, get_cfg_default, extend_cfg
 from vlprompt.engine import TRAINER_REGISTRY, build_trainer
 from vlprompt.engine.methods import load_plugins
-from vlprompt.engine.plugins import PluginError, forget_composed
+from vlprompt.engine.plugins import PluginError
 from vlprompt.utils import load_checkpoint, restore_stdout, set_random_seed
 
 load_plugins()
@@ -26,18 +26,8 @@ ATT = ["TRAINER.ATPROMPT.ATT_NUM", "2", "TRAINER.ATPROMPT.ATT1_TEXT", "color", "
        "TRAINER.ATPROMPT.N_ATT1", "2", "TRAINER.ATPROMPT.N_ATT2", "3", "TRAINER.COOP.N_CTX", "4"]
 
 
-@pytest.fixture(autouse=True)
-def _forget_composed():
-    yield
-    forget_composed(TRAINER_REGISTRY)
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("atp")
-    make_image_folder(str(root / "five"), n_classes=5, n_per_class=4)
-    make_image_folder(str(root / "three"), n_classes=3, n_per_class=4, seed=3, class_prefix="other")
-    return root
+# the composed-name cleanup and the two fabricated folders are the plug-in suite's
+from tests.test_plugins_dept import _forget_composed, data_root  # noqa: E402,F401
 
 
 def _trainer(name, data_root, out, folder="five", extra=()):
