@@ -184,8 +184,11 @@ def test_the_failure_summary_names_the_jobs_own_error_line(repo, tmp_path, monke
     os.makedirs(osp.dirname(log))
     with open(log, "w") as f:  # an earlier attempt's error, which must not be taken for this one's
         f.write("Error: an older attempt\n")
+    runs[0].write_note()  # as the sweep's command line does before it starts the runner
+    assert os.listdir(runs[0].output_dir) == ["vlprompt_run.json"]
     runner = Runner(runs, "/d", cpu_slots(1), output_root=out, prefix=[sys.executable, "-c", FAKE], poll=0.02)
     assert runner.run() == 1
+    assert not osp.exists(runs[0].output_dir)  # the refused job left its folder as it found it (no lone note)
     text = capsys.readouterr().out
     want = f"(exit status 2: Error: {runs[0].output_dir} is in use by process 12345: one run at a time)"
     assert want in text, text
