@@ -216,3 +216,19 @@ def test_dry_run_refuses_a_grid_value_of_the_wrong_type(repo, tmp_path, capsys):
                      "--grid", "OPTIM.LR=0.1,fast"])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("Error: ") and "OPTIM.LR" in err and "fast" in err
+
+
+def test_dry_run_prints_a_methods_card_notes_once(tmp_path, capsys):
+    """CLIP-LoRA's budget follows the shots, not OPTIM.MAX_EPOCH: the plan says so once, before the runs."""
+    rc = sweep_main(["--methods", "CLIPLoRA", "CoOp", "--protocol", "few_shot", "--datasets", "dtd", "--seeds", "1", "2",
+                     "--shots", "16", "--root", "/d", "--output-root", str(tmp_path / "out"), "--repo-root", ROOT,
+                     "--dry-run"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    notes = [line for line in out.splitlines() if line.startswith("# note on ")]
+    assert notes == ["# note on CLIPLoRA: the budget follows the shots, not OPTIM.MAX_EPOCH: "
+                     "TRAINER.CLIPLORA.N_ITERS (500) x DATASET.NUM_SHOTS iterations (8,000 at 16 shots), split into "
+                     "MAX_EPOCH epochs; for a shorter run lower TRAINER.CLIPLORA.N_ITERS, or set it to 0 for MAX_EPOCH "
+                     "passes over the few-shot set"]
+    assert out.index("# note on CLIPLoRA") < out.index("[1] ")
+    assert not (tmp_path / "out").exists()
