@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from vlprompt.clip import IMAGENET_TEMPLATES_SELECT, ArgError, PromptedCLIP, ZeroShotHead, get_template
 from vlprompt.clip.families import ANY_TOWERS
+from vlprompt.clip.templates import classnames_from_tensor, classnames_tensor, reindex_by_classname
 from vlprompt.config import ConfigError
 from vlprompt.engine import TRAINER_REGISTRY
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
@@ -85,14 +86,16 @@ def lr_w(feats):
 
 
 class LPPPHead(nn.Module):
-    """``classifier`` (nn.Linear(D, K)), ``alpha_vec`` (1, K) and the buffer ``alpha_grad`` (the accumulated
-    gradient of ``alpha_vec``); ``forward(f, text_logits)`` -> ``classifier(f) + alpha_vec * text_logits``."""
+    """``classifier`` (nn.Linear(D, K)), ``alpha_vec`` (1, K), the buffers ``alpha_grad`` (the accumulated
+    gradient of ``alpha_vec``) and ``class_names`` (the class of each row, for loading onto another class list); ``forward(f, text_logits)`` -> ``classifier(f) + alpha_vec * text_logits``."""
 
-    def __init__(self, d, k):
+    def __init__(self, d, classnames):
         super().__init__()
+        k = len(classnames)
         self.classifier = nn.Linear(d, k, bias=True)  # weight, then bias drawn from the global RNG
         self.alpha_vec = nn.Parameter(torch.zeros(1, k))
         self.register_buffer("alpha_grad", torch.zeros(1, k))
+        self.register_buffer("class_names", classnames_tensor(classnames))
 
     def forward(self, f, text_logits):
         return self.classifier(f) + torch.ones(f.shape[0], 1, dtype=f.dtype, device=f.device) @ self.alpha_vec * text_logits
@@ -104,7 +107,7 @@ class LPPPModel(PromptedCLIP):
     def __init__(self, clip_model, classnames, templates):
         super().__init__(clip_model)
         self.zero_shot = ZeroShotHead(clip_model, classnames, templates)
-        self.head = LPPPHead(self.dims["d_embed"], len(classnames))
+        self.head = LPPPHead(self.dims["d_embed"], list(classnames))
 
     def learnable_modules(self):
         return [self.head]
@@ -236,3 +239,21 @@ class LPPP(FeatureEpochs, ClipPromptTrainer):
         extra = dict(super().extra_results() or {})
         extra.update(lr_w=self.lr_w, lr_alpha=self.lr_alpha, init_alpha=self.alpha0)
         return extra
+
+    def _load_learned_state(self, name, module, state_dict, path):
+        """A head trained on another class list: its rows are loaded by class name; classes it does not know keep
+        this run's data-derived initialisation."""
+        if "class_names" not in state_dict or "classifier.weight" not in state_dict:
+            return super()._load_learned_state(name, module, state_dict, path)
+        saved, current = classnames_from_tensor(state_dict["class_names"]), classnames_from_tensor(module.class_names)
+        if saved == current:
+            return super()._load_learned_state(name, module, state_dict, path)
+        with torch.no_grad():
+            hit = 0
+            for key, target, dim in (("classifier.weight", module.classifier.weight, 0),
+                                     ("classifier.bias", module.classifier.bias, 0),
+                                     ("alpha_vec", module.alpha_vec, 1), ("alpha_grad", module.alpha_grad, 1)):
+                if key in state_dict:
+                    hit = reindex_by_classname(target, state_dict[key].to(target.device, target.dtype), current,
+                                               saved, dim=dim)
+        print(f"LP++: rows of {hit} of the {len(current)} current classes loaded (by class name)")

@@ -27,14 +27,13 @@ Class lists: the checkpoint also holds the class names of its residual rows (``c
 another class list (ImageNet -> ImageNet-A/R), rows are re-indexed by name and classes without a row get a zero
 residual (their zero-shot base), as the official ImageNet-A/R re-indexing.
 """
-import json
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from vlprompt.clip import IMAGENET_TEMPLATES_SELECT, ArgError, PromptedCLIP, clean_classname, get_template
 from vlprompt.clip.families import ANY_TOWERS
+from vlprompt.clip.templates import classnames_from_tensor, classnames_tensor, reindex_by_classname
 from vlprompt.clip.tokenizer import tokenize
 from vlprompt.config import ConfigError
 from vlprompt.engine import TRAINER_REGISTRY
@@ -48,14 +47,6 @@ def taskres_templates(dataset_name):
     """ImageNet: CLIP's 7 selected templates + the custom one (8); other datasets: their custom template."""
     custom = get_template(dataset_name)
     return (list(IMAGENET_TEMPLATES_SELECT) if dataset_name == "ImageNet" else []) + [custom]
-
-
-def _names_tensor(names):
-    return torch.tensor(list(json.dumps(list(names)).encode("utf-8")), dtype=torch.uint8)
-
-
-def _names_of(t):
-    return json.loads(bytes(t.tolist()).decode("utf-8"))
 
 
 @torch.no_grad()
@@ -94,7 +85,7 @@ class TaskResLearner(nn.Module):
         self.alpha = float(alpha)
         self.register_buffer("base_text_features", base.detach().clone().float())
         self.text_feature_residuals = nn.Parameter(torch.zeros_like(self.base_text_features))
-        self.register_buffer("class_names", _names_tensor(classnames))
+        self.register_buffer("class_names", classnames_tensor(classnames))
 
     def forward(self):
         return self.base_text_features + self.alpha * self.text_feature_residuals
@@ -115,12 +106,10 @@ class TaskResModel(PromptedCLIP):
     def set_classnames(self, classnames):
         """Another class list: a new base; residual rows re-indexed by class name (zero for unknown classes)."""
         old = self.prompt_learner
-        index = {n: i for i, n in enumerate(_names_of(old.class_names))}
         new = TaskResLearner(self._base(classnames), classnames, old.alpha).to(old.base_text_features.device)
         with torch.no_grad():
-            for i, n in enumerate(classnames):
-                if n in index:
-                    new.text_feature_residuals[i] = old.text_feature_residuals[index[n]]
+            reindex_by_classname(new.text_feature_residuals, old.text_feature_residuals, classnames,
+                                 classnames_from_tensor(old.class_names))
         new.text_feature_residuals.requires_grad_(old.text_feature_residuals.requires_grad)
         self.prompt_learner = new
         self.text_cache.clear()
@@ -205,8 +194,8 @@ class TaskRes(FeatureEpochs, ClipPromptTrainer):
         if "text_feature_residuals" not in state_dict:
             return super()._load_learned_state(name, module, state_dict, path)
         res = state_dict["text_feature_residuals"]
-        current = _names_of(module.class_names)
-        saved = _names_of(state_dict["class_names"]) if "class_names" in state_dict else None
+        current = classnames_from_tensor(module.class_names)
+        saved = classnames_from_tensor(state_dict["class_names"]) if "class_names" in state_dict else None
         with torch.no_grad():
             if saved is None or saved == current:
                 if tuple(res.shape) != tuple(module.text_feature_residuals.shape):
@@ -215,11 +204,7 @@ class TaskRes(FeatureEpochs, ClipPromptTrainer):
                         f"{tuple(module.text_feature_residuals.shape)} (another class list or backbone?)")
                 module.text_feature_residuals.copy_(res)
                 return
-            index = {n: i for i, n in enumerate(saved)}
-            hit = 0
             module.text_feature_residuals.zero_()
-            for i, n in enumerate(current):
-                if n in index:
-                    module.text_feature_residuals[i] = res[index[n]]
-                    hit += 1
+            hit = reindex_by_classname(module.text_feature_residuals, res.to(module.text_feature_residuals.device),
+                                       current, saved)
         print(f"TaskRes: residuals of {hit} of the {len(current)} current classes loaded (by class name)")
