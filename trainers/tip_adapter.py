@@ -42,7 +42,7 @@ from vlprompt.clip.families import ANY_TOWERS
 from vlprompt.engine import TRAINER_REGISTRY, TrainerX
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
 from vlprompt.engine.methods import MethodCard
-from vlprompt.features.selection import record_selection, selection_features
+from vlprompt.features.selection import record_selection, selection_features, selection_loader
 from vlprompt.features.training import FeatureEpochs, run_seed
 from vlprompt.metrics import compute_accuracy
 from vlprompt.errors import UserRuntimeError
@@ -299,6 +299,8 @@ class TipAdapterF(FeatureEpochs, ClipPromptTrainer):
         model = super().custom_clip(cfg, classnames, clip_model)
         self.model = model.to(self.device)  # the tower is needed to build the cache before the optimiser
         clip_model.to(self.device)
+        if self.method_cfg.SEARCH_HP:
+            selection_loader(self, "Tip-Adapter-F")  # a refused selection split fails before training, not after
         keys, labels = build_cache(self, model)
         model.set_cache(keys.to(self.device), labels.to(self.device), learnable=True)
         print(f"Tip-Adapter-F: cache of {keys.shape[0]} keys x {keys.shape[1]} dims initialised")
