@@ -29,7 +29,7 @@ parameters of the **last** epoch reaching the best accuracy (``>=``, official) a
 
 Deviations (docs/METHODS.md, ## LP++): fp32 instead of the official fp16 end to end (``PREC``); the official
 val set has S shots per class (ImageNet: S further training images), vlprompt's few-shot val split has
-``min(S, 4)`` (CoOp's rule; ImageNet's val split is its test split, refused under the default policy).
+``min(S, 4)`` (CoOp's rule; ImageNet's val split is its test split: rn50_imagenet.yaml selects on test, marked).
 """
 import torch
 import torch.nn as nn
@@ -131,6 +131,8 @@ class LPPP(FeatureEpochs, ClipPromptTrainer):
     # few-shot only: the probe scores the classes it was trained on
     CARD = MethodCard(
         config="rn50",  # the official configs/base.yaml (RN50); vit_b16.yaml ships beside it
+        # ImageNet: no validation split of its own; its config selects on test, marked (docs/METHODS.md)
+        recipes={"few_shot": {"per_dataset": {"imagenet": "rn50_imagenet"}}},
         protocols=("few_shot",),
         order=225,
         backbones=ANY_TOWERS,
