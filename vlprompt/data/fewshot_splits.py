@@ -177,10 +177,10 @@ def load_external_fewshot(split_fewshot_dir, num_shots, seed, train, val, prefix
     others = [("val", _entries(val, prefix))] if val else []
     others += [("test", _entries(test, prefix))] if test else []
     items = read_jsonl(tpath)
+    new_train = match_entries(items, _entries(train, prefix), tpath, "train", others)
     problem = _shot_problem(items, int(num_shots), None, tpath)
     if problem:
         raise SplitFileError(problem + " (DATASET.NUM_SHOTS must be the file's shots)")
-    new_train = match_entries(items, _entries(train, prefix), tpath, "train", others)
     print(f"Few-shot split: {len(new_train)} training images from {tpath}")
     if val is None:
         return new_train, None
