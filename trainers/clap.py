@@ -24,6 +24,8 @@ text prototypes ``t`` (ZS-LP) and are kept close to them by a class-wise penalty
 
 Features come from the feature store (views of the training images seeded by ``(SEED, view, image)``).
 """
+import json
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -74,11 +76,19 @@ def class_multipliers(labels, zs_logits, num_classes, constraint):
     return perf
 
 
+def encode_names(names):
+    return torch.tensor(list(json.dumps([str(n) for n in names]).encode("utf-8")), dtype=torch.uint8)
+
+
+def decode_names(t):
+    return json.loads(bytes(t.tolist()).decode("utf-8"))
+
+
 class ClassPrototypes(nn.Module):
     """The learnable module (official ``AdapterMethod``): ``prototypes`` (K, d), the zero-shot
     ``base_text_features`` (K, d) and the multipliers ``alpha_constraint`` / ``penalty_parameter`` (K,)."""
 
-    def __init__(self, base, init="ZS", constraint="l2"):
+    def __init__(self, base, init="ZS", constraint="l2", classnames=()):
         super().__init__()
         if init not in INITS:
             from vlprompt.clip import ArgError
@@ -92,6 +102,7 @@ class ClassPrototypes(nn.Module):
             self.prototypes = nn.Parameter(nn.init.kaiming_normal_(torch.empty(base.shape)))
         self.register_buffer("alpha_constraint", torch.zeros(base.shape[0]))
         self.register_buffer("penalty_parameter", torch.zeros(base.shape[0]))
+        self.register_buffer("class_names", encode_names(classnames))
 
     def dissimilarity(self):
         if "cosine" in self.constraint:
@@ -118,7 +129,7 @@ class CLAPModel(PromptedCLIP):
     def __init__(self, clip_model, classnames, templates, init="ZS", constraint="l2", clean=False):
         super().__init__(clip_model)
         base = raw_text_prototypes(clip_model, classnames, templates, clean=clean)
-        self.adapter = ClassPrototypes(base, init=init, constraint=constraint)
+        self.adapter = ClassPrototypes(base, init=init, constraint=constraint, classnames=classnames)
 
     def learnable_modules(self):
         return [self.adapter]
@@ -225,11 +236,21 @@ class CLAP(FeatureEpochs, ClipPromptTrainer):
             terms["constraint"] = self.model.adapter.constraint_term()
         return terms, logits
 
-    def set_classnames(self, classnames):
-        if list(classnames) != list(self.dm.dataset.classnames):
-            raise ConfigError("CLAP learns one prototype per training class: it evaluates on the training "
-                              "classes only (few-shot protocol)")
-        super().set_classnames(classnames)
+    def _load_learned_state(self, name, module, state_dict, path):
+        """A checkpoint of another class list: the rows of the classes both lists name are loaded (by class
+        name); the other classes keep their zero-shot prototypes (CLAP's prototypes are per class)."""
+        if "class_names" not in state_dict or tuple(state_dict["prototypes"].shape) == tuple(module.prototypes.shape):
+            return super()._load_learned_state(name, module, state_dict, path)
+        saved = {n: i for i, n in enumerate(decode_names(state_dict["class_names"]))}
+        mine = decode_names(module.class_names)
+        rows = [(j, saved[n]) for j, n in enumerate(mine) if n in saved]
+        print(f"CLAP: {len(rows)} of the {len(mine)} classes have prototypes in {path}; the others keep their "
+              "zero-shot prototypes")
+        with torch.no_grad():
+            for key in ("prototypes", "base_text_features", "alpha_constraint", "penalty_parameter"):
+                mine_t = getattr(module, key)
+                for j, i in rows:
+                    mine_t[j] = state_dict[key][i].to(mine_t)
 
 
 __all__ = ["CLAP", "CLAPModel", "ClassPrototypes", "class_multipliers", "raw_text_prototypes", "clap_templates"]

@@ -115,6 +115,9 @@ class TwoStageModel(nn.Module):
         self.ln, self.head = ln, head
         self.register_buffer("iters", torch.zeros((), dtype=torch.long))  # counted iterations (resume)
 
+    def adapt_to_state_dict(self, state_dict):
+        self.head.adapt_to_state_dict({k[len("head."):]: v for k, v in state_dict.items() if k.startswith("head.")})
+
 
 class TwoSFSModel(PromptedCLIP):
     """Frozen CLIP with trainable LayerNorms + the stage-2 classifier; ``stage`` selects the forward."""
@@ -162,7 +165,8 @@ class TwoSFSModel(PromptedCLIP):
     def inference_classifier(self):
         """Selective inference: trained rows for known classes, the adapted text feature for the others."""
         head = self.twostage.head
-        known = {c: i for i, c in enumerate(head.classnames())}
+        # before stage 2 (no classifier yet) every class takes its text feature, which is the classifier's init
+        known = {c: i for i, c in enumerate(head.classnames())} if bool(head.initialised) else {}
         text = self.text_features().float()
         rows = [head.classifier[known[c]].float() if c in known else text[j] for j, c in enumerate(self.classnames)]
         w = torch.stack(rows)
@@ -241,9 +245,8 @@ class TwoSFS(ClipPromptTrainer):
             raise ConfigError(f"TRAINER.TWOSFS.LN_MODALITY must be one of {MODALITIES}, got '{m.LN_MODALITY}'")
         if not 0.0 <= float(m.ALPHA) <= 1.0:
             raise ConfigError(f"TRAINER.TWOSFS.ALPHA must be in [0, 1], got {m.ALPHA}")
-        if int(m.N_ITERS) < 1 or int(cfg.DATASET.NUM_SHOTS) < 1:
-            raise ConfigError("2SFS's budget is TRAINER.TWOSFS.N_ITERS x DATASET.NUM_SHOTS iterations: both must be >= 1 "
-                              f"(got {m.N_ITERS} and {cfg.DATASET.NUM_SHOTS})")
+        if int(m.N_ITERS) < 1:
+            raise ConfigError(f"TRAINER.TWOSFS.N_ITERS (iterations per shot) must be >= 1, got {m.N_ITERS}")
         if m.TEMPLATE and "{}" not in m.TEMPLATE:
             raise ConfigError(f'TRAINER.TWOSFS.TEMPLATE must contain "{{}}", got "{m.TEMPLATE}"')
 
@@ -260,14 +263,18 @@ class TwoSFS(ClipPromptTrainer):
     # ---- the budget ----------------------------------------------------------------------------
     def build_data_loader(self):
         super().build_data_loader()
-        m = self.cfg.TRAINER.TWOSFS
-        self.total_iters = int(m.N_ITERS) * int(self.cfg.DATASET.NUM_SHOTS)
+        m, shots = self.cfg.TRAINER.TWOSFS, int(self.cfg.DATASET.NUM_SHOTS)
+        if shots >= 1:
+            self.total_iters = int(m.N_ITERS) * shots
+        else:  # all images: no shot count to scale the budget with; OPTIM.MAX_EPOCH passes
+            self.total_iters = int(self.cfg.OPTIM.MAX_EPOCH) * len(self.train_loader_x)
+            print(f"2SFS: DATASET.NUM_SHOTS {shots} (all images): the budget is OPTIM.MAX_EPOCH passes")
         self.stage1_iters = int(self.total_iters * float(m.ALPHA))
         per_pass = len(self.train_loader_x)
-        self.stage1_epochs = math.ceil(self.stage1_iters / per_pass)
+        self.stage1_epochs = math.ceil(self.stage1_iters / per_pass)  # engine epochs = official passes
         self.stage2_epochs = math.ceil((self.total_iters - self.stage1_iters) / per_pass)
         self.max_epoch = self.stage1_epochs + self.stage2_epochs
-        print(f"2SFS budget: {m.N_ITERS} x {self.cfg.DATASET.NUM_SHOTS} shots = {self.total_iters} iterations: stage 1 "
+        print(f"2SFS budget: {self.total_iters} iterations: stage 1 "
               f"(LayerNorms) {self.stage1_iters} in {self.stage1_epochs} epochs, stage 2 (classifier) "
               f"{self.total_iters - self.stage1_iters} in {self.stage2_epochs} epochs of at most {per_pass} batches; "
               f"OPTIM.MAX_EPOCH is not used")
