@@ -107,8 +107,9 @@ def detach_projection(clip_model):
         ident.requires_grad_(False)
         pool.c_proj = ident
         return module
-    raise ConfigError(f"ProLIP fine-tunes the final projection of a CLIP ViT or ResNet image tower; "
-                      f"{type(v).__name__} has none (choose a CLIP ViT or RN backbone)")
+    raise ConfigError(f"ProLIP fine-tunes the final projection of the image tower; supported image towers: CLIP ViT "
+                      f"(visual.proj) and CLIP ResNet (attnpool.c_proj), e.g. ViT-B/16, RN50; this backbone's "
+                      f"{type(getattr(v, 'trunk', v)).__name__} has no such projection")
 
 
 class ProLIPModel(PromptedCLIP):
@@ -180,8 +181,6 @@ class ProLIP(FeatureEpochs, ClipPromptTrainer):
             raise ConfigError(f"TRAINER.PROLIP.LAMBDA_RULE must be one of {LAMBDA_RULES}, got '{m.LAMBDA_RULE}'")
         if int(m.AUG_VIEWS) < 1:
             raise ConfigError(f"TRAINER.PROLIP.AUG_VIEWS must be >= 1, got {m.AUG_VIEWS}")
-        if m.LAMBDA_RULE != "constant" and int(cfg.DATASET.NUM_SHOTS) < 1:
-            raise ConfigError(f"TRAINER.PROLIP.LAMBDA_RULE {m.LAMBDA_RULE} needs DATASET.NUM_SHOTS >= 1")
 
     @classmethod
     def build_custom_clip(cls, cfg, classnames, clip_model):
@@ -222,6 +221,10 @@ class ProLIP(FeatureEpochs, ClipPromptTrainer):
     # ---- lambda, the search, the optimiser -----------------------------------------------------
     def rule_lambda(self):
         m, shots = self.method_cfg, int(self.cfg.DATASET.NUM_SHOTS)
+        if shots < 1 and m.LAMBDA_RULE != "constant":  # all images: N = training images per class (mean)
+            shots = len(self.dm.dataset.train_x) / max(self.num_classes, 1)
+            print(f"ProLIP: DATASET.NUM_SHOTS {self.cfg.DATASET.NUM_SHOTS} (all images): lambda rule "
+                  f"{m.LAMBDA_RULE} with N = {shots:g} training images per class")
         if m.LAMBDA_RULE == "1/N":
             return 1.0 / shots
         if m.LAMBDA_RULE == "1/N2":

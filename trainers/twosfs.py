@@ -123,6 +123,12 @@ class TwoSFSModel(PromptedCLIP):
     """Frozen CLIP with trainable LayerNorms + the stage-2 classifier; ``stage`` selects the forward."""
 
     def __init__(self, clip_model, classnames, template, modality="both", vision_start=0, text_start=0, outer=False):
+        v = clip_model.visual
+        if not (hasattr(getattr(v, "transformer", None), "resblocks") and hasattr(clip_model, "transformer")):
+            raise ConfigError("2SFS tunes the LayerNorms of the residual blocks of CLIP's two transformers (the "
+                              "official code: 'RN not supported'); supported: CLIP ViT backbones with CLIP's text "
+                              f"transformer (e.g. ViT-B/16); this backbone's image tower is "
+                              f"{type(getattr(v, 'trunk', v)).__name__}")
         super().__init__(clip_model)
         chosen = trainable_layernorms(clip_model, modality, vision_start, text_start, outer)
         if not chosen["vision"] and not chosen["text"]:
