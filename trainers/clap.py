@@ -199,6 +199,13 @@ class CLAP(FeatureEpochs, ClipPromptTrainer):
 
     def build_model(self):
         super().build_model()
+        if "adaptative" in self.method_cfg.CONSTRAINT:
+            self.register_hook("clap_outer_step", OuterStepHook())
+
+    def before_train(self):
+        """The training pool and the class-wise multipliers, when training starts (an evaluation-only run loads
+        the multipliers with the checkpoint and needs no pool)."""
+        super().before_train()
         self.pool_feats, self.pool_labels = self.training_pool()
         if self.method_cfg.CONSTRAINT != "none":
             with torch.no_grad():
@@ -209,8 +216,6 @@ class CLAP(FeatureEpochs, ClipPromptTrainer):
             self.model.adapter.alpha_constraint.copy_(lam.to(self.model.adapter.alpha_constraint.device))
             shown = [round(v, 3) for v in lam.tolist()[:10]]
             print(f"CLAP: class-wise multipliers (first {len(shown)} of {lam.numel()}): {shown}")
-            if "adaptative" in self.method_cfg.CONSTRAINT:
-                self.register_hook("clap_outer_step", OuterStepHook())
 
     def training_pool(self):
         """(V*N, d) raw features of ``AUGMENT_VIEWS`` augmented views, view by view, and their labels."""

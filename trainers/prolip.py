@@ -16,7 +16,8 @@ view ``(e + 1) % AUG_VIEWS`` at epoch ``e`` (the official counter is advanced be
 299, 0); Adam (eps 1e-4), cosine over the epochs stepped per epoch. ``lambda`` = ``LAMBDA`` or ``1/shots``
 (``LAMBDA_RULE 1/N``) or ``1/shots^2`` (``1/N2``). With ``SEARCH True`` (the official ``few_shot_few_val``)
 every (lr, lambda) of ``LR_GRID`` x ``LAMBDA_GRID`` is trained from ``W0`` and scored on the few-shot
-validation split (strict ``>``, first best wins); the chosen pair is then trained by the engine's loop.
+validation split (strict ``>``, first best wins; ``TEST.SELECTION_SPLIT``, :mod:`vlprompt.features.selection`);
+the chosen pair is then trained by the engine's loop.
 
 The pre-projection tower is CLIP's own tower with its projection taken out (ViT: ``visual.proj`` removed;
 ResNet: ``c_proj`` replaced by an exact identity), so feature-store entries are keyed apart from the
@@ -33,7 +34,7 @@ from vlprompt.engine import TRAINER_REGISTRY
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
 from vlprompt.engine.methods import MethodCard
 from vlprompt.errors import UserRuntimeError
-from vlprompt.features.extract import loader_features
+from vlprompt.features.selection import first_best, record_selection, selection_features
 from vlprompt.features.training import FeatureEpochs
 from vlprompt.data.batch_sources import BatchSource
 from vlprompt.metrics import compute_accuracy
@@ -245,30 +246,32 @@ class ProLIP(FeatureEpochs, ClipPromptTrainer):
         return proj
 
     def search(self):
-        """The official lr x lambda search on the few-shot validation split; returns ``(lr, lambda, acc)``."""
+        """The official lr x lambda search on the selection split (the few-shot validation split; ``TEST.SELECTION_SPLIT``,
+        :mod:`vlprompt.features.selection`); returns ``(lr, lambda, accuracy)``."""
         m = self.method_cfg
-        if self.val_loader is None:
+        split, val, val_y = selection_features(self, "ProLIP search")
+        if split is None:
             raise UserRuntimeError("ProLIP: TRAINER.PROLIP.SEARCH needs a validation split (this dataset has none): "
                                    "set TRAINER.PROLIP.SEARCH False with OPTIM.LR and TRAINER.PROLIP.LAMBDA")
-        val, _ = loader_features(self, self.val_loader, "val")
-        val = val.to(self.device)
-        val_y = torch.tensor([int(it.label) for it in self.val_loader.dataset.data_source]).to(self.device)
-        views = self.view
+        val, val_y = val.to(self.device), val_y.to(self.device)
         labels = self.train_labels().to(self.device)
-        best = (0.0, None, None)
-        for lr in [float(v) for v in m.LR_GRID]:
-            for lam in [float(v) for v in m.LAMBDA_GRID]:
-                proj = self._train_candidate(float(lr), float(lam), views, labels)
-                with torch.no_grad():
-                    acc = compute_accuracy(self.model.logits_from_image_features(val, proj), val_y)[0].item()
-                print(f"ProLIP search: lr {lr:g}, lambda {lam:g}: val accuracy {acc:.2f}")
-                if acc > best[0]:
-                    best = (acc, float(lr), float(lam))
-        if best[1] is None:
-            raise UserRuntimeError("ProLIP: every (lr, lambda) of the search has validation accuracy 0; "
+
+        def score(pair):
+            proj = self._train_candidate(pair[0], pair[1], self.view, labels)
+            with torch.no_grad():
+                acc = compute_accuracy(self.model.logits_from_image_features(val, proj), val_y)[0].item()
+            print(f"ProLIP search: lr {pair[0]:g}, lambda {pair[1]:g}: {split} accuracy {acc:.2f}")
+            return acc
+
+        grid = [(float(lr), float(lam)) for lr in m.LR_GRID for lam in m.LAMBDA_GRID]
+        best, acc, trace = first_best(grid, score)  # official: strict >, from accuracy 0
+        if best is None:
+            raise UserRuntimeError("ProLIP: every (lr, lambda) of the search has accuracy 0 on the selection split; "
                                    "set TRAINER.PROLIP.SEARCH False and give OPTIM.LR and TRAINER.PROLIP.LAMBDA")
-        print(f"ProLIP: searched on val: lr {best[1]:g}, lambda {best[2]:g} (val accuracy {best[0]:.2f})")
-        return best[1], best[2], best[0]
+        record_selection(self, split, lr=best[0], **{"lambda": best[1]}, accuracy=acc,
+                         grid=[[c[0], c[1], a] for c, a in trace])
+        print(f"ProLIP: searched on {split}: lr {best[0]:g}, lambda {best[1]:g} (accuracy {acc:.2f})")
+        return best[0], best[1], acc
 
     def build_optimizers(self, learnable):
         """Adam (eps ``ADAM_EPS``) + cosine over the epochs at ``OPTIM.LR`` and ``lambda`` of the rule; with
@@ -287,7 +290,7 @@ class ProLIP(FeatureEpochs, ClipPromptTrainer):
                 raise ConfigError("TRAINER.PROLIP.SEARCH trains from the feature store: set FEATURES.TRAIN_CACHE True "
                                   "or TRAINER.PROLIP.SEARCH False")
             lr, self.lam, acc = self.search()
-            self.search_result = {"lr": lr, "lambda": self.lam, "val_acc": acc, "selected_on": "val"}
+            self.search_result = {"lr": lr, "lambda": self.lam, "search_acc": acc}
             optim, sched = self._optimizers[self.MODEL_NAME][:2]
             for g in optim.param_groups:
                 g["lr"] = g["initial_lr"] = lr
