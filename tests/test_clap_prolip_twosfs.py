@@ -175,24 +175,26 @@ def test_twosfs_stage_gradients_and_classifier_init():
     assert torch.allclose(w[0], -want[2], atol=1e-5) and torch.allclose(w[1], novel, atol=1e-5)
 
 
-def test_twosfs_stage_source_cuts_at_the_stage_budget():
-    class T:
-        count_iters = 0
+def test_twosfs_budget_source_follows_the_official_passes():
+    class Head:
+        initialised = torch.tensor(False)
 
-        def stage_target(self):
-            return 5
+    class T:  # a trainer with a loader of 3 batches, budget 7 = 4 (stage 1) + 3 (stage 2), 2 engine epochs
+        train_loader_x = ["a", "b", "c"]
+        total_iters, stage1_iters, max_epoch, count_iters, _pass = 7, 4, 2, 0, None
 
-    def consume(src, t, skip=()):
-        seen = []
-        for (b,) in src:
-            seen.append(b)
-            if len(seen) not in skip:  # a step the scaler skipped does not count
-                t.count_iters += 1
-        return seen
+        def __init__(self):
+            self.model = type("M", (), {"stage": 1, "twostage": type("S", (), {"head": Head()})(),
+                                        "init_classifier": lambda m: setattr(Head, "initialised", torch.tensor(True))})()
 
-    t = T()
-    assert consume(twosfs_mod.StageSource(t, [1, 2, 3], last_of_stage=False), t) == [1, 2, 3]
-    assert consume(twosfs_mod.StageSource(t, [1, 2, 3], last_of_stage=True), t) == [1, 2]  # cut at 5
-    t.count_iters = 2
-    # the stage's last epoch chains passes until the counted budget is met (here one skipped step)
-    assert consume(twosfs_mod.StageSource(t, [1, 2], last_of_stage=True), t, skip=(1,)) == [1, 2, 1, 2]
+        enter_stage = twosfs_mod.TwoSFS.enter_stage
+        epoch_iterations = twosfs_mod.TwoSFS.epoch_iterations
+
+    t, seen = T(), []
+    for epoch in range(2):
+        for (b,) in twosfs_mod.BudgetSource(t, t.epoch_iterations(epoch), last=epoch == 1):
+            seen.append((t.model.stage, b))
+            t.count_iters += 1
+    # stage 1: a, b, c, a (the 2nd pass cut at 4); stage 2 starts a fresh pass; the pass crosses the epoch border
+    assert seen == [(1, "a"), (1, "b"), (1, "c"), (1, "a"), (2, "a"), (2, "b"), (2, "c")]
+    assert bool(Head.initialised) and [t.epoch_iterations(e) for e in range(2)] == [3, 4]

@@ -16,9 +16,10 @@ A budget of ``N_ITERS x shots`` iterations (``M`` = 300), split in two stages:
 
 Each stage has its own AdamW (lr 2e-4, weight decay 0.01, betas 0.9/0.999) and cosine schedule to 1e-6 over
 the stage's iterations, stepped every iteration. An iteration counts only when the gradient scaler did not
-skip the step (official: fp16 autocast + GradScaler, ``PREC amp`` on CUDA). Engine epochs are passes over
-the few-shot loader: stage 1 takes ``ceil(T1 / P)`` epochs, stage 2 ``ceil(T2 / P)`` (``P`` batches a pass),
-each stage ending at its last counted iteration (a pass is cut short, as the official loops break).
+skip the step (official: fp16 autocast + GradScaler, ``PREC amp`` on CUDA). The data follow the official
+sequence of passes over the few-shot loader: stage 1's last pass is cut at its last counted iteration and stage 2
+starts a fresh pass. ``OPTIM.MAX_EPOCH`` only splits the budget into engine epochs (logs, checkpoints; epoch ``e``
+runs ``floor((e+1) T / E) - floor(e T / E)`` iterations, a pass continuing across epochs).
 
 Inference ("selective"): classes the classifier was trained on use their rows; other classes (novel ones)
 the adapted text encoder's feature of the template; the stacked classifier is normalised.
@@ -203,26 +204,32 @@ class TwoSFSModel(PromptedCLIP):
             return scale * img @ w.float().t()
 
 
-class StageSource(BatchSource):
-    """One engine epoch of a stage: a pass over the loader, cut at the stage's last counted iteration; the
-    stage's last epoch chains passes until then (when the scaler skipped steps)."""
+class BudgetSource(BatchSource):
+    """One engine epoch: ``n`` batches of the official sequence of passes (module docstring). The pass in
+    progress continues into the next epoch; at the stage switch (the first batch after ``T1`` counted
+    iterations) the stage-1 pass is dropped and stage 2 starts a fresh one, as the official second loop does.
+    The run's last epoch goes on until the whole budget is counted (steps the gradient scaler skipped)."""
 
-    def __init__(self, trainer, loader, last_of_stage):
-        self.trainer, self.loader, self.last = trainer, loader, last_of_stage
+    def __init__(self, trainer, n, last):
+        self.trainer, self.n, self.last = trainer, int(n), bool(last)
 
     def __len__(self):
-        t = self.trainer
-        return max(min(len(self.loader), t.stage_target() - t.count_iters), 0)
+        return self.n
 
     def __iter__(self):
         t = self.trainer
-        while t.count_iters < t.stage_target():
-            for batch in self.loader:
-                yield (batch,)
-                if t.count_iters >= t.stage_target():
-                    return
-            if not self.last:
-                return
+        produced = 0
+        while produced < self.n or (self.last and t.count_iters < t.total_iters):
+            if t.enter_stage():  # a new stage starts a new pass
+                t._pass = None
+            if t._pass is None:
+                t._pass = iter(t.train_loader_x)
+            batch = next(t._pass, None)
+            if batch is None:  # the pass ended: a fresh one
+                t._pass = None
+                continue
+            yield (batch,)
+            produced += 1
 
 
 @TRAINER_REGISTRY.register()
@@ -276,14 +283,15 @@ class TwoSFS(ClipPromptTrainer):
             self.total_iters = int(self.cfg.OPTIM.MAX_EPOCH) * len(self.train_loader_x)
             print(f"2SFS: DATASET.NUM_SHOTS {shots} (all images): the budget is OPTIM.MAX_EPOCH passes")
         self.stage1_iters = int(self.total_iters * float(m.ALPHA))
-        per_pass = len(self.train_loader_x)
-        self.stage1_epochs = math.ceil(self.stage1_iters / per_pass)  # engine epochs = official passes
-        self.stage2_epochs = math.ceil((self.total_iters - self.stage1_iters) / per_pass)
-        self.max_epoch = self.stage1_epochs + self.stage2_epochs
-        print(f"2SFS budget: {self.total_iters} iterations: stage 1 "
-              f"(LayerNorms) {self.stage1_iters} in {self.stage1_epochs} epochs, stage 2 (classifier) "
-              f"{self.total_iters - self.stage1_iters} in {self.stage2_epochs} epochs of at most {per_pass} batches; "
-              f"OPTIM.MAX_EPOCH is not used")
+        if self.total_iters < self.max_epoch:
+            raise ConfigError(f"2SFS's budget of {self.total_iters} iterations (TRAINER.TWOSFS.N_ITERS x "
+                              f"DATASET.NUM_SHOTS) cannot fill OPTIM.MAX_EPOCH = {self.max_epoch} epochs: lower "
+                              "OPTIM.MAX_EPOCH")
+        self._pass = None
+        print(f"2SFS budget: {self.total_iters} iterations, stage 1 (LayerNorms) {self.stage1_iters}, stage 2 "
+              f"(classifier) {self.total_iters - self.stage1_iters}, in {self.max_epoch} epochs (OPTIM.MAX_EPOCH only "
+              f"splits the budget for logs and checkpoints; one pass over the few-shot set = "
+              f"{len(self.train_loader_x)} batches)")
 
     @property
     def count_iters(self):
@@ -293,25 +301,23 @@ class TwoSFS(ClipPromptTrainer):
     def count_iters(self, value):
         self.model.twostage.iters.fill_(int(value))
 
-    def stage_of_epoch(self, epoch):
-        return 1 if epoch < self.stage1_epochs else 2
+    def epoch_iterations(self, epoch):
+        t, n = self.total_iters, self.max_epoch
+        return (epoch + 1) * t // n - epoch * t // n
 
-    def stage_target(self):
-        return self.stage1_iters if self.model.stage == 1 else self.total_iters
+    def enter_stage(self):
+        """Stage 2 once ``T1`` iterations are counted (its classifier initialised from the adapted text encoder
+        on entry); returns True when the stage changed."""
+        if self.model.stage == 1 and self.count_iters >= self.stage1_iters:
+            if not bool(self.model.twostage.head.initialised):
+                self.model.init_classifier()
+                print("2SFS: stage 2: classifier initialised with the adapted text encoder's features")
+            self.model.stage = 2
+            return True
+        return False
 
     def batch_source(self):
-        last = self.epoch in (self.stage1_epochs - 1, self.max_epoch - 1)
-        return StageSource(self, self.train_loader_x, last)
-
-    def before_epoch(self):
-        super().before_epoch()
-        stage = self.stage_of_epoch(self.epoch)
-        if stage == 2 and not bool(self.model.twostage.head.initialised):
-            self.model.init_classifier()
-            print("2SFS: stage 2: classifier initialised with the adapted text encoder's features")
-        if stage == 2:
-            self.count_iters = max(self.count_iters, self.stage1_iters)
-        self.model.stage = stage
+        return BudgetSource(self, self.epoch_iterations(self.epoch), self.epoch == self.max_epoch - 1)
 
     def build_optimizers(self, learnable):
         o, m = self.cfg.OPTIM, self.method_cfg
