@@ -198,3 +198,40 @@ def test_twosfs_budget_source_follows_the_official_passes():
     # stage 1: a, b, c, a (the 2nd pass cut at 4); stage 2 starts a fresh pass; the pass crosses the epoch border
     assert seen == [(1, "a"), (1, "b"), (1, "c"), (1, "a"), (2, "a"), (2, "b"), (2, "c")]
     assert bool(Head.initialised) and [t.epoch_iterations(e) for e in range(2)] == [3, 4]
+
+
+# ----------------------------------------------------------------------------------------------- ProLIP's search
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_prolip_search_reads_only_the_selection_split(split, tmp_path, monkeypatch):
+    import vlprompt.features.extract as extract
+    from tests.helpers import make_cfg, make_image_folder
+    from vlprompt.engine import build_trainer
+    from vlprompt.utils import restore_stdout
+
+    make_image_folder(str(tmp_path / "four"), n_classes=4, n_per_class=6)
+    seen, real = {}, extract.loader_features
+
+    def spy(trainer, loader, name, view=None, seed=None):
+        seen.setdefault(name, set()).update(str(it.impath) for it in loader.dataset.data_source)
+        return real(trainer, loader, name, view=view, seed=seed)
+
+    monkeypatch.setattr(extract, "loader_features", spy)
+    opts = ["TRAINER.PROLIP.PREC", "fp32", "TRAINER.PROLIP.AUG_VIEWS", "2", "TRAINER.PROLIP.LR_GRID", "[0.1, 0.001]",
+            "TRAINER.PROLIP.LAMBDA_GRID", "[1.0, 0.0]", "OPTIM.MAX_EPOCH", "2", "TEST.NO_TEST", "True",
+            "FEATURES.DIR", str(tmp_path / "store"), "TEST.SELECTION_SPLIT", split]
+    cfg = make_cfg(str(tmp_path), trainer="ProLIP", folder="four", output_dir=str(tmp_path / "out"), opts=opts)
+    cfg.freeze()
+    try:
+        t = build_trainer(cfg)
+        t.train()
+    finally:
+        restore_stdout()
+    paths = {n: {str(it.impath) for it in ld.dataset.data_source} for n, ld in (("val", t.val_loader),
+                                                                              ("test", t.test_loader))}
+    assert seen.get(split) == paths[split]  # the search read its split ...
+    other = "test" if split == "val" else "val"
+    assert other not in seen  # ... and nothing of the other (no final test here)
+    sel = t.hp_selection
+    assert sel["split"] == split and len(sel["grid"]) == 4
+    assert (sel["lr"], sel["lambda"]) == tuple(t.search_result[k] for k in ("lr", "lambda"))
+    assert t._optimizers["proj"][0].param_groups[0]["initial_lr"] == sel["lr"]
