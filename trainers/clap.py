@@ -209,8 +209,8 @@ class CLAP(FeatureEpochs, ClipPromptTrainer):
         self.pool_feats, self.pool_labels = self.training_pool()
         if self.method_cfg.CONSTRAINT != "none":
             with torch.no_grad():
-                zs = self.model.logits_from_image_features(self.pool_feats.to(self.device),
-                                                           self.model.adapter.base_text_features)
+                # official: the logits of the model as built (ZS: the zero-shot prototypes; RANDOM: the random ones)
+                zs = self.model.logits_from_image_features(self.pool_feats.to(self.device))
             lam = class_multipliers(self.pool_labels.to(self.device), zs.cpu(), self.num_classes,
                                     str(self.method_cfg.CONSTRAINT))
             self.model.adapter.alpha_constraint.copy_(lam.to(self.model.adapter.alpha_constraint.device))

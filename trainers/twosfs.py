@@ -276,6 +276,12 @@ class TwoSFS(ClipPromptTrainer):
     # ---- the budget ----------------------------------------------------------------------------
     def build_data_loader(self):
         super().build_data_loader()
+        loader = self.train_loader_x
+        if loader.drop_last and not isinstance(loader.sampler, torch.utils.data.distributed.DistributedSampler):
+            # the official train loader keeps the last partial batch (drop_last=False), unlike Dassl's
+            self.train_loader_x = torch.utils.data.DataLoader(
+                loader.dataset, batch_size=loader.batch_size, sampler=loader.sampler, num_workers=loader.num_workers,
+                drop_last=False, pin_memory=loader.pin_memory)
         m, shots = self.cfg.TRAINER.TWOSFS, int(self.cfg.DATASET.NUM_SHOTS)
         if shots >= 1:
             self.total_iters = int(m.N_ITERS) * shots
