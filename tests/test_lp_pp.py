@@ -92,3 +92,42 @@ def test_alpha_step_every_10th_epoch(mode, data_root, tmp_path):
     assert torch.allclose(head.alpha_vec.detach(), a0 - t.lr_alpha * used, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(head.alpha_vec.detach(), a0)
     restore_stdout()
+
+
+def test_training_equals_the_official_loop(data_root, tmp_path):
+    """12 epochs through the engine's loop and the selection hook = the official ``LinearProbe_P2.forward`` loop
+    (written out here on the same features and the same initial bias) at the epoch it selects on val."""
+    from vlprompt.features.extract import loader_features
+
+    t = _trainer(data_root, tmp_path, extra=["OPTIM.MAX_EPOCH", "12", "TEST.NO_TEST", "True"])
+    head = t.model.head
+    feats, y = t._train_view()
+    f = F.normalize(feats.float(), dim=-1)
+    T = t.model.text_weights()
+    vf, _ = loader_features(t, t.val_loader, "val")
+    vf = F.normalize(vf.float(), dim=-1)
+    vy = torch.tensor([int(it.label) for it in t.val_loader.dataset.data_source])
+    classifier = torch.nn.Linear(f.shape[1], 4)
+    classifier.load_state_dict(head.classifier.state_dict())
+    alpha = head.alpha_vec.detach().clone().requires_grad_(True)
+    optimizer = torch.optim.SGD(classifier.parameters(), t.lr_w, momentum=0.9)
+    best, best_state = 0.0, None
+    for epoch in range(12):
+        logits = classifier(f) + torch.ones(f.shape[0], 1) @ alpha * (f @ T)
+        loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if (epoch + 1) % 10 == 0:
+            alpha.data -= t.lr_alpha * alpha.grad.data
+        with torch.no_grad():
+            acc = 100.0 * float(((classifier(vf) + alpha * (vf @ T)).argmax(1) == vy).float().mean())
+        if acc >= best:
+            best, best_state = acc, (classifier.weight.detach().clone(), classifier.bias.detach().clone(),
+                                     alpha.detach().clone(), epoch + 1)
+    t.train()
+    restore_stdout()
+    assert t.hp_selection["epoch"] == best_state[3] and t.hp_selection["accuracy"] == pytest.approx(best)
+    assert torch.allclose(head.classifier.weight, best_state[0], atol=1e-5)
+    assert torch.allclose(head.classifier.bias, best_state[1], atol=1e-5)
+    assert torch.allclose(head.alpha_vec, best_state[2], rtol=1e-5, atol=1e-5)

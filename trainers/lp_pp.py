@@ -31,7 +31,6 @@ Deviations (docs/METHODS.md, ## LP++): fp32 instead of the official fp16 end to 
 val set has S shots per class (ImageNet: S further training images), vlprompt's few-shot val split has
 ``min(S, 4)`` (CoOp's rule; ImageNet's val split is its test split, refused under the default policy).
 """
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -45,7 +44,7 @@ from vlprompt.engine.clip_trainer import ClipPromptTrainer
 from vlprompt.engine.methods import MethodCard
 from vlprompt.errors import UserRuntimeError
 from vlprompt.features.selection import make_epoch_selection_hook, selection_loader
-from vlprompt.features.training import FeatureEpochs, FeatureViewSource, run_seed
+from vlprompt.features.training import FeatureEpochs, FeatureViewSource
 
 ALPHA_GRADS = ("accumulated", "current")
 

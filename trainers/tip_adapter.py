@@ -8,7 +8,8 @@ normalised mean over ``AUGMENT_EPOCH`` augmented views of the raw few-shot featu
 
     logits = 100 f W^T + alpha * exp(-beta (1 - f F_train^T)) L
 
-``beta`` and ``alpha`` are searched on the validation split over the official grids
+``beta`` and ``alpha`` are searched on the selection split (``TEST.SELECTION_SPLIT``: the validation split by
+default, :mod:`vlprompt.features.selection`) over the official grids
 (``beta_i = i (SEARCH_SCALE[0] - 0.1) / SEARCH_STEP[0] + 0.1``, likewise alpha; the first grid point with the
 strictly best accuracy wins; starting from ``(0, 0)`` at accuracy 0, as the official ``search_hp``).
 **Tip-Adapter-F** fine-tunes the keys: ``adapter.weight`` (NK, d), initialised to ``F_train``, with
