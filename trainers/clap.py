@@ -169,7 +169,9 @@ class CLAP(FeatureEpochs, ClipPromptTrainer):
     """CLAP (``CONSTRAINT l2``) and ZS-LP (``CONSTRAINT none``) on stored features."""
 
     CARD = MethodCard(
-        config="vit_b16", protocols=("few_shot",), order=236, backbones=ANY_TOWERS, cfg_node="CLAP",
+        # domain generalisation: the ImageNet prototypes evaluated on the variants by class name (the paper's
+        # robustness table); no base-to-novel / cross-dataset: the prototypes are per training class
+        config="vit_b16", protocols=("few_shot", "domain_generalization"), order=236, backbones=ANY_TOWERS, cfg_node="CLAP",
         # official train.py defaults (INIT ZS, CONSTRAINT l2) and trainers/adapters.py (20 augmented views);
         # PREC fp32: the official image features are fp32 (clip_model.float()), see docs/METHODS.md
         cfg_defaults=dict(INIT="ZS", CONSTRAINT="l2", AUGMENT_VIEWS=20, CLEAN_CLASSNAMES=False, PREC="fp32"),
