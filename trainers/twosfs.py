@@ -316,7 +316,8 @@ class TwoSFS(ClipPromptTrainer):
         on entry); returns True when the stage changed."""
         if self.model.stage == 1 and self.count_iters >= self.stage1_iters:
             if not bool(self.model.twostage.head.initialised):
-                self.model.init_classifier()
+                with self.precision.autocast():  # official: encode_text under fp16 autocast
+                    self.model.init_classifier()
                 print("2SFS: stage 2: classifier initialised with the adapted text encoder's features")
             self.model.stage = 2
             return True
@@ -363,7 +364,8 @@ class TwoSFS(ClipPromptTrainer):
 
     def test(self, split=None):
         if not bool(self.model.twostage.head.initialised):  # a budget without stage-2 iterations
-            self.model.init_classifier()
+            with self.precision.autocast():
+                self.model.init_classifier()
         return super().test(split)
 
 
