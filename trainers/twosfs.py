@@ -25,7 +25,6 @@ Inference ("selective"): classes the classifier was trained on use their rows; o
 the adapted text encoder's feature of the template; the stacked classifier is normalised.
 """
 import json
-import math
 
 import torch
 import torch.nn as nn

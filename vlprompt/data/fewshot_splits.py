@@ -33,7 +33,7 @@ import os.path as osp
 import pickle
 import re
 import sys
-from collections import Counter, defaultdict
+from collections import Counter
 
 from vlprompt.errors import UserError
 
