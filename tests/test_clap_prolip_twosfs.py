@@ -1,4 +1,6 @@
 """CLAP, ProLIP and 2SFS: the official formulas, initialisations and which tensors learn (tiny backbones)."""
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -182,6 +184,7 @@ def test_twosfs_budget_source_follows_the_official_passes():
     class T:  # a trainer with a loader of 3 batches, budget 7 = 4 (stage 1) + 3 (stage 2), 2 engine epochs
         train_loader_x = ["a", "b", "c"]
         total_iters, stage1_iters, max_epoch, count_iters, _pass = 7, 4, 2, 0, None
+        precision = type("P", (), {"autocast": staticmethod(contextlib.nullcontext)})()
 
         def __init__(self):
             self.model = type("M", (), {"stage": 1, "twostage": type("S", (), {"head": Head()})(),
