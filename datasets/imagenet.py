@@ -29,6 +29,7 @@ from vlprompt.data.datasets import (
     DatasetBase,
     Datum,
     dataset_missing_error,
+    external_fewshot,
     load_or_make_fewshot,
     subsample_classes,
 )
@@ -110,7 +111,12 @@ class ImageNet(DatasetBase):
         train, test = self.build_items(index, classnames, classnames_file)
 
         num_shots = cfg.DATASET.NUM_SHOTS
-        if num_shots >= 1:
+        if num_shots >= 1 and external_fewshot(cfg):  # another codebase's exact few-shot files
+            from vlprompt.data.fewshot_splits import load_external_fewshot
+
+            train, _ = load_external_fewshot(self.split_fewshot_dir, num_shots, cfg.SEED, train, None,
+                                             self.image_dir, test)
+        elif num_shots >= 1:
             train, _ = load_or_make_fewshot(
                 self, self.split_fewshot_dir, num_shots, cfg.SEED, train, None, prefix=self.image_dir
             )

@@ -76,7 +76,7 @@ def _specs():
 SPECS = {s.name: s for s in _specs()}
 #: the methods of tests/test_families_methods_frozen.py (every other method: tests/test_families_methods.py)
 FROZEN_TOWER_METHODS = ("ZeroshotCLIP", "ZeroshotCLIP2", "LinearProbeCLIP", "CLIP_Adapter", "TipAdapter",
-                        "TipAdapterF", "CLIPLoRA", "LPPP", "GDA", "TaskRes")
+                        "TipAdapterF", "CLIPLoRA", "LPPP", "GDA", "TaskRes", "CLAP", "ProLIP")
 
 
 def shipped_switches(spec):

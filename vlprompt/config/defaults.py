@@ -60,6 +60,9 @@ _C.DATASET.CIFAR_C_LEVEL = 1
 _C.DATASET.ALL_AS_UNLABELED = False
 _C.DATASET.SUBSAMPLE_CLASSES = "all"  # CoOp's train.py adds this: all / base / new
 _C.DATASET.FOLDER = ""  # vlprompt: ImageFolder dataset, folder under ROOT holding class folders
+# vlprompt: "" = vlprompt's own few-shot draw; "jsonl" = the exact few-shot files of another codebase
+# (split_fewshot/shot_<S>-seed_<N>_<train|val>.jsonl, 2SFS's format; vlprompt.data.fewshot_splits)
+_C.DATASET.FEWSHOT_SPLITS = ""
 
 ###########################
 # Dataloader

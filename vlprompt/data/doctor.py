@@ -414,10 +414,11 @@ def _decode(v, info, root):
         v.found = (v.found + "; " if v.found else "") + f"{_n(n)} images decoded"
 
 
-def check_dataset(info, root, quick=False, verify=False, decode=False):
+def check_dataset(info, root, quick=False, verify=False, decode=False, fewshot_splits=False):
     """Return the :class:`Verdict` for one dataset (``info`` from the catalog).
 
-    ``verify``: compare with the install manifest; ``decode``: decode every image (both slow).
+    ``verify``: compare with the install manifest; ``decode``: decode every image (both slow);
+    ``fewshot_splits``: check the exact few-shot files of other codebases (:mod:`vlprompt.data.fewshot_splits`).
     """
     v = Verdict(info.name)
     ddir = info.dataset_path(root)
@@ -432,6 +433,8 @@ def check_dataset(info, root, quick=False, verify=False, decode=False):
             _verify(v, info, root)
         if decode:
             _decode(v, info, root)
+        if fewshot_splits:
+            _fewshot_splits(v, info, root)
     except OSError as e:  # unreadable files, permissions: report, do not crash the whole table
         v.worsen(PROBLEM, f"cannot read: {e}")
     if v.status == OK:
@@ -439,9 +442,28 @@ def check_dataset(info, root, quick=False, verify=False, decode=False):
     return v
 
 
-def check_all(root, names=None, quick=False, verify=False, decode=False):
+def _fewshot_splits(v, info, root):
+    """``split_fewshot/shot_<S>-seed_<N>_<train|val>.jsonl``: every image in its split, labels and class
+    names as the split's, the shot counts; no such file is a warning (they are optional)."""
+    from vlprompt.data.fewshot_splits import GET_2SFS, doctor_findings
+
+    if not info.split_file:
+        v.details.append("[ok] few-shot split files: not checked (no split file)")
+        return
+    for status, message in doctor_findings(root, info.name):
+        if status == "ok":
+            v.details.append(f"[ok] {message}")
+        elif status == "missing":
+            v.worsen(WARN, f"few-shot split files: {message}", f"for exact few-shot splits get {GET_2SFS}")
+        else:
+            v.worsen(PROBLEM if status == "problem" else WARN, message,
+                     "replace the file (it does not fit this dataset's split), or run without DATASET.FEWSHOT_SPLITS")
+
+
+def check_all(root, names=None, quick=False, verify=False, decode=False, fewshot_splits=False):
     infos = [get_info(n) for n in names] if names else list(DATASETS.values())
-    return [check_dataset(info, root, quick, verify=verify, decode=decode) for info in infos]
+    return [check_dataset(info, root, quick, verify=verify, decode=decode, fewshot_splits=fewshot_splits)
+            for info in infos]
 
 
 def format_table(verdicts, root):
@@ -490,13 +512,17 @@ def main(argv=None):
                         help="check every installed file against the install manifest (size + CRC-32)")
     parser.add_argument("--decode", action="store_true",
                         help="decode every image; report truncated/corrupt ones by name (slow)")
+    parser.add_argument("--fewshot-splits", action="store_true",
+                        help="also check the exact few-shot split files of other codebases "
+                             "(split_fewshot/shot_<S>-seed_<N>_<train|val>.jsonl, DATASET.FEWSHOT_SPLITS jsonl)")
     args = parser.parse_args(argv)
 
     names = [n for item in args.dataset for n in item.split(",") if n.strip()]
     _PROGRESS["on"] = args.verify or args.decode
     try:
         try:
-            verdicts = check_all(args.root, names or None, quick=args.quick, verify=args.verify, decode=args.decode)
+            verdicts = check_all(args.root, names or None, quick=args.quick, verify=args.verify, decode=args.decode,
+                                 fewshot_splits=args.fewshot_splits)
         finally:
             _PROGRESS["on"] = False
     except KeyError as e:

@@ -3,6 +3,7 @@ from .base_dataset import (
     Datum,
     DatasetBase,
     dataset_missing_error,
+    external_fewshot,
     load_or_make_fewshot,
     read_and_split_data,
     read_split,

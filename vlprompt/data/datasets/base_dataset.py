@@ -14,6 +14,7 @@ from vlprompt.errors import InvalidValueError
 
 __all__ = [
     "Datum",
+    "external_fewshot",
     "DatasetBase",
     "read_split",
     "save_split",
@@ -178,7 +179,14 @@ class DatasetBase:
         JSON cache under ``self.split_fewshot_dir``, paths relative to ``prefix``), then the base/new
         half (``DATASET.SUBSAMPLE_CLASSES``), then ``DatasetBase.__init__``."""
         num_shots = cfg.DATASET.NUM_SHOTS
-        if num_shots >= 1:
+        if num_shots >= 1 and external_fewshot(cfg):
+            from vlprompt.data.fewshot_splits import load_external_fewshot
+
+            own_val = val
+            train, val = load_external_fewshot(self.split_fewshot_dir, num_shots, cfg.SEED, train, val, prefix, test)
+            if val is None and own_val is not None:  # no val file: vlprompt's own validation draw
+                val = self.generate_fewshot_dataset(own_val, num_shots=min(num_shots, 4))
+        elif num_shots >= 1:
             train, val = load_or_make_fewshot(
                 self, self.split_fewshot_dir, num_shots, cfg.SEED, train, val, prefix=prefix
             )
@@ -197,6 +205,16 @@ class DatasetBase:
     @staticmethod
     def save_split(train, val, test, filepath, path_prefix):
         return save_split(train, val, test, filepath, path_prefix)
+
+
+def external_fewshot(cfg):
+    """True when ``DATASET.FEWSHOT_SPLITS`` names external few-shot files (``jsonl``); a user error for
+    another value."""
+    value = str(cfg.DATASET.get("FEWSHOT_SPLITS", "") or "")
+    if value not in ("", "jsonl"):
+        raise InvalidValueError(f"DATASET.FEWSHOT_SPLITS must be '' (vlprompt's draw) or 'jsonl' (split_fewshot/"
+                                f"shot_<S>-seed_<N>_<train|val>.jsonl files), got '{value}'")
+    return value == "jsonl"
 
 
 def dataset_missing_error(name, path, what="dataset folder"):
