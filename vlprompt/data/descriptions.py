@@ -45,6 +45,9 @@ __all__ = [
     "git_blob_sha1",
     "read_description_file",
     "load_descriptions",
+    "descriptions_where",
+    "register_descriptions",
+    "user_descriptions_path",
     "class_descriptions",
     "download_descriptions",
     "check_descriptions",
@@ -205,10 +208,46 @@ def read_description_file(path):
     return table
 
 
-def load_descriptions(root, source, dataset_name):
+_BUILT_IN = {}  # DATASET.NAME -> {class name: [sentences]} contributed by code (the toy world)
+
+
+def register_descriptions(dataset_name, table):
+    """Class descriptions that a module generates itself (the toy world's, :mod:`vlprompt.toy.descriptions`);
+    they are used for ``dataset_name`` whatever the source, since no published file covers it."""
+    for name, sentences in table.items():
+        if not isinstance(sentences, (list, tuple)) or not sentences:
+            raise InvalidValueError(f'descriptions of "{name}" for {dataset_name} must be a non-empty list')
+    _BUILT_IN[dataset_name] = {k: list(v) for k, v in table.items()}
+
+
+def user_descriptions_path(root, dataset_name, folder=""):
+    """Where a dataset no published source covers (a user's ImageFolder, a new dataset) takes its class
+    descriptions from: ``DATA/descriptions/user/<DATASET.FOLDER or DATASET.NAME>.json``, written by the user
+    in the same format (``{class name: [sentences]}``)."""
+    key = str(folder).strip("/").replace("/", "_") if folder else str(dataset_name)
+    return osp.join(osp.abspath(osp.expanduser(root or ".")), FOLDER, "user", f"{key}.json")
+
+
+def covers(source, dataset_name):
+    return dataset_name in _source(source).files
+
+
+def load_descriptions(root, source, dataset_name, folder=""):
     """The description table of ``dataset_name`` from ``source`` under the data root ``root``.
 
-    A missing file raises one clear error naming the file and the download command."""
+    Datasets the source does not cover: the toy world's built-in descriptions, else the user's file
+    (:func:`user_descriptions_path`). A missing file raises one clear error naming the file and the
+    download command (or, for a user's file, the format to write)."""
+    if dataset_name in _BUILT_IN:
+        return dict(_BUILT_IN[dataset_name])
+    if not covers(source, dataset_name):
+        path = user_descriptions_path(root, dataset_name, folder)
+        if not osp.isfile(path):
+            raise UserPathNotFoundError(
+                f"class descriptions file {path} not found: the {source} descriptions do not cover dataset "
+                f"{dataset_name}; write one there ({{class name: [sentences]}}, docs/DATASETS.md)"
+            )
+        return read_description_file(path)
     path = description_path(root, source, dataset_name)
     if not osp.isfile(path):
         raise UserPathNotFoundError(
@@ -216,6 +255,15 @@ def load_descriptions(root, source, dataset_name):
             f"fetch them with: {download_command(root, _source(source).name)}"
         )
     return read_description_file(path)
+
+
+def descriptions_where(root, source, dataset_name, folder=""):
+    """The file (or "built-in") :func:`load_descriptions` reads, for messages."""
+    if dataset_name in _BUILT_IN:
+        return f"the built-in descriptions of {dataset_name}"
+    if not covers(source, dataset_name):
+        return user_descriptions_path(root, dataset_name, folder)
+    return description_path(root, source, dataset_name)
 
 
 def _lookup(table):

@@ -442,14 +442,14 @@ class SimpleTrainer(TrainerBase):
             return contextlib.nullcontext()
         from vlprompt.clip.blocks import ZERO_SHOT_TEXT_MODES, zero_shot_text
         from vlprompt.config import ConfigError
-        from vlprompt.data.descriptions import class_descriptions, description_path, load_descriptions
+        from vlprompt.data.descriptions import class_descriptions, descriptions_where, load_descriptions
 
         if mode not in ZERO_SHOT_TEXT_MODES:
             raise ConfigError(f"MODEL.ZERO_SHOT_TEXT must be one of {ZERO_SHOT_TEXT_MODES}, got '{mode}'")
         cfg = self.cfg
         source = str(cfg.MODEL.DESCRIPTIONS)
-        table = load_descriptions(cfg.DATASET.ROOT, source, cfg.DATASET.NAME)
-        where = description_path(cfg.DATASET.ROOT, source, cfg.DATASET.NAME)
+        table = load_descriptions(cfg.DATASET.ROOT, source, cfg.DATASET.NAME, cfg.DATASET.FOLDER)
+        where = descriptions_where(cfg.DATASET.ROOT, source, cfg.DATASET.NAME, cfg.DATASET.FOLDER)
         print(f"Zero-shot class text: {mode} ({source} descriptions from {where})")
         return zero_shot_text(mode, lambda names: class_descriptions(table, names, where))
 
