@@ -219,9 +219,8 @@ class CoPrompt(ClipPromptTrainer):
     def convert_legacy_state_dict(self, state_dict):
         """Official checkpoints hold the whole CustomCLIP: keep ``prompt_learner.*`` (unprefixed) and the two
         adapters (``adapter_image.*``, ``adapter_text.*``, kept as they are)."""
-        own = set(self.learnable_module().state_dict().keys())
-        if own & set(state_dict):
-            return state_dict
+        if not any(k.startswith("prompt_learner.") for k in state_dict):
+            return state_dict  # a vlprompt checkpoint (the learner's own keys)
         out = {}
         for k, v in state_dict.items():
             if k.startswith("prompt_learner."):
