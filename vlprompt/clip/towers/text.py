@@ -166,13 +166,18 @@ def encode_class_texts(clip_model, classnames, templates, device=None, chunk_siz
 
 @torch.no_grad()
 def encode_sentences(clip_model, sentences, device=None, chunk_size=256):
-    """L2-normalised features (n, d) fp32 of ``sentences`` (plain strings), with the model's tokenizer."""
+    """L2-normalised features (n, d) fp32 of ``sentences`` (plain strings), with the model's tokenizer and
+    text encoder (equal to open_clip's ``encode_text``; causal towers run only up to the longest sentence's
+    EOT, which matters for long description lists)."""
+    from . import prompted_text_encoder
+
     if device is None:
         device = next(clip_model.parameters()).device
+    encoder = prompted_text_encoder(clip_model)
     feats = []
     for i in range(0, len(sentences), chunk_size):
         tokens = tokenize(list(sentences[i:i + chunk_size]), model=clip_model).to(device)
-        feats.append(clip_model.encode_text(tokens).float())
+        feats.append(encoder.encode_tokens(tokens).float())
     return F.normalize(torch.cat(feats), dim=-1)
 
 
