@@ -21,6 +21,7 @@ from vlprompt.data.datasets import (
     read_split,
 )
 from vlprompt.toy import templates as _toy_templates  # noqa: F401  (registers the toy templates)
+from vlprompt.toy import descriptions as _toy_descriptions  # noqa: F401  (registers the toy class descriptions)
 from vlprompt.toy.data import TOY_DATASETS, ensure_toy_dataset, split_file_name
 from vlprompt.errors import InvalidValueError
 

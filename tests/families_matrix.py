@@ -32,7 +32,7 @@ TOWERS = {
 }
 #: image-tower class names of the towers without vision prompts
 NO_PROMPTS = {"test-rn-tiny": "ModifiedResNet", "test-timm-resnet-tiny": "ResNet"}
-DEEP_VISION = ("VPT", "IVLP", "MaPLe", "MuDPT", "UMuDPT", "APLe", "PromptSRC")
+DEEP_VISION = ("VPT", "IVLP", "MaPLe", "MuDPT", "UMuDPT", "APLe", "PromptSRC", "CoPrompt")
 #: MMRL's refusal on transformer towers that do not take inserted tokens
 _MMRL_TOWERS = ("MMRL inserts its tokens into the towers of open_clip's CLIP class; .* do not take inserted "
                 "tokens; supported backbones: open_clip CLIP ViTs")
@@ -129,8 +129,11 @@ def cases(frozen_group):
 def data_root(tmp_path_factory):
     from tests.helpers import make_image_folder
 
+    from tests.helpers import write_user_descriptions
+
     root = tmp_path_factory.mktemp("families_methods")
-    make_image_folder(str(root / "five"), n_classes=5, n_per_class=4)
+    names = make_image_folder(str(root / "five"), n_classes=5, n_per_class=4)
+    write_user_descriptions(str(root), "five", names)  # for the methods that read class descriptions
     return root
 
 
@@ -160,9 +163,10 @@ def _build(spec, family, data_root, out, opts):
         restore_stdout()
 
 
-def _batch():
+def _batch(views=1):
     g = torch.Generator().manual_seed(0)
-    return {"img": torch.randn(2, 3, 224, 224, generator=g), "label": torch.tensor([0, 3]),
+    img = [torch.randn(2, 3, 224, 224, generator=g) for _ in range(views)]
+    return {"img": img[0] if views == 1 else img, "label": torch.tensor([0, 3]),
             "domain": torch.zeros(2, dtype=torch.long), "impath": [""] * 2, "index": torch.arange(2)}
 
 
@@ -192,7 +196,7 @@ def check_case(method, family, label, opts, data_root, tmp_path, capsys):
         frozen = {n: p.detach().clone() for n, p in t.model.named_parameters() if not p.requires_grad}
         t.set_model_mode("train")
         t.epoch, t.batch_idx, t.num_batches = 0, 0, 2
-        summary = t.forward_backward(batch)
+        summary = t.forward_backward(_batch(spec.views))  # K augmented views where the card reads K
         assert summary and all(torch.isfinite(torch.tensor(v)) for v in summary.values())
         changed = [n for n, p in module.named_parameters() if not torch.equal(p.detach(), before[n])]
         assert changed, "one step changed no learnable tensor"
@@ -213,4 +217,4 @@ def check_case(method, family, label, opts, data_root, tmp_path, capsys):
 #: the methods the table covers (a newly registered method is checked by the generic rule above)
 KNOWN = {"ZeroshotCLIP", "ZeroshotCLIP2", "CoOp", "CoCoOp", "VPT", "IVLP", "MaPLe", "MuDPT", "UMuDPT", "APLe",
          "KgCoOp", "ProGrad", "PromptSRC", "TCP", "LinearProbeCLIP", "CLIP_Adapter", "TipAdapter", "TipAdapterF",
-         "CLIPLoRA", "MMRL"}
+         "CLIPLoRA", "MMRL", "CoPrompt"}

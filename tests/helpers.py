@@ -34,6 +34,20 @@ def make_image_folder(root, n_classes=5, n_per_class=10, size=32, seed=0, class_
     return names
 
 
+def write_user_descriptions(root, folder, names, per_class=3):
+    """Fabricated class descriptions of an ImageFolder dataset, where vlprompt looks for a user's file
+    (``root/descriptions/user/<folder>.json``, the CoPrompt/CuPL format); ``per_class`` sentences per class."""
+    import json
+
+    path = osp.join(root, "descriptions", "user", f"{folder}.json")
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    table = {n.replace("_", " "): [f"a {n.replace('_', ' ')} seen in picture number {i}." for i in range(per_class)]
+             for n in names}
+    with open(path, "w") as f:
+        json.dump(table, f)
+    return path
+
+
 def make_cfg(root, trainer="", folder="", output_dir="", opts=None, backbone="test-vit-tiny"):
     """A config for the ImageFolder dataset with CoOp-like settings, small and fast."""
     cfg = get_cfg_default()

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import train as train_mod
-from tests.helpers import make_cfg, make_image_folder
+from tests.helpers import make_cfg, make_image_folder, write_user_descriptions
 from vlprompt.engine import LAST_CHECKPOINT, TRAINER_REGISTRY, build_trainer
 from vlprompt.engine.methods import load_plugins, method_specs
 from vlprompt.utils import load_checkpoint, restore_stdout
@@ -33,8 +33,11 @@ TRAINABLE = [s for s in ALL if not s.eval_only]
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("contract")
-    make_image_folder(str(root / "five"), n_classes=5, n_per_class=4)
-    make_image_folder(str(root / "three"), n_classes=3, n_per_class=4, seed=3, class_prefix="other")
+    five = make_image_folder(str(root / "five"), n_classes=5, n_per_class=4)
+    three = make_image_folder(str(root / "three"), n_classes=3, n_per_class=4, seed=3, class_prefix="other")
+    # class descriptions for the methods that read them (vlprompt.data.descriptions: a user's dataset's file)
+    for folder, names in (("five", five), ("three", three)):
+        write_user_descriptions(str(root), folder, names)
     return root
 
 
@@ -52,9 +55,10 @@ def _trainer(spec, data_root, out, folder="five", extra=()):
         restore_stdout()
 
 
-def _batch(n=4, k=5):
+def _batch(n=4, k=5, views=1):
     g = torch.Generator().manual_seed(0)
-    return {"img": torch.randn(n, 3, 224, 224, generator=g), "label": torch.arange(n) % k,
+    img = [torch.randn(n, 3, 224, 224, generator=g) for _ in range(views)]
+    return {"img": img[0] if views == 1 else img, "label": torch.arange(n) % k,
             "domain": torch.zeros(n, dtype=torch.long), "impath": [""] * n, "index": torch.arange(n)}
 
 
@@ -84,7 +88,7 @@ def test_one_step_updates_exactly_the_learnable_tensors(spec, data_root, tmp_pat
     before = {n: p.detach().clone() for n, p in module.named_parameters()}
     t.set_model_mode("train")
     t.epoch, t.batch_idx, t.num_batches = 0, 0, 2
-    summary = t.forward_backward(_batch())
+    summary = t.forward_backward(_batch(views=spec.views))  # K augmented views where the card reads K
     assert "loss" in summary and all(isinstance(v, float) for v in summary.values())
     changed = [n for n, p in module.named_parameters() if not torch.equal(p.detach(), before[n])]
     with_grad = [n for n, p in module.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0]

@@ -21,7 +21,7 @@ import os.path as osp
 import pytest
 import torch
 
-from tests.helpers import GOLDEN, make_cfg, make_image_folder
+from tests.helpers import GOLDEN, make_cfg, make_image_folder, write_user_descriptions
 from vlprompt.engine import TRAINER_REGISTRY, build_trainer
 from vlprompt.engine.methods import load_plugins, method_specs
 from vlprompt.utils import restore_stdout
@@ -38,13 +38,16 @@ STRICT, CROSS_KERNEL = 1e-6, 1e-4
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("gold")
-    make_image_folder(str(root / "five"), n_classes=5, n_per_class=4)
+    names = make_image_folder(str(root / "five"), n_classes=5, n_per_class=4)
+    write_user_descriptions(str(root), "five", names)  # for the methods that read class descriptions
     return root
 
 
-def _fixed_batch():
+def _fixed_batch(views=1):
     g = torch.Generator().manual_seed(0)
     img = torch.randn(4, 3, 224, 224, generator=g)
+    if views > 1:  # a method that reads K augmented views (its card's views): K fixed tensors, view 0 first
+        img = [img] + [torch.randn(4, 3, 224, 224, generator=g) for _ in range(views - 1)]
     return {"img": img, "label": torch.tensor([0, 1, 2, 3]), "domain": torch.zeros(4, dtype=torch.long),
             "impath": [""] * 4, "index": torch.arange(4)}
 
@@ -63,10 +66,10 @@ def _pins_of(name, data_root, out):
         trainer = build_trainer(cfg)
     finally:
         restore_stdout()
-    batch = _fixed_batch()
+    batch = _fixed_batch(spec.views)
     trainer.set_model_mode("eval")
     with torch.no_grad():
-        logits = trainer.model_inference(batch["img"]).float()
+        logits = trainer.model_inference(_fixed_batch()["img"]).float()
     pins = {"logits": logits.flatten().tolist()}
     if spec.eval_only:
         return pins

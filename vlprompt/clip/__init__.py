@@ -24,3 +24,4 @@ from .prompt_learner import CLASS_DERIVED_KEYS, ClassPromptLearner, drop_class_d
 from .precision import PRECISIONS, Precision, convert_clip_to_fp16, resolve_precision
 from .errors import ArgError
 from .blocks import PromptedCLIP, DeepPromptedCLIP, IndependentPrompts, VisionPrompts, ZeroShotHead, prompt_geometry, require_vit
+from .blocks import ZERO_SHOT_TEXT_MODES, zero_shot_text

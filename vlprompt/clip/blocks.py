@@ -15,6 +15,9 @@ Learner protocol (all optional except as noted): ``text_prompts() -> (prompts (K
 [J_v-1 x (N, d_v)])``; ``set_classnames(names)``. A learner without ``text_prompts`` gets its text
 features from a :class:`ZeroShotHead`.
 """
+import contextlib
+import contextvars
+
 import torch
 import torch.nn as nn
 
@@ -23,9 +26,10 @@ from .errors import ArgError
 from .prompt_init import clean_classname, init_text_context, random_deep_prompts, random_prompt
 from .prompt_learner import ClassPromptLearner
 from .prompted import TextFeatureCache, check_prompt_config, normalized_logits
-from .towers import encode_class_texts, prompted_encoders, prompted_vision_encoder
+from .towers import encode_class_sentences, encode_class_texts, prompted_encoders, prompted_vision_encoder
 
-__all__ = ["PromptedCLIP", "ArgError", "require_vit", "prompt_geometry", "ZeroShotHead", "DeepPromptedCLIP"]
+__all__ = ["PromptedCLIP", "ArgError", "require_vit", "prompt_geometry", "ZeroShotHead", "DeepPromptedCLIP",
+           "ZERO_SHOT_TEXT_MODES", "zero_shot_text"]
 
 
 def require_vit(clip_model, method="This method"):
@@ -130,6 +134,29 @@ class PromptedCLIP(nn.Module):
         return out
 
 
+#: what a zero-shot head's class text is made of: the templates (CLIP's ensembling, the default), the
+#: class descriptions (CuPL's ensembling), or both pooled (every sentence of a class averaged together)
+ZERO_SHOT_TEXT_MODES = ("templates", "descriptions", "both")
+_TEXT_SOURCE = contextvars.ContextVar("vlprompt_zero_shot_text", default=None)
+
+
+@contextlib.contextmanager
+def zero_shot_text(mode, describe=None):
+    """Every :class:`ZeroShotHead` built inside the block takes its class text from ``mode`` (one of
+    :data:`ZERO_SHOT_TEXT_MODES`); ``describe(classnames) -> [[sentence, ...] per class]`` gives the class
+    descriptions (needed unless ``mode`` is "templates"). The engine opens it around ``build_model`` when
+    ``MODEL.ZERO_SHOT_TEXT`` is not "templates", so every method's zero-shot head follows the one key."""
+    if mode not in ZERO_SHOT_TEXT_MODES:
+        raise ArgError("zero_shot_text", f"must be one of {ZERO_SHOT_TEXT_MODES}, got {mode!r}")
+    if mode != "templates" and describe is None:
+        raise ArgError("describe", f'zero-shot text "{mode}" needs the class descriptions')
+    token = _TEXT_SOURCE.set((mode, describe))
+    try:
+        yield
+    finally:
+        _TEXT_SOURCE.reset(token)
+
+
 class ZeroShotHead(nn.Module):
     """Zero-shot CLIP classifier from hand-crafted templates, for the current class list.
 
@@ -138,15 +165,28 @@ class ZeroShotHead(nn.Module):
         classnames: K class names (``_`` reads as a space).
         templates: one template with ``{}`` or a list (features averaged over templates, CLIP's
             prompt ensembling).
+        text_mode / describe: what the class text is made of (:data:`ZERO_SHOT_TEXT_MODES`) and the class
+            descriptions (``describe(classnames) -> [[sentence, ...] per class]``). Left out, they are
+            those of the enclosing :func:`zero_shot_text` block, else "templates". "descriptions": each
+            class's feature is the normalised mean of its descriptions' normalised features (CuPL);
+            "both": of its formatted templates' and its descriptions' features together.
 
     :meth:`text_features` (K, d) are L2-normalised, computed at the first use for the current class
     list on the model's device and dropped by :meth:`set_classnames`; they live in a non-persistent
     buffer, so checkpoints never hold them.
     """
 
-    def __init__(self, clip_model, classnames, templates):
+    def __init__(self, clip_model, classnames, templates, text_mode=None, describe=None):
         super().__init__()
         object.__setattr__(self, "_clip_model", clip_model)
+        if text_mode is None:
+            text_mode, describe = _TEXT_SOURCE.get() or ("templates", None)
+        if text_mode not in ZERO_SHOT_TEXT_MODES:
+            raise ArgError("text_mode", f"must be one of {ZERO_SHOT_TEXT_MODES}, got {text_mode!r}")
+        if text_mode != "templates" and describe is None:
+            raise ArgError("describe", f'zero-shot text "{text_mode}" needs the class descriptions')
+        self.text_mode = text_mode
+        object.__setattr__(self, "_describe", describe)
         templates = [templates] if isinstance(templates, str) else list(templates)
         for t in templates:
             if "{}" not in t:
@@ -163,12 +203,21 @@ class ZeroShotHead(nn.Module):
             raise ArgError("classnames", "the class list is empty")
         self.classnames = [clean_classname(c) for c in classnames]
         self.features = None
+        # the descriptions are looked up at once, so a class without any is reported when the head is built
+        self.class_sentences = self._describe(classnames) if self.text_mode != "templates" else None
 
     @torch.no_grad()
     def text_features(self):
         """(K, d) L2-normalised zero-shot text features of the current class list."""
         if self.features is None:
-            self.features = encode_class_texts(self._clip_model, self.classnames, self.templates)
+            if self.text_mode == "templates":
+                self.features = encode_class_texts(self._clip_model, self.classnames, self.templates)
+            else:
+                sentences = self.class_sentences
+                if self.text_mode == "both":
+                    sentences = [[t.format(c) for t in self.templates] + list(d)
+                                 for c, d in zip(self.classnames, sentences)]
+                self.features = encode_class_sentences(self._clip_model, sentences)
         return self.features
 
     @torch.no_grad()

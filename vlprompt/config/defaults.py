@@ -101,6 +101,12 @@ _C.MODEL.BACKBONE.PATH = ""
 _C.MODEL.BACKBONE.PRETRAINED_TAG = ""
 _C.MODEL.BACKBONE.CACHE_DIR = ""
 _C.MODEL.BACKBONE.RANDOM_INIT = False
+# vlprompt: the class text of every zero-shot head (ZeroshotCLIP and every method's zero-shot head or
+# teacher): "templates" (the hand-crafted templates), "descriptions" (LLM class descriptions, CuPL's
+# ensembling) or "both"; DESCRIPTIONS names their source under DATASET.ROOT/descriptions ("cupl" or
+# "coprompt"; fetched by python -m vlprompt.data.download descriptions). docs/METHODS.md, docs/DATASETS.md.
+_C.MODEL.ZERO_SHOT_TEXT = "templates"
+_C.MODEL.DESCRIPTIONS = "cupl"
 _C.MODEL.HEAD = CN()
 _C.MODEL.HEAD.NAME = ""
 _C.MODEL.HEAD.HIDDEN_LAYERS = ()

@@ -1,4 +1,6 @@
 """``DataManager``, ``DatasetWrapper`` and ``build_data_loader`` (Dassl's data_manager)."""
+import functools
+
 import torch
 import torchvision.transforms as T
 from torch.utils.data import Dataset as TorchDataset
@@ -52,8 +54,15 @@ def build_data_loader(cfg, sampler_type="SequentialSampler", data_source=None, b
 class DataManager:
     """Builds the dataset of ``cfg.DATASET.NAME``, its transforms and loaders."""
 
-    def __init__(self, cfg, custom_tfm_train=None, custom_tfm_test=None, dataset_wrapper=None):
+    def __init__(self, cfg, custom_tfm_train=None, custom_tfm_test=None, dataset_wrapper=None, train_views=1):
+        """``train_views``: the augmented views of each training image the trainer reads (at least
+        ``DATALOADER.K_TRANSFORMS`` are made; with more than one, a training batch's ``"img"`` is a list of
+        that many independently augmented (B, C, H, W) tensors, view 0 first; test loaders give one)."""
         dataset = build_dataset(cfg)
+        wrapper = dataset_wrapper if dataset_wrapper is not None else DatasetWrapper
+        train_wrapper = wrapper
+        if int(train_views) > 1:
+            train_wrapper = functools.partial(wrapper, min_views=int(train_views))
 
         if custom_tfm_train is None:
             tfm_train = build_transform(cfg, is_train=True)
@@ -69,7 +78,7 @@ class DataManager:
         train_loader_x = build_data_loader(
             cfg, sampler_type=cfg.DATALOADER.TRAIN_X.SAMPLER, data_source=dataset.train_x,
             batch_size=cfg.DATALOADER.TRAIN_X.BATCH_SIZE, n_domain=cfg.DATALOADER.TRAIN_X.N_DOMAIN,
-            n_ins=cfg.DATALOADER.TRAIN_X.N_INS, tfm=tfm_train, is_train=True, dataset_wrapper=dataset_wrapper,
+            n_ins=cfg.DATALOADER.TRAIN_X.N_INS, tfm=tfm_train, is_train=True, dataset_wrapper=train_wrapper,
         )
         train_loader_u = None
         if dataset.train_u:
@@ -80,7 +89,7 @@ class DataManager:
                 sampler_type_, batch_size_, n_domain_, n_ins_ = x.SAMPLER, x.BATCH_SIZE, x.N_DOMAIN, x.N_INS
             train_loader_u = build_data_loader(
                 cfg, sampler_type=sampler_type_, data_source=dataset.train_u, batch_size=batch_size_,
-                n_domain=n_domain_, n_ins=n_ins_, tfm=tfm_train, is_train=True, dataset_wrapper=dataset_wrapper,
+                n_domain=n_domain_, n_ins=n_ins_, tfm=tfm_train, is_train=True, dataset_wrapper=train_wrapper,
             )
         val_loader = None
         if dataset.val:
@@ -143,12 +152,13 @@ class DataManager:
 class DatasetWrapper(TorchDataset):
     """Items as dicts ``{"label", "domain", "impath", "index", "img"[, "img2"...][, "img0"]}``."""
 
-    def __init__(self, cfg, data_source, transform=None, is_train=False):
+    def __init__(self, cfg, data_source, transform=None, is_train=False, min_views=1):
         self.cfg = cfg
         self.data_source = data_source
         self.transform = transform
         self.is_train = is_train
-        self.k_tfm = cfg.DATALOADER.K_TRANSFORMS if is_train else 1
+        # K augmented views of each training image: DATALOADER.K_TRANSFORMS, raised to what the trainer reads
+        self.k_tfm = max(int(cfg.DATALOADER.K_TRANSFORMS), int(min_views)) if is_train else 1
         self.return_img0 = cfg.DATALOADER.RETURN_IMG0
         if self.k_tfm > 1 and transform is None:
             raise ValueError(f"Cannot augment the image {self.k_tfm} times because transform is None")

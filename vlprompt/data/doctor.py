@@ -2,6 +2,7 @@
 
     python -m vlprompt.data.doctor --root DATA [--dataset NAME ...] [--quick] [--strict] [--json]
                                    [--verify] [--decode]
+    python -m vlprompt.data.doctor --root DATA --dataset descriptions   (class-description files)
 
 For every dataset (or the ones named with ``--dataset``; registry or yaml names) it checks the
 folder layout, that the split file exists, parses and points at existing images, and compares class
@@ -518,6 +519,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     names = [n for item in args.dataset for n in item.split(",") if n.strip()]
+    if any(n.strip().lower() == "descriptions" for n in names):  # the class-description files
+        if len(names) > 1:
+            print("Error: check the class descriptions in a command of their own (--dataset descriptions)",
+                  file=sys.stderr)
+            return 2
+        return _descriptions_main(args)
     _PROGRESS["on"] = args.verify or args.decode
     try:
         try:
@@ -535,6 +542,25 @@ def main(argv=None):
         if not names and any(v.status == MISSING for v in verdicts):
             print("\n(datasets that are not installed do not count as failures unless named with --dataset)")
     return exit_code(verdicts, requested=bool(names), strict=args.strict)
+
+
+def _descriptions_main(args):
+    """``--dataset descriptions``: every class-description file (vlprompt.data.descriptions)."""
+    from vlprompt.data.descriptions import check_descriptions
+
+    rows = check_descriptions(args.root)
+    if args.json:
+        print(json.dumps([{"file": f, "status": s, "found": m} for s, f, m in rows], indent=2))
+    else:
+        w = max(len(f) for _, f, _ in rows)
+        print(f"Class descriptions under {osp.join(osp.abspath(osp.expanduser(args.root)), 'descriptions')}\n")
+        print(f"{'FILE':<{w}}  {'STATUS':<7}  FOUND")
+        for s, f, m in rows:
+            print(f"{f:<{w}}  {s:<7}  {m}")
+    statuses = {s for s, _, _ in rows}
+    if PROBLEM in statuses or (MISSING in statuses and all(s == MISSING for s in statuses)):
+        return 1
+    return 1 if args.strict and statuses - {OK} else 0
 
 
 if __name__ == "__main__":

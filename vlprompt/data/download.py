@@ -5,6 +5,7 @@
                                      [--endpoint URL]
     python -m vlprompt.data.download --all --root DATA [--source ...]
     python -m vlprompt.data.download --list
+    python -m vlprompt.data.download descriptions[:coprompt|:cupl] --root DATA   (class descriptions)
     python -m vlprompt.data.download --inspect-mirror REPO [--repo-type model|dataset] [--revision REV]
 
 NAME is a registry or yaml name (``DescribableTextures`` or ``dtd``), or ``all`` (same as ``--all``).
@@ -844,6 +845,22 @@ def main(argv=None, fetcher=fetch_url, hub=None):
     fetch_all = args.all or args.names == ["all"]
     if (not args.names and not args.all) or not args.root:
         parser.error("give dataset name(s) or --all, and --root (or --list)")
+    from vlprompt.data.descriptions import download_descriptions, parse_download_name
+
+    wanted = [parse_download_name(n) for n in args.names]
+    if any(w is not None for w in wanted):  # class descriptions (vlprompt.data.descriptions)
+        if not all(w is not None for w in wanted) or fetch_all:
+            parser.error("fetch class descriptions in a command of their own (descriptions[:SOURCE] --root DATA)")
+        sources = [s for w in wanted for s in w]
+        try:
+            done = download_descriptions(args.root, sources, fetcher=fetcher, timeout=args.timeout)
+        except DownloadError as e:
+            print(f"Error: {e}", file=sys.stderr)
+            return EXIT_FAILED
+        for src, files in done.items():
+            print(f"{src}: {len(files)} description file(s) in place, verified")
+        print(f"Check them any time with: python -m vlprompt.data.doctor --root {args.root} --dataset descriptions")
+        return EXIT_OK
     try:
         infos = list(DATASETS.values()) if fetch_all else [get_info(n) for n in args.names]
     except KeyError as e:

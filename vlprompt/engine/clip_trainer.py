@@ -207,7 +207,17 @@ class ClipPromptTrainer(TrainerX):
     # -------------------------------------------------------------------------------------------
 
     def parse_batch_train(self, batch):
-        image = batch["img"].to(self.device)
+        """``(image, label)``; for a method whose card reads K > 1 views (``views``), ``image`` is the list
+        of the K augmented views (view 0 first), each on the device."""
+        image = batch["img"]
+        if isinstance(image, (list, tuple)):
+            views = self.train_views()
+            if views == 1:  # DATALOADER.K_TRANSFORMS > 1 for a method that reads one view: the first
+                image = image[0].to(self.device)
+            else:
+                image = [v.to(self.device) for v in image[:views]]
+        else:
+            image = image.to(self.device)
         label = batch["label"].to(self.device)
         return image, label
 

@@ -418,7 +418,8 @@ class SimpleTrainer(TrainerBase):
         self._time_created = time.time()
         self.build_data_loader()
         self.register_engine_hooks()
-        self.build_model()
+        with self.zero_shot_text_source():
+            self.build_model()
         if dist_info()[1] > 1:
             from .distributed import sync_learnable_parameters
 
@@ -430,8 +431,37 @@ class SimpleTrainer(TrainerBase):
     def check_cfg(self, cfg):
         """Hook to check cfg before it is stored (receives cfg; ``self.cfg`` does not exist yet)."""
 
+    def zero_shot_text_source(self):
+        """The class text of every zero-shot head built by :meth:`build_model` (``MODEL.ZERO_SHOT_TEXT``:
+        "templates" leaves the heads as they are; "descriptions" / "both" read the ``MODEL.DESCRIPTIONS``
+        class descriptions of ``DATASET.NAME`` from ``DATASET.ROOT``; :func:`vlprompt.clip.zero_shot_text`)."""
+        import contextlib
+
+        mode = str(self.cfg.MODEL.ZERO_SHOT_TEXT)
+        if mode == "templates":
+            return contextlib.nullcontext()
+        from vlprompt.clip.blocks import ZERO_SHOT_TEXT_MODES, zero_shot_text
+        from vlprompt.config import ConfigError
+        from vlprompt.data.descriptions import class_descriptions, descriptions_where, load_descriptions
+
+        if mode not in ZERO_SHOT_TEXT_MODES:
+            raise ConfigError(f"MODEL.ZERO_SHOT_TEXT must be one of {ZERO_SHOT_TEXT_MODES}, got '{mode}'")
+        cfg = self.cfg
+        source = str(cfg.MODEL.DESCRIPTIONS)
+        table = load_descriptions(cfg.DATASET.ROOT, source, cfg.DATASET.NAME, cfg.DATASET.FOLDER)
+        where = descriptions_where(cfg.DATASET.ROOT, source, cfg.DATASET.NAME, cfg.DATASET.FOLDER)
+        print(f"Zero-shot class text: {mode} ({source} descriptions from {where})")
+        return zero_shot_text(mode, lambda names: class_descriptions(table, names, where))
+
+    def train_views(self):
+        """How many augmented views of each training image the method reads (its card's ``views``; the
+        training loaders then give ``batch["img"]`` as a list of that many; DATALOADER.K_TRANSFORMS)."""
+        from vlprompt.protocol.card import card_of
+
+        return int(getattr(card_of(type(self)), "views", 1) or 1)
+
     def build_data_loader(self):
-        dm = DataManager(self.cfg)
+        dm = DataManager(self.cfg, train_views=self.train_views())
         self.train_loader_x = dm.train_loader_x
         self.train_loader_u = dm.train_loader_u
         self.val_loader = dm.val_loader

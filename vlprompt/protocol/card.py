@@ -32,7 +32,10 @@ The fields (all optional):
   (registered as a config extension when the class is defined); ``cfg_args``: building-block argument ->
   key of that node (so that block errors name the key); ``model_name``: the registered model name (=
   checkpoint sub-folder); ``lr_unit``: ``epoch`` or ``iteration`` (when the engine steps the LR schedulers);
-  ``config_folder``: the folder under ``configs/trainers/`` (default: the trainer's name).
+  ``config_folder``: the folder under ``configs/trainers/`` (default: the trainer's name); ``views``: how many
+  independently augmented views of each training image the method reads (default 1; with K > 1 the training
+  loaders make at least K, ``DATALOADER.K_TRANSFORMS`` raised to it, and ``batch["img"]`` is a list of K
+  tensors; :meth:`vlprompt.engine.ClipPromptTrainer.parse_batch_train` hands the list to ``loss_terms``).
 * ``notes``: what a user should know before planning runs of the method (e.g. a budget that does not follow
   ``OPTIM.MAX_EPOCH``); the sweep's ``--dry-run`` prints it once per method in the plan.
 
@@ -114,6 +117,7 @@ class MethodCard:
     lr_unit: Optional[str] = None
     config_folder: Optional[str] = None
     notes: str = ""
+    views: int = 1  # augmented views of each training image the method reads (batch["img"] a list when > 1)
     name: str = ""  # the registered name (filled by card_of / method_card; empty in a declaration)
 
     def __post_init__(self):
@@ -122,6 +126,9 @@ class MethodCard:
         if self.protocols is not None:
             set_(self, "protocols", tuple(str(p) for p in self.protocols))
         set_(self, "order", int(self.order))
+        set_(self, "views", int(self.views))
+        if self.views < 1:
+            raise CardError(f"views must be >= 1, got {self.views}")
         set_(self, "eval_only", bool(self.eval_only))
         set_(self, "backbones", support_dict(self.backbones))
         if self.cfg_defaults is not None:

@@ -20,7 +20,8 @@ any other image tower                                                           
 """
 from ..backbone import tower_kinds
 from ..prompted import PromptedTextEncoder, PromptedVisionEncoder
-from .text import BidirectionalTextEncoder, CausalCustomTextEncoder, encode_class_texts, phrase_vectors
+from .text import (BidirectionalTextEncoder, CausalCustomTextEncoder, encode_class_sentences, encode_class_texts,
+                   encode_sentences, phrase_vectors)
 from .vision import PlainVisionEncoder, TimmEvaPromptedEncoder, TimmViTPromptedEncoder
 
 __all__ = [
@@ -33,6 +34,8 @@ __all__ = [
     "TimmEvaPromptedEncoder",
     "PlainVisionEncoder",
     "encode_class_texts",
+    "encode_class_sentences",
+    "encode_sentences",
     "phrase_vectors",
     "SUPPORTED_TEXT_TOWERS",
 ]

@@ -20,7 +20,8 @@ from ..backbone import model_dims, text_tower, tower_kinds
 from ..prompted import PromptedTextEncoder, check_prompt_config
 from ..tokenizer import model_tokenizer, tokenize
 
-__all__ = ["CausalCustomTextEncoder", "BidirectionalTextEncoder", "encode_class_texts", "phrase_vectors"]
+__all__ = ["CausalCustomTextEncoder", "BidirectionalTextEncoder", "encode_class_texts", "encode_sentences",
+           "encode_class_sentences", "phrase_vectors"]
 
 
 class _TextTowerView:
@@ -161,6 +162,35 @@ def encode_class_texts(clip_model, classnames, templates, device=None, chunk_siz
         feats = F.normalize(torch.cat(feats), dim=-1)
         acc = feats if acc is None else acc + feats
     return F.normalize(acc / len(templates), dim=-1)
+
+
+@torch.no_grad()
+def encode_sentences(clip_model, sentences, device=None, chunk_size=256):
+    """L2-normalised features (n, d) fp32 of ``sentences`` (plain strings), with the model's tokenizer and
+    text encoder (equal to open_clip's ``encode_text``; causal towers run only up to the longest sentence's
+    EOT, which matters for long description lists)."""
+    from . import prompted_text_encoder
+
+    if device is None:
+        device = next(clip_model.parameters()).device
+    encoder = prompted_text_encoder(clip_model)
+    feats = []
+    for i in range(0, len(sentences), chunk_size):
+        tokens = tokenize(list(sentences[i:i + chunk_size]), model=clip_model).to(device)
+        feats.append(encoder.encode_tokens(tokens).float())
+    return F.normalize(torch.cat(feats), dim=-1)
+
+
+@torch.no_grad()
+def encode_class_sentences(clip_model, sentences_per_class, device=None, chunk_size=256):
+    """One L2-normalised feature (K, d) per class from its own sentences (CuPL's ensembling): every
+    sentence's feature normalised, averaged over the class's sentences, re-normalised."""
+    out = []
+    for sentences in sentences_per_class:
+        if not sentences:
+            raise ValueError("every class needs at least one sentence")
+        out.append(encode_sentences(clip_model, sentences, device, chunk_size).mean(dim=0))
+    return F.normalize(torch.stack(out), dim=-1)
 
 
 @torch.no_grad()
