@@ -212,7 +212,7 @@ class PromptedTextEncoder(nn.Module):
         return self.forward(self.embed(token_ids), token_ids.argmax(dim=-1))
 
     def forward(self, prompts, eot_idx, deep_prompts=None, prompt_slice=None, truncate=True, shared_prefix=None,
-                insert=None, block_residual=None, attn_mask=None, read_idx=None):
+                insert=None, block_residual=None, attn_mask=None, read_idx=None, no_position=None):
         """Text features (K, d_embed). ``shared_prefix`` (optional int): the caller guarantees that token
         positions ``< shared_prefix`` of ``prompts`` are the *same tensor* for every class (e.g. SOS and a
         generic context expanded over classes), so the prefix may be computed once even when gradients
@@ -238,7 +238,10 @@ class PromptedTextEncoder(nn.Module):
         long; default ``eot_idx``): the positions whose final states are returned ((K, d) or (K, R, d)).
         Either one runs the plain path (blocks one by one on all K sequences, open_clip's block or the exact
         fast attention of :func:`~vlprompt.clip.fast_attention.block_forward` per block, no shared prefix or
-        length groups)."""
+        length groups).
+
+        ``no_position`` (optional (K, T) bool): positions that get **no** positional embedding (tokens placed
+        after the sentence, e.g. RPO's prompts); exact (the embedding is multiplied by 0 there, by 1 elsewhere)."""
         if prompts.dim() != 3 or prompts.shape[-1] != self.width:
             raise ValueError(f"prompts: expected (K, T, {self.width}), got {tuple(prompts.shape)}")
         K, T, _ = prompts.shape
@@ -281,7 +284,12 @@ class PromptedTextEncoder(nn.Module):
                     )
 
         dtype = self.dtype
-        x = prompts[:, :L].to(dtype) + self.positional_embedding[:L].to(dtype)
+        pos = self.positional_embedding[:L].to(dtype)
+        if no_position is not None:
+            if tuple(no_position.shape) != (K, T):
+                raise ValueError(f"no_position: expected ({K}, {T}), got {tuple(no_position.shape)}")
+            pos = pos * (~no_position[:, :L].to(prompts.device)).unsqueeze(-1).to(dtype)
+        x = prompts[:, :L].to(dtype) + pos
         mask = self.attn_mask[:L, :L].to(device=x.device)
         fast = FAST_PATHS if self.fast is None else bool(self.fast)
         fast = fast and blocks_fast_reason(self.transformer.resblocks) is None
