@@ -18,6 +18,11 @@ Conventions (docs/METHODS.md, "Prompted encoders"):
   sequence grows by N there (text: after SOS, causal mask and EOT positions follow; vision: after the
   patch tokens), deep prompts of later blocks replace them. Without ``insert`` nothing changes.
 * Prompts are cast to the activation dtype at insertion, so fp32 master copies work with an fp16 CLIP.
+* **Block branches, masks, read positions** (MMA, RPO; default None: nothing changes): ``block_residual``
+  adds a position-wise branch computed from a block's input to its output (both towers, fast paths kept);
+  ``attn_mask`` replaces the causal mask (text: (T, T) or per sequence (K, T, T), plain path with per-block
+  fast attention) or is passed to every vision block; ``read_idx`` / ``no_position`` (text) read several
+  positions per sequence and leave tokens without positional embedding.
 """
 import contextlib
 import itertools
