@@ -84,7 +84,7 @@ def _specs():
 SPECS = {s.name: s for s in _specs()}
 #: the methods of tests/test_families_methods_frozen.py (every other method: tests/test_families_methods.py)
 FROZEN_TOWER_METHODS = ("ZeroshotCLIP", "ZeroshotCLIP2", "LinearProbeCLIP", "CLIP_Adapter", "TipAdapter",
-                        "TipAdapterF", "CLIPLoRA")
+                        "TipAdapterF", "CLIPLoRA", "LPPP", "GDA", "TaskRes")
 
 
 def shipped_switches(spec):
@@ -148,6 +148,7 @@ FAST = {
                         "TRAINER.LINEAR_PROBE.MAX_ITER", 50],
     "TipAdapter": ["TRAINER.TIP_ADAPTER.SEARCH_STEP", [4, 2], "TRAINER.TIP_ADAPTER.AUGMENT_EPOCH", 2],
     "TipAdapterF": ["TRAINER.TIP_ADAPTER_F.SEARCH_STEP", [4, 2], "TRAINER.TIP_ADAPTER_F.AUGMENT_EPOCH", 2],
+    "GDA": ["TRAINER.GDA.AUGMENT_EPOCH", 1],
 }
 
 

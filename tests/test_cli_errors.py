@@ -430,3 +430,21 @@ def test_a_refusal_after_the_log_started_leaves_nothing_either(tmp_path, data_ro
     cap = capsys.readouterr()
     assert rc == 2 and cap.err.endswith("Error: MODEL.BACKBONE.NAME is not what it should be\n")
     assert not out.exists()
+
+
+def test_building_block_refusals_are_user_errors():
+    """Values a user sets (a prompt depth, N_CTX, Slurm options) reach the building blocks; their
+    refusals are UserErrors, so every command line prints them as one ``Error:`` line."""
+    from vlprompt.clip import check_prompt_config
+    from vlprompt.errors import UserError
+    from vlprompt.sweep.slurm import SlurmOptions
+
+    with pytest.raises(UserError, match="vision prompt depth: prompt depth 13 is larger than the number of transformer layers "
+                                        r"\(12\)"):
+        check_prompt_config(2, 13, 12, "vision prompt depth")
+    with pytest.raises(UserError, match="number of prompt tokens must be >= 1"):
+        check_prompt_config(0, 3, 12, "TRAINER.MAPLE.PROMPT_DEPTH")
+    with pytest.raises(UserError, match="--array-max must be at least 1, got 0"):
+        SlurmOptions(array_max=0)
+    with pytest.raises(UserError, match="--slurm-dependency must be afterany or afterok"):
+        SlurmOptions(dependency="after")

@@ -184,8 +184,11 @@ def test_the_failure_summary_names_the_jobs_own_error_line(repo, tmp_path, monke
     os.makedirs(osp.dirname(log))
     with open(log, "w") as f:  # an earlier attempt's error, which must not be taken for this one's
         f.write("Error: an older attempt\n")
+    runs[0].write_note()  # as the sweep's command line does before it starts the runner
+    assert os.listdir(runs[0].output_dir) == ["vlprompt_run.json"]
     runner = Runner(runs, "/d", cpu_slots(1), output_root=out, prefix=[sys.executable, "-c", FAKE], poll=0.02)
     assert runner.run() == 1
+    assert not osp.exists(runs[0].output_dir)  # the refused job left its folder as it found it (no lone note)
     text = capsys.readouterr().out
     want = f"(exit status 2: Error: {runs[0].output_dir} is in use by process 12345: one run at a time)"
     assert want in text, text
@@ -213,3 +216,19 @@ def test_dry_run_refuses_a_grid_value_of_the_wrong_type(repo, tmp_path, capsys):
                      "--grid", "OPTIM.LR=0.1,fast"])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("Error: ") and "OPTIM.LR" in err and "fast" in err
+
+
+def test_dry_run_prints_a_methods_card_notes_once(tmp_path, capsys):
+    """CLIP-LoRA's budget follows the shots, not OPTIM.MAX_EPOCH: the plan says so once, before the runs."""
+    rc = sweep_main(["--methods", "CLIPLoRA", "CoOp", "--protocol", "few_shot", "--datasets", "dtd", "--seeds", "1", "2",
+                     "--shots", "16", "--root", "/d", "--output-root", str(tmp_path / "out"), "--repo-root", ROOT,
+                     "--dry-run"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    notes = [line for line in out.splitlines() if line.startswith("# note on ")]
+    assert notes == ["# note on CLIPLoRA: the budget follows the shots, not OPTIM.MAX_EPOCH: "
+                     "TRAINER.CLIPLORA.N_ITERS (500) x DATASET.NUM_SHOTS iterations (8,000 at 16 shots), split into "
+                     "MAX_EPOCH epochs; for a shorter run lower TRAINER.CLIPLORA.N_ITERS, or set it to 0 for MAX_EPOCH "
+                     "passes over the few-shot set"]
+    assert out.index("# note on CLIPLoRA") < out.index("[1] ")
+    assert not (tmp_path / "out").exists()

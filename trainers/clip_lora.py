@@ -119,6 +119,9 @@ class CLIPLoRA(ClipPromptTrainer):
         cfg_args={"r": "R", "alpha": "ALPHA", "dropout": "DROPOUT", "position": "POSITION", "encoders": "ENCODER",
                   "params": "PARAMS", "eval_logits": "EVAL_LOGITS"},
         model_name="lora",
+        notes=("the budget follows the shots, not OPTIM.MAX_EPOCH: TRAINER.CLIPLORA.N_ITERS (500) x "
+               "DATASET.NUM_SHOTS iterations (8,000 at 16 shots), split into MAX_EPOCH epochs; for a shorter "
+               "run lower TRAINER.CLIPLORA.N_ITERS, or set it to 0 for MAX_EPOCH passes over the few-shot set"),
     )
     LOG_ACC = True
 

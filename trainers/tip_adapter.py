@@ -8,7 +8,8 @@ normalised mean over ``AUGMENT_EPOCH`` augmented views of the raw few-shot featu
 
     logits = 100 f W^T + alpha * exp(-beta (1 - f F_train^T)) L
 
-``beta`` and ``alpha`` are searched on the validation split over the official grids
+``beta`` and ``alpha`` are searched on the selection split (``TEST.SELECTION_SPLIT``: the validation split by
+default, :mod:`vlprompt.features.selection`) over the official grids
 (``beta_i = i (SEARCH_SCALE[0] - 0.1) / SEARCH_STEP[0] + 0.1``, likewise alpha; the first grid point with the
 strictly best accuracy wins; starting from ``(0, 0)`` at accuracy 0, as the official ``search_hp``).
 **Tip-Adapter-F** fine-tunes the keys: ``adapter.weight`` (NK, d), initialised to ``F_train``, with
@@ -42,7 +43,7 @@ from vlprompt.clip.families import ANY_TOWERS
 from vlprompt.engine import TRAINER_REGISTRY, TrainerX
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
 from vlprompt.engine.methods import MethodCard
-from vlprompt.features.extract import loader_features
+from vlprompt.features.selection import record_selection, selection_features, selection_loader
 from vlprompt.features.training import FeatureEpochs, run_seed
 from vlprompt.metrics import compute_accuracy
 from vlprompt.errors import UserRuntimeError
@@ -191,16 +192,16 @@ def build_cache(trainer, model):
 
 
 def search_alpha_beta(trainer, model):
-    """The official ``search_hp`` on the validation split; sets and returns ``(beta, alpha, val acc)``."""
+    """The official ``search_hp`` on the selection split (``TEST.SELECTION_SPLIT``: the validation split by
+    default, :mod:`vlprompt.features.selection`); sets and returns ``(beta, alpha, accuracy)``."""
     m = trainer.method_cfg
     if not m.SEARCH_HP:
         return model.beta, model.alpha, None
-    loader = trainer.val_loader
-    if loader is None:
+    split, feats, labels = selection_features(trainer, "Tip-Adapter")
+    if split is None:
         print("Tip-Adapter: no validation split; alpha/beta stay at their initial values")
+        record_selection(trainer, None, beta=model.beta, alpha=model.alpha, accuracy=None)
         return model.beta, model.alpha, None
-    feats, _ = loader_features(trainer, loader, "val")
-    labels = torch.tensor([int(it.label) for it in loader.dataset.data_source], dtype=torch.long)
     with torch.no_grad():
         zs, aff = model.parts(feats.to(trainer.device))
         labels = labels.to(zs.device)
@@ -214,7 +215,9 @@ def search_alpha_beta(trainer, model):
                 if acc > best_acc:
                     best_acc, best_beta, best_alpha = acc, beta, alpha
     model.beta, model.alpha = best_beta, best_alpha
-    print(f"Tip-Adapter: searched on val: beta {best_beta:.2f}, alpha {best_alpha:.2f}, val accuracy {best_acc:.2f}")
+    print(f"Tip-Adapter: searched on {split}: beta {best_beta:.2f}, alpha {best_alpha:.2f}, {split} accuracy "
+          f"{best_acc:.2f}")
+    record_selection(trainer, split, beta=best_beta, alpha=best_alpha, accuracy=best_acc)
     return best_beta, best_alpha, best_acc
 
 
@@ -297,6 +300,8 @@ class TipAdapterF(FeatureEpochs, ClipPromptTrainer):
         model = super().custom_clip(cfg, classnames, clip_model)
         self.model = model.to(self.device)  # the tower is needed to build the cache before the optimiser
         clip_model.to(self.device)
+        if self.method_cfg.SEARCH_HP:
+            selection_loader(self, "Tip-Adapter-F")  # a refused selection split fails before training, not after
         keys, labels = build_cache(self, model)
         model.set_cache(keys.to(self.device), labels.to(self.device), learnable=True)
         print(f"Tip-Adapter-F: cache of {keys.shape[0]} keys x {keys.shape[1]} dims initialised")

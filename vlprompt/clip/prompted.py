@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import InvalidValueError
 from .backbone import model_dims
 from .fast_attention import block_forward, blocks_fast_reason, fast_block_reason, prefix_block_forward, rows_block_forward
 
@@ -53,14 +54,14 @@ def check_prompt_config(n_prompts, depth, n_layers, where, allow_zero_depth=True
     n_prompts = int(n_prompts)
     if depth < 0 or (depth == 0 and not allow_zero_depth):
         lo = 0 if allow_zero_depth else 1
-        raise ValueError(f"{where}: prompt depth must be between {lo} and {n_layers}, got {depth}")
+        raise InvalidValueError(f"{where}: prompt depth must be between {lo} and {n_layers}, got {depth}")
     if depth > n_layers:
-        raise ValueError(
+        raise InvalidValueError(
             f"{where}: prompt depth {depth} is larger than the number of transformer layers ({n_layers}) "
             f"of this backbone; use a depth between 1 and {n_layers}"
         )
     if depth > 0 and n_prompts < 1:
-        raise ValueError(f"{where}: the number of prompt tokens must be >= 1 when prompts are used, got {n_prompts}")
+        raise InvalidValueError(f"{where}: the number of prompt tokens must be >= 1 when prompts are used, got {n_prompts}")
     return n_prompts, depth
 
 
@@ -186,9 +187,9 @@ class PromptedTextEncoder(nn.Module):
             )
         pool = getattr(clip_model, "text_pool_type", "argmax")
         if pool not in ("argmax", "eos"):
-            raise ValueError(f"Text pooling '{pool}' is not supported by prompted encoders (need EOT pooling)")
+            raise InvalidValueError(f"Text pooling '{pool}' is not supported by prompted encoders (need EOT pooling)")
         if getattr(clip_model, "attn_mask", None) is None:
-            raise ValueError("The text tower has no causal attention mask; prompted text encoding needs one")
+            raise InvalidValueError("The text tower has no causal attention mask; prompted text encoding needs one")
         dims = model_dims(clip_model)
         self.width = dims["d_text"]
         self.n_layers = dims["text_layers"]
@@ -251,7 +252,8 @@ class PromptedTextEncoder(nn.Module):
             raise ValueError(f"prompts: expected (K, T, {self.width}), got {tuple(prompts.shape)}")
         K, T, _ = prompts.shape
         if T > self.context_length:
-            raise ValueError(f"prompts have {T} tokens, more than the context length {self.context_length}")
+            raise InvalidValueError(f"prompts have {T} tokens, more than the context length {self.context_length} of this "
+                                    "backbone's text tower: use fewer context tokens (N_CTX) or shorter class names")
         eot_idx = eot_idx.to(prompts.device).long()
         if eot_idx.shape != (K,):
             raise ValueError(f"eot_idx: expected shape ({K},), got {tuple(eot_idx.shape)}")
@@ -548,7 +550,7 @@ class PromptedVisionEncoder(nn.Module):
         self.is_vit = dims["is_vit"]
         if not self.is_vit:
             if int(depth) > 0:
-                raise ValueError(
+                raise InvalidValueError(
                     f"Vision prompts need a ViT image tower, but this backbone's is a "
                     f"{type(visual).__name__} (e.g. RN50). Use a ViT backbone (ViT-B/16, ...) or disable "
                     "vision prompts (depth 0)."
@@ -557,9 +559,9 @@ class PromptedVisionEncoder(nn.Module):
             self.width = None
             return
         if getattr(visual, "attn_pool", None) is not None:
-            raise ValueError("Vision towers with an attentional pooler are not supported by prompted encoders")
+            raise InvalidValueError("Vision towers with an attentional pooler are not supported by prompted encoders")
         if getattr(visual, "pool_type", "tok") != "tok":
-            raise ValueError(
+            raise InvalidValueError(
                 f"Vision pooling '{visual.pool_type}' is not supported by prompted encoders (class-token pooling only)"
             )
         self.width = dims["d_vision"]

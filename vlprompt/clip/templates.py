@@ -85,3 +85,33 @@ def clean_classname(name):
 def format_classnames(classnames):
     """Class names as used in prompts (:func:`clean_classname` of each)."""
     return [clean_classname(c) for c in classnames]
+
+
+def classnames_tensor(classnames):
+    """The class names as a uint8 tensor (UTF-8 JSON bytes): a checkpoint can record the class list of its
+    class-specific rows (plain tensors only, ``weights_only`` loading)."""
+    import json
+
+    import torch
+
+    return torch.tensor(list(json.dumps(list(classnames)).encode("utf-8")), dtype=torch.uint8)
+
+
+def classnames_from_tensor(t):
+    """The class names :func:`classnames_tensor` encoded."""
+    import json
+
+    return json.loads(bytes(t.tolist()).decode("utf-8"))
+
+
+def reindex_by_classname(target, source, target_names, source_names, dim=0):
+    """Copy into ``target`` (in place) the slices of ``source`` along ``dim`` whose class name is in both lists
+    (matched by :func:`clean_classname`); returns how many classes were copied."""
+    index = {clean_classname(n): i for i, n in enumerate(source_names)}
+    hit = 0
+    for i, n in enumerate(target_names):
+        j = index.get(clean_classname(n))
+        if j is not None:
+            target.select(dim, i).copy_(source.select(dim, j))
+            hit += 1
+    return hit

@@ -156,6 +156,10 @@ _C.TEST.FINAL_MODEL = "last_step"
 # image features are those of the frozen, unprompted image tower: FROZEN_IMAGE_FEATURES = True).
 # Cached and uncached evaluation give identical logits. False: always encode the images.
 _C.TEST.FEATURE_CACHE = True
+# vlprompt: the split every hyper-parameter search of a feature-based method reads (Tip-Adapter's alpha/beta,
+# GDA's alpha, LP++'s epoch; vlprompt.features.selection): "val" (the run's few-shot validation split) or
+# "test" (the official test-set selection of some repositories; the run is marked in results.json and tables).
+_C.TEST.SELECTION_SPLIT = "val"
 
 ###########################
 # Feature store (vlprompt)

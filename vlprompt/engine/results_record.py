@@ -194,6 +194,10 @@ def build_results_record(trainer, metrics, eval_seconds=None, world_size=1):
         # what the run cost: times, images/s, peak memory, parameter counts (cost_record)
         "cost": cost_record(trainer, eval_seconds=eval_seconds, now=now),
     }
+    # the split a hyper-parameter search selected on (vlprompt.features.selection; TEST.SELECTION_SPLIT)
+    selection = getattr(trainer, "hp_selection", None)
+    if selection:
+        record["selection"] = json.loads(json.dumps(selection, default=str))
     extra = trainer.extra_results()
     if extra:
         record["extra"] = extra

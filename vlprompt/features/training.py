@@ -36,12 +36,13 @@ class FeatureViewSource(BatchSource):
     """Batches ``({"feat": F, "label": y},)`` of stored features ``feats`` (N, d) with ``labels`` (N,):
     a random permutation drawn from the global torch RNG when the source is made (one per epoch),
     ``batch_size`` rows a batch; the last partial batch is dropped when ``drop_last`` and there is at
-    least one full batch (the image loader's rule)."""
+    least one full batch (the image loader's rule). ``shuffle=False``: the rows in their stored order and no
+    RNG draw (LP++'s full-batch steps)."""
 
-    def __init__(self, feats, labels, batch_size, drop_last, device):
+    def __init__(self, feats, labels, batch_size, drop_last, device, shuffle=True):
         self.feats, self.labels, self.bs, self.device = feats, labels, int(batch_size), device
         n = feats.shape[0]
-        self.order = torch.randperm(n)
+        self.order = torch.randperm(n) if shuffle else torch.arange(n)
         full = n // self.bs
         self.n = full if (full >= 1 and drop_last) else -(-n // self.bs)
 

@@ -64,6 +64,7 @@ from .tree import (
     option_slug,
     parse_run_dir,
     read_run_note,
+    discard_lone_run_note,
     roles,
     run_dir,
     write_run_note,
@@ -79,4 +80,5 @@ __all__ = [
     "describe_run_dir", "family_config", "recipe_config", "layout_for", "option_slug", "parse_run_dir", "run_dir",
     "layouts", "roles", "PROTOCOL_REGISTRY", "Protocol", "Step", "get_protocol", "protocol_names", "register_protocol",
     "tree_protocols", "unregister_protocol", "RUN_FIELDS", "RUN_NOTE", "read_run_note", "write_run_note",
+    "discard_lone_run_note",
 ]

@@ -33,6 +33,8 @@ The fields (all optional):
   key of that node (so that block errors name the key); ``model_name``: the registered model name (=
   checkpoint sub-folder); ``lr_unit``: ``epoch`` or ``iteration`` (when the engine steps the LR schedulers);
   ``config_folder``: the folder under ``configs/trainers/`` (default: the trainer's name).
+* ``notes``: what a user should know before planning runs of the method (e.g. a budget that does not follow
+  ``OPTIM.MAX_EPOCH``); the sweep's ``--dry-run`` prints it once per method in the plan.
 
 The card is a frozen dataclass: a derived card is ``dataclasses.replace(card, order=..., ...)``.
 Assigning it as ``CARD`` in a class body also sets the class attributes the engine and the methods' own
@@ -111,6 +113,7 @@ class MethodCard:
     model_name: Optional[str] = None
     lr_unit: Optional[str] = None
     config_folder: Optional[str] = None
+    notes: str = ""
     name: str = ""  # the registered name (filled by card_of / method_card; empty in a declaration)
 
     def __post_init__(self):

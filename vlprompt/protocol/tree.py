@@ -57,6 +57,7 @@ __all__ = [
     "RUN_FIELDS",
     "write_run_note",
     "read_run_note",
+    "discard_lone_run_note",
 ]
 
 # role -> what the run is, for the standard protocols: base (training run of base2new, tested on the base
@@ -182,6 +183,25 @@ def write_run_note(output_dir, run):
         json.dump(note, f, indent=1, sort_keys=True)
     os.replace(tmp, path)
     return path
+
+
+def discard_lone_run_note(output_dir):
+    """Remove the sweep's :data:`RUN_NOTE` from ``output_dir`` when it is the only thing there (a job that
+    failed or was stopped before it wrote anything), and the folder with it if it is then empty, so that a
+    failed job leaves its folder as it found it. Returns True when something was removed; the sweep writes
+    the note again before it reruns the job."""
+    try:
+        names = os.listdir(output_dir)
+    except OSError:
+        return False
+    if names != [RUN_NOTE]:
+        return False
+    try:
+        os.remove(osp.join(output_dir, RUN_NOTE))
+        os.rmdir(output_dir)
+    except OSError:
+        pass
+    return True
 
 
 def read_run_note(output_dir):

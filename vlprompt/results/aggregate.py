@@ -32,7 +32,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from ..protocol import (DATASETS_11, DG_TARGETS, DISPLAY_NAMES, PROTOCOL_REGISTRY, XD_SOURCE, XD_TARGETS,
                         BackboneError, family_config, family_config_name, get_protocol, parse_backbone)
 from .methods import MethodTable, default_methods
-from .records import Record
+from .records import TEST_SELECTION_MARK, Record
 
 __all__ = [
     "Cell",
@@ -192,12 +192,14 @@ def _labels(keys, std_shots=None):
     the shot count when it is not the protocol's standard one."""
     cfgs = {}
     for k in keys:
-        cfgs.setdefault(k[0], set()).add(k[1])
+        cfgs.setdefault(k[0], set()).add(k[1].replace(TEST_SELECTION_MARK, ""))
     out = {}
     for k in keys:
         extra = []
         if len(cfgs[k[0]]) > 1:
-            extra.append(k[1])
+            extra.append(k[1].replace(TEST_SELECTION_MARK, ""))
+        if k[1].endswith(TEST_SELECTION_MARK):
+            extra.append("selected on test")
         if len(k) > 2 and k[2] is not None and std_shots is not None and k[2] != std_shots:
             extra.append(f"{k[2]} shots")
         out[k] = k[0] + (f" ({', '.join(extra)})" if extra else "")

@@ -81,8 +81,14 @@ def _legend_entries(axes):
 
 
 def _label(k, keys):
+    from .records import TEST_SELECTION_MARK
+
     same = [x for x in keys if x[0] == k[0]]
-    return k[0] if len(same) == 1 else f"{k[0]} ({k[1]})"
+    tested = k[1].endswith(TEST_SELECTION_MARK)
+    if len(same) == 1:
+        return f"{k[0]} (selected on test)" if tested else k[0]
+    config = k[1].replace(TEST_SELECTION_MARK, "")
+    return f"{k[0]} ({config}{', selected on test' if tested else ''})"
 
 
 def plot_base2new(records, out_dir, metric="accuracy", seeds=DEFAULT_SEEDS, name="base2new_bars", where=""):

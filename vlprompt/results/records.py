@@ -41,8 +41,12 @@ from ..protocol import (
 )
 from .legacy import read_run_log
 
-__all__ = ["Record", "collect", "infer_from_path", "DATASET_CLASS_TO_KEY", "dataset_key", "DISPLAY_NAMES",
+__all__ = ["Record", "collect", "TEST_SELECTION_MARK", "infer_from_path", "DATASET_CLASS_TO_KEY", "dataset_key", "DISPLAY_NAMES",
            "KNOWN_DATASETS"]
+
+#: appended to the group config of runs whose hyper-parameters were selected on the test split (the table row
+#: label then says "selected on test"; vlprompt.features.selection)
+TEST_SELECTION_MARK = "@test-selected"
 
 RUN_FIELDS = ("protocol", "role", "dataset", "trainer", "config", "shots", "seed", "backbone")
 
@@ -64,10 +68,13 @@ class Record:
     placed_by: str = "path"  # "json" (protocol/role recorded in results.json) | "path" | "fields"
     family: Optional[str] = None  # set by the tables when a recipe override is merged into its family
     backbone: Optional[str] = None  # the backbone's label (ViT-B/16, ViT-B-16-SigLIP@webli); None: not recorded
+    # hyper-parameters selected on the test split (results.json ``selection.split == "test"``,
+    # TEST.SELECTION_SPLIT test): such runs form rows of their own, marked in the tables
+    selected_on_test: bool = False
 
     @property
     def group_config(self):
-        return self.family or self.config
+        return (self.family or self.config) + (TEST_SELECTION_MARK if self.selected_on_test else "")
 
 
 def infer_from_path(run_dir, source=XD_SOURCE):
@@ -255,6 +262,7 @@ def collect(roots, source=XD_SOURCE):
                 seed=int(data["seed"]) if data.get("seed") is not None else info["seed"],
                 metrics=metrics, path=path, origin="json", config_dict=data.get("config") or {},
                 inferred=placed_by == "fields", placed_by=placed_by, backbone=_json_backbone(data, info),
+                selected_on_test=isinstance(data.get("selection"), dict) and data["selection"].get("split") == "test",
             ))
         else:
             got = read_run_log(dirpath)

@@ -158,9 +158,13 @@ def check_opts(variants):
         merge_from_list(extend_cfg(get_cfg_default()), v)
 
 
-def _print_plan(runs, data_root, prefix, log_dir, output_root, out):
+def _print_plan(runs, data_root, prefix, log_dir, output_root, out, specs=None):
     n_done = sum(r.is_complete() for r in runs)
     print(f"# plan: {len(runs)} runs, {n_done} already complete, {len(runs) - n_done} to run", file=out)
+    for trainer in dict.fromkeys(r.trainer for r in runs):  # each method's card notes, once, in plan order
+        card = (specs or {}).get(trainer)
+        if card is not None and getattr(card, "notes", ""):
+            print(f"# note on {trainer}: {card.notes}", file=out)
     for i, r in enumerate(runs, 1):
         state = "complete" if r.is_complete() else "todo"
         dep = f"  (after {osp.relpath(r.depends_on, output_root)})" if r.depends_on else ""
@@ -289,7 +293,7 @@ def main(argv=None):
         return 0
 
     if args.dry_run:
-        _print_plan(runs, data_root, prefix, log_dir, output_root, sys.stdout)
+        _print_plan(runs, data_root, prefix, log_dir, output_root, sys.stdout, registry_specs())
         return 0
     try:
         for r in runs:

@@ -106,9 +106,10 @@ _CACHE_VERSION = 3
 
 
 def _cache_key(root):
-    """Digest of every .py file that can change a trainer's declarations (trainers/, vlprompt/engine/)."""
+    """Digest of every .py file that can change a trainer's declarations (trainers/, vlprompt/engine/, the
+    card itself in vlprompt/protocol/)."""
     h = hashlib.sha1(root.encode())
-    for sub in ("trainers", osp.join("vlprompt", "engine")):
+    for sub in ("trainers", osp.join("vlprompt", "engine"), osp.join("vlprompt", "protocol")):
         for dirpath, dirnames, filenames in os.walk(osp.join(root, sub)):
             dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
             for f in sorted(filenames):

@@ -32,6 +32,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
+from ..protocol.tree import discard_lone_run_note
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
@@ -307,6 +309,7 @@ class Runner:
                       f"| {self._progress()}")
         else:
             job.status = "failed"
+            discard_lone_run_note(job.run.output_dir)  # a refused job leaves its folder as it found it
             error = _error_line(job.log, job.log_offset)
             job.reason = f"exit status {rc}" + (f": {error}" if error else "")
             self._say(f"FAIL  [{job.index}/{self.total}] {job.slot.name:5s} {job.run.describe()}  {took}  "
@@ -449,6 +452,7 @@ class Runner:
             job.proc.wait()
             job.status, job.rc, job.end = "interrupted", job.proc.returncode, time.time()
             job.reason = f"stopped by the sweep (exit {job.proc.returncode})"
+            discard_lone_run_note(job.run.output_dir)
             job.proc = None
             logf = getattr(job, "_logf", None)
             if logf is not None and not logf.closed:

@@ -18,6 +18,8 @@ import shlex
 import shutil
 import subprocess
 
+from ..errors import InvalidValueError, UserRuntimeError
+
 __all__ = ["SlurmOptions", "write_slurm", "submit"]
 
 
@@ -26,9 +28,9 @@ class SlurmOptions:
                  mem=None, max_parallel=None, job_name="vlprompt", setup=(), extra=(), dependency="afterany",
                  array_max=1000):
         if dependency not in ("afterany", "afterok"):
-            raise ValueError(f"dependency must be afterany or afterok, got {dependency}")
+            raise InvalidValueError(f"--slurm-dependency must be afterany or afterok, got {dependency}")
         if int(array_max) < 1:
-            raise ValueError("array_max must be at least 1")
+            raise InvalidValueError(f"--array-max must be at least 1, got {array_max}")
         self.partition = partition
         self.time = time
         self.gpus_per_task = int(gpus_per_task)
@@ -148,5 +150,6 @@ def submit(submit_path):
         return False, "sbatch not found on PATH"
     res = subprocess.run(["bash", submit_path], capture_output=True, text=True)
     if res.returncode != 0:
-        raise RuntimeError(f"{submit_path} failed (exit {res.returncode}):\n{res.stdout}{res.stderr}")
+        raise UserRuntimeError(f"{submit_path} failed (exit {res.returncode}); sbatch said: "
+                               f"{(res.stdout + res.stderr).strip()}")
     return True, res.stdout
