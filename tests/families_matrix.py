@@ -37,6 +37,12 @@ DEEP_VISION = ("VPT", "IVLP", "MaPLe", "MuDPT", "UMuDPT", "APLe", "PromptSRC", "
 _MMRL_TOWERS = ("MMRL inserts its tokens into the towers of open_clip's CLIP class; .* do not take inserted "
                 "tokens; supported backbones: open_clip CLIP ViTs")
 
+#: MMA's and RPO's refusals: adapters inside / masks on the blocks of open_clip's CLIP towers only
+_MMA_TOWERS = ("MMA adds adapters inside the residual blocks of open_clip's CLIP towers; this backbone's towers .* "
+               "are not supported; supported backbones: open_clip CLIP ViTs")
+_RPO_TOWERS = ("RPO masks the attention of open_clip's CLIP towers; this backbone's towers .* are not supported; "
+               "supported backbones: open_clip CLIP ViTs")
+
 
 def _vision(tower):
     return (f"This method prompts the image tower, and this backbone's image tower \\({tower}\\) takes no "
@@ -55,6 +61,8 @@ REFUSED = {
     **{(m, f): _vision(t) for m in DEEP_VISION for f, t in NO_PROMPTS.items()},
     **{("CLIPLoRA", f): _lora(t) for f, t in NO_PROMPTS.items()},
     **{("MMRL", f): _MMRL_TOWERS for f in FAMILIES},
+    **{("MMA", f): _MMA_TOWERS for f in FAMILIES},
+    **{("RPO", f): _RPO_TOWERS for f in FAMILIES},
 }
 
 #: extra runs: (method, family, label, opts) that make a refused pair run with the method's own switch

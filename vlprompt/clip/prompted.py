@@ -18,6 +18,11 @@ Conventions (docs/METHODS.md, "Prompted encoders"):
   sequence grows by N there (text: after SOS, causal mask and EOT positions follow; vision: after the
   patch tokens), deep prompts of later blocks replace them. Without ``insert`` nothing changes.
 * Prompts are cast to the activation dtype at insertion, so fp32 master copies work with an fp16 CLIP.
+* **Block branches, masks, read positions** (MMA, RPO; default None: nothing changes): ``block_residual``
+  adds a position-wise branch computed from a block's input to its output (both towers, fast paths kept);
+  ``attn_mask`` replaces the causal mask (text: (T, T) or per sequence (K, T, T), plain path with per-block
+  fast attention) or is passed to every vision block; ``read_idx`` / ``no_position`` (text) read several
+  positions per sequence and leave tokens without positional embedding.
 """
 import contextlib
 import itertools
@@ -128,6 +133,11 @@ def _length_groups(lengths, max_groups):
     return out
 
 
+def _plus(x, y):
+    """``x + y`` (``x`` when the branch gave None)."""
+    return x if y is None else x + y
+
+
 def _grad_reaches(t):
     return torch.is_grad_enabled() and t.requires_grad
 
@@ -208,7 +218,7 @@ class PromptedTextEncoder(nn.Module):
         return self.forward(self.embed(token_ids), token_ids.argmax(dim=-1))
 
     def forward(self, prompts, eot_idx, deep_prompts=None, prompt_slice=None, truncate=True, shared_prefix=None,
-                insert=None):
+                insert=None, block_residual=None, attn_mask=None, read_idx=None, no_position=None):
         """Text features (K, d_embed). ``shared_prefix`` (optional int): the caller guarantees that token
         positions ``< shared_prefix`` of ``prompts`` are the *same tensor* for every class (e.g. SOS and a
         generic context expanded over classes), so the prefix may be computed once even when gradients
@@ -220,7 +230,24 @@ class PromptedTextEncoder(nn.Module):
         ``prompt_slice`` (default ``1..N``, right after SOS), so the sequence grows by N from that block on:
         the causal mask is rebuilt for the new length, the EOT positions move by N, and the inserted tokens
         get no positional embedding. Deep prompts of later blocks replace those N slots; deep prompts of
-        blocks ``<= block`` must be None (MMRL's representation tokens; docs/METHODS.md, MMRL)."""
+        blocks ``<= block`` must be None (MMRL's representation tokens; docs/METHODS.md, MMRL).
+
+        ``block_residual`` (optional callable ``(i, block, x_in) -> tensor or None``; default None): a branch
+        added to the **output** of block ``i``, computed from that block's **input** ``x_in`` (batch-first,
+        any subset of the positions: the result must be position-wise, e.g. an adapter on ``block.ln_1(x_in)``;
+        MMA). The exact fast paths stay on (the branch is applied to each piece they compute).
+
+        ``attn_mask`` (optional; default None: the causal mask): an additive float (or bool, True = may not
+        attend) mask that **replaces** the causal mask, (T, T) for every sequence or (K, T, T) per sequence
+        (RPO's read-only prompts). With ``truncate`` it must keep every position from attending to a later one
+        (checked), so that the pass may stop at the last position read. ``read_idx`` (optional (K,) or (K, R)
+        long; default ``eot_idx``): the positions whose final states are returned ((K, d) or (K, R, d)).
+        Either one runs the plain path (blocks one by one on all K sequences, open_clip's block or the exact
+        fast attention of :func:`~vlprompt.clip.fast_attention.block_forward` per block, no shared prefix or
+        length groups).
+
+        ``no_position`` (optional (K, T) bool): positions that get **no** positional embedding (tokens placed
+        after the sentence, e.g. RPO's prompts); exact (the embedding is multiplied by 0 there, by 1 elsewhere)."""
         if prompts.dim() != 3 or prompts.shape[-1] != self.width:
             raise ValueError(f"prompts: expected (K, T, {self.width}), got {tuple(prompts.shape)}")
         K, T, _ = prompts.shape
@@ -230,9 +257,17 @@ class PromptedTextEncoder(nn.Module):
         eot_idx = eot_idx.to(prompts.device).long()
         if eot_idx.shape != (K,):
             raise ValueError(f"eot_idx: expected shape ({K},), got {tuple(eot_idx.shape)}")
-        L = int(eot_idx.max().item()) + 1 if truncate else T
+        last = int(eot_idx.max().item())
+        if read_idx is not None:
+            read_idx = read_idx.to(prompts.device).long()
+            if read_idx.dim() not in (1, 2) or read_idx.shape[0] != K:
+                raise ValueError(f"read_idx: expected shape ({K},) or ({K}, R), got {tuple(read_idx.shape)}")
+            last = max(last, int(read_idx.max().item()))
+        L = last + 1 if truncate else T
         if L > T:
-            raise ValueError(f"EOT position {L - 1} lies beyond the {T} prompt tokens given")
+            raise ValueError(f"position {L - 1} (EOT or a position read) lies beyond the {T} prompt tokens given")
+        if attn_mask is not None:
+            attn_mask = self._check_mask(attn_mask.to(prompts.device), K, T, L, truncate, insert)
         deep_prompts = list(deep_prompts) if deep_prompts is not None else []
         if len(deep_prompts) > max(self.depth - 1, 0):
             raise ValueError(
@@ -256,13 +291,23 @@ class PromptedTextEncoder(nn.Module):
                     )
 
         dtype = self.dtype
-        x = prompts[:, :L].to(dtype) + self.positional_embedding[:L].to(dtype)
+        pos = self.positional_embedding[:L].to(dtype)
+        if no_position is not None:
+            if tuple(no_position.shape) != (K, T):
+                raise ValueError(f"no_position: expected ({K}, {T}), got {tuple(no_position.shape)}")
+            pos = pos * (~no_position[:, :L].to(prompts.device)).unsqueeze(-1).to(dtype)
+        x = prompts[:, :L].to(dtype) + pos
         mask = self.attn_mask[:L, :L].to(device=x.device)
         fast = FAST_PATHS if self.fast is None else bool(self.fast)
-        if fast and blocks_fast_reason(self.transformer.resblocks) is None:
-            x = self._blocks_fast(x, eot_idx, deep_prompts, prompt_slice, mask, truncate, shared_prefix, insert)
+        fast = fast and blocks_fast_reason(self.transformer.resblocks) is None
+        if attn_mask is not None or read_idx is not None:  # the plain path, per-block fast attention allowed
+            x = self._blocks_plain(x, eot_idx if read_idx is None else read_idx, deep_prompts, prompt_slice,
+                                   mask if attn_mask is None else attn_mask, insert, block_residual, fast_blocks=fast)
+        elif fast:
+            x = self._blocks_fast(x, eot_idx, deep_prompts, prompt_slice, mask, truncate, shared_prefix, insert,
+                                  block_residual)
         else:
-            x = self._blocks_plain(x, eot_idx, deep_prompts, prompt_slice, mask, insert)
+            x = self._blocks_plain(x, eot_idx, deep_prompts, prompt_slice, mask, insert, block_residual)
         x = self.ln_final(x)
         if isinstance(self.text_projection, nn.Linear):
             return self.text_projection(x)
@@ -297,8 +342,36 @@ class PromptedTextEncoder(nn.Module):
         """(n, n) additive causal mask (``-inf`` above the diagonal) in ``like``'s dtype and device."""
         return torch.full((n, n), float("-inf"), dtype=like.dtype, device=like.device).triu_(1)
 
-    def _blocks_plain(self, x, eot_idx, deep_prompts, prompt_slice, mask, insert=None):
-        """The blocks' own forwards on all K prompts padded to the longest EOT; returns EOT states (K, d)."""
+    def _check_mask(self, attn_mask, K, T, L, truncate, insert):
+        """A caller's attention mask (see :meth:`forward`), cut to the first ``L`` positions."""
+        if insert is not None:
+            raise ValueError("attn_mask and insert are exclusive (an insertion changes the sequence length)")
+        if attn_mask.dim() not in (2, 3) or tuple(attn_mask.shape[-2:]) != (T, T) or (
+                attn_mask.dim() == 3 and attn_mask.shape[0] != K):
+            raise ValueError(f"attn_mask: expected ({T}, {T}) or ({K}, {T}, {T}), got {tuple(attn_mask.shape)}")
+        m = attn_mask[..., :L, :L]
+        if truncate:
+            later = torch.ones(L, L, dtype=torch.bool, device=m.device).triu_(1)
+            blocked = m[..., later] if m.dtype == torch.bool else torch.isneginf(m[..., later])
+            if not bool(blocked.all()):
+                raise ValueError("attn_mask lets a position attend to a later one; pass truncate=False for such a mask")
+        return m
+
+    @staticmethod
+    def _block_mask(block, mask, fast):
+        """``mask`` for one block: a per-sequence (K, L, L) mask becomes (K, 1, L, L) for the fast attention
+        and (K * heads, L, L) for ``nn.MultiheadAttention`` (batch-major, as it expects)."""
+        if mask is None or mask.dim() == 2:
+            return mask
+        if fast:
+            return mask.unsqueeze(1)
+        return mask.repeat_interleave(block.attn.num_heads, dim=0)
+
+    def _blocks_plain(self, x, eot_idx, deep_prompts, prompt_slice, mask, insert=None, block_residual=None,
+                      fast_blocks=False):
+        """The blocks one by one on all K prompts padded to the longest position read (open_clip's own block
+        forwards, or :func:`block_forward` with ``fast_blocks``); returns the states at ``eot_idx`` (K, d), or
+        (K, R, d) for (K, R) positions."""
         K = x.shape[0]
         batch_first = getattr(self.transformer, "batch_first", True)
         for i, block in enumerate(self.transformer.resblocks):
@@ -310,8 +383,12 @@ class PromptedTextEncoder(nn.Module):
             elif 1 <= i <= len(deep_prompts) and deep_prompts[i - 1] is not None:
                 p = _as_batched(deep_prompts[i - 1], K, self.width, f"deep text prompt for block {i}")
                 x = torch.cat([x[:, : prompt_slice.start], p.to(x.dtype), x[:, prompt_slice.stop:]], dim=1)
-            x = _run_block(block, x, mask, batch_first, fast=False)
-        return x[torch.arange(K, device=x.device), eot_idx]
+            x_in = x
+            x = _run_block(block, x, self._block_mask(block, mask, fast_blocks), batch_first, fast=fast_blocks)
+            if block_residual is not None:
+                x = _plus(x, block_residual(i, block, x_in))
+        rows = torch.arange(K, device=x.device)
+        return x[rows, eot_idx] if eot_idx.dim() == 1 else x[rows.unsqueeze(1), eot_idx]
 
     def shared_prefix_length(self, x, eot_idx, deep_prompts, prompt_slice, declared=None, insert=None):
         """How many leading positions all K prompts share (0: none), detected from the inputs.
@@ -365,7 +442,8 @@ class PromptedTextEncoder(nn.Module):
             return False
         return _shareable(insert[1]) and all(p is None or _shareable(p) for p in deep_prompts)
 
-    def _blocks_fast(self, x, eot_idx, deep_prompts, prompt_slice, mask, truncate, declared, insert=None):
+    def _blocks_fast(self, x, eot_idx, deep_prompts, prompt_slice, mask, truncate, declared, insert=None,
+                     block_residual=None):
         """Exact fast path: shared prefix once, classes grouped by length, fast attention blocks."""
         K, L, _ = x.shape
         P = self.shared_prefix_length(x, eot_idx, deep_prompts, prompt_slice, declared, insert=insert)
@@ -410,13 +488,25 @@ class PromptedTextEncoder(nn.Module):
             if i == last and READ_ROWS_ONLY:  # only the EOT states are read: one query row per class
                 break
             if P > 0:
-                prefix, rows = prefix_block_forward(block, prefix, rows, prefix_mask, rows_mask)
+                new_prefix, new_rows = prefix_block_forward(block, prefix, rows, prefix_mask, rows_mask)
             else:
-                rows = [block_forward(block, r, m) for r, m in zip(rows, rows_mask)]
+                new_prefix, new_rows = prefix, [block_forward(block, r, m) for r, m in zip(rows, rows_mask)]
+            if block_residual is not None:  # position-wise: applied to each piece from its own input
+                if P > 0:
+                    new_prefix = _plus(new_prefix, block_residual(i, block, prefix))
+                new_rows = [_plus(n, block_residual(i, block, r)) for n, r in zip(new_rows, rows)]
+            prefix, rows = new_prefix, new_rows
         order = torch.cat([idx for idx, _ in groups])
         if READ_ROWS_ONLY:
-            feats = torch.cat([rows_block_forward(blocks[last], r, eot_idx[idx] - P, m, prefix if P > 0 else None)
-                               for (idx, _), r, m in zip(groups, rows, rows_mask)])
+            feats = []
+            for (idx, _), r, m in zip(groups, rows, rows_mask):
+                pos = eot_idx[idx] - P
+                f = rows_block_forward(blocks[last], r, pos, m, prefix if P > 0 else None)
+                if block_residual is not None:
+                    y = block_residual(last, blocks[last], r[torch.arange(r.shape[0], device=r.device), pos].unsqueeze(1))
+                    f = f if y is None else f + y[:, 0]
+                feats.append(f)
+            feats = torch.cat(feats)
         else:
             feats = torch.cat([r[torch.arange(r.shape[0], device=r.device), eot_idx[idx] - P]
                                for (idx, _), r in zip(groups, rows)])
@@ -508,8 +598,15 @@ class PromptedVisionEncoder(nn.Module):
             raise ValueError(f"inserted vision tokens: expected {self.n_prompts} tokens, got {tokens.shape[1]}")
         return (block, tokens), deep_prompts
 
-    def forward(self, images, prompts=None, deep_prompts=None, insert=None, return_prompt_tokens=False):
+    def forward(self, images, prompts=None, deep_prompts=None, insert=None, return_prompt_tokens=False,
+                block_residual=None, attn_mask=None):
+        """See the class docstring. ``block_residual`` (optional callable ``(i, block, x_in) -> tensor or None``):
+        a position-wise branch added to the output of block ``i``, computed from its input (MMA).
+        ``attn_mask`` (optional (L, L), L = class token + patches + prompts; additive float or bool, True = may
+        not attend): passed to every block (RPO's read-only prompts); not with ``insert``."""
         if not self.is_vit:
+            if block_residual is not None or attn_mask is not None:
+                raise ValueError("This image tower is not a ViT: it takes no block branch or attention mask")
             if prompts is not None or deep_prompts or insert is not None:
                 raise ValueError("This image tower is not a ViT and takes no prompts")
             if return_prompt_tokens:
@@ -535,6 +632,13 @@ class PromptedVisionEncoder(nn.Module):
             n = p.shape[1]
             x = torch.cat([x, p.to(x.dtype)], dim=1)
         x = v.ln_pre(x)
+        if attn_mask is not None:
+            if insert is not None:
+                raise ValueError("attn_mask and insert are exclusive (an insertion changes the sequence length)")
+            if tuple(attn_mask.shape) != (x.shape[1], x.shape[1]):
+                raise ValueError(f"attn_mask: expected ({x.shape[1]}, {x.shape[1]}) (class token, patches and "
+                                 f"prompts), got {tuple(attn_mask.shape)}")
+            attn_mask = attn_mask.to(x.device)
         batch_first = getattr(v.transformer, "batch_first", True)
         fast = (FAST_PATHS if self.fast is None else bool(self.fast)) and blocks_fast_reason(v.transformer.resblocks) is None
         insert_block = insert[0] if insert is not None else -1
@@ -553,8 +657,11 @@ class PromptedVisionEncoder(nn.Module):
                 if p.shape[1] != n:
                     raise ValueError(f"deep vision prompt for block {i}: expected {n} tokens, got {p.shape[1]}")
                 x = torch.cat([x if dropped else x[:, : x.shape[1] - n], p.to(x.dtype)], dim=1)
+            x_in = x
             if not fast:
-                x = _run_block(block, x, None, batch_first, fast=False)
+                x = _run_block(block, x, attn_mask, batch_first, fast=False)
+                if block_residual is not None:
+                    x = _plus(x, block_residual(i, block, x_in))
                 continue
             # exact: compute only the rows read later (the prompt tokens' outputs are dropped when the next
             # block replaces them; after the last block only the class token is read)
@@ -564,7 +671,9 @@ class PromptedVisionEncoder(nn.Module):
                 keep = None if return_prompt_tokens else 1
             else:
                 keep = x.shape[1] - n if n and replaced(i + 1) else None
-            x = block_forward(block, x, None, n_out=keep)
+            x = block_forward(block, x, attn_mask, n_out=keep)
+            if block_residual is not None:
+                x = _plus(x, block_residual(i, block, x_in if keep is None else x_in[:, :keep]))
             dropped = keep is not None
         pooled = v.ln_post(x[:, 0])
         if v.proj is not None:
