@@ -78,6 +78,7 @@ def _pins_of(name, data_root, out):
     trainer.set_model_mode("train")
     trainer.epoch, trainer.batch_idx, trainer.num_batches = 0, 0, 2
     torch.manual_seed(1)
+    random.seed(1)  # a method's own draws (CoPrompt's description index), whatever the split build consumed
     summary = trainer.forward_backward(batch)
     after = {n: p.detach() for m in trainer.get_model_names()
              for n, p in trainer._models[m].named_parameters() if p.requires_grad}
