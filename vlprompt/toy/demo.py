@@ -18,17 +18,23 @@ Outputs under ``--output-dir`` (default ``./output/demo``)::
     base2new/{train_base,test_new}/toy_shapes/shots_16/ZeroshotCLIP/toy/seed<S>/
 
 Finished runs (those with a ``results.json``) are reused, so a second call only prints the table; pass
-``--rerun`` to start over. This module never imports ``trainers``/``datasets``: it runs the repository's
-``train.py``, so it needs a repository checkout.
+``--rerun`` to start over. This module never imports ``trainers``/``datasets`` itself: it runs the
+repository's ``train.py`` command-line function (``train.cli``) in this process, one call per step, so it
+needs a repository checkout. In-process rather than one ``python train.py`` process per step because
+importing torch, torchvision and the engine takes several seconds per process, most of a toy step.
 """
 import argparse
+import collections
+import importlib
+import io
 import os
-import re
 import os.path as osp
+import re
+import shlex
 import shutil
-import subprocess
 import sys
 import time
+
 from vlprompt.errors import UserError
 
 __all__ = ["run_demo", "main", "DemoError", "harmonic_mean"]
@@ -74,24 +80,71 @@ _PROGRESS = re.compile(r"^(epoch \[|\* (total|accuracy|error|macro_f1)|Loading C
                        r"Reading split|SUBSAMPLE|Checkpoint saved|Loading weights|.*[Ww]arning|.*[Ee]rror)")
 
 
-def _run(cmd, cwd, log, quiet, verbose=False):
-    """Run one train.py command, streaming its progress lines (all lines if ``verbose``; none if
-    ``quiet``)."""
+class _Progress(io.TextIOBase):
+    """The console of an in-process ``train.py`` run: keeps its last lines (for an error message) and passes
+    on its progress lines (every line if ``verbose``; none if ``quiet``)."""
+
+    def __init__(self, log, quiet, verbose, stdout):
+        super().__init__()
+        self.log, self.quiet, self.verbose, self.stdout = log, quiet, verbose, stdout
+        self.tail = collections.deque(maxlen=40)
+        self._partial = ""
+
+    def writable(self):
+        return True
+
+    def write(self, text):
+        self._partial += text
+        while "\n" in self._partial:
+            line, self._partial = self._partial.split("\n", 1)
+            self.tail.append(line + "\n")
+            if self.verbose or (not self.quiet and _PROGRESS.match(line)):
+                run_stdout, sys.stdout = sys.stdout, self.stdout  # ``log`` (print) writes to the real console
+                try:
+                    self.log("    " + line)
+                finally:
+                    sys.stdout = run_stdout
+        return len(text)
+
+
+def _train_module(repo):
+    """``train.py`` of the checkout as a module: the running one when the demo was started by it (``python
+    train.py``), else imported from ``repo``."""
+    path = osp.realpath(osp.join(repo, "train.py"))
+    for name in ("__main__", "train"):
+        mod = sys.modules.get(name)
+        if mod is not None and osp.realpath(getattr(mod, "__file__", "") or "") == path and hasattr(mod, "cli"):
+            return mod
+    if not osp.isfile(path):
+        raise DemoError(f"{path} is missing: the demo runs the checkout's train.py (run it from a vlprompt checkout)")
+    if repo not in sys.path:
+        sys.path.insert(0, repo)
+    return importlib.import_module("train")
+
+
+def _run(argv, cwd, log, quiet, verbose=False):
+    """Run one ``train.py`` command line (``argv`` without the program) in this process, as ``python train.py
+    ...`` in ``cwd`` would (same command-line function, same files; the engine, torch and the toy CLIP's
+    modules are imported once for all the demo's runs instead of once per run), streaming its progress lines
+    (all lines if ``verbose``; none if ``quiet``)."""
+    from vlprompt.utils import restore_stdout
+
     t0 = time.time()
-    env = dict(os.environ)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    tail = []
-    for line in proc.stdout:
-        tail.append(line)
-        tail = tail[-40:]
-        if verbose or (not quiet and _PROGRESS.match(line)):
-            log("    " + line.rstrip("\n"))
-    rc = proc.wait()
+    train = _train_module(cwd)
+    saved = sys.stdout, sys.stderr, os.getcwd()
+    console = _Progress(log, quiet, verbose, saved[0])
+    sys.stdout = sys.stderr = console
+    os.chdir(cwd)
+    try:
+        rc = train.cli(list(argv))
+    finally:
+        restore_stdout()
+        sys.stdout, sys.stderr = saved[0], saved[1]
+        os.chdir(saved[2])
     if rc != 0:
         raise DemoError(
-            f"train.py exited with status {rc} after {time.time() - t0:.0f}s:\n  {' '.join(cmd)}\n"
-            f"Last lines of its output:\n" + "".join(tail)
+            f"train.py exited with status {rc} after {time.time() - t0:.0f}s:\n  python train.py {shlex.join(argv)}\n"
+            f"Last lines of its output:\n" + "".join(console.tail)
         )
     return time.time() - t0
 
@@ -130,7 +183,6 @@ def run_demo(root=None, output_dir=None, trainer="APLe", config="toy", seed=1, s
             raise DemoError(str(e)) from e
         plan.append((label, runs))
 
-    prefix = [sys.executable, osp.join(repo, "train.py")]
     results = {}
     n_total = sum(len(r) for _, r in plan)
     k = 0
@@ -148,7 +200,7 @@ def run_demo(root=None, output_dir=None, trainer="APLe", config="toy", seed=1, s
                 if osp.isdir(run.output_dir):
                     shutil.rmtree(run.output_dir)  # an unfinished or to-be-rerun attempt
                 log(f"[{k}/{n_total}] {label}: {what}")
-                secs = _run(run.command(root, prefix), repo, log, quiet, verbose)
+                secs = _run(run.command(root, []), repo, log, quiet, verbose)
                 fresh.add(run.output_dir)
                 log(f"[{k}/{n_total}] {label}: done in {secs:.0f}s")
             accs[part] = _accuracy(run.output_dir)
