@@ -33,6 +33,14 @@ The fields (all optional):
   key of that node (so that block errors name the key); ``model_name``: the registered model name (=
   checkpoint sub-folder); ``lr_unit``: ``epoch`` or ``iteration`` (when the engine steps the LR schedulers);
   ``config_folder``: the folder under ``configs/trainers/`` (default: the trainer's name).
+* ``transductive``: the method trains on unlabelled images of the classes it is tested on (PromptKD: the
+  training split of every class, base and novel). The engine records it in results.json
+  (``"transductive": true``), the sweep adds ``_transductive`` to the run's config folder, and the result
+  tables mark its rows ``[transductive]``, so that it is never compared like-for-like by accident.
+* ``fixture``: what a generic build of the method needs beside a config, for the test suites that build
+  every registered trainer (contract, backbone families, golden numbers): the name of a classmethod of the
+  trainer, ``fixture(folder, backbone) -> [KEY, VALUE, ...]`` config options, that prepares it under
+  ``folder`` (PromptKD: a fabricated teacher run). None: a config is enough.
 
 The card is a frozen dataclass: a derived card is ``dataclasses.replace(card, order=..., ...)``.
 Assigning it as ``CARD`` in a class body also sets the class attributes the engine and the methods' own
@@ -111,6 +119,8 @@ class MethodCard:
     model_name: Optional[str] = None
     lr_unit: Optional[str] = None
     config_folder: Optional[str] = None
+    transductive: bool = False
+    fixture: Optional[str] = None
     name: str = ""  # the registered name (filled by card_of / method_card; empty in a declaration)
 
     def __post_init__(self):
@@ -120,6 +130,7 @@ class MethodCard:
             set_(self, "protocols", tuple(str(p) for p in self.protocols))
         set_(self, "order", int(self.order))
         set_(self, "eval_only", bool(self.eval_only))
+        set_(self, "transductive", bool(self.transductive))
         set_(self, "backbones", support_dict(self.backbones))
         if self.cfg_defaults is not None:
             set_(self, "cfg_defaults", dict(self.cfg_defaults))
