@@ -157,7 +157,9 @@ class PromptKD(ClipPromptTrainer):
 
     CARD = MethodCard(
         config="vit_b16_c2_ep20_batch8_4+4ctx",
-        recipes={"cross_dataset": "vit_b16_c2_ep20_batch8_4+4ctx_cross_datasets"},
+        recipes={"base2new": {"per_dataset": {d: "vit_b16_c2_ep20_batch8_4+4ctx_kd200"
+                                              for d in ("fgvc_aircraft", "oxford_flowers", "dtd")}},
+                 "cross_dataset": "vit_b16_c2_ep20_batch8_4+4ctx_cross_datasets"},
         # the official repository ships base-to-novel and cross-dataset settings only (no few-shot: the method
         # uses no labels)
         protocols=("base2new", "cross_dataset", "domain_generalization"),
@@ -253,7 +255,7 @@ class PromptKD(ClipPromptTrainer):
             )
         if m.TEACHER_DIR:
             where = "TRAINER.PROMPTKD.TEACHER_DIR"
-            run_dir = m.TEACHER_DIR.format(dataset=cfg.DATASET.NAME, seed=cfg.SEED)
+            run_dir = _placeholders(m.TEACHER_DIR, cfg, where)
             if not osp.isdir(run_dir):
                 raise ConfigError(f'{where} "{run_dir}" is not a folder (the output folder of a finished run)')
             tcfg = run_config(run_dir, where=where)
@@ -262,7 +264,7 @@ class PromptKD(ClipPromptTrainer):
             path_of = lambda cls: run_checkpoint(run_dir, cls.MODEL_NAME, int(m.TEACHER_EPOCH), where=where)  # noqa
         else:
             where = "TRAINER.PROMPTKD.TEACHER_CKPT"
-            path = m.TEACHER_CKPT.format(dataset=cfg.DATASET.NAME, seed=cfg.SEED)
+            path = _placeholders(m.TEACHER_CKPT, cfg, where)
             if not osp.isfile(path):
                 raise ConfigError(f'{where} "{path}" is not a file (an official PromptKD teacher checkpoint)')
             tcfg = cfg.clone()
@@ -400,3 +402,17 @@ class PromptKD(ClipPromptTrainer):
             save_checkpoint({"state_dict": state, "epoch": 1}, osp.join(out, "VLPromptLearner"),
                             model_name="model-best.pth.tar")
         return ["TRAINER.PROMPTKD.TEACHER_DIR", out]
+
+
+def _placeholders(path, cfg, where):
+    """``path`` with ``{dataset}`` (the dataset's key in the output tree, e.g. ``dtd``), ``{DATASET_NAME}`` (its
+    class name, e.g. ``DescribableTextures``: the official ``./teacher_model/<DATASET.NAME>/``) and ``{seed}``
+    filled, so that one sweep option names every dataset's teacher."""
+    from vlprompt.protocol import dataset_key
+
+    try:
+        return str(path).format(dataset=dataset_key(cfg.DATASET.NAME), DATASET_NAME=cfg.DATASET.NAME, seed=cfg.SEED)
+    except (KeyError, IndexError, ValueError) as e:
+        raise ConfigError(f"{where} \"{path}\": unknown placeholder {e} (placeholders: {{dataset}}, "
+                          "{DATASET_NAME}, {seed})") from None
+

@@ -64,6 +64,9 @@ class Record:
     placed_by: str = "path"  # "json" (protocol/role recorded in results.json) | "path" | "fields"
     family: Optional[str] = None  # set by the tables when a recipe override is merged into its family
     backbone: Optional[str] = None  # the backbone's label (ViT-B/16, ViT-B-16-SigLIP@webli); None: not recorded
+    # trained on unlabelled images of the classes it is tested on (results.json ``transductive``, or a config
+    # folder with the sweep's ``_transductive`` mark): the tables mark its rows
+    transductive: bool = False
 
     @property
     def group_config(self):
@@ -164,6 +167,14 @@ def _shots_of(data):
     return int(s)
 
 
+def _marked_transductive(config):
+    return TRANSDUCTIVE_MARK in str(config or "")
+
+
+#: the mark the sweep puts in a transductive method's config folder (vlprompt.sweep.protocols.TRANSDUCTIVE_SUFFIX)
+TRANSDUCTIVE_MARK = "_transductive"
+
+
 def _norm(path):
     return osp.normpath(osp.abspath(str(path)))
 
@@ -255,6 +266,7 @@ def collect(roots, source=XD_SOURCE):
                 seed=int(data["seed"]) if data.get("seed") is not None else info["seed"],
                 metrics=metrics, path=path, origin="json", config_dict=data.get("config") or {},
                 inferred=placed_by == "fields", placed_by=placed_by, backbone=_json_backbone(data, info),
+                transductive=bool(data.get("transductive")) or _marked_transductive(info["config"]),
             ))
         else:
             got = read_run_log(dirpath)
@@ -265,6 +277,6 @@ def collect(roots, source=XD_SOURCE):
             records.append(Record(
                 trainer=info["trainer"], config=info["config"], protocol=info["protocol"], role=info["role"],
                 dataset=info["dataset"], shots=info["shots"], seed=info["seed"], metrics=metrics, path=path,
-                origin="log", backbone=_path_backbone(info),
+                origin="log", backbone=_path_backbone(info), transductive=_marked_transductive(info["config"]),
             ))
     return records, problems
