@@ -55,7 +55,7 @@ from vlprompt.engine import TRAINER_REGISTRY
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
 from vlprompt.engine.finished import frozen_model, run_checkpoint, run_config
 from vlprompt.engine.methods import MethodCard
-from vlprompt.errors import UserRuntimeError
+from vlprompt.errors import UserError, UserRuntimeError
 
 __all__ = ["PromptKD", "FeatureProjector", "StudentPrompts", "PromptKDCLIP", "kd_loss", "OFFICIAL_TEACHER"]
 
@@ -289,17 +289,20 @@ class PromptKD(ClipPromptTrainer):
         cls = REG.get(name)
         try:
             run = frozen_model(tcfg, classnames, path_of(cls), self.device, where=where)
-        except ConfigError as e:
+        except UserRuntimeError as e:  # its learned state does not fit the model rebuilt for these classes
+            raise UserRuntimeError(f"{where}: this teacher cannot serve the student's class list: "
+                                   f"{' '.join(str(e).split())}") from None
+        except UserError as e:
             msg = str(e)
             if "INPUT.SIZE" in msg:
                 raise ConfigError(
                     f"{where}: the teacher's backbone ({tcfg.MODEL.BACKBONE.NAME}) does not take the student's "
                     f"{tuple(cfg.INPUT.SIZE)} images, and both see the same batches; use a teacher at the "
                     "student's input resolution") from None
-            raise ConfigError(f"{where}: cannot build the teacher ({name} on {tcfg.MODEL.BACKBONE.NAME}): {msg}") from None
-        except UserRuntimeError as e:
-            raise UserRuntimeError(f"{where}: this teacher cannot serve the student's class list: "
-                                   f"{' '.join(str(e).split())}") from None
+            if isinstance(e, ConfigError):
+                raise ConfigError(f"{where}: cannot build the teacher ({name} on {tcfg.MODEL.BACKBONE.NAME}): "
+                                  f"{msg}") from None
+            raise
         model = run.model
         if not all(callable(getattr(model, a, None)) for a in ("text_features", "image_features", "set_classnames")):
             raise ConfigError(f"{where}: a {name} model gives no class text features and image features apart (a "
