@@ -213,3 +213,17 @@ def test_teachers_that_cannot_serve_are_refused_with_one_line(root, tmp_path):
     small = _teacher_dir(tmp_path, "small", text.replace("test-vit-tiny", "toy-clip").replace("N_CTX_TEXT: 3",
                                                                                                "N_CTX_TEXT: 2"), state)
     refused(["TRAINER.PROMPTKD.TEACHER_DIR", small], "does not take the student's \\(224, 224\\) images", ConfigError)
+
+
+def test_the_sweep_files_promptkd_runs_under_a_transductive_config_folder(tmp_path):
+    from vlprompt.engine.methods import repo_root
+    from vlprompt.sweep import expand
+
+    out = str(tmp_path / "out")
+    runs = expand("PromptKD", "base2new", ["dtd", "eurosat"], [1], output_root=out, root=repo_root())
+    assert [osp.relpath(r.output_dir, out) for r in runs] == [
+        "base2new/train_base/dtd/shots_16/PromptKD/vit_b16_c2_ep20_batch8_4+4ctx_kd200_transductive/seed1",
+        "base2new/test_new/dtd/shots_16/PromptKD/vit_b16_c2_ep20_batch8_4+4ctx_kd200_transductive/seed1",
+        "base2new/train_base/eurosat/shots_16/PromptKD/vit_b16_c2_ep20_batch8_4+4ctx_transductive/seed1",
+        "base2new/test_new/eurosat/shots_16/PromptKD/vit_b16_c2_ep20_batch8_4+4ctx_transductive/seed1"]
+    assert "configs/trainers/PromptKD/vit_b16_c2_ep20_batch8_4+4ctx_kd200.yaml" in runs[0].train_args("/data")
