@@ -227,3 +227,14 @@ def test_the_sweep_files_promptkd_runs_under_a_transductive_config_folder(tmp_pa
         "base2new/train_base/eurosat/shots_16/PromptKD/vit_b16_c2_ep20_batch8_4+4ctx_transductive/seed1",
         "base2new/test_new/eurosat/shots_16/PromptKD/vit_b16_c2_ep20_batch8_4+4ctx_transductive/seed1"]
     assert "configs/trainers/PromptKD/vit_b16_c2_ep20_batch8_4+4ctx_kd200.yaml" in runs[0].train_args("/data")
+
+
+def test_an_official_student_checkpoint_maps_onto_the_learner(base_run):
+    own = base_run.learnable_module().state_dict()
+    official = {"image_encoder.VPT": own["vision_ctx"] + 1, "image_encoder.conv1.weight": torch.zeros(1),
+                "image_encoder.transformer.resblocks.1.VPT_shallow": own["deep_vision_prompts.0"] + 2,
+                **{k: v + 3 for k, v in own.items() if k.startswith("VPT_image_trans.")}}
+    got = base_run.convert_legacy_state_dict(official)
+    assert set(got) == set(own)
+    assert torch.equal(got["vision_ctx"], own["vision_ctx"] + 1)
+    assert torch.equal(got["deep_vision_prompts.0"], own["deep_vision_prompts.0"] + 2)

@@ -347,8 +347,7 @@ class PromptKD(ClipPromptTrainer):
         """Official PromptKD student checkpoints (the whole student ``CustomCLIP``: ``image_encoder.VPT``,
         ``image_encoder.transformer.resblocks.i.VPT_shallow``, ``VPT_image_trans.*`` beside frozen CLIP
         weights) -> the learner's keys."""
-        own = set(self.learnable_module().state_dict().keys())
-        if own & set(state_dict):
+        if "vision_ctx" in state_dict:  # vlprompt's own keys
             return state_dict
         out = {}
         for k, v in state_dict.items():
