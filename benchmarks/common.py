@@ -27,6 +27,18 @@ def make_folder_dataset(root, n_classes, n_per_class=10, size=64, seed=0):
     return root
 
 
+def _fixture_opts(trainer, data_root):
+    """What the trainer's method card says a build needs beside a config (its ``fixture``; PromptKD: a teacher
+    run, fabricated here on the tiny test backbone, so the benchmark times the student with a small teacher)."""
+    from vlprompt.engine import TRAINER_REGISTRY
+    from vlprompt.engine.methods import method_card
+
+    card = method_card(trainer)
+    if not card.fixture:
+        return []
+    return list(getattr(TRAINER_REGISTRY.get(trainer), card.fixture)(data_root, "test-vit-tiny"))
+
+
 def build(trainer, config_file, n_classes, device="cpu", opts=(), data_root=None):
     """A trainer built by the engine from ``config_file`` on ``n_classes`` fabricated classes."""
     import trainers  # noqa: F401  (register)
@@ -51,7 +63,7 @@ def build(trainer, config_file, n_classes, device="cpu", opts=(), data_root=None
     cfg.USE_CUDA = device == "cuda"
     cfg.DATALOADER.NUM_WORKERS = 0
     cfg.MODEL.BACKBONE.RANDOM_INIT = True
-    merge_from_list(cfg, list(opts))
+    merge_from_list(cfg, _fixture_opts(trainer, data_root) + list(opts))
     cfg.freeze()
     set_random_seed(1)
     random.seed(1)

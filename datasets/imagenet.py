@@ -121,8 +121,10 @@ class ImageNet(DatasetBase):
                 self, self.split_fewshot_dir, num_shots, cfg.SEED, train, None, prefix=self.image_dir
             )
 
+        train_all_classes = train  # every class, before the base/new half (transductive methods: PromptKD)
         train, test = subsample_classes(train, test, subsample=cfg.DATASET.SUBSAMPLE_CLASSES)
         super().__init__(train_x=train, val=test, test=test)
+        self.train_all_classes = train_all_classes
 
     # CoOp's dataset files call ImageNet.read_classnames(path); keep it reachable.
     read_classnames = staticmethod(read_classnames_file)

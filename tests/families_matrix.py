@@ -32,7 +32,7 @@ TOWERS = {
 }
 #: image-tower class names of the towers without vision prompts
 NO_PROMPTS = {"test-rn-tiny": "ModifiedResNet", "test-timm-resnet-tiny": "ResNet"}
-DEEP_VISION = ("VPT", "IVLP", "MaPLe", "MuDPT", "UMuDPT", "APLe", "PromptSRC", "CoPrompt")
+DEEP_VISION = ("VPT", "IVLP", "MaPLe", "MuDPT", "UMuDPT", "APLe", "PromptSRC", "CoPrompt", "PromptKD")
 #: MMRL's refusal on transformer towers that do not take inserted tokens
 _MMRL_TOWERS = ("MMRL inserts its tokens into the towers of open_clip's CLIP class; .* do not take inserted "
                 "tokens; supported backbones: open_clip CLIP ViTs")

@@ -77,9 +77,24 @@ def make_cfg(root, trainer="", folder="", output_dir="", opts=None, backbone="te
     cfg.OPTIM.WARMUP_TYPE = "constant"
     cfg.OPTIM.WARMUP_CONS_LR = 1e-5
     cfg.TRAIN.PRINT_FREQ = 1
+    opts = card_fixture_opts(trainer, root, backbone) + list(opts or [])
     if opts:
         merge_from_list(cfg, opts)
     return cfg
+
+
+def card_fixture_opts(trainer, root, backbone="test-vit-tiny"):
+    """The config options a registered trainer's method card says a generic build needs beside a config (its
+    ``fixture``: PromptKD's fabricated teacher), prepared under ``root``; ``[]`` for every other trainer."""
+    from vlprompt.engine import TRAINER_REGISTRY
+    from vlprompt.engine.methods import method_card
+
+    if not trainer or trainer not in TRAINER_REGISTRY.registered_names():
+        return []
+    card = method_card(trainer)
+    if not card.fixture:
+        return []
+    return list(getattr(TRAINER_REGISTRY.get(trainer), card.fixture)(str(root), backbone))
 
 
 def write_method_yaml(path, text):

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import train as train_mod
-from tests.helpers import make_cfg, make_image_folder, write_user_descriptions
+from tests.helpers import card_fixture_opts, make_cfg, make_image_folder, write_user_descriptions
 from vlprompt.engine import LAST_CHECKPOINT, TRAINER_REGISTRY, build_trainer
 from vlprompt.engine.methods import load_plugins, method_specs
 from vlprompt.utils import load_checkpoint, restore_stdout
@@ -145,7 +145,7 @@ def test_kill_and_resume_equals_uninterrupted(spec, data_root, tmp_path, monkeyp
               "MODEL.BACKBONE.NAME", "test-vit-tiny", "USE_CUDA", "False", "DATALOADER.NUM_WORKERS", "0",
               "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "OPTIM.MAX_EPOCH", "2", "OPTIM.LR", "0.05",
               "OPTIM.WARMUP_EPOCH", "0", "TEST.NO_TEST", "True", "INPUT.SIZE", "(224, 224)",
-              *_opts(spec)]
+              *_opts(spec), *card_fixture_opts(spec.name, data_root)]
     full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
     assert _run(["--output-dir", full, *common]) == 0
 

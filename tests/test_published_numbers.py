@@ -51,7 +51,7 @@ def average_violations(per_dataset):
 
 def test_every_base2new_row_is_complete(pub):
     per = pub["base2new"]["per_dataset"]
-    assert len(per) == 24
+    assert len(per) == 25
     for m, rows in per.items():
         assert list(rows) == DATASETS + ["average"], m
         for d, v in rows.items():
@@ -77,7 +77,22 @@ def test_listed_inconsistencies_are_the_stored_cells_and_really_do_not_recompute
             assert round(hm(*stored[:2]), 2) == e["recomputed"][2] != stored[2], e
     assert {(e["method"], e["dataset"]) for e in pub["base2new"]["printed_inconsistencies"]} == {
         ("MaPLe (re-run in the DePT paper)", "fgvc_aircraft"), ("PromptSRC+DePT (CVPR24)", "ucf101"),
-        ("CoOp (re-run in the DePT paper)", "average"), ("CoCoOp (re-run in the DePT paper)", "average")}
+        ("CoOp (re-run in the DePT paper)", "average"), ("CoCoOp (re-run in the DePT paper)", "average"),
+        (PROMPTKD, "stanford_cars"), (PROMPTKD, "ucf101")}
+
+
+PROMPTKD = "PromptKD (CVPR24, transductive, ViT-L/14 teacher)"
+
+
+def test_promptkd_row_is_marked_transductive_and_sourced(pub):
+    """PromptKD's published row (ATPrompt's table) is marked transductive in its name, its method entry, its
+    average and its source, so that it is never read as an inductive number."""
+    per, src = pub["base2new"]["per_dataset"], pub["base2new"]["per_dataset_sources"]
+    assert per[PROMPTKD]["average"] == [86.96, 80.73, 83.73]
+    assert per[PROMPTKD]["dtd"] == [85.84, 71.37, 77.94]
+    assert pub["methods"][PROMPTKD] == {"match": [{"trainer": "PromptKD"}], "transductive": True}
+    assert [e["transductive"] for e in pub["base2new"]["average"] if e["key"] == PROMPTKD] == [True]
+    assert "arXiv 2403.02781" in src[PROMPTKD] and "TRANSDUCTIVE" in src[PROMPTKD]
 
 
 @pytest.mark.parametrize("block,n_targets", [("cross_dataset", 10), ("domain_generalization", 4)])

@@ -9,6 +9,8 @@ between methods is only the source:
   epoch)`` signature (the public APLe file's) also receives the epoch;
 * :class:`PairedSource`: labelled and unlabelled loaders side by side (Dassl's ``TrainerXU``; the
   epoch's length follows ``TRAIN.COUNT_ITER`` and the shorter loader restarts);
+* :class:`UnlabelledSource`: a loader's batches with their labels removed (transductive methods such as
+  PromptKD, which train on unlabelled images of every class: no label can reach the objective);
 * :class:`IterationBudget`: ``n`` items of another source, chaining fresh passes (CLIP-LoRA's
   budget of ``N_ITERS x shots`` iterations spread over the epochs);
 * ``vlprompt.features.training.FeatureViewSource``: stored features of one augmented view of the
@@ -16,7 +18,8 @@ between methods is only the source:
 """
 import inspect
 
-__all__ = ["BatchSource", "LoaderSource", "PairedSource", "IterationBudget", "wants_epoch"]
+__all__ = ["BatchSource", "LoaderSource", "UnlabelledSource", "PairedSource", "IterationBudget", "wants_epoch",
+           "LABEL_KEYS"]
 
 
 class BatchSource:
@@ -52,6 +55,20 @@ class LoaderSource(BatchSource):
     def __iter__(self):
         for batch in self.loader:
             yield (batch,) if self.epoch is None else (batch, self.epoch)
+
+
+#: the keys of a loader's batch that carry the class (removed by :class:`UnlabelledSource`)
+LABEL_KEYS = ("label",)
+
+
+class UnlabelledSource(LoaderSource):
+    """The batches of one pass over ``loader`` without their labels: ``({"img", "domain", "impath",
+    "index"},)``. The images of every class of the split come in; what the trainer's ``forward_backward``
+    receives cannot tell it a class."""
+
+    def __iter__(self):
+        for (batch,) in super().__iter__():
+            yield ({k: v for k, v in batch.items() if k not in LABEL_KEYS},)
 
 
 COUNT_ITER = ("train_x", "train_u", "smaller_one")

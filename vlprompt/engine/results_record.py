@@ -138,6 +138,12 @@ def cost_record(trainer, eval_seconds=None, now=None):
     }
 
 
+def _transductive(trainer):
+    from vlprompt.protocol.card import card_of
+
+    return bool(card_of(type(trainer), trainer.cfg.TRAINER.NAME).transductive)
+
+
 def build_results_record(trainer, metrics, eval_seconds=None, world_size=1):
     """The dict written to ``OUTPUT_DIR/results.json`` after an evaluation on the test split."""
     cfg = trainer.cfg
@@ -193,6 +199,9 @@ def build_results_record(trainer, metrics, eval_seconds=None, world_size=1):
         "resume": info.get("resume"),
         # what the run cost: times, images/s, peak memory, parameter counts (cost_record)
         "cost": cost_record(trainer, eval_seconds=eval_seconds, now=now),
+        # the method trained on unlabelled images of the classes it is tested on (its method card's
+        # ``transductive``; PromptKD): the tables mark such rows so that they are not compared like-for-like
+        "transductive": _transductive(trainer),
     }
     # the split a hyper-parameter search selected on (vlprompt.features.selection; TEST.SELECTION_SPLIT)
     selection = getattr(trainer, "hp_selection", None)

@@ -363,8 +363,11 @@ class TrainerBase:
 
 
 def _batch_size(batch):
-    """Labelled items in a batch (a dict with ``label``, as every engine loader and batch source gives)."""
-    label = batch.get("label") if isinstance(batch, Mapping) else None
+    """Labelled items in a batch (a dict with ``label``, as every engine loader and batch source gives); the
+    images of a batch without labels (:class:`~vlprompt.data.batch_sources.UnlabelledSource`)."""
+    if not isinstance(batch, Mapping):
+        return 0
+    label = batch.get("label", batch.get("img"))
     return int(label.shape[0]) if hasattr(label, "shape") and len(label.shape) else 0
 
 

@@ -38,6 +38,14 @@ The fields (all optional):
   tensors; :meth:`vlprompt.engine.ClipPromptTrainer.parse_batch_train` hands the list to ``loss_terms``).
 * ``notes``: what a user should know before planning runs of the method (e.g. a budget that does not follow
   ``OPTIM.MAX_EPOCH``); the sweep's ``--dry-run`` prints it once per method in the plan.
+* ``transductive``: the method trains on unlabelled images of the classes it is tested on (PromptKD: the
+  training split of every class, base and novel). The engine records it in results.json
+  (``"transductive": true``), the sweep adds ``_transductive`` to the run's config folder, and the result
+  tables mark its rows ``[transductive]``, so that it is never compared like-for-like by accident.
+* ``fixture``: what a generic build of the method needs beside a config, for the test suites that build
+  every registered trainer (contract, backbone families, golden numbers): the name of a classmethod of the
+  trainer, ``fixture(folder, backbone) -> [KEY, VALUE, ...]`` config options, that prepares it under
+  ``folder`` (PromptKD: a fabricated teacher run). None: a config is enough.
 
 The card is a frozen dataclass: a derived card is ``dataclasses.replace(card, order=..., ...)``.
 Assigning it as ``CARD`` in a class body also sets the class attributes the engine and the methods' own
@@ -118,6 +126,8 @@ class MethodCard:
     config_folder: Optional[str] = None
     notes: str = ""
     views: int = 1  # augmented views of each training image the method reads (batch["img"] a list when > 1)
+    transductive: bool = False
+    fixture: Optional[str] = None
     name: str = ""  # the registered name (filled by card_of / method_card; empty in a declaration)
 
     def __post_init__(self):
@@ -130,6 +140,7 @@ class MethodCard:
         if self.views < 1:
             raise CardError(f"views must be >= 1, got {self.views}")
         set_(self, "eval_only", bool(self.eval_only))
+        set_(self, "transductive", bool(self.transductive))
         set_(self, "backbones", support_dict(self.backbones))
         if self.cfg_defaults is not None:
             set_(self, "cfg_defaults", dict(self.cfg_defaults))

@@ -187,9 +187,14 @@ def _dataset_order(ds, standard):
     return known + sorted(d for d in ds if d not in standard)
 
 
-def _labels(keys, std_shots=None):
+#: the mark of a row whose runs trained on unlabelled images of the classes they are tested on (PromptKD)
+TRANSDUCTIVE_LABEL = " [transductive]"
+
+
+def _labels(keys, std_shots=None, recs=()):
     """Row labels: the trainer, plus the config when the trainer has several configs in the table, plus
-    the shot count when it is not the protocol's standard one."""
+    the shot count when it is not the protocol's standard one, plus `` [transductive]`` when the row's runs
+    are transductive (``recs``: the table's records)."""
     cfgs = {}
     for k in keys:
         cfgs.setdefault(k[0], set()).add(k[1].replace(TEST_SELECTION_MARK, ""))
@@ -203,6 +208,10 @@ def _labels(keys, std_shots=None):
         if len(k) > 2 and k[2] is not None and std_shots is not None and k[2] != std_shots:
             extra.append(f"{k[2]} shots")
         out[k] = k[0] + (f" ({', '.join(extra)})" if extra else "")
+    marked = {(r.trainer, r.group_config) for r in recs if r.transductive}
+    for k in keys:
+        if tuple(k[:2]) in marked:
+            out[k] += TRANSDUCTIVE_LABEL
     return out
 
 
@@ -266,7 +275,12 @@ class _Missing:
 
 
 def _configs_note(keys, labels):
-    return "Rows (TRAINER:CONFIG folder): " + "; ".join(f"{labels[k]} = {k[0]}:{k[1]}" for k in keys)
+    note = "Rows (TRAINER:CONFIG folder): " + "; ".join(f"{labels[k]} = {k[0]}:{k[1]}" for k in keys)
+    if any(labels[k].endswith(TRANSDUCTIVE_LABEL) for k in keys):
+        note += (f". {TRANSDUCTIVE_LABEL.strip()}: trained on unlabelled training images of every class of the "
+                 "dataset, the classes it is tested on included (transductive, e.g. PromptKD); not comparable "
+                 "like-for-like with the inductive rows")
+    return note
 
 
 def _fmt_ds(d):
@@ -279,7 +293,7 @@ def base2new_table(records, seeds, metric="accuracy", pub=None, pub_mode=None, m
     if not recs:
         return None
     keys = sorted({(r.trainer, r.group_config, r.shots) for r in recs}, key=lambda k: (_trainer_rank(k[0], methods), k[1:]))
-    labels = _labels(keys, std_shots=16)
+    labels = _labels(keys, std_shots=16, recs=recs)
     datasets = _dataset_order({r.dataset for r in recs}, DATASETS_11)
     t = Table(
         name="base2new",
@@ -383,7 +397,7 @@ def transfer_table(records, protocol, seeds, metric="accuracy", pub=None, pub_mo
         keys_dg = {(r.trainer, r.group_config, r.shots) for r in records if r.protocol == "domain_generalization"}
         keys_t |= {(r.trainer, r.group_config, r.shots) for r in src} - keys_dg
     keys = sorted(keys_t, key=lambda k: (_trainer_rank(k[0], methods), k[1:]))
-    labels = _labels(keys, std_shots=16)
+    labels = _labels(keys, std_shots=16, recs=list(tgt) + list(src))
     targets = _dataset_order({r.dataset for r in tgt}, standard)
     src_name = _fmt_ds(source)
     title = ("Cross-dataset transfer" if protocol == "cross_dataset" else "Domain generalization")
@@ -440,7 +454,7 @@ def few_shot_tables(records, seeds, metric="accuracy", pub=None, pub_mode=None, 
     if not recs:
         return []
     keys = sorted({(r.trainer, r.group_config) for r in recs}, key=lambda k: (_trainer_rank(k[0], methods), k[1:]))
-    labels = _labels(keys)
+    labels = _labels(keys, recs=recs)
     datasets = _dataset_order({r.dataset for r in recs}, DATASETS_11)
     shots = sorted({r.shots for r in recs if r.shots is not None})
     tables = []
@@ -640,7 +654,7 @@ def datasets_table(records, protocol, seeds, metric="accuracy", pub=None, pub_mo
     if not recs:
         return []
     keys = sorted({(r.trainer, r.group_config) for r in recs}, key=lambda k: (_trainer_rank(k[0], methods), k[1:]))
-    labels = _labels(keys)
+    labels = _labels(keys, recs=recs)
     datasets = _dataset_order({r.dataset for r in recs}, list(proto.datasets))
     t = Table(
         name=proto.name,

@@ -71,6 +71,9 @@ class Record:
     # hyper-parameters selected on the test split (results.json ``selection.split == "test"``,
     # TEST.SELECTION_SPLIT test): such runs form rows of their own, marked in the tables
     selected_on_test: bool = False
+    # trained on unlabelled images of the classes it is tested on (results.json ``transductive``, or a config
+    # folder with the sweep's ``_transductive`` mark): the tables mark its rows
+    transductive: bool = False
 
     @property
     def group_config(self):
@@ -171,6 +174,14 @@ def _shots_of(data):
     return int(s)
 
 
+def _marked_transductive(config):
+    return TRANSDUCTIVE_MARK in str(config or "")
+
+
+#: the mark the sweep puts in a transductive method's config folder (vlprompt.sweep.protocols.TRANSDUCTIVE_SUFFIX)
+TRANSDUCTIVE_MARK = "_transductive"
+
+
 def _norm(path):
     return osp.normpath(osp.abspath(str(path)))
 
@@ -263,6 +274,7 @@ def collect(roots, source=XD_SOURCE):
                 metrics=metrics, path=path, origin="json", config_dict=data.get("config") or {},
                 inferred=placed_by == "fields", placed_by=placed_by, backbone=_json_backbone(data, info),
                 selected_on_test=isinstance(data.get("selection"), dict) and data["selection"].get("split") == "test",
+                transductive=bool(data.get("transductive")) or _marked_transductive(info["config"]),
             ))
         else:
             got = read_run_log(dirpath)
@@ -273,6 +285,6 @@ def collect(roots, source=XD_SOURCE):
             records.append(Record(
                 trainer=info["trainer"], config=info["config"], protocol=info["protocol"], role=info["role"],
                 dataset=info["dataset"], shots=info["shots"], seed=info["seed"], metrics=metrics, path=path,
-                origin="log", backbone=_path_backbone(info),
+                origin="log", backbone=_path_backbone(info), transductive=_marked_transductive(info["config"]),
             ))
     return records, problems

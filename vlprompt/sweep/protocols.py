@@ -85,6 +85,9 @@ __all__ = [
     "repo_root",
 ]
 
+#: the config-folder suffix of a transductive method's runs (docs/RESULTS.md, "Transductive methods")
+TRANSDUCTIVE_SUFFIX = "_transductive"
+
 
 class SweepError(ValueError):
     """A sweep request that cannot be planned (unknown method, config, dataset or protocol)."""
@@ -539,7 +542,9 @@ class _Ctx:
             self._epochs[rel] = (self.load_epoch if self.load_epoch is not None
                                  else read_max_epoch(osp.join(self.root, rel), self.opts))
         try:
-            cfg_dir = config_folder(name, self.tag, self.slug_opts)
+            # a transductive method (its card's ``transductive``: PromptKD) says so in its run folders
+            mark = TRANSDUCTIVE_SUFFIX if spec is not None and getattr(spec, "transductive", False) else ""
+            cfg_dir = config_folder(name, mark + self.tag, self.slug_opts)
         except TreeError as e:
             raise SweepError(str(e)) from None
         return _Resolved(rel, cfg_dir, self._epochs[rel], extra, level, label)

@@ -68,6 +68,9 @@ class DatasetBase:
 
     dataset_dir = ""  # the directory under DATASET.ROOT
     domains = []
+    #: the training items of every class before DATASET.SUBSAMPLE_CLASSES took a half (set by the split-based
+    #: datasets and ImageNet; None: not kept); a transductive method (PromptKD) trains on them without labels
+    train_all_classes = None
 
     def __init__(self, train_x=None, train_u=None, val=None, test=None):
         self._train_x = train_x
@@ -190,8 +193,12 @@ class DatasetBase:
             train, val = load_or_make_fewshot(
                 self, self.split_fewshot_dir, num_shots, cfg.SEED, train, val, prefix=prefix
             )
+        # the training items of every class (after the few-shot subset, before the base/new half): what a
+        # transductive method (PromptKD) trains on, without labels, whatever half the run is evaluated on
+        train_all_classes = train
         train, val, test = subsample_classes(train, val, test, subsample=cfg.DATASET.SUBSAMPLE_CLASSES)
         DatasetBase.__init__(self, train_x=train, val=val, test=test)
+        self.train_all_classes = train_all_classes
 
     # CoOp dataset files call these as static methods of their classes.
     @staticmethod
