@@ -416,13 +416,13 @@ def _debug_requested(argv):
 def cli(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if not argv or args.demo:
+    if not argv or "--demo" in argv:  # the demo's own options (--trainer, --shots, --quiet, ...) follow
         try:
             from vlprompt.toy.demo import main as demo_main
         except ImportError as e:
             parser.error(f"the embedded demo is unavailable ({e}); pass --trainer/--config-file etc.")
-        return demo_main([a for a in argv if a != "--demo"])
+        return demo_main([a for a in argv if a != "--demo"], cli=cli)
+    args = parser.parse_args(argv)
     debug = args.debug or _debug_requested([])
     try:
         import_plugins()

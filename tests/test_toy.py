@@ -455,11 +455,12 @@ def test_every_trainer_runs_end_to_end_on_the_toy_world(trainer, toy_root, tmp_p
 
 def test_demo_runs_train_py_base_to_novel(toy_root, tmp_path):
     """The demo's plumbing with a 1-epoch, 2-shot APLe: the CoOp output tree and the printed table."""
+    from train import cli as train_cli
     from vlprompt.toy.demo import run_demo
 
     lines = []
     out = tmp_path / "demo"
-    res = run_demo(root=toy_root, output_dir=str(out), shots=2, quiet=True, log=lines.append,
+    res = run_demo(root=toy_root, output_dir=str(out), shots=2, quiet=True, log=lines.append, cli=train_cli,
                    opts=["OPTIM.MAX_EPOCH", "1", "OPTIM.WARMUP_EPOCH", "0"])
     assert set(res) == {"ZeroshotCLIP", "APLe"}
     for accs in res.values():
@@ -473,7 +474,7 @@ def test_demo_runs_train_py_base_to_novel(toy_root, tmp_path):
     assert "ZeroshotCLIP" in table and "HM" in table
     # A second call reuses the finished runs.
     lines.clear()
-    again = run_demo(root=toy_root, output_dir=str(out), shots=2, quiet=True, log=lines.append,
+    again = run_demo(root=toy_root, output_dir=str(out), shots=2, quiet=True, log=lines.append, cli=train_cli,
                      opts=["OPTIM.MAX_EPOCH", "1", "OPTIM.WARMUP_EPOCH", "0"])
     assert again == res and sum("already done" in m for m in lines) == 4
 

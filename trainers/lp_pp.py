@@ -43,7 +43,8 @@ from vlprompt.engine import TRAINER_REGISTRY
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
 from vlprompt.engine.methods import MethodCard
 from vlprompt.errors import UserRuntimeError
-from vlprompt.features.selection import make_epoch_selection_hook, selection_loader
+from vlprompt.engine.selection_hook import make_epoch_selection_hook
+from vlprompt.features.selection import selection_loader
 from vlprompt.features.training import FeatureEpochs, FeatureViewSource
 
 ALPHA_GRADS = ("accumulated", "current")

@@ -308,7 +308,7 @@ def parse_download_name(name):
 
 
 def _verify_download(path, f, url):
-    from vlprompt.data.download import DownloadError
+    from vlprompt.data.fetch import DownloadError
 
     size = os.path.getsize(path)
     if f.size is not None and size != f.size:
@@ -325,9 +325,9 @@ def download_descriptions(root, sources=None, fetcher=None, timeout=15.0, quiet=
     Each file is downloaded to a temporary name, checked (size, git blob SHA-1 of the pinned commit, the
     format) and only then renamed into place; files already present and matching are kept. An install
     manifest records what was installed. Returns ``{source: [installed file names]}``; raises
-    :class:`vlprompt.data.download.DownloadError` (listing every failed file) when a file could not be had.
+    :class:`vlprompt.data.fetch.DownloadError` (listing every failed file) when a file could not be had.
     """
-    from vlprompt.data.download import DownloadError, fetch_url
+    from vlprompt.data.fetch import DownloadError, fetch_url
     from vlprompt.data.integrity import write_manifest
 
     fetcher = fetcher or fetch_url

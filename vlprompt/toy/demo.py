@@ -25,7 +25,6 @@ importing torch, torchvision and the engine takes several seconds per process, m
 """
 import argparse
 import collections
-import importlib
 import io
 import os
 import os.path as osp
@@ -107,36 +106,21 @@ class _Progress(io.TextIOBase):
         return len(text)
 
 
-def _train_module(repo):
-    """``train.py`` of the checkout as a module: the running one when the demo was started by it (``python
-    train.py``), else imported from ``repo``."""
-    path = osp.realpath(osp.join(repo, "train.py"))
-    for name in ("__main__", "train"):
-        mod = sys.modules.get(name)
-        if mod is not None and osp.realpath(getattr(mod, "__file__", "") or "") == path and hasattr(mod, "cli"):
-            return mod
-    if not osp.isfile(path):
-        raise DemoError(f"{path} is missing: the demo runs the checkout's train.py (run it from a vlprompt checkout)")
-    if repo not in sys.path:
-        sys.path.insert(0, repo)
-    return importlib.import_module("train")
-
-
-def _run(argv, cwd, log, quiet, verbose=False):
-    """Run one ``train.py`` command line (``argv`` without the program) in this process, as ``python train.py
-    ...`` in ``cwd`` would (same command-line function, same files; the engine, torch and the toy CLIP's
-    modules are imported once for all the demo's runs instead of once per run), streaming its progress lines
-    (all lines if ``verbose``; none if ``quiet``)."""
+def _run(cli, argv, cwd, log, quiet, verbose=False):
+    """Run one ``train.py`` command line (``argv`` without the program) in this process through ``cli`` (the
+    ``cli`` function of ``train.py``), as ``python train.py ...`` in ``cwd`` would (same command-line
+    function, same files; the engine, torch and the toy CLIP's modules are imported once for all the demo's
+    runs instead of once per run), streaming its progress lines (all lines if ``verbose``; none if
+    ``quiet``)."""
     from vlprompt.utils import restore_stdout
 
     t0 = time.time()
-    train = _train_module(cwd)
     saved = sys.stdout, sys.stderr, os.getcwd()
     console = _Progress(log, quiet, verbose, saved[0])
     sys.stdout = sys.stderr = console
     os.chdir(cwd)
     try:
-        rc = train.cli(list(argv))
+        rc = cli(list(argv))
     finally:
         restore_stdout()
         sys.stdout, sys.stderr = saved[0], saved[1]
@@ -150,13 +134,17 @@ def _run(argv, cwd, log, quiet, verbose=False):
 
 
 def run_demo(root=None, output_dir=None, trainer="APLe", config="toy", seed=1, shots=SHOTS, opts=(),
-             rerun=False, quiet=False, verbose=False, log=print):
+             rerun=False, quiet=False, verbose=False, log=print, cli=None):
     """Run the demo; return ``{"ZeroshotCLIP": {...}, trainer: {...}}`` with base/novel/HM accuracies.
 
     ``root``: data folder (default ``./data``); ``output_dir``: output root (default ``./output/demo``);
     ``config``: trainer config name under ``configs/trainers/<trainer>/`` (default ``toy``); ``opts``:
-    extra ``KEY VALUE`` config options for the trainer's runs (e.g. ``["OPTIM.MAX_EPOCH", "2"]``).
+    extra ``KEY VALUE`` config options for the trainer's runs (e.g. ``["OPTIM.MAX_EPOCH", "2"]``); ``cli``:
+    ``train.py``'s command-line function (``train.cli``), which runs each step.
     """
+    if cli is None:
+        raise DemoError("run_demo needs train.py's command-line function: run_demo(..., cli=train.cli), or run "
+                        "python train.py --demo")
     from vlprompt.sweep.protocols import Method, SweepError, expand
 
     from .data import ToyDataError, ensure_toy_dataset
@@ -200,7 +188,7 @@ def run_demo(root=None, output_dir=None, trainer="APLe", config="toy", seed=1, s
                 if osp.isdir(run.output_dir):
                     shutil.rmtree(run.output_dir)  # an unfinished or to-be-rerun attempt
                 log(f"[{k}/{n_total}] {label}: {what}")
-                secs = _run(run.command(root, []), repo, log, quiet, verbose)
+                secs = _run(cli, run.command(root, []), repo, log, quiet, verbose)
                 fresh.add(run.output_dir)
                 log(f"[{k}/{n_total}] {label}: done in {secs:.0f}s")
             accs[part] = _accuracy(run.output_dir)
@@ -220,7 +208,17 @@ def run_demo(root=None, output_dir=None, trainer="APLe", config="toy", seed=1, s
     return results
 
 
-def main(argv=None):
+def main(argv=None, cli=None):
+    """The demo's command line. ``cli``: ``train.py``'s command-line function (``python train.py`` passes its
+    own); without it (``python -m vlprompt.toy.demo``) this process becomes ``python train.py --demo ...``."""
+    if cli is None:
+        train_py = osp.join(_repo_root(), "train.py")
+        if not osp.isfile(train_py):
+            print(f"Error: {train_py} is missing: the demo runs the checkout's train.py (run it from a vlprompt "
+                  "checkout)", file=sys.stderr)
+            return 2
+        argv = sys.argv[1:] if argv is None else list(argv)
+        os.execv(sys.executable, [sys.executable, train_py, "--demo", *argv])
     p = argparse.ArgumentParser(
         prog="python -m vlprompt.toy.demo",
         description="APLe base-to-novel on the procedural toy world with the shipped toy CLIP (offline, CPU).",
@@ -239,7 +237,7 @@ def main(argv=None):
     try:
         run_demo(root=args.root, output_dir=args.output_dir, trainer=args.trainer, config=args.config,
                  seed=args.seed, shots=args.shots, opts=args.opts, rerun=args.rerun, quiet=args.quiet,
-                 verbose=args.verbose)
+                 verbose=args.verbose, cli=cli)
     except DemoError as e:
         print(f"Error: {e}", file=sys.stderr)
         return 2
