@@ -36,7 +36,7 @@ from vlprompt.engine.methods import MethodCard
 from vlprompt.errors import UserRuntimeError
 from vlprompt.features.extract import view_features
 from vlprompt.features.selection import first_best, record_selection, selection_features
-from vlprompt.features.training import run_seed
+from vlprompt.features.training import FrozenFeatureInference, run_seed
 
 ALPHA_GRID = (1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0)
 GDA_DEFAULTS = dict(AUGMENT_EPOCH=10, ALPHA_GRID=ALPHA_GRID, ALPHA_DEFAULT=0.1, ZS_SCALE=100.0, PREC="fp32")
@@ -96,7 +96,7 @@ class GDAModel(PromptedCLIP):
 
 
 @TRAINER_REGISTRY.register()
-class GDA(TrainerX):
+class GDA(FrozenFeatureInference, TrainerX):
     """GDA (training-free): the head is estimated and alpha searched when the trainer is built; run with
     ``--eval-only``."""
 
@@ -164,15 +164,6 @@ class GDA(TrainerX):
         print(f"GDA: alpha {alpha:g} selected on the {split} split (accuracy {acc:.2f})")
         record_selection(self, split, alpha=float(alpha), accuracy=acc, grid=[[a, s] for a, s in trace])
         return {"alpha": float(alpha), "selection_acc": acc}
-
-    def model_inference(self, image, features=None):
-        with torch.no_grad(), self.precision.autocast():
-            if features is None:
-                features = self.model.image_encoder(image)
-            return self.model.logits_from_image_features(features)
-
-    def logits_from_image_features(self, features):
-        return self.model.logits_from_image_features(features)
 
     def extra_results(self):
         return dict(self.search)

@@ -44,7 +44,7 @@ from vlprompt.engine import TRAINER_REGISTRY, TrainerX
 from vlprompt.engine.clip_trainer import ClipPromptTrainer
 from vlprompt.engine.methods import MethodCard
 from vlprompt.features.selection import record_selection, selection_features, selection_loader
-from vlprompt.features.training import FeatureEpochs, run_seed
+from vlprompt.features.training import FeatureEpochs, FrozenFeatureInference, run_seed
 from vlprompt.metrics import compute_accuracy
 from vlprompt.errors import UserRuntimeError
 
@@ -222,7 +222,7 @@ def search_alpha_beta(trainer, model):
 
 
 @TRAINER_REGISTRY.register()
-class TipAdapter(TrainerX):
+class TipAdapter(FrozenFeatureInference, TrainerX):
     """Tip-Adapter (training-free): the cache is built and alpha/beta searched when the trainer is built;
     run with ``--eval-only``."""
 
@@ -252,15 +252,6 @@ class TipAdapter(TrainerX):
         self.model.set_cache(keys.to(self.device), labels.to(self.device), learnable=False)
         print(f"Tip-Adapter: cache of {keys.shape[0]} keys x {keys.shape[1]} dims, {self.method_cfg.AUGMENT_EPOCH} views")
         self.search = search_alpha_beta(self, self.model)
-
-    def model_inference(self, image, features=None):
-        with torch.no_grad(), self.precision.autocast():
-            if features is None:
-                features = self.model.image_encoder(image)
-            return self.model.logits_from_image_features(features)
-
-    def logits_from_image_features(self, features):
-        return self.model.logits_from_image_features(features)
 
     def extra_results(self):
         beta, alpha, acc = self.search

@@ -40,7 +40,7 @@ def _reason(err):
         return f"host name lookup failed ({reason})"
     if isinstance(reason, (socket.timeout, TimeoutError)):
         return "the connection timed out"
-    return str(reason)
+    return str(reason) or type(reason).__name__
 
 
 def fetch_url(url, dest, md5=None, timeout=DEFAULT_TIMEOUT, quiet=False, resume=True):

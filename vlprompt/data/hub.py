@@ -29,6 +29,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+from vlprompt.data.fetch import _reason
 from vlprompt.data.integrity import IntegrityError, check_file
 from vlprompt.errors import UserError
 
@@ -159,15 +160,6 @@ def _hf():
     from huggingface_hub.utils import build_hf_headers
 
     return huggingface_hub, constants, build_hf_headers
-
-
-def _reason(err):
-    reason = getattr(err, "reason", err)
-    if isinstance(reason, socket.gaierror):
-        return f"host name lookup failed ({reason})"
-    if isinstance(reason, (socket.timeout, TimeoutError)):
-        return "the connection timed out"
-    return str(reason) or type(reason).__name__
 
 
 class HubClient:

@@ -24,7 +24,22 @@ from vlprompt.data.batch_sources import BatchSource
 
 from .extract import frozen_tower, view_features
 
-__all__ = ["FeatureEpochs", "FeatureViewSource", "run_seed"]
+__all__ = ["FeatureEpochs", "FeatureViewSource", "FrozenFeatureInference", "run_seed"]
+
+
+class FrozenFeatureInference:
+    """``model_inference`` / ``logits_from_image_features`` of a training-free trainer whose ``self.model`` has an
+    ``image_encoder`` (the frozen, unprompted tower) and ``logits_from_image_features`` (Tip-Adapter, GDA):
+    test batches are evaluated from stored features when the engine has them, else from images."""
+
+    def model_inference(self, image, features=None):
+        with torch.no_grad(), self.precision.autocast():
+            if features is None:
+                features = self.model.image_encoder(image)
+            return self.model.logits_from_image_features(features)
+
+    def logits_from_image_features(self, features):
+        return self.model.logits_from_image_features(features)
 
 
 def run_seed(cfg):
