@@ -304,7 +304,7 @@ def test_cli_tpt_on_zero_shot_and_on_a_trained_coop_run(tmp_path):
     assert r["tta"]["method"] == "TPT" and r["tta"]["base_kind"] == "zero_shot" and r["tta"]["n_views"] == 10
     assert set(r["metrics"]) >= {"accuracy", "ece"} and r["tta"]["n_images"] == 3
     run = tmp_path / "coop"
-    _cli(tmp_path, run, "CoOp", "DATASET.NUM_SHOTS", "1", "OPTIM.MAX_EPOCH", "1")
+    _cli(tmp_path, run, "CoOp", "DATASET.NUM_SHOTS", "1", "OPTIM.MAX_EPOCH", "1", "OPTIM.WARMUP_EPOCH", "0")
     r = _cli(tmp_path, tmp_path / "coop_tpt", "CoOp", "TTA.METHOD", "TPT", *small, model_dir=run)
     assert r["tta"]["base_model"] == "CoOp" and r["tta"]["base_kind"] == "prompt_learner"
     with open(tmp_path / "coop_tpt" / "tta_outputs.json") as f:
