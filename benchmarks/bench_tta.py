@@ -14,7 +14,7 @@ names, so the prompts have ImageNet's token lengths), 64 views (random tensors, 
 
 Both arms start each image from the same context, so their outputs are compared too (selected views and
 view-0 logits). Usage: ``python benchmarks/bench_tta.py [--reps 3] [--classes 1000] [--device cpu|cuda]
-[--threads N] [--json out.json]``.
+[--threads N] [--warmup 1] [--json out.json]``.
 """
 import argparse
 import json
@@ -43,6 +43,7 @@ def classnames(n):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (0: none)")
     p.add_argument("--classes", type=int, default=1000)
     p.add_argument("--views", type=int, default=64)
     p.add_argument("--backbone", default="ViT-B/16")
@@ -94,14 +95,14 @@ def main(argv=None):
 
     times = {"vlprompt": [], "official": []}
     outs = {}
-    for rep in range(a.reps + 1):  # the first round warms up
+    for rep in range(a.reps + a.warmup):  # the first ``warmup`` rounds are not timed
         for name, fn in (("vlprompt", ours), ("official", official)) if rep % 2 == 0 else \
                 (("official", official), ("vlprompt", ours)):
             sync()
             t0 = time.perf_counter()
             out = fn()
             sync()
-            if rep:
+            if rep >= a.warmup:
                 times[name].append(time.perf_counter() - t0)
             outs[name] = out
     same_sel = outs["vlprompt"][1].tolist() == outs["official"][1].cpu().tolist()
