@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainers.tta.dmn import DMN_BETA2_GRID, DMNState, DynamicMemory, dmn_confident_mean, search_beta2
+from trainers.tta.dmn import (DMN_BETA2_GRID, DMNState, DynamicMemory, dmn_confident_mean, grid_predictions,
+                              search_beta2)
 
 
 def _unit(*xs):
@@ -118,8 +119,11 @@ def test_beta2_search_is_the_official_oracle_first_best_on_ties():
     p_text = torch.tensor([[0.6, 0.4], [0.6, 0.4], [0.3, 0.7]])
     p_mem = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
     labels = torch.tensor([1, 0, 1])
-    beta2, acc, table = search_beta2(p_text, p_mem, labels)
-    # beta2 <= 0.1: predictions [0, 0, 1] -> 66.7 %; beta2 >= 0.3: [1, 0, 1] -> 100 %
+    preds = grid_predictions(p_text, p_mem)
+    assert preds.shape == (3, len(DMN_BETA2_GRID))
+    beta2, acc, table = search_beta2(preds, labels)
+    # sample 0 flips to class 1 once beta2 > 0.2: beta2 <= 0.1 -> [0, 0, 1], 66.7 %; beta2 >= 0.3 -> [1, 0, 1],
+    # 100 % for all larger values too; the first best of the grid is 0.3
     assert beta2 == 0.3 and acc == pytest.approx(100.0)
-    assert table[0.1] == pytest.approx(200 / 3) and list(table) == list(DMN_BETA2_GRID)
+    assert table[DMN_BETA2_GRID.index(0.1)] == pytest.approx(200 / 3)
     assert torch.equal(DMNState.combine(p_text, p_mem, 2.0), p_text + 2.0 * p_mem)

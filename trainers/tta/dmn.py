@@ -21,8 +21,8 @@ import torch
 
 from vlprompt.tta.caches import confident_indices
 
-__all__ = ["DMN_BETA2_GRID", "DynamicMemory", "DMNState", "dmn_text_probs", "dmn_confident_mean",
-           "search_beta2"]
+__all__ = ["DMN_BETA2_GRID", "DMN_TIP_TEMPLATES", "DynamicMemory", "DMNState", "DMN_ZS", "dmn_text_probs",
+           "dmn_confident_mean", "grid_predictions", "search_beta2"]
 
 DMN_BETA2_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100, 300, 1000)
 
@@ -127,14 +127,179 @@ class DMNState:
         return p_text * 1.0 + p_memory * beta2
 
 
-def search_beta2(p_text, p_memory, labels, grid=DMN_BETA2_GRID):
-    """The official oracle: the beta2 of ``grid`` with the best top-1 accuracy on the test labels (first one
-    on ties, as the official strict ``>``). Returns ``(beta2, accuracy %, {beta2: accuracy %})``."""
-    best, best_acc, table = None, -1.0, {}
-    for beta2 in grid:
-        pred = DMNState.combine(p_text, p_memory, beta2).argmax(1)
-        acc = 100.0 * float((pred == labels).float().mean())
-        table[beta2] = acc
-        if acc > best_acc:
-            best, best_acc = beta2, acc
-    return best, best_acc, table
+def grid_predictions(p_text, p_memory, grid=DMN_BETA2_GRID):
+    """The predictions (N, len(grid)) of ``p_text + beta2 * p_memory`` for every beta2 of ``grid``."""
+    return torch.stack([DMNState.combine(p_text, p_memory, b).argmax(1) for b in grid], dim=1)
+
+
+def search_beta2(predictions, labels, grid=DMN_BETA2_GRID):
+    """The official oracle: the beta2 of ``grid`` with the best top-1 accuracy on the test labels, from the
+    per-beta2 predictions (N, len(grid)); the first one on ties, as the official strict ``>``.
+    Returns ``(beta2, accuracy %, [accuracy % per grid value])``."""
+    y = torch.as_tensor(labels).view(-1, 1)
+    accs = (100.0 * (torch.as_tensor(predictions) == y).double().mean(0)).tolist()
+    best = max(range(len(accs)), key=lambda i: (accs[i], -i))
+    return float(grid[best]), accs[best], accs
+
+
+# ------------------------------------------------------------------------------------------------
+# The test-time procedure (vlprompt.tta): TTA.METHOD DMN_ZS
+# ------------------------------------------------------------------------------------------------
+
+import json  # noqa: E402
+import os.path as osp  # noqa: E402
+
+from vlprompt.tta import TTA_REGISTRY, TestTimeProcedure, TTAError  # noqa: E402
+
+# DMN's "tip" text prompts (data/imagnet_prompts.py of the official code): Tip-Adapter's 7 ImageNet templates (in
+# DMN's order) for the ImageNet family, Caltech101 and SUN397; one template for the other fine-grained sets.
+_TIP_SEVEN = [
+    "a bad photo of the {}.", "a {} in a video game.", "a origami {}.", "a photo of the small {}.",
+    "art of the {}.", "a photo of the large {}.", "itap of a {}.",
+]
+DMN_TIP_TEMPLATES = {
+    "ImageNet": _TIP_SEVEN, "ImageNetA": _TIP_SEVEN, "ImageNetV2": _TIP_SEVEN, "ImageNetR": _TIP_SEVEN,
+    "ImageNetSketch": _TIP_SEVEN, "Caltech101": _TIP_SEVEN, "SUN397": _TIP_SEVEN,
+    "OxfordFlowers": ["a photo of a {}, a type of flower."],
+    "DescribableTextures": ["{} texture."],
+    "OxfordPets": ["a photo of a {}, a type of pet."],
+    "StanfordCars": ["a photo of a {}, a type of car."],
+    "UCF101": ["a photo of a person doing {}."],
+    "Food101": ["a photo of {}, a type of food."],
+    "FGVCAircraft": ["a photo of a {}, a type of aircraft."],
+    "EuroSAT": ["a centered satellite photo of {}."],
+}
+TEXT_SOURCES = ("base", "tip", "tip_cupl")
+
+
+def read_cupl_file(path, classnames):
+    """``{class name: [sentences]}`` from a CuPL JSON file (the official ``data/gpt3_prompts/*.json``), checked to
+    cover every class name (with ``_`` as spaces, as the official ``reset_classnames``)."""
+    if not path:
+        raise TTAError("TTA.DMN.TEXT tip_cupl needs TTA.DMN.CUPL_FILE: the CuPL descriptions of the dataset's classes "
+                       "(data/gpt3_prompts/CuPL_prompts_<dataset>.json of github.com/YBZh/DMN)")
+    if not osp.isfile(path):
+        raise TTAError(f"TTA.DMN.CUPL_FILE {path} does not exist")
+    try:
+        with open(path) as f:
+            table = json.load(f)
+    except (OSError, ValueError) as e:
+        raise TTAError(f"TTA.DMN.CUPL_FILE {path} is not a readable JSON file: {e}") from None
+    names = [c.replace("_", " ") for c in classnames]
+    missing = [n for n in names if not isinstance(table, dict) or n not in table]
+    if missing:
+        raise TTAError(f"TTA.DMN.CUPL_FILE {path} has no descriptions for {len(missing)} class(es), e.g. "
+                       f"'{missing[0]}': it must be the file of this dataset")
+    return [list(table[n]) for n in names]
+
+
+@torch.no_grad()
+def encode_prompt_lists(clip_model, prompt_lists, device):
+    """Per class: every prompt encoded, each feature normalised, averaged, renormalised (official
+    ``get_text_features``) -> (C, D) fp32."""
+    from vlprompt.clip.tokenizer import tokenize
+
+    out = []
+    for prompts in prompt_lists:
+        emb = clip_model.encode_text(tokenize(prompts, model=clip_model).to(device)).float()
+        emb = emb / emb.norm(dim=-1, keepdim=True)
+        mean = emb.mean(dim=0)
+        out.append(mean / mean.norm())
+    return torch.stack(out, dim=0)
+
+
+@TTA_REGISTRY.register()
+class DMN_ZS(TestTimeProcedure):
+    """DMN-ZS as a test-time procedure: online, training-free (module docstring; docs/METHODS.md, "DMN-ZS").
+
+    ``step`` returns ``log(p_text + BETA2 * p_memory)``: its argmax is DMN's prediction and its softmax the
+    normalised mixture ``(p_text + BETA2 p_memory) / (1 + BETA2)``, the confidence recorded for ECE."""
+
+    EPISODIC = False
+    CFG_NODE = "DMN"
+    CFG_DEFAULTS = dict(
+        N_VIEWS=32,  # official -b 32 (view 0 + 31 augmented views); 1 = TTA-VLM's "dmn_weak"
+        SELECTION_P=0.1,  # int(32 * 0.1) = 3 confident views give the pseudo-label
+        MEMORY_SIZE=50,
+        BETA=5.5,  # sharpness of the read-out weights exp(-beta (1 - cos))
+        BETA2=1.0,  # weight of the memory probabilities in each prediction (TTA-VLM's fixed 1.0)
+        SEARCH_BETA2=True,  # also report the official oracle: the best beta2 of the grid on the test labels
+        TEXT="base",  # base: the base model's classifier; tip / tip_cupl: DMN's prompts (zero-shot CLIP only)
+        CUPL_FILE="",  # TEXT tip_cupl: the official CuPL JSON of the dataset
+    )
+
+    @classmethod
+    def refusal(cls, base):
+        if base.kind not in ("zero_shot", "prompt_learner"):
+            return ("DMN-ZS reads one text classifier and the image features of the base model; this base model "
+                    "has neither a zero-shot head nor a prompt learner's classifier")
+        return None
+
+    @classmethod
+    def n_views(cls, cfg):
+        n = int(cfg.TTA.DMN.N_VIEWS)
+        if n < 1:
+            raise TTAError(f"TTA.DMN.N_VIEWS must be >= 1, got {n}")
+        return n
+
+    def __init__(self, cfg, base):
+        super().__init__(cfg, base)
+        node = self.node
+        text = str(node.TEXT).lower()
+        if text not in TEXT_SOURCES:
+            raise TTAError(f"TTA.DMN.TEXT must be one of {', '.join(TEXT_SOURCES)}, got '{node.TEXT}'")
+        if int(node.MEMORY_SIZE) < 1:
+            raise TTAError(f"TTA.DMN.MEMORY_SIZE must be >= 1, got {node.MEMORY_SIZE}")
+        if text == "base":
+            feats = base.text_features()
+            feats = feats / feats.norm(dim=-1, keepdim=True)
+        else:
+            dataset = cfg.DATASET.NAME
+            if base.kind != "zero_shot":
+                raise TTAError(f"TTA.DMN.TEXT {text} builds DMN's own prompt classifier, which only zero-shot CLIP "
+                               f"has ({base.name} is a prompt learner): use TTA.DMN.TEXT base")
+            if dataset not in DMN_TIP_TEMPLATES:
+                raise TTAError(f"DMN has no official prompt list for {dataset}: use TTA.DMN.TEXT base")
+            names = [c.replace("_", " ") for c in base.classnames]
+            lists = [[t.format(n) for t in DMN_TIP_TEMPLATES[dataset]] for n in names]
+            if text == "tip_cupl":
+                lists = [a + b for a, b in zip(lists, read_cupl_file(node.CUPL_FILE, base.classnames))]
+            with base.autocast():
+                feats = encode_prompt_lists(base.clip_model, lists, base.device)
+        self.text_feat = feats.float()
+        self.text_source = text
+        self.logit_scale = base.logit_scale.exp().float()
+        self.beta2 = float(node.BETA2)
+        self.search = bool(node.SEARCH_BETA2)
+        self.state = None
+
+    def reset(self):
+        n = self.node
+        self.state = DMNState(self.text_feat, self.logit_scale, memory_size=int(n.MEMORY_SIZE),
+                              beta=float(n.BETA), selection_p=float(n.SELECTION_P))
+        self.grid_predictions = []  # per sample, the prediction under every beta2 of the official grid
+
+    @torch.no_grad()
+    def step(self, sample):
+        feats = sample.image_features.float()
+        feats = feats / feats.norm(dim=-1, keepdim=True)
+        p_text, p_memory = self.state.step(feats)
+        if self.search:
+            self.grid_predictions.append(grid_predictions(p_text, p_memory)[0])
+        return torch.log(DMNState.combine(p_text, p_memory, self.beta2))[0].float()
+
+    def finish(self, labels):
+        """The official beta2 search (an oracle on the test labels, ``labels`` in stream order): extra metrics."""
+        if not self.search or not self.grid_predictions:
+            return {}
+        beta2, acc, _ = search_beta2(torch.stack(self.grid_predictions), labels)
+        return {"searched_accuracy": acc, "searched_beta2": beta2}
+
+    def state_summary(self):
+        mem = self.state.memory
+        filled = mem.count[:, 0]
+        return {
+            "text": self.text_source, "beta2": self.beta2, "memory_size": mem.memory_size, "beta": mem.beta,
+            "classes_in_memory": int((filled > 0).sum()), "memory_entries": int(filled.sum()),
+            "memory_bytes": mem.nbytes(),
+        }

@@ -262,3 +262,127 @@ class TDAState:
 
     def nbytes(self):
         return self.pos.nbytes() + self.neg.nbytes()
+
+
+# ------------------------------------------------------------------------------------------------
+# The test-time procedure (vlprompt.tta): TTA.METHOD TDA
+# ------------------------------------------------------------------------------------------------
+
+from vlprompt.tta import TTA_REGISTRY, TestTimeProcedure, TTAError  # noqa: E402
+
+TEXT_SOURCES = ("base", "official")
+
+
+def _official_value(node, key, dataset_name, pos):
+    value = float(node[key])
+    if value >= 0:
+        return value
+    official = tda_params_for(dataset_name)
+    if official is None:
+        raise TTAError(
+            f"TDA has no official {key.lower().replace('_', ' ')} for {dataset_name} (it was tuned on the 15 TTA "
+            f"datasets only): set TTA.TDA.POS_ALPHA and TTA.TDA.POS_BETA (ImageNet's are 2.0 and 5.0; "
+            "configs/tta/TDA/ has the official value of every dataset)")
+    return official[pos]
+
+
+@TTA_REGISTRY.register()
+class TDA(TestTimeProcedure):
+    """TDA as a test-time procedure: online, training-free (module docstring; docs/METHODS.md, "TDA")."""
+
+    EPISODIC = False
+    CFG_NODE = "TDA"
+    CFG_DEFAULTS = dict(
+        POS_ENABLED=True,
+        POS_SHOT_CAPACITY=TDA_POSITIVE_CAPACITY,
+        POS_ALPHA=-1.0,  # < 0: the official value of DATASET.NAME (TDA_DATASET_PARAMS)
+        POS_BETA=-1.0,  # < 0: the official value of DATASET.NAME
+        NEG_ENABLED=True,
+        NEG_SHOT_CAPACITY=2,
+        NEG_ALPHA=0.117,
+        NEG_BETA=1.0,
+        NEG_ENTROPY_LOWER=0.2,
+        NEG_ENTROPY_UPPER=0.5,
+        NEG_MASK_LOWER=0.03,
+        NEG_MASK_UPPER=1.0,
+        N_VIEWS=-1,  # < 0: official (64 views on ImageNet-A/V2/R/Sketch, 1 view elsewhere)
+        SELECTION_P=0.1,  # fraction of confident views kept when N_VIEWS > 1
+        USE_MODEL_LOGIT_SCALE=False,  # official: 100 hard-coded; True: the model's exp(logit_scale) (TTA-VLM)
+        ENTROPY_NORM="log2",  # official: ln-entropy / log2(C); "ln": ln-entropy / ln(C)
+        TEXT="base",  # base: the base model's classifier; official: TDA's template lists (zero-shot CLIP only)
+    )
+
+    @classmethod
+    def refusal(cls, base):
+        if base.kind not in ("zero_shot", "prompt_learner"):
+            return ("TDA reads one text classifier and the image features of the base model; this base model "
+                    "has neither a zero-shot head nor a prompt learner's classifier")
+        return None
+
+    @classmethod
+    def n_views(cls, cfg):
+        n = int(cfg.TTA.TDA.N_VIEWS)
+        if n >= 1:
+            return n
+        if n == 0:
+            raise TTAError("TTA.TDA.N_VIEWS must be >= 1, or -1 for the official choice")
+        return TDA_MULTIVIEW_VIEWS if cfg.DATASET.NAME in TDA_MULTIVIEW_DATASETS else 1
+
+    def __init__(self, cfg, base):
+        super().__init__(cfg, base)
+        node = self.node
+        dataset = cfg.DATASET.NAME
+        self.pos_alpha = _official_value(node, "POS_ALPHA", dataset, 0)
+        self.pos_beta = _official_value(node, "POS_BETA", dataset, 1)
+        norm = str(node.ENTROPY_NORM).lower()
+        if norm not in ("log2", "ln"):
+            raise TTAError(f"TTA.TDA.ENTROPY_NORM must be log2 (official) or ln, got '{node.ENTROPY_NORM}'")
+        self.entropy_norm = norm
+        text = str(node.TEXT).lower()
+        if text not in TEXT_SOURCES:
+            raise TTAError(f"TTA.TDA.TEXT must be one of {', '.join(TEXT_SOURCES)}, got '{node.TEXT}'")
+        if text == "official":
+            if base.kind != "zero_shot":
+                raise TTAError(f"TTA.TDA.TEXT official builds TDA's own template classifier, which only zero-shot "
+                               f"CLIP has ({base.name} is a prompt learner): use TTA.TDA.TEXT base")
+            if dataset not in TDA_TEMPLATES:
+                raise TTAError(f"TDA has no official template list for {dataset}: use TTA.TDA.TEXT base")
+            from vlprompt.clip import encode_class_texts
+
+            with torch.no_grad(), base.autocast():
+                weights = encode_class_texts(base.clip_model, base.classnames, TDA_TEMPLATES[dataset]).float()
+        else:
+            weights = base.text_features()
+        weights = weights / weights.norm(dim=-1, keepdim=True)
+        self.text_weights = weights.t().contiguous()  # (D, C), as the official clip_weights
+        self.text_source = text
+        if bool(node.USE_MODEL_LOGIT_SCALE):
+            self.logit_scale = float(base.logit_scale.exp())
+        else:
+            self.logit_scale = 100.0
+        self.state = None
+
+    def reset(self):
+        n = self.node
+        self.state = TDAState(
+            self.text_weights, self.pos_alpha, self.pos_beta, pos_capacity=int(n.POS_SHOT_CAPACITY),
+            neg_alpha=float(n.NEG_ALPHA), neg_beta=float(n.NEG_BETA), neg_capacity=int(n.NEG_SHOT_CAPACITY),
+            entropy_bounds=(float(n.NEG_ENTROPY_LOWER), float(n.NEG_ENTROPY_UPPER)),
+            mask_bounds=(float(n.NEG_MASK_LOWER), float(n.NEG_MASK_UPPER)), pos_enabled=bool(n.POS_ENABLED),
+            neg_enabled=bool(n.NEG_ENABLED), logit_scale=self.logit_scale, selection_p=float(n.SELECTION_P),
+            entropy_base=self.entropy_norm)
+
+    @torch.no_grad()
+    def step(self, sample):
+        feats = sample.image_features.float()
+        feats = feats / feats.norm(dim=-1, keepdim=True)
+        return self.state.step(feats)[0].float()
+
+    def state_summary(self):
+        s = self.state
+        return {
+            "pos_alpha": self.pos_alpha, "pos_beta": self.pos_beta, "logit_scale": self.logit_scale,
+            "entropy_norm": self.entropy_norm, "text": self.text_source,
+            "pos_entries": len(s.pos), "pos_classes": len(s.pos.entries),
+            "neg_entries": len(s.neg), "neg_classes": len(s.neg.entries), "cache_bytes": s.nbytes(),
+        }
