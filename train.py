@@ -247,6 +247,15 @@ def validate_inputs(cfg, args):
                        "of the run to resume; a run also resumes from its own --output-dir)")
     if args.eval_only and args.model_dir and not osp.isdir(args.model_dir):
         raise RunError(f'--model-dir "{args.model_dir}" does not exist or is not a folder')
+    from vlprompt.tta import tta_enabled
+
+    if tta_enabled(cfg):
+        from vlprompt.tta.runner import check_tta_cfg
+
+        check_tta_cfg(cfg)
+        if not args.eval_only:
+            raise RunError(f"TTA.METHOD {cfg.TTA.METHOD} adapts a finished model at test time: add --eval-only "
+                           "(and --model-dir RUN for a trained prompt learner)")
 
 
 def check_run_sanity(cfg, args):
@@ -351,7 +360,14 @@ def main(args):
         if resume is not None:
             trainer.run_info["resume"] = resume.record()
         if args.eval_only:
-            trainer.test()
+            from vlprompt.tta import tta_enabled
+
+            if tta_enabled(cfg):  # a test-time procedure wraps the finished model (vlprompt/tta/runner.py)
+                from vlprompt.tta.runner import run_test_time
+
+                run_test_time(trainer)
+            else:
+                trainer.test()
             return trainer
         if not args.no_train:
             trainer.train()

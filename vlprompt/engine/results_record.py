@@ -197,4 +197,7 @@ def build_results_record(trainer, metrics, eval_seconds=None, world_size=1):
     extra = trainer.extra_results()
     if extra:
         record["extra"] = extra
+    tta = getattr(trainer, "tta_info", None)  # a test-time run (vlprompt.tta.runner): procedure, order, views
+    if tta:
+        record["tta"] = tta
     return record
