@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from trainers.tta.tda import (TDA_DATASET_PARAMS, TDA_TEMPLATES, ClassCache, TDAState, normalized_entropy,
                               tda_clip_outputs)
-from vlprompt.tta.caches import marginal_entropy
+from vlprompt.tta.objectives import avg_entropy
 
 
 def _unit(*xs):
@@ -83,7 +83,7 @@ def test_multiview_outputs_mean_of_confident_views_not_renormalised():
     mean_p = all_logits[keep].softmax(1).mean(0)
     assert float(loss) == pytest.approx(float(-(mean_p * mean_p.log()).sum()))
     assert torch.allclose(prob[0], mean_p) and pred == int(all_logits[keep].mean(0).argmax())
-    assert float(marginal_entropy(all_logits[keep])) == pytest.approx(float(loss))
+    assert float(avg_entropy(all_logits[keep])) == pytest.approx(float(loss))
 
 
 def _oracle_stream(stream, w, pos_ab, neg_ab, caps, ent_bounds, mask_bounds, scale):

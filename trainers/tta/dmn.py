@@ -17,8 +17,12 @@ An online test-time procedure. Without labelled data only the **dynamic memory**
 The learnable biases of DMN (all zero without training) are left out: adding a zero tensor is exact, but the
 official renormalisations they come with are kept so the arithmetic matches bit for bit.
 """
+import json
+import os.path as osp
+
 import torch
 
+from vlprompt.tta import TTA_REGISTRY, TestTimeProcedure, TTAError
 from vlprompt.tta.caches import confident_indices
 
 __all__ = ["DMN_BETA2_GRID", "DMN_TIP_TEMPLATES", "DynamicMemory", "DMNState", "DMN_ZS", "dmn_text_probs",
@@ -146,10 +150,7 @@ def search_beta2(predictions, labels, grid=DMN_BETA2_GRID):
 # The test-time procedure (vlprompt.tta): TTA.METHOD DMN_ZS
 # ------------------------------------------------------------------------------------------------
 
-import json  # noqa: E402
-import os.path as osp  # noqa: E402
 
-from vlprompt.tta import TTA_REGISTRY, TestTimeProcedure, TTAError  # noqa: E402
 
 # DMN's "tip" text prompts (data/imagnet_prompts.py of the official code): Tip-Adapter's 7 ImageNet templates (in
 # DMN's order) for the ImageNet family, Caltech101 and SUN397; one template for the other fine-grained sets.

@@ -22,7 +22,9 @@ import operator
 import torch
 import torch.nn.functional as F
 
-from vlprompt.tta.caches import affinity_kernel, confident_indices, marginal_entropy, softmax_entropy
+from vlprompt.tta import TTA_REGISTRY, TestTimeProcedure, TTAError
+from vlprompt.tta.caches import affinity_kernel, confident_indices
+from vlprompt.tta.objectives import avg_entropy, view_entropy
 
 __all__ = [
     "TDA_DATASET_PARAMS", "TDA_MULTIVIEW_DATASETS", "TDA_TEMPLATES", "TDA_NEGATIVE_DEFAULTS",
@@ -198,16 +200,16 @@ def tda_clip_outputs(features, text_weights, logit_scale=100.0, selection_p=0.1)
     """
     clip_logits = logit_scale * features @ text_weights
     if features.size(0) > 1:
-        idx = confident_indices(softmax_entropy(clip_logits), selection_p)
+        idx = confident_indices(view_entropy(clip_logits), selection_p)
         output = clip_logits[idx]
         feature = features[idx].mean(0).unsqueeze(0)
         clip_logits = output.mean(0).unsqueeze(0)
-        loss = marginal_entropy(output)
+        loss = avg_entropy(output)
         prob = output.softmax(1).mean(0).unsqueeze(0)
         pred = int(output.mean(0).unsqueeze(0).topk(1, 1, True, True)[1].t())
     else:
         feature = features
-        loss = softmax_entropy(clip_logits)
+        loss = view_entropy(clip_logits)
         prob = clip_logits.softmax(1)
         pred = int(clip_logits.topk(1, 1, True, True)[1].t()[0])
     return feature, clip_logits, loss, prob, pred
@@ -268,7 +270,6 @@ class TDAState:
 # The test-time procedure (vlprompt.tta): TTA.METHOD TDA
 # ------------------------------------------------------------------------------------------------
 
-from vlprompt.tta import TTA_REGISTRY, TestTimeProcedure, TTAError  # noqa: E402
 
 TEXT_SOURCES = ("base", "official")
 
