@@ -172,3 +172,78 @@ def test_disabled_caches_give_clip_logits():
     for f in (_unit(1.0, 0.99, 0.2), _unit(0.2, 1.0, 0.1)):
         assert torch.equal(state.step(f), 100 * f @ w)
     assert not state.pos and not state.neg
+
+
+# ---- the procedure (TTA.METHOD TDA) on a fabricated base model: config resolution, views, refusals ----
+
+def _cfg(dataset="ImageNet", **tda):
+    import trainers  # noqa: F401  (registers the TTA nodes)
+    from vlprompt.config import extend_cfg, get_cfg_default
+
+    cfg = extend_cfg(get_cfg_default())
+    cfg.DATASET.NAME = dataset
+    cfg.TTA.METHOD = "TDA"
+    for k, v in tda.items():
+        cfg.TTA.TDA[k] = v
+    return cfg
+
+
+def _base(kind="zero_shot", k=3, d=3):
+    from vlprompt.tta import BaseModel
+
+    text = torch.eye(k, d)
+    return BaseModel("ZeroshotCLIP" if kind == "zero_shot" else "CoOp", kind, None, [f"c{i}" for i in range(k)],
+                     torch.tensor(math.log(50.0)), None, lambda: text * 3.0, torch.device("cpu"))
+
+
+def _sample(feats):
+    from vlprompt.tta import Sample
+
+    return Sample(views=None, image_features=feats, index=0, position=0)
+
+
+def test_procedure_takes_the_official_values_of_the_dataset_and_its_view_count():
+    from trainers.tta.tda import TDA
+
+    for name, views in (("ImageNet", 1), ("ImageNetA", 64), ("ImageNetSketch", 64), ("DescribableTextures", 1)):
+        proc = TDA(_cfg(name), _base())
+        assert (proc.pos_alpha, proc.pos_beta) == TDA_DATASET_PARAMS[name]
+        assert TDA.n_views(_cfg(name)) == views
+    assert TDA.n_views(_cfg("ImageNetA", N_VIEWS=1)) == 1
+    proc = TDA(_cfg("ToyShapes", POS_ALPHA=1.5, POS_BETA=4.0), _base())
+    assert (proc.pos_alpha, proc.pos_beta) == (1.5, 4.0) and proc.logit_scale == 100.0
+
+
+def test_procedure_matches_the_core_on_raw_features_and_resets_per_stream():
+    from trainers.tta.tda import TDA
+
+    base = _base()
+    proc = TDA(_cfg("Food101"), base)
+    proc.reset()
+    core = TDAState(torch.eye(3), 1.0, 1.0)
+    raw = [torch.tensor([[2.0, 1.98, 0.4]]), torch.tensor([[0.5, 3.0, 0.1]]), torch.tensor([[1.0, 0.98, 0.9]])]
+    for f in raw:
+        got = proc.step(_sample(f))
+        assert got.shape == (3,)
+        assert torch.allclose(got, core.step(f / f.norm(dim=-1, keepdim=True))[0])
+    assert proc.state_summary()["pos_entries"] == 3
+    proc.reset()
+    assert not proc.state.pos and proc.state_summary()["pos_entries"] == 0
+    # the TTA-VLM switch: the model's own scale exp(logit_scale) = 50 instead of 100
+    assert TDA(_cfg("Food101", USE_MODEL_LOGIT_SCALE=True), base).logit_scale == pytest.approx(50.0)
+
+
+def test_procedure_refuses_what_it_cannot_do_with_one_line():
+    from trainers.tta.tda import TDA
+    from vlprompt.tta import TTAError
+
+    with pytest.raises(TTAError, match=r"no official pos alpha for ToyShapes.*TTA.TDA.POS_ALPHA"):
+        TDA(_cfg("ToyShapes"), _base())
+    with pytest.raises(TTAError, match="ENTROPY_NORM must be log2"):
+        TDA(_cfg(ENTROPY_NORM="bits"), _base())
+    with pytest.raises(TTAError, match="only zero-shot CLIP has .*use TTA.TDA.TEXT base"):
+        TDA(_cfg(TEXT="official"), _base("prompt_learner"))
+    with pytest.raises(TTAError, match="N_VIEWS must be >= 1"):
+        TDA.n_views(_cfg(N_VIEWS=0))
+    assert TDA.refusal(_base()) is None and TDA.refusal(_base("prompt_learner")) is None
+    assert "neither a zero-shot head" in TDA.refusal(_base("other"))
