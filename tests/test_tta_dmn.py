@@ -127,3 +127,69 @@ def test_beta2_search_is_the_official_oracle_first_best_on_ties():
     assert beta2 == 0.3 and acc == pytest.approx(100.0)
     assert table[DMN_BETA2_GRID.index(0.1)] == pytest.approx(200 / 3)
     assert torch.equal(DMNState.combine(p_text, p_mem, 2.0), p_text + 2.0 * p_mem)
+
+
+# ---- the procedure (TTA.METHOD DMN_ZS) on a fabricated base model ----
+
+def _cfg(dataset="ToyShapes", **dmn):
+    import trainers  # noqa: F401  (registers the TTA nodes)
+    from vlprompt.config import extend_cfg, get_cfg_default
+
+    cfg = extend_cfg(get_cfg_default())
+    cfg.DATASET.NAME = dataset
+    cfg.TTA.METHOD = "DMN_ZS"
+    for k, v in dmn.items():
+        cfg.TTA.DMN[k] = v
+    return cfg
+
+
+def _base(kind="zero_shot"):
+    from vlprompt.tta import BaseModel
+
+    text = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]) * 2.0
+    return BaseModel("ZeroshotCLIP" if kind == "zero_shot" else "CoOp", kind, None, ["a", "b", "c"],
+                     torch.tensor(math.log(10.0)), None, lambda: text, torch.device("cpu"))
+
+
+def test_procedure_returns_log_of_the_mixture_and_the_oracle_search_at_the_end():
+    from trainers.tta.dmn import DMN_ZS
+    from vlprompt.tta import Sample
+
+    assert DMN_ZS.n_views(_cfg()) == 32 and DMN_ZS.n_views(_cfg(N_VIEWS=1)) == 1
+    proc = DMN_ZS(_cfg(BETA2=2.0), _base())
+    proc.reset()
+    core = DMNState(torch.eye(3), torch.tensor(10.0), memory_size=50, beta=5.5, selection_p=0.1)
+    torch.manual_seed(1)
+    labels = []
+    for i in range(6):
+        raw = torch.randn(10, 3) + 3.0 * torch.eye(3)[i % 3]
+        got = proc.step(Sample(views=None, image_features=raw, index=i, position=i))
+        p_text, p_mem = core.step(raw / raw.norm(dim=-1, keepdim=True))
+        assert torch.allclose(got, torch.log(p_text + 2.0 * p_mem)[0])
+        assert torch.allclose(got.softmax(-1), (p_text + 2.0 * p_mem)[0] / 3.0, atol=1e-6)
+        labels.append((i + 1) % 3 if i == 5 else i % 3)
+    out = proc.finish(labels)
+    assert set(out) == {"searched_accuracy", "searched_beta2"} and out["searched_beta2"] in DMN_BETA2_GRID
+    assert proc.state_summary()["memory_entries"] == int(proc.state.memory.count.sum()) > 0
+    assert DMN_ZS(_cfg(SEARCH_BETA2=False), _base()).finish(labels) == {}
+
+
+def test_procedure_refuses_with_one_line(tmp_path):
+    from trainers.tta.dmn import DMN_ZS
+    from vlprompt.tta import TTAError
+
+    with pytest.raises(TTAError, match="TEXT must be one of base, tip, tip_cupl"):
+        DMN_ZS(_cfg(TEXT="cupl"), _base())
+    with pytest.raises(TTAError, match="only zero-shot CLIP has"):
+        DMN_ZS(_cfg("ImageNet", TEXT="tip"), _base("prompt_learner"))
+    with pytest.raises(TTAError, match="no official prompt list for ToyShapes"):
+        DMN_ZS(_cfg(TEXT="tip"), _base())
+    with pytest.raises(TTAError, match="needs TTA.DMN.CUPL_FILE"):
+        DMN_ZS(_cfg("ImageNet", TEXT="tip_cupl"), _base())
+    bad = tmp_path / "cupl.json"
+    bad.write_text('{"a": ["an a."], "b": ["a b."]}')
+    with pytest.raises(TTAError, match="no descriptions for 1 class.*'c'"):
+        DMN_ZS(_cfg("ImageNet", TEXT="tip_cupl", CUPL_FILE=str(bad)), _base())
+    with pytest.raises(TTAError, match="N_VIEWS must be >= 1"):
+        DMN_ZS.n_views(_cfg(N_VIEWS=0))
+    assert "neither a zero-shot head" in DMN_ZS.refusal(_base("other"))
