@@ -665,6 +665,81 @@ def datasets_table(records, protocol, seeds, metric="accuracy", pub=None, pub_mo
     return [t]
 
 
+def _tta_method(r):
+    """The test-time procedure of a record (``cfg.TTA.METHOD``; "" for a plain test)."""
+    tta = (r.config_dict or {}).get("TTA") or {}
+    return str(tta.get("METHOD") or "") if isinstance(tta, dict) else ""
+
+
+def test_time_tables(records, protocol, seeds, metric="accuracy", methods=None):
+    """The tables of the test-time protocol: one for ``metric`` (accuracy) and one for ECE, one row per (base
+    trainer, procedure, config), one column per dataset, then the OOD average (the protocol's ``ood`` datasets)
+    and the cross-domain average (its ``cross_domain`` datasets), each over the datasets of its group that the
+    row has (a partial group is marked with ``*`` and named in the notes). The zero-shot row, the base model's
+    ``none`` row and the base + procedure rows stand side by side."""
+    proto = get_protocol(protocol) if isinstance(protocol, str) else protocol
+    role = proto.table_role or proto.roles[-1]
+    recs = [r for r in records if r.protocol == proto.name and r.role == role]
+    if not recs:
+        return []
+    groups = (("OOD avg.", tuple(proto.extra.get("ood", ()))), ("Cross-domain avg.", tuple(proto.extra.get("cross_domain", ()))))
+
+    def label_of(trainer, method):
+        return trainer if method in ("", "none") else f"{trainer} + {method}"
+
+    keys = sorted({(r.trainer, _tta_method(r), r.group_config) for r in recs},
+                  key=lambda k: (_trainer_rank(k[0], methods), k[1] not in ("", "none"), k[1], k[2]))
+    per_label = {}
+    for k in keys:
+        per_label.setdefault(label_of(k[0], k[1]), set()).add(k[2])
+    labels = {k: label_of(k[0], k[1]) + (f" ({k[2]})" if len(per_label[label_of(k[0], k[1])]) > 1 else "")
+              for k in keys}
+    datasets = _dataset_order({r.dataset for r in recs}, list(proto.datasets))
+    out = []
+    for m, what in ((metric, metric), ("ece", "ECE")):
+        t = Table(
+            name=proto.name if m == metric else f"{proto.name}_ece",
+            title=f"{proto.title} ({what}, %, mean ± std over seeds)",
+            columns=["Method"] + [_fmt_ds(d) for d in datasets] + [g for g, _ in groups] + ["Seeds"],
+            numeric=[False] + [True] * (len(datasets) + len(groups)) + [False],
+        )
+        missing, partial = _Missing(), []
+        for k in keys:
+            cells = {}
+            for d in datasets:
+                c = seed_stat(_values([r for r in recs if (r.trainer, _tta_method(r), r.group_config) == k
+                                       and r.dataset == d], m), seeds)
+                cells[d] = c
+                missing.add(labels[k], _fmt_ds(d), c)
+            avgs = []
+            for g, members in groups:
+                have = [cells[d] for d in members if d in cells and not cells[d].empty]
+                if not have:
+                    avgs.append(EMPTY)
+                    continue
+                avg = Cell(sum(c.mean for c in have) / len(have))
+                if len(have) < len(members):
+                    avg = Cell(avg.mean, marks="*")
+                    partial.append(f"{labels[k]}: {g} over {len(have)} of {len(members)} datasets")
+                avgs.append(avg)
+            t.add([labels[k]] + [cells[d] for d in datasets] + avgs + [_seeds_text(*cells.values())])
+        t.trainers = {k[0] for k in keys}
+        t.notes.append("Rows (TRAINER:CONFIG folder, test-time procedure): " + "; ".join(
+            f"{labels[k]} = {k[0]}:{k[2]}, {k[1] or 'none'}" for k in keys))
+        t.notes.append(f"Each cell: the {role} run's {what} (ECE: 20 equal-width confidence bins, C-TPT's); "
+                       f"OOD avg.: {', '.join(_fmt_ds(d) for d in groups[0][1])}; cross-domain avg.: the "
+                       f"{len(groups[1][1])} fine-grained sets.")
+        t.notes += [f"* partial average: {p}" for p in partial]
+        t.notes += _common_notes(seeds)
+        t.notes += missing.notes()
+        out.append(t)
+    return out
+
+
+def _test_time_kind(records, proto, seeds, metric, pub, pub_mode, source, methods):
+    return test_time_tables(records, proto, seeds, metric, methods)
+
+
 def _base2new_kind(records, proto, seeds, metric, pub, pub_mode, source, methods):
     t = base2new_table(records, seeds, metric, pub, pub_mode, methods)
     return [t] if t else []
@@ -686,7 +761,7 @@ def _datasets_kind(records, proto, seeds, metric, pub, pub_mode, source, methods
 #: table kind (a protocol's ``table``) -> builder ``(records, protocol, seeds, metric, published view,
 #: published mode, source, methods) -> [Table]``
 TABLE_KINDS = {"base2new": _base2new_kind, "transfer": _transfer_kind, "few_shot": _few_shot_kind,
-               "datasets": _datasets_kind}
+               "datasets": _datasets_kind, "test_time": _test_time_kind}
 
 
 def _tables_of(records, protocols, seeds, metric, pub, published, source, methods, family_notes):

@@ -38,6 +38,7 @@ TTA_DEFAULTS = dict(
     ORDER="auto",  # auto (episodic: dataset order; online: shuffled) | dataset | shuffle
     ORDER_SEED=0,  # the shuffle's seed
     SAVE_LOGITS=False,  # also write tta_logits.pt (per-sample logits)
+    MAX_IMAGES=0,  # > 0: only the first MAX_IMAGES images of the stream (quick checks; recorded, not a full result)
 )
 
 

@@ -47,7 +47,8 @@ procedure needs one), ``device``, ``autocast()`` (the run's precision) and ``nam
 ``reset()`` (TPT: the context and the optimiser state); online procedures build empty caches/memories in
 ``reset()``, which the runner calls once at the start of the stream (one dataset), so state never leaks across
 datasets. ``state_summary()`` may return a small JSON-able dict recorded in results.json at the end (e.g. cache
-sizes). ``N_VIEWS`` (None: ``cfg.TTA.N_VIEWS``) fixes how many views the procedure wants (1: view 0 only).
+sizes). ``N_VIEWS`` (None: ``cfg.TTA.N_VIEWS``) fixes how many views the procedure wants (1: view 0 only);
+``augmix_auto(dataset_name)`` says whether its views get AugMix under ``TTA.AUGMIX auto``.
 """
 import contextlib
 from dataclasses import dataclass
@@ -168,6 +169,14 @@ class TestTimeProcedure:
     def refusal(cls, base):
         """One line saying why this procedure cannot wrap ``base`` (a :class:`BaseModel`), or None."""
         return None
+
+    @classmethod
+    def augmix_auto(cls, dataset_name):
+        """Whether the views of ``dataset_name`` get AugMix under ``TTA.AUGMIX auto`` (default: TPT's official
+        rule, :func:`vlprompt.tta.views.augmix_for_dataset`)."""
+        from .views import augmix_for_dataset
+
+        return augmix_for_dataset("auto", dataset_name)
 
     @classmethod
     def n_views(cls, cfg):

@@ -86,16 +86,21 @@ def run_test_time(trainer, progress=True):
         trainer.set_model_mode("eval")
     proc = cls(cfg, base)
     n_views = cls.n_views(cfg)
-    augmix = augmix_for_dataset(cfg.TTA.AUGMIX, cfg.DATASET.NAME)
+    if str(cfg.TTA.AUGMIX).lower() == "auto":
+        augmix = bool(cls.augmix_auto(cfg.DATASET.NAME))
+    else:
+        augmix = augmix_for_dataset(cfg.TTA.AUGMIX, cfg.DATASET.NAME)
     size = cfg.INPUT.SIZE[0] if isinstance(cfg.INPUT.SIZE, (list, tuple)) else cfg.INPUT.SIZE
     maker = ViewMaker(n_views, size=size, mean=cfg.INPUT.PIXEL_MEAN, std=cfg.INPUT.PIXEL_STD, augmix=augmix,
                       seed=cfg.TTA.VIEW_SEED)
     items = trainer.dm.dataset.test
     order, order_kind = stream_order(len(items), cfg.TTA.ORDER, cfg.TTA.ORDER_SEED, cls.EPISODIC)
+    if int(cfg.TTA.MAX_IMAGES) > 0:
+        order = order[: int(cfg.TTA.MAX_IMAGES)]
     mode = "episodic" if cls.EPISODIC else "online"
     print(f"Test-time adaptation: {cfg.TTA.METHOD} ({mode}) on {base.name} ({base.kind}); {n_views} view(s) per "
           f"image, AugMix {'on' if augmix else 'off'}, view seed {cfg.TTA.VIEW_SEED}; order {order_kind}"
-          + (f" (seed {cfg.TTA.ORDER_SEED})" if order_kind == "shuffle" else "") + f"; {len(items)} test images")
+          + (f" (seed {cfg.TTA.ORDER_SEED})" if order_kind == "shuffle" else "") + f"; {len(order)} of {len(items)} test images")
     proc.reset()
     labels, preds, confs, logits_all = [], [], [], []
     t0 = time.time()
@@ -150,6 +155,7 @@ def run_test_time(trainer, progress=True):
         "order": order_kind,
         "order_seed": int(cfg.TTA.ORDER_SEED) if order_kind == "shuffle" else None,
         "order_sha256": order_digest,
+        "n_images": n,
         "seconds_per_image": seconds / max(n, 1),
         "state": proc.state_summary(),
         "outputs_file": OUTPUTS_FILE,

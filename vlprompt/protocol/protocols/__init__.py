@@ -165,4 +165,4 @@ def tree_protocols():
     return tuple(out)
 
 
-from . import base2new, cross_dataset, domain_generalization, few_shot  # noqa: E402,F401  (they register)
+from . import base2new, cross_dataset, domain_generalization, few_shot, test_time  # noqa: E402,F401  (they register)
