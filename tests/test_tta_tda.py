@@ -212,6 +212,13 @@ def test_procedure_takes_the_official_values_of_the_dataset_and_its_view_count()
     assert TDA.n_views(_cfg("ImageNetA", N_VIEWS=1)) == 1
     proc = TDA(_cfg("ToyShapes", POS_ALPHA=1.5, POS_BETA=4.0), _base())
     assert (proc.pos_alpha, proc.pos_beta) == (1.5, 4.0) and proc.logit_scale == 100.0
+    proc = TDA(_cfg("EuroSAT", POS_BETA=1.0), _base())  # one value given, the other official
+    assert (proc.pos_alpha, proc.pos_beta) == (4.0, 1.0)
+    # a dataset TDA never saw takes ImageNet's values, and says so (printed, recorded in results.json)
+    proc = TDA(_cfg("ToyShapes"), _base())
+    proc.reset()
+    assert (proc.pos_alpha, proc.pos_beta) == (2.0, 5.0)
+    assert proc.state_summary()["params"].startswith("ImageNet's: TDA has no official values for ToyShapes")
 
 
 def test_procedure_matches_the_core_on_raw_features_and_resets_per_stream():
@@ -237,8 +244,6 @@ def test_procedure_refuses_what_it_cannot_do_with_one_line():
     from trainers.tta.tda import TDA
     from vlprompt.tta import TTAError
 
-    with pytest.raises(TTAError, match=r"no official pos alpha for ToyShapes.*TTA.TDA.POS_ALPHA"):
-        TDA(_cfg("ToyShapes"), _base())
     with pytest.raises(TTAError, match="ENTROPY_NORM must be log2"):
         TDA(_cfg(ENTROPY_NORM="bits"), _base())
     with pytest.raises(TTAError, match="only zero-shot CLIP has .*use TTA.TDA.TEXT base"):

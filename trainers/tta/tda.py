@@ -27,8 +27,8 @@ from vlprompt.tta.caches import affinity_kernel, confident_indices
 from vlprompt.tta.objectives import avg_entropy, view_entropy
 
 __all__ = [
-    "TDA_DATASET_PARAMS", "TDA_MULTIVIEW_DATASETS", "TDA_TEMPLATES", "TDA_NEGATIVE_DEFAULTS",
-    "ClassCache", "TDAState", "tda_clip_outputs", "normalized_entropy", "tda_params_for",
+    "TDA_DATASET_PARAMS", "TDA_MULTIVIEW_DATASETS", "TDA_TEMPLATES", "TDA_NEGATIVE_DEFAULTS", "TDA",
+    "ClassCache", "TDAState", "tda_clip_outputs", "normalized_entropy", "tda_params_for", "resolve_positive_params",
 ]
 
 # Positive cache (alpha, beta) per dataset, from the official configs/*.yaml (commit e697fb0). Every other
@@ -274,17 +274,20 @@ class TDAState:
 TEXT_SOURCES = ("base", "official")
 
 
-def _official_value(node, key, dataset_name, pos):
-    value = float(node[key])
-    if value >= 0:
-        return value
+def resolve_positive_params(alpha, beta, dataset_name):
+    """The positive cache's (alpha, beta, source): the given values, or where a value is < 0 the official one of
+    ``dataset_name``; a dataset TDA was never tuned on (the toy world, a user's folder) takes ImageNet's, and the
+    source says so (printed at start and recorded in results.json)."""
+    alpha, beta = float(alpha), float(beta)
+    if alpha >= 0 and beta >= 0:
+        return alpha, beta, "TTA.TDA.POS_ALPHA/POS_BETA"
     official = tda_params_for(dataset_name)
+    source = f"official for {dataset_name}"
     if official is None:
-        raise TTAError(
-            f"TDA has no official {key.lower().replace('_', ' ')} for {dataset_name} (it was tuned on the 15 TTA "
-            f"datasets only): set TTA.TDA.POS_ALPHA and TTA.TDA.POS_BETA (ImageNet's are 2.0 and 5.0; "
-            "configs/tta/TDA/ has the official value of every dataset)")
-    return official[pos]
+        official = TDA_DATASET_PARAMS["ImageNet"]
+        source = (f"ImageNet's: TDA has no official values for {dataset_name} (set TTA.TDA.POS_ALPHA and "
+                  "TTA.TDA.POS_BETA to choose)")
+    return (alpha if alpha >= 0 else official[0]), (beta if beta >= 0 else official[1]), source
 
 
 @TTA_REGISTRY.register()
@@ -296,16 +299,16 @@ class TDA(TestTimeProcedure):
     CFG_DEFAULTS = dict(
         POS_ENABLED=True,
         POS_SHOT_CAPACITY=TDA_POSITIVE_CAPACITY,
-        POS_ALPHA=-1.0,  # < 0: the official value of DATASET.NAME (TDA_DATASET_PARAMS)
-        POS_BETA=-1.0,  # < 0: the official value of DATASET.NAME
+        POS_ALPHA=-1.0,  # < 0: the official value of DATASET.NAME (TDA_DATASET_PARAMS; ImageNet's elsewhere)
+        POS_BETA=-1.0,  # < 0: the official value of DATASET.NAME (ditto)
         NEG_ENABLED=True,
-        NEG_SHOT_CAPACITY=2,
-        NEG_ALPHA=0.117,
-        NEG_BETA=1.0,
-        NEG_ENTROPY_LOWER=0.2,
-        NEG_ENTROPY_UPPER=0.5,
-        NEG_MASK_LOWER=0.03,
-        NEG_MASK_UPPER=1.0,
+        NEG_SHOT_CAPACITY=TDA_NEGATIVE_DEFAULTS["shot_capacity"],
+        NEG_ALPHA=TDA_NEGATIVE_DEFAULTS["alpha"],
+        NEG_BETA=TDA_NEGATIVE_DEFAULTS["beta"],
+        NEG_ENTROPY_LOWER=TDA_NEGATIVE_DEFAULTS["entropy_lower"],
+        NEG_ENTROPY_UPPER=TDA_NEGATIVE_DEFAULTS["entropy_upper"],
+        NEG_MASK_LOWER=TDA_NEGATIVE_DEFAULTS["mask_lower"],
+        NEG_MASK_UPPER=TDA_NEGATIVE_DEFAULTS["mask_upper"],
         N_VIEWS=-1,  # < 0: official (64 views on ImageNet-A/V2/R/Sketch, 1 view elsewhere)
         SELECTION_P=0.1,  # fraction of confident views kept when N_VIEWS > 1
         USE_MODEL_LOGIT_SCALE=False,  # official: 100 hard-coded; True: the model's exp(logit_scale) (TTA-VLM)
@@ -321,6 +324,12 @@ class TDA(TestTimeProcedure):
         return None
 
     @classmethod
+    def augmix_auto(cls, dataset_name):
+        """Official TDA: its multi-view datasets (the ImageNet shifts) get AugMix views (``AugMixAugmenter(...,
+        augmix=True)`` in ``get_ood_preprocess``); the single-view datasets use view 0 only, where AugMix is moot."""
+        return True
+
+    @classmethod
     def n_views(cls, cfg):
         n = int(cfg.TTA.TDA.N_VIEWS)
         if n >= 1:
@@ -333,8 +342,9 @@ class TDA(TestTimeProcedure):
         super().__init__(cfg, base)
         node = self.node
         dataset = cfg.DATASET.NAME
-        self.pos_alpha = _official_value(node, "POS_ALPHA", dataset, 0)
-        self.pos_beta = _official_value(node, "POS_BETA", dataset, 1)
+        self.pos_alpha, self.pos_beta, self.params_source = resolve_positive_params(
+            node.POS_ALPHA, node.POS_BETA, dataset)
+        print(f"TDA: positive cache alpha {self.pos_alpha}, beta {self.pos_beta} ({self.params_source})")
         norm = str(node.ENTROPY_NORM).lower()
         if norm not in ("log2", "ln"):
             raise TTAError(f"TTA.TDA.ENTROPY_NORM must be log2 (official) or ln, got '{node.ENTROPY_NORM}'")
@@ -382,7 +392,8 @@ class TDA(TestTimeProcedure):
     def state_summary(self):
         s = self.state
         return {
-            "pos_alpha": self.pos_alpha, "pos_beta": self.pos_beta, "logit_scale": self.logit_scale,
+            "pos_alpha": self.pos_alpha, "pos_beta": self.pos_beta, "params": self.params_source,
+            "logit_scale": self.logit_scale,
             "entropy_norm": self.entropy_norm, "text": self.text_source,
             "pos_entries": len(s.pos), "pos_classes": len(s.pos.entries),
             "neg_entries": len(s.neg), "neg_classes": len(s.neg.entries), "cache_bytes": s.nbytes(),
