@@ -69,6 +69,8 @@ def test_confident_mean_uses_probabilities_of_lowest_entropy_views():
     probs = torch.tensor([[0.4, 0.6], [0.99, 0.01], [0.5, 0.5], [0.1, 0.9]])
     got = dmn_confident_mean(probs, 0.5)  # int(4 * 0.5) = 2 views: rows 1 and 3
     assert got[0].tolist() == pytest.approx([(0.99 + 0.1) / 2, (0.01 + 0.9) / 2])
+    # one view (TTA-VLM's dmn_weak): that view is the pseudo-label's distribution (int(1 * 0.1) would keep none)
+    assert torch.equal(dmn_confident_mean(probs[:1], 0.1), probs[:1])
 
 
 def test_stream_memory_and_scores_after_each_step():
@@ -192,4 +194,6 @@ def test_procedure_refuses_with_one_line(tmp_path):
         DMN_ZS(_cfg("ImageNet", TEXT="tip_cupl", CUPL_FILE=str(bad)), _base())
     with pytest.raises(TTAError, match="N_VIEWS must be >= 1"):
         DMN_ZS.n_views(_cfg(N_VIEWS=0))
+    with pytest.raises(TTAError, match="N_VIEWS 5 with TTA.DMN.SELECTION_P 0.1 keeps no view"):
+        DMN_ZS.n_views(_cfg(N_VIEWS=5))
     assert "neither a zero-shot head" in DMN_ZS.refusal(_base("other"))

@@ -250,5 +250,7 @@ def test_procedure_refuses_what_it_cannot_do_with_one_line():
         TDA(_cfg(TEXT="official"), _base("prompt_learner"))
     with pytest.raises(TTAError, match="N_VIEWS must be >= 1"):
         TDA.n_views(_cfg(N_VIEWS=0))
+    with pytest.raises(TTAError, match="N_VIEWS 8 with TTA.TDA.SELECTION_P 0.1 keeps no view"):
+        TDA(_cfg(N_VIEWS=8), _base())
     assert TDA.refusal(_base()) is None and TDA.refusal(_base("prompt_learner")) is None
     assert "neither a zero-shot head" in TDA.refusal(_base("other"))

@@ -39,7 +39,9 @@ def dmn_text_probs(features, text_feat, logit_scale):
 
 def dmn_confident_mean(probs, selection_p):
     """DMN's ``select_confident_samples`` then mean: the mean probability (1, C) of the ``int(N p)`` views of
-    lowest entropy ``-sum p log(p + 1e-6)``."""
+    lowest entropy ``-sum p log(p + 1e-6)``. A single view (TTA-VLM's ``dmn_weak``) is its own pseudo-label."""
+    if probs.size(0) == 1:
+        return probs
     entropy = -(probs * torch.log(probs + 1e-6)).sum(1)
     idx = confident_indices(entropy, selection_p)
     return probs[idx].mean(0, keepdim=True)
@@ -241,6 +243,9 @@ class DMN_ZS(TestTimeProcedure):
         n = int(cfg.TTA.DMN.N_VIEWS)
         if n < 1:
             raise TTAError(f"TTA.DMN.N_VIEWS must be >= 1, got {n}")
+        if n > 1 and int(n * float(cfg.TTA.DMN.SELECTION_P)) < 1:
+            raise TTAError(f"TTA.DMN.N_VIEWS {n} with TTA.DMN.SELECTION_P {cfg.TTA.DMN.SELECTION_P} keeps no view "
+                           "for the pseudo-label (int(N_VIEWS * SELECTION_P) = 0): use more views or a larger fraction")
         return n
 
     def __init__(self, cfg, base):

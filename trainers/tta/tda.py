@@ -338,10 +338,18 @@ class TDA(TestTimeProcedure):
             raise TTAError("TTA.TDA.N_VIEWS must be >= 1, or -1 for the official choice")
         return TDA_MULTIVIEW_VIEWS if cfg.DATASET.NAME in TDA_MULTIVIEW_DATASETS else 1
 
+    @classmethod
+    def _check_views(cls, cfg):
+        n = cls.n_views(cfg)
+        if n > 1 and int(n * float(cfg.TTA.TDA.SELECTION_P)) < 1:
+            raise TTAError(f"TTA.TDA.N_VIEWS {n} with TTA.TDA.SELECTION_P {cfg.TTA.TDA.SELECTION_P} keeps no view "
+                           "(int(N_VIEWS * SELECTION_P) = 0): use 1 view, more views or a larger fraction")
+
     def __init__(self, cfg, base):
         super().__init__(cfg, base)
         node = self.node
         dataset = cfg.DATASET.NAME
+        self._check_views(cfg)
         self.pos_alpha, self.pos_beta, self.params_source = resolve_positive_params(
             node.POS_ALPHA, node.POS_BETA, dataset)
         print(f"TDA: positive cache alpha {self.pos_alpha}, beta {self.pos_beta} ({self.params_source})")
