@@ -197,3 +197,21 @@ def test_procedure_refuses_with_one_line(tmp_path):
     with pytest.raises(TTAError, match="N_VIEWS 5 with TTA.DMN.SELECTION_P 0.1 keeps no view"):
         DMN_ZS.n_views(_cfg(N_VIEWS=5))
     assert "neither a zero-shot head" in DMN_ZS.refusal(_base("other"))
+
+
+def test_cli_dmn_on_zero_shot_records_memory_order_and_the_oracle_search(tmp_path):
+    """End to end on the toy world (4 images): DMN-ZS runs from train.py and records its state, the shuffled order
+    and the official oracle search beside the fixed-beta2 accuracy."""
+    import json
+
+    from tests.test_tta import _cli
+
+    r = _cli(tmp_path, tmp_path / "zs_dmn", "ZeroshotCLIP", "TTA.METHOD", "DMN_ZS", "TTA.DMN.N_VIEWS", "4",
+             "TTA.DMN.SELECTION_P", "0.5", "TTA.MAX_IMAGES", "4")
+    assert r["tta"]["method"] == "DMN_ZS" and r["tta"]["mode"] == "online" and r["tta"]["n_views"] == 4
+    assert r["tta"]["order"] == "shuffle" and r["tta"]["state"]["memory_entries"] == 4
+    assert r["metrics"]["searched_beta2"] in DMN_BETA2_GRID
+    assert r["metrics"]["searched_accuracy"] >= r["metrics"]["accuracy"]  # beta2 = 1 is in the grid
+    with open(tmp_path / "zs_dmn" / "tta_outputs.json") as f:
+        order = json.load(f)["index"]
+    assert len(order) == 4 and order != sorted(order)  # the recorded, shuffled stream
