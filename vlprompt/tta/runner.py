@@ -141,7 +141,7 @@ def run_test_time(trainer, progress=True):
     print(f"* ece: {ece:.2f}%")
     for key, value in (extra or {}).items():
         metrics[key] = value
-        print(f"* {key}: {value:.2f}" + ("%" if key.endswith("accuracy") else ""))
+        print(f"* {key}: {value:.2f}%" if key.endswith("accuracy") else f"* {key}: {value:g}")
     order_digest = hashlib.sha256(json.dumps(order).encode()).hexdigest()[:16]
     trainer.tta_info = {
         "method": cfg.TTA.METHOD,
