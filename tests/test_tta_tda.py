@@ -256,26 +256,12 @@ def test_procedure_refuses_what_it_cannot_do_with_one_line():
     assert "neither a zero-shot head" in TDA.refusal(_base("other"))
 
 
-def test_cli_tda_wraps_a_finished_coop_run(tmp_path):
-    """End to end on the toy world: a CoOp run trained for one epoch, then TDA on its learned classifier (4 images
-    of the recorded stream)."""
-    import os.path as osp
+def test_cli_tda_wraps_a_coop_prompt_learner(tmp_path):
+    """End to end on the toy world: TDA on CoOp's classifier (its prompt learner, evaluated with --eval-only; loading
+    a finished run's checkpoint is the runner's, tested with TPT in tests/test_tta.py), 4 images of the stream."""
+    from tests.test_tta import _cli
 
-    import train
-    from tests.test_tta import ROOT, _cli, _toy_root
-    from vlprompt.utils import restore_stdout
-
-    run = tmp_path / "coop"
-    train.import_plugins()
-    try:
-        train.main(train.build_parser().parse_args(
-            ["--root", _toy_root(), "--trainer", "CoOp", "--dataset-config-file",
-             osp.join(ROOT, "configs/datasets/toy_shapes.yaml"), "--config-file",
-             osp.join(ROOT, "configs/trainers/CoOp/toy.yaml"), "--output-dir", str(run), "--seed", "1",
-             "DATASET.NUM_SHOTS", "1", "OPTIM.MAX_EPOCH", "1", "OPTIM.WARMUP_EPOCH", "0", "TEST.NO_TEST", "True"]))
-    finally:
-        restore_stdout()
-    r = _cli(tmp_path, tmp_path / "coop_tda", "CoOp", "TTA.METHOD", "TDA", "TTA.MAX_IMAGES", "4", model_dir=run)
+    r = _cli(tmp_path, tmp_path / "coop_tda", "CoOp", "--eval-only", "TTA.METHOD", "TDA", "TTA.MAX_IMAGES", "4")
     assert r["tta"]["base_model"] == "CoOp" and r["tta"]["base_kind"] == "prompt_learner"
     assert r["tta"]["mode"] == "online" and r["tta"]["n_views"] == 1 and r["tta"]["n_images"] == 4
     state = r["tta"]["state"]
