@@ -75,7 +75,7 @@ def test_the_extending_example_runs_through_registry_sweep_and_results(tmp_path,
 
     card = method_card("TinyReg")
     assert card.all_recipes() == {p: {"config": "CoOp/toy"} for p in
-                                  ("base2new", "cross_dataset", "domain_generalization", "few_shot")}
+                                  ("base2new", "cross_dataset", "domain_generalization", "few_shot", "test_time")}
     assert (TinyReg.CFG_NODE, TinyReg.MODEL_NAME) == ("TINYREG", "prompt_learner")  # set from the card
     from vlprompt.sweep.backbones import describe_support, method_support
     from vlprompt.sweep.protocols import registry_specs

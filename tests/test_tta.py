@@ -304,7 +304,7 @@ def test_cli_tpt_on_zero_shot_and_on_a_trained_coop_run(tmp_path):
     assert r["tta"]["method"] == "TPT" and r["tta"]["base_kind"] == "zero_shot" and r["tta"]["n_views"] == 10
     assert set(r["metrics"]) >= {"accuracy", "ece"} and r["tta"]["n_images"] == 3
     run = tmp_path / "coop"
-    _cli(tmp_path, run, "CoOp", "DATASET.NUM_SHOTS", "1", "OPTIM.MAX_EPOCH", "1")
+    _cli(tmp_path, run, "CoOp", "DATASET.NUM_SHOTS", "1", "OPTIM.MAX_EPOCH", "1", "OPTIM.WARMUP_EPOCH", "0")
     r = _cli(tmp_path, tmp_path / "coop_tpt", "CoOp", "TTA.METHOD", "TPT", *small, model_dir=run)
     assert r["tta"]["base_model"] == "CoOp" and r["tta"]["base_kind"] == "prompt_learner"
     with open(tmp_path / "coop_tpt" / "tta_outputs.json") as f:
@@ -325,3 +325,49 @@ def test_cli_refuses_tta_without_eval_only(tmp_path):
         from vlprompt.tta import get_procedure
 
         get_procedure("NOPE")
+
+
+# ------------------------------------------------------------------------------------------- protocol, sweep, tables
+
+
+def test_sweep_plans_procedures_on_one_shared_source_run():
+    from vlprompt.protocol import parse_run_dir
+    from vlprompt.sweep.protocols import expand
+
+    runs = {}
+    for m in ("TPT", "CTPT"):
+        for r in expand("CoOp", "test_time", ["dtd", "imagenet_a"], seeds=[1], output_root="/o",
+                        opts=["TTA.METHOD", m]):
+            runs.setdefault(r.output_dir, r)
+    sources = [r for r in runs.values() if r.role == "source"]
+    assert len(sources) == 1 and not any(o.startswith("TTA.") for o in sources[0].opts)
+    assert sources[0].output_dir.endswith("imagenet/CoOp/vit_b16_ep50_ctxv1_16shots/seed1")
+    tta = sorted(r.output_dir for r in runs.values() if r.role == "tta")
+    assert tta[0].endswith("test_time/CoOp/vit_b16_ep50_ctxv1_methodCTPT_16shots/dtd/seed1") and len(tta) == 4
+    r = runs[tta[0]]
+    assert r.opts[-2:] == ["TTA.METHOD", "CTPT"] and r.model_dir == sources[0].output_dir
+    assert parse_run_dir(tta[0])["protocol"] == "test_time" and parse_run_dir(tta[0])["role"] == "tta"
+
+
+def test_test_time_tables_put_base_and_procedures_side_by_side_with_group_averages():
+    from vlprompt.results.aggregate import test_time_tables
+    from vlprompt.results.records import Record
+
+    def rec(trainer, method, d, acc, ece):
+        return Record(trainer=trainer, config="cfg", protocol="test_time", role="tta", dataset=d, shots=16, seed=1,
+                      metrics={"accuracy": acc, "ece": ece}, path=f"{trainer}{method}{d}", origin="json",
+                      config_dict={"TTA": {"METHOD": method}})
+
+    ood = ["imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r"]
+    recs = [rec("ZeroshotCLIP", "none", d, 50 + i, 5) for i, d in enumerate(ood)]
+    recs += [rec("ZeroshotCLIP", "TPT", d, 60 + i, 7) for i, d in enumerate(ood)]
+    recs += [rec("ZeroshotCLIP", "TPT", "dtd", 40, 9)]
+    acc, ece = test_time_tables(recs, "test_time", seeds=[1])
+    labels = [row["cells"][0] for row in acc.rows]
+    assert labels == ["ZeroshotCLIP", "ZeroshotCLIP + TPT"]
+    col = acc.columns.index("OOD avg.")
+    assert acc.rows[0]["cells"][col].mean == pytest.approx(51.5)
+    assert acc.rows[1]["cells"][col].mean == pytest.approx(61.5)
+    xd = acc.rows[1]["cells"][acc.columns.index("Cross-domain avg.")]
+    assert xd.mean == 40 and xd.marks == "*"  # 1 of the 10 fine-grained sets
+    assert ece.rows[1]["cells"][col].mean == pytest.approx(7)

@@ -726,7 +726,7 @@ def test_time_tables(records, protocol, seeds, metric="accuracy", methods=None):
         t.trainers = {k[0] for k in keys}
         t.notes.append("Rows (TRAINER:CONFIG folder, test-time procedure): " + "; ".join(
             f"{labels[k]} = {k[0]}:{k[2]}, {k[1] or 'none'}" for k in keys))
-        t.notes.append(f"Each cell: the {role} run's {what} (ECE: 20 equal-width confidence bins, C-TPT's); "
+        t.notes.append(f"Each cell: the {role} run's {what}" + (" (20 equal-width confidence bins, C-TPT's)" if what == "ECE" else "") + "; "
                        f"OOD avg.: {', '.join(_fmt_ds(d) for d in groups[0][1])}; cross-domain avg.: the "
                        f"{len(groups[1][1])} fine-grained sets.")
         t.notes += [f"* partial average: {p}" for p in partial]

@@ -150,8 +150,8 @@ def check_opts(variants):
         return
     from vlprompt.config import extend_cfg, get_cfg_default, merge_from_list
 
-    if any(str(k).startswith("TRAINER.") for v in variants for k in v[0::2]):
-        from vlprompt.engine.methods import load_plugins  # the trainers' config nodes (imports torch)
+    if any(str(k).startswith(("TRAINER.", "TTA.")) for v in variants for k in v[0::2]):
+        from vlprompt.engine.methods import load_plugins  # the trainers' and procedures' config nodes (torch)
 
         load_plugins()
     for v in variants:

@@ -34,7 +34,7 @@ import os
 import os.path as osp
 import shlex
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional
 
 import yaml
@@ -541,7 +541,7 @@ class _Ctx:
             cfg_dir = config_folder(name, self.tag, self.slug_opts)
         except TreeError as e:
             raise SweepError(str(e)) from None
-        return _Resolved(rel, cfg_dir, self._epochs[rel], extra, level, label)
+        return _Resolved(rel, cfg_dir, self._epochs[rel], extra, level, label, name)
 
     def out(self, protocol, role, level=None, **fields):
         try:
@@ -560,11 +560,31 @@ class _Resolved:
     opts: List[str]  # backbone options, placed before the user's options
     level: Optional[Backbone]
     label: str
+    name: str = ""  # the config's base name (before tag and options)
+
+
+def _without_test_time(opts):
+    """``opts`` without its ``TTA.*`` pairs (test-time options, docs/METHODS.md "Test-time adaptation")."""
+    out = []
+    for k, v in zip(opts[::2], opts[1::2]):
+        if not str(k).startswith("TTA."):
+            out += [k, v]
+    return out
 
 
 def _step_run(ctx, proto, step, method, zs, res, dataset, shots, seed, dirs, source):
-    """The :class:`Run` of one step of a protocol (``dirs``: role -> output dir of this seed's runs so far)."""
+    """The :class:`Run` of one step of a protocol (``dirs``: role -> output dir of this seed's runs so far).
+
+    A training step never takes test-time options (``--opts TTA.METHOD TPT``): they and their part of the config
+    folder name are left out of it, so the source run of the test_time protocol is shared by every procedure."""
     t = method.trainer
+    user_opts = ctx.opts
+    if step.trains and not zs and any(str(k).startswith("TTA.") for k in ctx.opts[::2]):
+        user_opts = _without_test_time(ctx.opts)
+        try:
+            res = replace(res, cfg=config_folder(res.name, ctx.tag, _without_test_time(ctx.slug_opts)))
+        except TreeError as e:
+            raise SweepError(str(e)) from None
     shots_opt = step.shots_opt if not zs or step.eval_only_shots_opt is None else step.eval_only_shots_opt
     if zs and proto.eval_only_shots is not None:
         shots_opt = False  # one eval-only run per dataset, whatever the shot counts
@@ -582,7 +602,7 @@ def _step_run(ctx, proto, step, method, zs, res, dataset, shots, seed, dirs, sou
         protocol=proto.name, phase="eval" if zs else ("train" if step.trains else "test"), role=step.role, trainer=t,
         config=res.cfg, config_file=res.rel, dataset=dataset, seed=seed, shots=shots if step.records_shots else None,
         backbone=res.label, output_dir=out, model_dir=model_dir, load_epoch=res.epoch if model_dir else None,
-        opts=opts + res.opts + ctx.opts, depends_on=model_dir, note=note,
+        opts=opts + res.opts + user_opts, depends_on=model_dir, note=note,
     )
 
 

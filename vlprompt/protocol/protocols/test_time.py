@@ -28,7 +28,7 @@ TEST_TIME = register_protocol(Protocol(
     name="test_time",
     title="Test-time adaptation",
     steps=(Step("source", on_source=True, eval_only_shots_opt=False, tree="transfer"),
-           Step("tta", model_from="source", shots_opt=False, records_shots=False)),
+           Step("tta", model_from="source", shots_opt=False, records_shots=False, opts=("TTA.METHOD", "none"))),
     datasets=(XD_SOURCE,) + DG_TARGETS + XD_TARGETS,
     shots=XD_SHOTS,
     source=XD_SOURCE,
