@@ -274,7 +274,7 @@ class DMN_ZS(TestTimeProcedure):
                 feats = encode_prompt_lists(base.clip_model, lists, base.device)
         self.text_feat = feats.float()
         self.text_source = text
-        self.logit_scale = base.logit_scale.exp().float()
+        self.logit_scale = base.logit_scale.detach().exp().float()
         self.beta2 = float(node.BETA2)
         self.search = bool(node.SEARCH_BETA2)
         self.state = None

@@ -376,7 +376,7 @@ class TDA(TestTimeProcedure):
         self.text_weights = weights.t().contiguous()  # (D, C), as the official clip_weights
         self.text_source = text
         if bool(node.USE_MODEL_LOGIT_SCALE):
-            self.logit_scale = float(base.logit_scale.exp())
+            self.logit_scale = float(base.logit_scale.detach().exp())
         else:
             self.logit_scale = 100.0
         self.state = None
