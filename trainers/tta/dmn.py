@@ -152,8 +152,6 @@ def search_beta2(predictions, labels, grid=DMN_BETA2_GRID):
 # The test-time procedure (vlprompt.tta): TTA.METHOD DMN_ZS
 # ------------------------------------------------------------------------------------------------
 
-
-
 # DMN's "tip" text prompts (data/imagnet_prompts.py of the official code): Tip-Adapter's 7 ImageNet templates (in
 # DMN's order) for the ImageNet family, Caltech101 and SUN397; one template for the other fine-grained sets.
 _TIP_SEVEN = [

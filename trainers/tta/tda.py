@@ -270,7 +270,6 @@ class TDAState:
 # The test-time procedure (vlprompt.tta): TTA.METHOD TDA
 # ------------------------------------------------------------------------------------------------
 
-
 TEXT_SOURCES = ("base", "official")
 
 
