@@ -215,3 +215,24 @@ def test_cli_dmn_on_zero_shot_records_memory_order_and_the_oracle_search(tmp_pat
     with open(tmp_path / "zs_dmn" / "tta_outputs.json") as f:
         order = json.load(f)["index"]
     assert len(order) == 4 and order != sorted(order)  # the recorded, shuffled stream
+
+
+def test_tip_cupl_classifier_averages_templates_and_descriptions(tmp_path):
+    import json
+
+    from tests.test_tta import CLASSES, tiny_clip, zs_base
+    from trainers.tta.dmn import DMN_TIP_TEMPLATES, DMN_ZS
+    from vlprompt.clip.tokenizer import tokenize
+
+    clip_model = tiny_clip()
+    cupl = tmp_path / "cupl.json"
+    cupl.write_text(json.dumps({c.replace("_", " "): [f"a {c} seen closely.", f"{c}, in the wild."] for c in CLASSES}))
+    proc = DMN_ZS(_cfg("DescribableTextures", TEXT="tip_cupl", CUPL_FILE=str(cupl)), zs_base(clip_model))
+    for k, c in enumerate(CLASSES):
+        name = c.replace("_", " ")
+        prompts = [t.format(name) for t in DMN_TIP_TEMPLATES["DescribableTextures"]] + [
+            f"a {c} seen closely.", f"{c}, in the wild."]
+        with torch.no_grad():
+            e = clip_model.encode_text(tokenize(prompts, model=clip_model)).float()
+        e = F.normalize(e, dim=-1).mean(0)
+        assert torch.allclose(proc.text_feat[k], e / e.norm(), atol=1e-6)

@@ -266,3 +266,17 @@ def test_cli_tda_wraps_a_coop_prompt_learner(tmp_path):
     assert r["tta"]["mode"] == "online" and r["tta"]["n_views"] == 1 and r["tta"]["n_images"] == 4
     state = r["tta"]["state"]
     assert state["text"] == "base" and state["pos_entries"] == 4 and state["params"].startswith("ImageNet's")
+
+
+def test_official_template_classifier_on_zero_shot_clip():
+    from tests.test_tta import CLASSES, tiny_clip, zs_base
+    from trainers.tta.tda import TDA
+    from vlprompt.clip import encode_class_texts
+
+    clip_model = tiny_clip()
+    base = zs_base(clip_model)
+    proc = TDA(_cfg("SUN397", TEXT="official"), base)
+    want = encode_class_texts(clip_model, CLASSES, TDA_TEMPLATES["SUN397"])  # the 7 CLIP templates
+    assert torch.allclose(proc.text_weights, (want / want.norm(dim=-1, keepdim=True)).t(), atol=1e-6)
+    base_w = base.text_features()
+    assert not torch.allclose(proc.text_weights, (base_w / base_w.norm(dim=-1, keepdim=True)).t(), atol=1e-3)
