@@ -115,9 +115,11 @@ def test_tpt_step_equals_the_official_computation_and_one_adamw_step_by_hand(cli
     ctx = ctx0.clone().requires_grad_(True)
     from tta_reference import official_text_features
 
-    text = official_text_features(clip_model, ctx, learner.token_prefix, learner.token_suffix, learner.tokenized_prompts)
+    text = official_text_features(clip_model, ctx, learner.token_prefix, learner.token_suffix,
+                                  learner.tokenized_prompts)
     img = clip_model.encode_image(views)
-    logits = clip_model.logit_scale.exp() * (img / img.norm(dim=-1, keepdim=True)) @ (text / text.norm(dim=-1, keepdim=True)).t()
+    img, text = img / img.norm(dim=-1, keepdim=True), text / text.norm(dim=-1, keepdim=True)
+    logits = clip_model.logit_scale.exp() * img @ text.t()
     sel_logits, sel = select_confident(logits, 0.25)
     (grad,) = torch.autograd.grad(avg_entropy(sel_logits), ctx)
     lr, wd, eps = 5e-3, 0.01, 1e-8

@@ -682,7 +682,8 @@ def test_time_tables(records, protocol, seeds, metric="accuracy", methods=None):
     recs = [r for r in records if r.protocol == proto.name and r.role == role]
     if not recs:
         return []
-    groups = (("OOD avg.", tuple(proto.extra.get("ood", ()))), ("Cross-domain avg.", tuple(proto.extra.get("cross_domain", ()))))
+    groups = (("OOD avg.", tuple(proto.extra.get("ood", ()))),
+              ("Cross-domain avg.", tuple(proto.extra.get("cross_domain", ()))))
 
     def label_of(trainer, method):
         return trainer if method in ("", "none") else f"{trainer} + {method}"
@@ -726,7 +727,8 @@ def test_time_tables(records, protocol, seeds, metric="accuracy", methods=None):
         t.trainers = {k[0] for k in keys}
         t.notes.append("Rows (TRAINER:CONFIG folder, test-time procedure): " + "; ".join(
             f"{labels[k]} = {k[0]}:{k[2]}, {k[1] or 'none'}" for k in keys))
-        t.notes.append(f"Each cell: the {role} run's {what}" + (" (20 equal-width confidence bins, C-TPT's)" if what == "ECE" else "") + "; "
+        bins = " (20 equal-width confidence bins, C-TPT's)" if what == "ECE" else ""
+        t.notes.append(f"Each cell: the {role} run's {what}{bins}; "
                        f"OOD avg.: {', '.join(_fmt_ds(d) for d in groups[0][1])}; cross-domain avg.: the "
                        f"{len(groups[1][1])} fine-grained sets.")
         t.notes += [f"* partial average: {p}" for p in partial]

@@ -100,7 +100,8 @@ def run_test_time(trainer, progress=True):
     mode = "episodic" if cls.EPISODIC else "online"
     print(f"Test-time adaptation: {cfg.TTA.METHOD} ({mode}) on {base.name} ({base.kind}); {n_views} view(s) per "
           f"image, AugMix {'on' if augmix else 'off'}, view seed {cfg.TTA.VIEW_SEED}; order {order_kind}"
-          + (f" (seed {cfg.TTA.ORDER_SEED})" if order_kind == "shuffle" else "") + f"; {len(order)} of {len(items)} test images")
+          + (f" (seed {cfg.TTA.ORDER_SEED})" if order_kind == "shuffle" else "")
+          + f"; {len(order)} of {len(items)} test images")
     proc.reset()
     labels, preds, confs, logits_all = [], [], [], []
     t0 = time.time()
