@@ -79,7 +79,8 @@ def main():
     for key in ("tda_fp32", "tda_fp16"):
         r = out[key]
         print(f"{key}: positive {r['positive_entries']} entries {r['positive_bytes'] / MIB:.2f} MiB, negative "
-              f"{r['negative_entries']} entries {r['negative_bytes'] / MIB:.2f} MiB, total {r['total_bytes'] / MIB:.2f} "
+              f"{r['negative_entries']} entries {r['negative_bytes'] / MIB:.2f} MiB, "
+              f"total {r['total_bytes'] / MIB:.2f} "
               f"MiB (formula {r['formula_bytes'] / MIB:.2f}); read-out temporaries "
               f"{r['readout_temporaries_bytes'] / MIB:.2f} MiB")
     r = out["dmn_fp32"]

@@ -105,7 +105,8 @@ def test_stream_memory_and_scores_after_each_step():
         for c in range(3):
             assert int(state.memory.count[c, 0]) == len(memory[c])
             for j, (feat, ent) in enumerate(memory[c]):
-                assert torch.allclose(state.memory.feat[c, j], feat) and float(state.memory.entropy[c, j]) == pytest.approx(ent, rel=1e-6)
+                assert torch.allclose(state.memory.feat[c, j], feat)
+                assert float(state.memory.entropy[c, j]) == pytest.approx(ent, rel=1e-6)
         assert torch.allclose(p_text[0], probs[0], atol=1e-6)
         q = views[0]
         scores = []
