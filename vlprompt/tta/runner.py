@@ -132,12 +132,17 @@ def run_test_time(trainer, progress=True):
     acc = 100.0 * sum(correct) / max(n, 1)
     ece = 100.0 * expected_calibration_error(confs, correct)
     metrics = {"accuracy": acc, "error": 100.0 - acc, "ece": ece}
+    finish = getattr(proc, "finish", None)  # a procedure's end-of-stream metrics (DMN-ZS: the official beta2 search)
+    extra = finish(labels) if callable(finish) else None
     print("=> result")
     print(f"* total: {n:,}")
     print(f"* correct: {sum(correct):,}")
     print(f"* accuracy: {acc:.1f}%")
     print(f"* error: {100.0 - acc:.1f}%")
     print(f"* ece: {ece:.2f}%")
+    for key, value in (extra or {}).items():
+        metrics[key] = value
+        print(f"* {key}: {value:.2f}%" if key.endswith("accuracy") else f"* {key}: {value:g}")
     order_digest = hashlib.sha256(json.dumps(order).encode()).hexdigest()[:16]
     trainer.tta_info = {
         "method": cfg.TTA.METHOD,
