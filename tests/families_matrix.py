@@ -225,4 +225,4 @@ def check_case(method, family, label, opts, data_root, tmp_path, capsys):
 #: the methods the table covers (a newly registered method is checked by the generic rule above)
 KNOWN = {"ZeroshotCLIP", "ZeroshotCLIP2", "CoOp", "CoCoOp", "VPT", "IVLP", "MaPLe", "MuDPT", "UMuDPT", "APLe",
          "KgCoOp", "ProGrad", "PromptSRC", "TCP", "LinearProbeCLIP", "CLIP_Adapter", "TipAdapter", "TipAdapterF",
-         "CLIPLoRA", "MMRL", "CoPrompt"}
+         "CLIPLoRA", "MMRL", "CoPrompt", "MMA", "RPO", "PromptKD"}

@@ -432,8 +432,11 @@ def _registered_trainers():
 def test_every_trainer_runs_end_to_end_on_the_toy_world(trainer, toy_root, tmp_path):
     cfg_file = _toy_config_file(trainer)
     assert osp.isfile(cfg_file), f"{trainer} has no toy-world config {cfg_file}"
+    from tests.helpers import card_fixture_opts
+
     opts = ["DATASET.NUM_SHOTS", "2", "DATASET.SUBSAMPLE_CLASSES", "base", "OPTIM.MAX_EPOCH", "1",
             "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "TRAIN.PRINT_FREQ", "5"]
+    opts += card_fixture_opts(trainer, tmp_path / "fixture", backbone="toy-clip")  # PromptKD: a fabricated teacher
     acc, tr = _run_trainer(trainer, toy_root, tmp_path / "base", opts=opts)
     assert 0.0 <= acc <= 100.0
     assert tr.num_classes == 15

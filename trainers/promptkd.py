@@ -376,7 +376,7 @@ class PromptKD(ClipPromptTrainer):
         (``config.yaml``, ``VLPromptLearner/model-best.pth.tar``), once; the global RNG is left untouched.
         Returns the config options naming it."""
         from vlprompt.config import extend_cfg, get_cfg_default
-        from vlprompt.clip import build_clip_from_cfg
+        from vlprompt.clip.backbone import build_clip_model, model_dims
         from vlprompt.utils import save_checkpoint
 
         out = osp.join(str(folder), ".promptkd_teacher", backbone)
@@ -391,7 +391,11 @@ class PromptKD(ClipPromptTrainer):
             n.PREC, n.N_CTX_TEXT, n.PROMPT_DEPTH_TEXT, n.PROMPT_DEPTH_VISION = "fp32", 2, 2, 0
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)
-                clip_model = build_clip_from_cfg(cfg)
+                bb = cfg.MODEL.BACKBONE
+                clip_model = build_clip_model(bb.NAME, path=bb.PATH, pretrained_tag=bb.PRETRAINED_TAG,
+                                              cache_dir=bb.CACHE_DIR, random_init=bb.RANDOM_INIT)
+                res = model_dims(clip_model)["image_size"]
+                cfg.INPUT.SIZE = (res, res)  # the teacher run's config as train.py would write it (toy CLIP: 32)
                 ivlp = TRAINER_REGISTRY.get("IVLP")
                 learner = ivlp.build_custom_clip(cfg, ["a", "b"], clip_model).prompt_learner
                 with torch.no_grad():
