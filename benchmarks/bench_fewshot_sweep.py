@@ -1,0 +1,151 @@
+"""A whole few-shot sweep of the frozen-feature family from a warm feature store, against the same sweep
+with the store disabled (features computed in every run).
+
+    nice -n 10 python benchmarks/bench_fewshot_sweep.py --max-load 0.5 --out benchmarks/results/fewshot_sweep_cpu.json
+    python benchmarks/bench_fewshot_sweep.py --quick          # 1 seed x 2 shot counts: a check that it works
+
+The sweep is the one a user runs: ``python -m vlprompt.sweep --methods <M>:toy --protocol few_shot
+--datasets toy_shapes --shots 1 2 4 8 16 --seeds 1 2 3 --jobs 1`` (each run its own ``train.py``
+process, one at a time), on the toy world (ToyShapes, the shipped toy CLIP) for LPPP, GDA, TaskRes,
+CLAP, TwoSFS and ProLIP: 6 x 5 x 3 = 90 runs per mode. One sweep command per method, so that each
+method's wall-clock time is measured; the total is their sum. Three passes, each into its own empty
+output tree:
+
+* ``fill``: the store at its default path (``FEATURES.DIR`` empty: ``$VLPROMPT_FEATURE_CACHE``, else
+  ``~/.cache/vlprompt/features``; ``--store-dir`` for another folder) is filled by the sweep itself
+  (a store that already holds these entries makes this pass warm too; it also writes the toy data);
+* ``warm``: the same sweep again, every feature served from the store;
+* ``no_store``: the same sweep with ``TEST.FEATURE_CACHE False FEATURES.TRAIN_CACHE False``
+  (evaluation and training encode the images with the frozen tower in every run).
+
+``--max-load X`` waits before each pass until the 1-minute load average is below X; the load averages
+before and after each pass are recorded. The JSON (``--out``, and printed) holds per-method and total
+wall-clock seconds per pass, the ratio no_store / warm (total and per method), the run counts and the
+load averages.
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+METHODS = ("LPPP", "GDA", "TaskRes", "CLAP", "TwoSFS", "ProLIP")
+SHOTS = (1, 2, 4, 8, 16)
+SEEDS = (1, 2, 3)
+QUICK_SHOTS = (1, 4)
+QUICK_SEEDS = (1,)
+DATASET = "toy_shapes"
+NO_STORE = ("TEST.FEATURE_CACHE", "False", "FEATURES.TRAIN_CACHE", "False")
+PASSES = ("fill", "warm", "no_store")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--shots", nargs="+", type=int, default=None, help=f"default {' '.join(map(str, SHOTS))}")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help=f"default {' '.join(map(str, SEEDS))}")
+    p.add_argument("--quick", action="store_true",
+                   help=f"shots {' '.join(map(str, QUICK_SHOTS))}, seed {' '.join(map(str, QUICK_SEEDS))} "
+                        "(unless --shots / --seeds are given)")
+    p.add_argument("--root", default=None, help="data root of the toy world (default: a folder under --work)")
+    p.add_argument("--work", default=None, help="output trees and logs (default: a temporary folder, removed)")
+    p.add_argument("--store-dir", default=None,
+                   help="feature store folder (default: the store's default path, FEATURES.DIR empty)")
+    p.add_argument("--max-load", type=float, default=None,
+                   help="before each pass, wait until the 1-minute load average is below this")
+    p.add_argument("--max-wait", type=float, default=1800.0, help="give up waiting for --max-load after this (s)")
+    p.add_argument("--out", default=None, help="write the JSON here as well")
+    args = p.parse_args(argv)
+    args.shots = args.shots or list(QUICK_SHOTS if args.quick else SHOTS)
+    args.seeds = args.seeds or list(QUICK_SEEDS if args.quick else SEEDS)
+    return args
+
+
+def sweep_command(method, args, output_root, data_root, no_store):
+    """The ``python -m vlprompt.sweep`` command of one method's few-shot sweep."""
+    opts = list(NO_STORE) if no_store else []
+    if args.store_dir:
+        opts += ["FEATURES.DIR", args.store_dir]
+    cmd = [sys.executable, "-m", "vlprompt.sweep", "--methods", f"{method}:toy", "--protocol", "few_shot",
+           "--datasets", DATASET, "--shots", *map(str, args.shots), "--seeds", *map(str, args.seeds),
+           "--root", data_root, "--output-root", output_root, "--jobs", "1"]
+    if opts:
+        cmd += ["--opts", *opts]
+    return cmd
+
+
+def plan(args, work):
+    """[(pass, method, command)] in the order they run."""
+    data_root = args.root or osp.join(work, "data")
+    return [(name, m, sweep_command(m, args, osp.join(work, name), data_root, name == "no_store"))
+            for name in PASSES for m in args.methods]
+
+
+def wait_for_load(max_load, max_wait):
+    """Seconds waited until the 1-minute load average is below ``max_load``."""
+    t0 = time.time()
+    while os.getloadavg()[0] >= max_load:
+        if time.time() - t0 > max_wait:
+            sys.exit(f"Error: the 1-minute load average stayed at or above {max_load} for {max_wait:.0f} s "
+                     f"(now {os.getloadavg()[0]:.2f}); run on a quieter machine or raise --max-load")
+        time.sleep(5)
+    return time.time() - t0
+
+
+def count_results(output_root):
+    return sum("results.json" in files for _, _, files in os.walk(osp.join(output_root, "few_shot")))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    work = args.work or tempfile.mkdtemp(prefix="vlprompt_bench_fewshot_")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    runs_per_method = len(args.shots) * len(args.seeds)
+    report = {"dataset": DATASET, "methods": args.methods, "shots": args.shots, "seeds": args.seeds,
+              "runs_per_pass": runs_per_method * len(args.methods), "jobs": 1,
+              "store": args.store_dir or "default (FEATURES.DIR empty)", "no_store_opts": " ".join(NO_STORE),
+              "cpu_count": os.cpu_count(), "passes": {}}
+    steps = plan(args, work)
+    for name in PASSES:
+        waited = wait_for_load(args.max_load, args.max_wait) if args.max_load is not None else 0.0
+        rec = {"waited_s": round(waited, 1), "load_before": os.getloadavg(), "methods": {}}
+        for _, method, cmd in [s for s in steps if s[0] == name]:
+            print(f"[bench_fewshot_sweep] {name}: {method} ({runs_per_method} runs)", file=sys.stderr, flush=True)
+            t = time.perf_counter()
+            proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  text=True)
+            dt = time.perf_counter() - t
+            if proc.returncode != 0:
+                sys.exit(f"Error: the {name} sweep of {method} failed (exit {proc.returncode}); logs under "
+                         f"{osp.join(work, name, 'sweep_logs')}\n{proc.stderr[-2000:]}")
+            rec["methods"][method] = round(dt, 2)
+        rec["total_s"] = round(sum(rec["methods"].values()), 2)
+        rec["load_after"] = os.getloadavg()
+        rec["results_json"] = count_results(osp.join(work, name))
+        if rec["results_json"] != report["runs_per_pass"]:
+            sys.exit(f"Error: the {name} pass wrote {rec['results_json']} results.json, expected "
+                     f"{report['runs_per_pass']} (see {work})")
+        report["passes"][name] = rec
+    warm, cold = report["passes"]["warm"], report["passes"]["no_store"]
+    report["ratio_no_store_over_warm"] = {
+        "total": round(cold["total_s"] / warm["total_s"], 2),
+        **{m: round(cold["methods"][m] / warm["methods"][m], 2) for m in args.methods}}
+    if args.work is None:  # kept after a failure, for its logs
+        shutil.rmtree(work, ignore_errors=True)
+    text = json.dumps(report, indent=1)
+    print(text)
+    if args.out:
+        os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
