@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import os.path as osp
+import re
 import shutil
 import subprocess
 import sys
@@ -98,6 +99,15 @@ def wait_for_load(max_load, max_wait):
     return time.time() - t0
 
 
+def planned_runs(cmd, env):
+    """How many runs the sweep plans for ``cmd`` (its ``--dry-run``: ``# plan: N runs, ...``)."""
+    proc = subprocess.run(cmd + ["--dry-run"], cwd=ROOT, env=env, capture_output=True, text=True)
+    m = re.search(r"# plan: (\d+) runs", proc.stdout)
+    if proc.returncode != 0 or m is None:
+        sys.exit(f"Error: the sweep could not plan {' '.join(cmd[3:])}:\n{proc.stderr[-2000:]}")
+    return int(m.group(1))
+
+
 def count_results(output_root):
     return sum("results.json" in files for _, _, files in os.walk(osp.join(output_root, "few_shot")))
 
@@ -106,17 +116,24 @@ def main(argv=None):
     args = parse_args(argv)
     work = args.work or tempfile.mkdtemp(prefix="vlprompt_bench_fewshot_")
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    runs_per_method = len(args.shots) * len(args.seeds)
+    steps = plan(args, work)
+    # the sweep's own plan: a method whose card declares it eval-only is planned as one zero-shot run
+    # (shots_0) per seed, whatever --shots says, so the counts are read from the sweep, not assumed
+    runs = {m: planned_runs(cmd, env) for p, m, cmd in steps if p == "fill"}
     report = {"dataset": DATASET, "methods": args.methods, "shots": args.shots, "seeds": args.seeds,
-              "runs_per_pass": runs_per_method * len(args.methods), "jobs": 1,
+              "runs_per_method": runs, "runs_per_pass": sum(runs.values()), "jobs": 1,
               "store": args.store_dir or "default (FEATURES.DIR empty)", "no_store_opts": " ".join(NO_STORE),
               "cpu_count": os.cpu_count(), "passes": {}}
-    steps = plan(args, work)
+    short = [m for m in args.methods if runs[m] != len(args.shots) * len(args.seeds)]
+    if short:
+        report["note"] = (f"planned by the sweep with fewer runs than shots x seeds: {', '.join(short)} "
+                          "(eval-only method cards are planned as one zero-shot run per seed)")
+        print(f"[bench_fewshot_sweep] {report['note']}", file=sys.stderr, flush=True)
     for name in PASSES:
         waited = wait_for_load(args.max_load, args.max_wait) if args.max_load is not None else 0.0
         rec = {"waited_s": round(waited, 1), "load_before": os.getloadavg(), "methods": {}}
         for _, method, cmd in [s for s in steps if s[0] == name]:
-            print(f"[bench_fewshot_sweep] {name}: {method} ({runs_per_method} runs)", file=sys.stderr, flush=True)
+            print(f"[bench_fewshot_sweep] {name}: {method} ({runs[method]} runs)", file=sys.stderr, flush=True)
             t = time.perf_counter()
             proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                   text=True)
