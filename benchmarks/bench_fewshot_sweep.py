@@ -7,21 +7,22 @@ with the store disabled (features computed in every run).
 The sweep is the one a user runs: ``python -m vlprompt.sweep --methods <M>:toy --protocol few_shot
 --datasets toy_shapes --shots 1 2 4 8 16 --seeds 1 2 3 --jobs 1`` (each run its own ``train.py``
 process, one at a time), on the toy world (ToyShapes, the shipped toy CLIP) for LPPP, GDA, TaskRes,
-CLAP, TwoSFS and ProLIP: 6 x 5 x 3 = 90 runs per mode. One sweep command per method, so that each
-method's wall-clock time is measured; the total is their sum. Three passes, each into its own empty
-output tree:
+CLAP, TwoSFS and ProLIP: 6 x 5 x 3 = 90 runs per pass. Three passes, each into its own empty output tree:
 
-* ``fill``: the store at its default path (``FEATURES.DIR`` empty: ``$VLPROMPT_FEATURE_CACHE``, else
-  ``~/.cache/vlprompt/features``; ``--store-dir`` for another folder) is filled by the sweep itself
-  (a store that already holds these entries makes this pass warm too; it also writes the toy data);
-* ``warm``: the same sweep again, every feature served from the store;
-* ``no_store``: the same sweep with ``TEST.FEATURE_CACHE False FEATURES.TRAIN_CACHE False``
-  (evaluation and training encode the images with the frozen tower in every run).
+* ``fill``: one sweep command per method; the store at its default path (``FEATURES.DIR`` empty:
+  ``$VLPROMPT_FEATURE_CACHE``, else ``~/.cache/vlprompt/features``; ``--store-dir`` for another folder)
+  is filled by the sweep itself (a store that already holds these entries makes this pass warm too; it
+  also writes the toy data);
+* ``warm``: one sweep command per run (method, shots, seed), every feature served from the store;
+* ``per_run``: the same commands, each with ``--opts FEATURES.DIR <its own empty folder>``: every run
+  computes (and writes) every feature it uses. The store cannot simply be switched off: these methods
+  train on stored training features (``FEATURES.TRAIN_CACHE False`` is refused by LP++, for one).
 
-``--max-load X`` waits before each pass until the 1-minute load average is below X; the load averages
-before and after each pass are recorded. The JSON (``--out``, and printed) holds per-method and total
-wall-clock seconds per pass, the ratio no_store / warm (total and per method), the run counts and the
-load averages.
+The warm and per-run passes time the same commands (one sweep CLI start per run in both), so their
+ratio is the store's effect. ``--max-load X`` waits before each pass until the 1-minute load average is
+below X; the load averages before and after each pass are recorded. The JSON (``--out``, and printed)
+holds per-method (summed over its commands) and total wall-clock seconds per pass, the ratio per_run /
+warm (total and per method), the run counts the sweep planned (its ``--dry-run``) and the load averages.
 """
 import argparse
 import json
@@ -42,8 +43,7 @@ SEEDS = (1, 2, 3)
 QUICK_SHOTS = (1, 4)
 QUICK_SEEDS = (1,)
 DATASET = "toy_shapes"
-NO_STORE = ("TEST.FEATURE_CACHE", "False", "FEATURES.TRAIN_CACHE", "False")
-PASSES = ("fill", "warm", "no_store")
+PASSES = ("fill", "warm", "per_run")
 
 
 def parse_args(argv=None):
@@ -68,24 +68,32 @@ def parse_args(argv=None):
     return args
 
 
-def sweep_command(method, args, output_root, data_root, no_store):
-    """The ``python -m vlprompt.sweep`` command of one method's few-shot sweep."""
-    opts = list(NO_STORE) if no_store else []
-    if args.store_dir:
-        opts += ["FEATURES.DIR", args.store_dir]
+def sweep_command(method, shots, seeds, output_root, data_root, store_dir=None):
+    """The ``python -m vlprompt.sweep`` command of a few-shot sweep of one method."""
     cmd = [sys.executable, "-m", "vlprompt.sweep", "--methods", f"{method}:toy", "--protocol", "few_shot",
-           "--datasets", DATASET, "--shots", *map(str, args.shots), "--seeds", *map(str, args.seeds),
+           "--datasets", DATASET, "--shots", *map(str, shots), "--seeds", *map(str, seeds),
            "--root", data_root, "--output-root", output_root, "--jobs", "1"]
-    if opts:
-        cmd += ["--opts", *opts]
+    if store_dir:
+        cmd += ["--opts", "FEATURES.DIR", store_dir]
     return cmd
 
 
 def plan(args, work):
-    """[(pass, method, command)] in the order they run."""
+    """[(pass, method, command, store folder to remove after it or None)] in the order they run: the fill
+    pass one sweep per method; the warm and per-run passes one sweep per (method, shots, seed), the
+    per-run one each with its own empty store folder (so both time the same commands, and each per-run
+    run computes every feature it uses)."""
     data_root = args.root or osp.join(work, "data")
-    return [(name, m, sweep_command(m, args, osp.join(work, name), data_root, name == "no_store"))
-            for name in PASSES for m in args.methods]
+    steps = [("fill", m, sweep_command(m, args.shots, args.seeds, osp.join(work, "fill"), data_root,
+                                       args.store_dir), None) for m in args.methods]
+    for name in PASSES[1:]:
+        for m in args.methods:
+            for K in args.shots:
+                for s in args.seeds:
+                    store = osp.join(work, "stores", f"{m}_{K}_{s}") if name == "per_run" else None
+                    steps.append((name, m, sweep_command(m, [K], [s], osp.join(work, name), data_root,
+                                                         store or args.store_dir), store))
+    return steps
 
 
 def wait_for_load(max_load, max_wait):
@@ -119,10 +127,10 @@ def main(argv=None):
     steps = plan(args, work)
     # the sweep's own plan: a method whose card declares it eval-only is planned as one zero-shot run
     # (shots_0) per seed, whatever --shots says, so the counts are read from the sweep, not assumed
-    runs = {m: planned_runs(cmd, env) for p, m, cmd in steps if p == "fill"}
+    runs = {m: planned_runs(cmd, env) for p, m, cmd, _ in steps if p == "fill"}
     report = {"dataset": DATASET, "methods": args.methods, "shots": args.shots, "seeds": args.seeds,
               "runs_per_method": runs, "runs_per_pass": sum(runs.values()), "jobs": 1,
-              "store": args.store_dir or "default (FEATURES.DIR empty)", "no_store_opts": " ".join(NO_STORE),
+              "store": args.store_dir or "default (FEATURES.DIR empty)",
               "cpu_count": os.cpu_count(), "passes": {}}
     short = [m for m in args.methods if runs[m] != len(args.shots) * len(args.seeds)]
     if short:
@@ -132,8 +140,8 @@ def main(argv=None):
     for name in PASSES:
         waited = wait_for_load(args.max_load, args.max_wait) if args.max_load is not None else 0.0
         rec = {"waited_s": round(waited, 1), "load_before": os.getloadavg(), "methods": {}}
-        for _, method, cmd in [s for s in steps if s[0] == name]:
-            print(f"[bench_fewshot_sweep] {name}: {method} ({runs[method]} runs)", file=sys.stderr, flush=True)
+        for _, method, cmd, store in [s for s in steps if s[0] == name]:
+            print(f"[bench_fewshot_sweep] {name}: {' '.join(cmd[4:10])}", file=sys.stderr, flush=True)
             t = time.perf_counter()
             proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                   text=True)
@@ -141,7 +149,10 @@ def main(argv=None):
             if proc.returncode != 0:
                 sys.exit(f"Error: the {name} sweep of {method} failed (exit {proc.returncode}); logs under "
                          f"{osp.join(work, name, 'sweep_logs')}\n{proc.stderr[-2000:]}")
-            rec["methods"][method] = round(dt, 2)
+            rec["methods"][method] = rec["methods"].get(method, 0.0) + dt
+            if store:
+                shutil.rmtree(store, ignore_errors=True)
+        rec["methods"] = {m: round(v, 2) for m, v in rec["methods"].items()}
         rec["total_s"] = round(sum(rec["methods"].values()), 2)
         rec["load_after"] = os.getloadavg()
         rec["results_json"] = count_results(osp.join(work, name))
@@ -149,8 +160,8 @@ def main(argv=None):
             sys.exit(f"Error: the {name} pass wrote {rec['results_json']} results.json, expected "
                      f"{report['runs_per_pass']} (see {work})")
         report["passes"][name] = rec
-    warm, cold = report["passes"]["warm"], report["passes"]["no_store"]
-    report["ratio_no_store_over_warm"] = {
+    warm, cold = report["passes"]["warm"], report["passes"]["per_run"]
+    report["ratio_per_run_over_warm"] = {
         "total": round(cold["total_s"] / warm["total_s"], 2),
         **{m: round(cold["methods"][m] / warm["methods"][m], 2) for m in args.methods}}
     if args.work is None:  # kept after a failure, for its logs

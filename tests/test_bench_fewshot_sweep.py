@@ -21,15 +21,22 @@ def test_full_and_quick_plans():
     assert bench.parse_args(["--quick", "--seeds", "2", "3"]).seeds == [2, 3]  # explicit values win
 
     steps = bench.plan(quick, "/w")
-    assert [(p, m) for p, m, _ in steps] == [(p, m) for p in ("fill", "warm", "no_store") for m in ("GDA", "CLAP")]
-    for p, m, cmd in steps:
+    assert [(p, m) for p, m, _, _ in steps] == (
+        [("fill", "GDA"), ("fill", "CLAP")]
+        + [(p, m) for p in ("warm", "per_run") for m in ("GDA", "CLAP") for _ in (1, 4)])
+    for p, m, cmd, store in steps:
         assert cmd[1:3] == ["-m", "vlprompt.sweep"]
         args = build_parser().parse_args(cmd[3:])  # the sweep CLI accepts the command as planned
         assert args.methods == [f"{m}:toy"] and args.protocols == ["few_shot"] and args.datasets == ["toy_shapes"]
-        assert (args.shots, args.seeds, args.jobs) == ([1, 4], [1], 1)
+        assert args.jobs == 1 and args.seeds == [1]
+        assert args.shots == [1, 4] if p == "fill" else len(args.shots) == 1 and args.shots[0] in (1, 4)
         assert args.output_root == f"/w/{p}" and args.data_root == "/w/data"
-        assert args.opts == (["TEST.FEATURE_CACHE", "False", "FEATURES.TRAIN_CACHE", "False"] if p == "no_store" else [])
+        # only the per-run pass has a store of its own per run, empty and removed after the run
+        assert store == (f"/w/stores/{m}_{args.shots[0]}_1" if p == "per_run" else None)
+        assert args.opts == (["FEATURES.DIR", store] if store else [])
+    assert len({s for *_, s in steps if s}) == 4
     with_dir = bench.plan(bench.parse_args(["--store-dir", "/s"]), "/w")
     assert with_dir[0][2][-3:] == ["--opts", "FEATURES.DIR", "/s"]
-    assert with_dir[-1][2][-7:] == ["--opts", "TEST.FEATURE_CACHE", "False", "FEATURES.TRAIN_CACHE", "False",
-                                    "FEATURES.DIR", "/s"]
+    assert [c[-1] for p, _, c, _ in with_dir if p == "warm"] == ["/s"] * 90
+    assert {c[-1] for p, _, c, _ in with_dir if p == "per_run"} == {f"/w/stores/{m}_{k}_{s}" for m in bench.METHODS
+                                                                   for k in (1, 2, 4, 8, 16) for s in (1, 2, 3)}
