@@ -73,8 +73,8 @@ def sweep_command(method, shots, seeds, output_root, data_root, store_dir=None):
     cmd = [sys.executable, "-m", "vlprompt.sweep", "--methods", f"{method}:toy", "--protocol", "few_shot",
            "--datasets", DATASET, "--shots", *map(str, shots), "--seeds", *map(str, seeds),
            "--root", data_root, "--output-root", output_root, "--jobs", "1"]
-    if store_dir:
-        cmd += ["--opts", "FEATURES.DIR", store_dir]
+    if store_dir:  # --tag: one config folder name whatever the store folder (the sweep then skips a run done)
+        cmd += ["--opts", "FEATURES.DIR", store_dir, "--tag", "bench"]
     return cmd
 
 

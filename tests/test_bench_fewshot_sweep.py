@@ -33,10 +33,10 @@ def test_full_and_quick_plans():
         assert args.output_root == f"/w/{p}" and args.data_root == "/w/data"
         # only the per-run pass has a store of its own per run, empty and removed after the run
         assert store == (f"/w/stores/{m}_{args.shots[0]}_1" if p == "per_run" else None)
-        assert args.opts == (["FEATURES.DIR", store] if store else [])
+        assert args.opts == (["FEATURES.DIR", store] if store else []) and args.tag == ("bench" if store else "")
     assert len({s for *_, s in steps if s}) == 4
     with_dir = bench.plan(bench.parse_args(["--store-dir", "/s"]), "/w")
-    assert with_dir[0][2][-3:] == ["--opts", "FEATURES.DIR", "/s"]
-    assert [c[-1] for p, _, c, _ in with_dir if p == "warm"] == ["/s"] * 90
-    assert {c[-1] for p, _, c, _ in with_dir if p == "per_run"} == {f"/w/stores/{m}_{k}_{s}" for m in bench.METHODS
+    assert with_dir[0][2][-5:] == ["--opts", "FEATURES.DIR", "/s", "--tag", "bench"]
+    assert [c[-3] for p, _, c, _ in with_dir if p == "warm"] == ["/s"] * 90
+    assert {c[-3] for p, _, c, _ in with_dir if p == "per_run"} == {f"/w/stores/{m}_{k}_{s}" for m in bench.METHODS
                                                                    for k in (1, 2, 4, 8, 16) for s in (1, 2, 3)}
