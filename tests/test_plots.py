@@ -205,8 +205,8 @@ def test_published_curve_is_drawn_beside_a_method_in_the_records_and_nothing_for
     records = _eleven(str(tmp_path / "out"), "LPPP")
     pub = plots.published_few_shot_curves(records)
     assert list(pub) == ["LP++ (ViT-B/16, CLIP-SVD table)"]  # no GDA / CLIP-LoRA row: not in the records
-    key, curves = pub["LP++ (ViT-B/16, CLIP-SVD table)"]
-    assert key == ("LPPP", "cfg") and list(curves) == ["Average"]
+    key, curves, approx = pub["LP++ (ViT-B/16, CLIP-SVD table)"]
+    assert key == ("LPPP", "cfg") and list(curves) == ["Average"] and approx is False  # a row with its own source
     assert curves["Average"] == {1: 70.35, 2: 72.93, 4: 75.77, 8: 77.94, 16: 80.32}
     plots.plot_few_shot(records, str(tmp_path / "fig"), published="matched")
     fig = figures["few_shot_curves"]
@@ -230,5 +230,11 @@ def test_published_per_dataset_rows_follow_the_datasets_of_the_records(tmp_path)
                      config_name="rn50", backbone="RN50")
     records, _ = collect(out)
     pub = plots.published_few_shot_curves(records)
-    assert {n: list(c) for n, (_, c) in pub.items()} == {"Tip-Adapter-F": ["dtd"]}
+    assert {n: list(c) for n, (_, c, _) in pub.items()} == {"Tip-Adapter-F": ["dtd"]}
     assert pub["Tip-Adapter-F"][1]["dtd"] == {1: 49.65, 2: 53.72, 4: 57.39, 8: 62.71, 16: 66.55}
+    assert pub["Tip-Adapter-F"][2] is False
+
+
+def test_a_recalled_published_average_is_marked_approximate(tmp_path):
+    _, curves, approx = plots.published_few_shot_curves(_eleven(str(tmp_path / "out"), "CoOp", shots=(1,)))["CoOp"]
+    assert approx is True and curves["Average"][16] == 79.01

@@ -204,7 +204,7 @@ def few_shot_curves(records, metric="accuracy"):
 
 
 def published_few_shot_curves(records, mode="matched", pub=None):
-    """The published few-shot curves to draw beside ``records``: ``{name: (key, {panel: {K: accuracy}})}``.
+    """The published few-shot curves to draw beside ``records``: ``{name: (key, {panel: {K: accuracy}}, approx)}``.
 
     ``key`` is the (trainer, config) of the records the published row matches (``methods`` of
     published.json), ``panel`` a dataset of the records or ``"Average"``. Only the published numbers of the
@@ -212,7 +212,9 @@ def published_few_shot_curves(records, mode="matched", pub=None):
     row (``few_shot_<x>`` blocks) for the datasets the records have, and an 11-dataset average row (the
     ``few_shot`` block) only when the figure's average panel averages those same 11 datasets. ``mode``:
     "matched" (rows of the methods in the records) or "all" (every stored row that matches a method in
-    the records: the same here, as a row without a method of ours has no line to stand beside)."""
+    the records: the same here, as a row without a method of ours has no line to stand beside). ``approx``:
+    the average row is one of the ``few_shot`` block's recalled rows (no source of its own; the block says
+    ``approximate``)."""
     if not mode:
         return {}
     keys, datasets, curves, averaged = few_shot_curves(records)
@@ -222,7 +224,8 @@ def published_few_shot_curves(records, mode="matched", pub=None):
     view = published_for(pub if pub is not None else load_published(), backbones.pop())
     if view is None:
         return {}
-    average = view.get("few_shot", {}).get("average", {})
+    block = view.get("few_shot", {})
+    average, sources = block.get("average", {}), block.get("sources", {})
     per_dataset = view.get("few_shot_per_dataset", {}).get("per_dataset", {})
     out = {}
     for k in keys:
@@ -237,7 +240,7 @@ def published_few_shot_curves(records, mode="matched", pub=None):
             if name in average and sorted(averaged) == sorted(DATASETS_11):
                 got["Average"] = {int(K): v for K, v in average[name].items() if int(K) > 0}
             if got:
-                out[name] = (k, got)
+                out[name] = (k, got, "Average" in got and name not in sources and bool(block.get("approximate")))
     return out
 
 
@@ -250,7 +253,8 @@ def plot_few_shot(records, out_dir, metric="accuracy", seeds=DEFAULT_SEEDS, name
     ``few_shot_curves.png`` and ``.pdf``; returns the paths ([] without few-shot records).
     ``published`` ("matched" / "all", as ``--with-published``): the published curves of
     :func:`published_few_shot_curves` beside the measured ones, in their method's colour, dotted with
-    hollow square markers, labelled ``<published name> (published)``; the footnote names their sources."""
+    hollow square markers, labelled ``<published name> (published)`` (``(published, approx.)`` for the
+    recalled rows); the footnote names their sources."""
     keys, datasets, curves, averaged = few_shot_curves(records, metric)
     if not keys:
         return []
@@ -301,12 +305,13 @@ def plot_few_shot(records, out_dir, metric="accuracy", seeds=DEFAULT_SEEDS, name
             if all(sd is not None and sd > 0 for sd in stds):
                 ax.fill_between(ks, [m - sd for m, sd in zip(means, stds)], [m + sd for m, sd in zip(means, stds)],
                                 color=color, alpha=0.15, lw=0)
-        for pname, (k, pc) in pub_curves.items():
+        for pname, (k, pc, approx) in pub_curves.items():
             pts = pc.get(d)
             if pts:
                 ks = sorted(pts)
                 ax.plot(ks, [pts[K] for K in ks], ls=":", marker="s", markerfacecolor="white",
-                        color=colors[keys.index(k) % len(colors)], label=f"{pname} (published)")
+                        color=colors[keys.index(k) % len(colors)],
+                        label=f"{pname} (published{', approx.' if approx else ''})")
         if all_k:
             ax.set_xscale("log", base=2)
             ax.set_xticks(all_k)
