@@ -141,7 +141,10 @@ def main(argv=None):
         waited = wait_for_load(args.max_load, args.max_wait) if args.max_load is not None else 0.0
         rec = {"waited_s": round(waited, 1), "load_before": os.getloadavg(), "methods": {}}
         for _, method, cmd, store in [s for s in steps if s[0] == name]:
-            print(f"[bench_fewshot_sweep] {name}: {' '.join(cmd[4:10])}", file=sys.stderr, flush=True)
+            shots = cmd[cmd.index("--shots") + 1:cmd.index("--seeds")]
+            seeds = cmd[cmd.index("--seeds") + 1:cmd.index("--root")]
+            print(f"[bench_fewshot_sweep] {name}: {method} shots {' '.join(shots)} seeds {' '.join(seeds)}",
+                  file=sys.stderr, flush=True)
             t = time.perf_counter()
             proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                   text=True)
