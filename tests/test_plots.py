@@ -182,3 +182,59 @@ def test_missing_seeds_and_nan_are_shown(tmp_path, figures):
     assert [t.get_text() for t in dtd.texts].count("NaN") == 2  # VPT's base and HM, where their bars would stand
     foot = "\n".join(t.get_text() for t in fig.texts)
     assert "MaPLe DTD base: seed(s) 2 3" in foot and "NaN" in foot and "VPT DTD" in foot
+
+
+# --------------------------------------------------------------------------- issue 24 item 5
+ELEVEN = ["imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101", "fgvc_aircraft",
+          "sun397", "dtd", "eurosat", "ucf101"]
+
+
+def _eleven(out, trainer, backbone="ViT-B/16", shots=(1, 16)):
+    for d in ELEVEN:
+        for k in shots:
+            write_result(out, f"few_shot/{d}/{trainer}/cfg/shots_{k}/seed1", trainer, d, 1, 50.0 + k, shots=k,
+                         config_name="cfg", backbone=backbone)
+    records, problems = collect(out)
+    assert problems == []
+    return records
+
+
+def test_published_curve_is_drawn_beside_a_method_in_the_records_and_nothing_for_an_absent_one(tmp_path, monkeypatch):
+    figures = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, out_dir, name: figures.setdefault(name, fig) and [])  # no files
+    records = _eleven(str(tmp_path / "out"), "LPPP")
+    pub = plots.published_few_shot_curves(records)
+    assert list(pub) == ["LP++ (ViT-B/16, CLIP-SVD table)"]  # no GDA / CLIP-LoRA row: not in the records
+    key, curves, approx = pub["LP++ (ViT-B/16, CLIP-SVD table)"]
+    assert key == ("LPPP", "cfg") and list(curves) == ["Average"] and approx is False  # a row with its own source
+    assert curves["Average"] == {1: 70.35, 2: 72.93, 4: 75.77, 8: 77.94, 16: 80.32}
+    plots.plot_few_shot(records, str(tmp_path / "fig"), published="matched")
+    fig = figures["few_shot_curves"]
+    avg = [ax for ax in fig.axes if ax.axison][-1]
+    assert avg.get_title() == "Average (11 datasets)"
+    line = _lines(avg)["LP++ (ViT-B/16, CLIP-SVD table) (published)"]
+    assert [int(x) for x in line.get_xdata()] == SHOTS and list(line.get_ydata()) == [70.35, 72.93, 75.77, 77.94, 80.32]
+    assert line.get_linestyle() == ":" and line.get_color() == _lines(avg)["LPPP"].get_color()
+    for ax in [ax for ax in fig.axes if ax.axison][:-1]:  # the published row is an 11-dataset average only
+        assert not any("(published)" in label for label in _lines(ax))
+    # without --with-published, on another backbone, or with only some of the 11 datasets: nothing
+    assert plots.published_few_shot_curves(records, None) == {}
+    assert plots.published_few_shot_curves(_eleven(str(tmp_path / "rn"), "LPPP", backbone="ViT-L/14")) == {}
+    assert plots.published_few_shot_curves([r for r in records if r.dataset != "ucf101"]) == {}
+
+
+def test_published_per_dataset_rows_follow_the_datasets_of_the_records(tmp_path):
+    out = str(tmp_path / "out")
+    for k in (1, 16):
+        write_result(out, f"few_shot/dtd/TipAdapterF/rn50/shots_{k}/seed1", "TipAdapterF", "dtd", 1, 50.0, shots=k,
+                     config_name="rn50", backbone="RN50")
+    records, _ = collect(out)
+    pub = plots.published_few_shot_curves(records)
+    assert {n: list(c) for n, (_, c, _) in pub.items()} == {"Tip-Adapter-F": ["dtd"]}
+    assert pub["Tip-Adapter-F"][1]["dtd"] == {1: 49.65, 2: 53.72, 4: 57.39, 8: 62.71, 16: 66.55}
+    assert pub["Tip-Adapter-F"][2] is False
+
+
+def test_a_recalled_published_average_is_marked_approximate(tmp_path):
+    _, curves, approx = plots.published_few_shot_curves(_eleven(str(tmp_path / "out"), "CoOp", shots=(1,)))["CoOp"]
+    assert approx is True and curves["Average"][16] == 79.01

@@ -193,3 +193,41 @@ def test_host_and_host_plus_dept_rows_shown_beside_ours(tmp_path):
     assert "MaPLe+DePT (CVPR24) [published]" not in {r["cells"][1] for r in t.rows}
     note = [n for n in t.notes if n.startswith("[published]")][0]
     assert "arXiv 2309.07439" in note and "base2new.per_dataset_sources" in note
+
+
+# --------------------------------------------------------------------------- few-shot rows (issue 24 item 5)
+SHOT_KEYS = {"0", "1", "2", "4", "8", "16"}
+
+
+def _few_shot_rows(pub):
+    """(block, name, {shots: value}) of every few-shot row: the ViT-B/16 averages and the per-dataset blocks."""
+    rows = [("few_shot", n, v) for n, v in pub["few_shot"]["average"].items()]
+    for key, blk in pub.items():
+        if key.startswith("few_shot_"):
+            rows += [(key, n, v) for d, per in blk["per_dataset"].items() for n, v in per.items()]
+    return rows
+
+
+def test_every_few_shot_row_has_a_source_numbers_in_range_and_a_registered_trainer(pub):
+    import trainers  # noqa: F401  (register)
+    from vlprompt.engine import TRAINER_REGISTRY
+
+    registered = set(TRAINER_REGISTRY.registered_names())
+    rows = _few_shot_rows(pub)
+    assert len(rows) > 30
+    sources = pub["few_shot"]["sources"]
+    assert set(sources) <= set(pub["few_shot"]["average"])
+    for block, name, vals in rows:
+        assert vals and set(vals) <= SHOT_KEYS, (block, name)
+        assert all(isinstance(x, float) and 0 <= x <= 100 for x in vals.values()), (block, name, vals)
+        own = sources.get(name) if block == "few_shot" else None
+        assert re.search(r"@ ?[0-9a-f]{7}", own or pub[block]["source"]), (block, name)  # a repository at a commit
+        assert name in pub["methods"], name
+        for m in pub["methods"][name]["match"]:
+            assert m["trainer"] in registered, (name, m)
+    # the frozen-feature family's rows, each matched to its trainer and read from a named table
+    for name, trainer in (("LP++ (ViT-B/16, CLIP-SVD table)", "LPPP"), ("GDA (ViT-B/16, CLIP-SVD table)", "GDA"),
+                          ("CLIP-LoRA (few-shot, ViT-B/16, CLIP-SVD table)", "CLIPLoRA")):
+        assert pub["methods"][name]["match"] == [{"trainer": trainer}]
+        assert sources[name].startswith("HealthX-Lab/CLIP-SVD:README.md@022b1eda")
+        assert list(pub["few_shot"]["average"][name]) == ["1", "2", "4", "8", "16"]

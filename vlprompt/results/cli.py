@@ -124,6 +124,6 @@ def main(argv=None):
         from .plots import make_plots
 
         for p in make_plots(records, args.plots, args.metric, args.ablation_trainer, args.ablation_key,
-                            protocols=args.protocol, seeds=seeds):
+                            protocols=args.protocol, seeds=seeds, published=args.with_published):
             print(p)
     return 0

@@ -10,6 +10,9 @@ is not a number (NaN) is written ``NaN`` where it would stand, and a footnote sa
 * ``base2new_bars``: per dataset (and the average), base / novel / HM bars for each method;
 * ``few_shot_curves``: accuracy against shots per dataset (and the average over the datasets every
   method has), one line per method; zero-shot runs (shots_0) are drawn as dashed horizontal lines;
+  with ``published`` (``--with-published``), the published curves of the methods in the records are
+  drawn beside them (dotted, hollow markers, labelled "(published)"; see
+  :func:`published_few_shot_curves`);
 * ``prompt_length``: accuracy against the prompt length N for the runs of one trainer whose config
   sets ``TRAINER.<X>.N_CTX`` differently (the N is read from the ``config`` dict of results.json).
 """
@@ -18,9 +21,10 @@ import os
 import os.path as osp
 
 from ..protocol import DATASETS_11, DEFAULT_SEEDS, DISPLAY_NAMES, PROTOCOL_REGISTRY
-from .aggregate import MISSING_SEEDS, _dataset_order, _slug, _trainer_rank, _values, apply_families, hm, mean_std
+from .aggregate import (MISSING_SEEDS, _dataset_order, _published_for, _slug, _trainer_rank, _values, apply_families, hm,
+                        load_published, mean_std, published_for)
 
-__all__ = ["plot_base2new", "few_shot_curves", "plot_few_shot", "plot_prompt_length", "make_plots", "FIGURE_KINDS"]
+__all__ = ["plot_base2new", "few_shot_curves", "published_few_shot_curves", "plot_few_shot", "plot_prompt_length", "make_plots", "FIGURE_KINDS"]
 
 NAN_NOTE = "NaN: the runs' metric is not a number (shown where the value would stand)"
 
@@ -41,6 +45,9 @@ def _footnote(fig, marks):
         notes.append(f"{MISSING_SEEDS} hatched / hollow: fewer seeds than expected ({'; '.join(marks['missing'])})")
     if marks.get("nan"):
         notes.append(NAN_NOTE + f" ({'; '.join(marks['nan'])})")
+    if marks.get("published"):
+        notes.append("dotted, hollow squares: published numbers (sources: vlprompt/results/published.json; "
+                     "python -m vlprompt.results --with-published lists them) of " + "; ".join(marks["published"]))
     if notes:
         fig.text(0.01, 0.005, "\n".join(notes), fontsize="x-small", ha="left", va="bottom", wrap=True)
 
@@ -196,15 +203,62 @@ def few_shot_curves(records, metric="accuracy"):
     return keys, datasets, curves, averaged
 
 
-def plot_few_shot(records, out_dir, metric="accuracy", seeds=DEFAULT_SEEDS, name="few_shot_curves", where=""):
+def published_few_shot_curves(records, mode="matched", pub=None):
+    """The published few-shot curves to draw beside ``records``: ``{name: (key, {panel: {K: accuracy}}, approx)}``.
+
+    ``key`` is the (trainer, config) of the records the published row matches (``methods`` of
+    published.json), ``panel`` a dataset of the records or ``"Average"``. Only the published numbers of the
+    records' backbone (one backbone; none when the records name none or several) are used: a per-dataset
+    row (``few_shot_<x>`` blocks) for the datasets the records have, and an 11-dataset average row (the
+    ``few_shot`` block) only when the figure's average panel averages those same 11 datasets. ``mode``:
+    "matched" (rows of the methods in the records) or "all" (every stored row that matches a method in
+    the records: the same here, as a row without a method of ours has no line to stand beside). ``approx``:
+    the average row is one of the ``few_shot`` block's recalled rows (no source of its own; the block says
+    ``approximate``)."""
+    if not mode:
+        return {}
+    keys, datasets, curves, averaged = few_shot_curves(records)
+    backbones = {r.backbone for r in records if r.protocol == "few_shot" and r.shots is not None}
+    if not keys or len(backbones) != 1:
+        return {}
+    view = published_for(pub if pub is not None else load_published(), backbones.pop())
+    if view is None:
+        return {}
+    block = view.get("few_shot", {})
+    average, sources = block.get("average", {}), block.get("sources", {})
+    per_dataset = view.get("few_shot_per_dataset", {}).get("per_dataset", {})
+    out = {}
+    for k in keys:
+        for name in _published_for(view, k[0], k[1]):
+            if name in out:
+                continue
+            got = {}
+            for d in datasets:
+                row = {int(K): v for K, v in per_dataset.get(d, {}).get(name, {}).items() if int(K) > 0}
+                if row:
+                    got[d] = row
+            if name in average and sorted(averaged) == sorted(DATASETS_11):
+                got["Average"] = {int(K): v for K, v in average[name].items() if int(K) > 0}
+            if got:
+                out[name] = (k, got, "Average" in got and name not in sources and bool(block.get("approximate")))
+    return out
+
+
+def plot_few_shot(records, out_dir, metric="accuracy", seeds=DEFAULT_SEEDS, name="few_shot_curves", where="",
+                  published=None):
     """Accuracy against shots per class, one panel per dataset and an average panel: one line per method
     (mean over seeds, a band of +-1 std where there are several seeds), and every zero-shot run
     (``shots_0``, e.g. ZeroshotCLIP) as a dashed horizontal reference line at its accuracy. A point over
     fewer seeds than ``seeds`` is hollow, a NaN value is written ``NaN`` at its shot count. Written as
-    ``few_shot_curves.png`` and ``.pdf``; returns the paths ([] without few-shot records)."""
+    ``few_shot_curves.png`` and ``.pdf``; returns the paths ([] without few-shot records).
+    ``published`` ("matched" / "all", as ``--with-published``): the published curves of
+    :func:`published_few_shot_curves` beside the measured ones, in their method's colour, dotted with
+    hollow square markers, labelled ``<published name> (published)`` (``(published, approx.)`` for the
+    recalled rows); the footnote names their sources."""
     keys, datasets, curves, averaged = few_shot_curves(records, metric)
     if not keys:
         return []
+    pub_curves = published_few_shot_curves(records, published) if published and metric == "accuracy" else {}
     recs = [r for r in records if r.protocol == "few_shot" and r.shots is not None]
     missing, marks = {}, {"missing": [], "nan": []}
     for k in keys:
@@ -251,6 +305,13 @@ def plot_few_shot(records, out_dir, metric="accuracy", seeds=DEFAULT_SEEDS, name
             if all(sd is not None and sd > 0 for sd in stds):
                 ax.fill_between(ks, [m - sd for m, sd in zip(means, stds)], [m + sd for m, sd in zip(means, stds)],
                                 color=color, alpha=0.15, lw=0)
+        for pname, (k, pc, approx) in pub_curves.items():
+            pts = pc.get(d)
+            if pts:
+                ks = sorted(pts)
+                ax.plot(ks, [pts[K] for K in ks], ls=":", marker="s", markerfacecolor="white",
+                        color=colors[keys.index(k) % len(colors)],
+                        label=f"{pname} (published{', approx.' if approx else ''})")
         if all_k:
             ax.set_xscale("log", base=2)
             ax.set_xticks(all_k)
@@ -263,7 +324,10 @@ def plot_few_shot(records, out_dir, metric="accuracy", seeds=DEFAULT_SEEDS, name
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     handles, labels = _legend_entries(axes)
-    fig.suptitle("Few-shot classification (mean over seeds; dashed: zero-shot)" + where)
+    if pub_curves:
+        marks["published"] = sorted(pub_curves)
+    fig.suptitle("Few-shot classification (mean over seeds; dashed: zero-shot"
+                 + ("; dotted: published" if pub_curves else "") + ")" + where)
     fig.tight_layout(rect=(0, 0.1 if rows == 1 else 0.06, 1, 0.97))
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), bbox_to_anchor=(0.5, 0.0))
     _footnote(fig, marks)
@@ -365,11 +429,12 @@ FIGURE_KINDS = {"base2new": (plot_base2new, "base2new_bars"), "few_shot": (plot_
 
 
 def make_plots(records, out_dir, metric="accuracy", ablation_trainer="APLe", ablation_key=None, protocols=None,
-               seeds=DEFAULT_SEEDS):
+               seeds=DEFAULT_SEEDS, published=None):
     """Every figure of the records: the figure of each registered protocol in ``protocols`` (None: all)
     that declares one, and the prompt-length figure over those protocols' runs. One set per backbone
     (``Record.backbone``); with several backbones the names get ``_<backbone slug>`` and the titles say
-    the backbone. Returns the paths written."""
+    the backbone. ``published`` ("matched" / "all"): published curves in the few-shot figure
+    (:func:`plot_few_shot`). Returns the paths written."""
     wanted = set(protocols or PROTOCOL_REGISTRY)
     tree_names = set(wanted) | {s.tree for p in wanted if p in PROTOCOL_REGISTRY
                                 for s in PROTOCOL_REGISTRY[p].steps if s.tree}
@@ -391,7 +456,8 @@ def make_plots(records, out_dir, metric="accuracy", ablation_trainer="APLe", abl
                 continue
             done.add(kind)
             fn, name = kind
-            paths += fn(recs, out_dir, metric, seeds=seeds, name=name + suffix, where=where)
+            extra = {"published": published} if fn is plot_few_shot else {}
+            paths += fn(recs, out_dir, metric, seeds=seeds, name=name + suffix, where=where, **extra)
         paths += plot_prompt_length(recs, out_dir, ablation_trainer, ablation_key, metric,
                                     name=f"prompt_length_{ablation_trainer}{suffix}", where=where)
     return paths
