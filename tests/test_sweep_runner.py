@@ -232,3 +232,23 @@ def test_dry_run_prints_a_methods_card_notes_once(tmp_path, capsys):
                      "passes over the few-shot set"]
     assert out.index("# note on CLIPLoRA") < out.index("[1] ")
     assert not (tmp_path / "out").exists()
+
+
+def test_training_free_methods_that_fit_on_the_shots_get_every_shot_count(tmp_path, capsys):
+    """Tip-Adapter, the linear probe and GDA are eval-only (nothing for the loop to train) but fit on the
+    few-shot images: the few-shot sweep gives them each shot count (DATASET.NUM_SHOTS K, shots_K), while
+    zero-shot CLIP runs once per dataset (shots_0, no NUM_SHOTS)."""
+    rc = sweep_main(["--methods", "TipAdapter", "LinearProbeCLIP", "GDA", "ZeroshotCLIP", "--protocol", "few_shot",
+                     "--datasets", "dtd", "--seeds", "1", "--shots", "1", "4", "--root", "/d",
+                     "--output-root", str(tmp_path / "out"), "--repo-root", ROOT, "--dry-run"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    cmds = [line.split() for line in out.splitlines() if "train.py" in line]
+    for method in ("TipAdapter", "LinearProbeCLIP", "GDA"):
+        mine = [c for c in cmds if c[c.index("--trainer") + 1] == method]
+        assert [c[c.index("DATASET.NUM_SHOTS") + 1] for c in mine] == ["1", "4"], method
+        assert [c[c.index("--output-dir") + 1].split(os.sep)[-2] for c in mine] == ["shots_1", "shots_4"]
+        assert all("--eval-only" in c for c in mine)
+    zs = [c for c in cmds if c[c.index("--trainer") + 1] == "ZeroshotCLIP"]
+    assert len(zs) == 1 and "DATASET.NUM_SHOTS" not in zs[0] and zs[0][zs[0].index("--output-dir") + 1].endswith(
+        os.path.join("shots_0", "seed1"))

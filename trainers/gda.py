@@ -103,7 +103,7 @@ class GDA(FrozenFeatureInference, TrainerX):
     # few-shot only: the head is estimated from the evaluated dataset's own training shots (the official
     # base-to-new variant is not implemented; docs/METHODS.md)
     CARD = MethodCard(config="vit_b16_imagenet", recipes={"few_shot": {"per_dataset": OFFICIAL_CONFIGS}},
-                      protocols=("few_shot",), order=226, backbones=ANY_TOWERS, eval_only=True, cfg_node="GDA",
+                      protocols=("few_shot",), order=226, backbones=ANY_TOWERS, eval_only=True, uses_shots=True, cfg_node="GDA",
                       model_name="")
     FROZEN_IMAGE_FEATURES = True
 

@@ -84,7 +84,7 @@ def search_c(train_x, train_y, val_x, val_y, grid=C_GRID, steps=8, max_iter=1000
 class LinearProbeCLIP(TrainerX):
     """Logistic regression on frozen CLIP image features (CoOp's lpclip protocol)."""
 
-    CARD = MethodCard(config="rn50", protocols=("few_shot",), order=200, backbones=ANY_TOWERS, eval_only=True,
+    CARD = MethodCard(config="rn50", protocols=("few_shot",), order=200, backbones=ANY_TOWERS, eval_only=True, uses_shots=True,
                       cfg_node="LINEAR_PROBE", model_name="")
     FROZEN_IMAGE_FEATURES = True
 

@@ -230,7 +230,7 @@ class TipAdapter(FrozenFeatureInference, TrainerX):
     # is built, so an eval-only run on another dataset (cross-dataset, domain generalisation) or on novel
     # classes would not evaluate a transferred model
     CARD = MethodCard(config="rn50_imagenet", recipes={"few_shot": {"per_dataset": OFFICIAL_CONFIGS}},
-                      protocols=("few_shot",), order=220, backbones=ANY_TOWERS, eval_only=True,
+                      protocols=("few_shot",), order=220, backbones=ANY_TOWERS, eval_only=True, uses_shots=True,
                       cfg_node="TIP_ADAPTER", model_name="")
     FROZEN_IMAGE_FEATURES = True
 

@@ -36,6 +36,9 @@ The fields (all optional):
   independently augmented views of each training image the method reads (default 1; with K > 1 the training
   loaders make at least K, ``DATALOADER.K_TRANSFORMS`` raised to it, and ``batch["img"]`` is a list of K
   tensors; :meth:`vlprompt.engine.ClipPromptTrainer.parse_batch_train` hands the list to ``loss_terms``).
+* ``uses_shots``: an eval-only method that still fits on the few-shot training images (Tip-Adapter's cache,
+  the linear probe, GDA's class means): the sweep gives it every shot count of the few-shot protocol, as a
+  trained method (an eval-only method without it is zero-shot: one run per dataset, ``shots_0``).
 * ``notes``: what a user should know before planning runs of the method (e.g. a budget that does not follow
   ``OPTIM.MAX_EPOCH``); the sweep's ``--dry-run`` prints it once per method in the plan.
 * ``transductive``: the method trains on unlabelled images of the classes it is tested on (PromptKD: the
@@ -124,6 +127,7 @@ class MethodCard:
     model_name: Optional[str] = None
     lr_unit: Optional[str] = None
     config_folder: Optional[str] = None
+    uses_shots: bool = False
     notes: str = ""
     views: int = 1  # augmented views of each training image the method reads (batch["img"] a list when > 1)
     transductive: bool = False
@@ -140,6 +144,7 @@ class MethodCard:
         if self.views < 1:
             raise CardError(f"views must be >= 1, got {self.views}")
         set_(self, "eval_only", bool(self.eval_only))
+        set_(self, "uses_shots", bool(self.uses_shots))
         set_(self, "transductive", bool(self.transductive))
         set_(self, "backbones", support_dict(self.backbones))
         if self.cfg_defaults is not None:

@@ -511,6 +511,13 @@ class _Ctx:
         spec = _card(self.specs, trainer)
         return bool(spec and spec.eval_only)
 
+    def zero_shot(self, trainer):
+        """Eval-only and independent of the shots (ZeroshotCLIP): one run per dataset in the few-shot protocol.
+        An eval-only method that fits on the few-shot images (the card's ``uses_shots``: Tip-Adapter, the
+        linear probe, GDA) runs every shot count."""
+        spec = _card(self.specs, trainer)
+        return bool(spec and spec.eval_only and not getattr(spec, "uses_shots", False))
+
     def resolve(self, method, protocol, dataset, shots):
         """(config yaml relative path, folder name, load epoch) for one run."""
         spec = _card(self.specs, method.trainer)
@@ -591,9 +598,10 @@ def _step_run(ctx, proto, step, method, zs, res, dataset, shots, seed, dirs, sou
             res = replace(res, cfg=config_folder(res.name, ctx.tag, _without_test_time(ctx.slug_opts)))
         except TreeError as e:
             raise SweepError(str(e)) from None
-    shots_opt = step.shots_opt if not zs or step.eval_only_shots_opt is None else step.eval_only_shots_opt
-    if zs and proto.eval_only_shots is not None:
-        shots_opt = False  # one eval-only run per dataset, whatever the shot counts
+    no_shots = ctx.zero_shot(t)
+    shots_opt = step.shots_opt if not no_shots or step.eval_only_shots_opt is None else step.eval_only_shots_opt
+    if no_shots and proto.eval_only_shots is not None:
+        shots_opt = False  # one zero-shot run per dataset, whatever the shot counts
     where = dict(dataset=dataset, trainer=t, config=res.cfg, shots=shots, seed=seed, level=res.level)
     if step.on_source:
         where["source"] = source
@@ -630,7 +638,7 @@ def _expand_steps(ctx, method, proto, datasets, seeds, shots_list, source):
                 for d in ([source] if step.on_source else datasets):
                     runs.append(_step_run(ctx, proto, step, method, zs, res, d, K, s, dirs, source))
         return runs
-    collapse = zs and proto.eval_only_shots is not None
+    collapse = ctx.zero_shot(method.trainer) and proto.eval_only_shots is not None
     for d in datasets:
         for K in ([proto.eval_only_shots] if collapse else shots_list):
             if proto.shot_list and not collapse and K < 1:
