@@ -27,7 +27,6 @@ import io
 import json
 import os
 import os.path as osp
-import pickle
 import shutil
 import sys
 import time
@@ -154,61 +153,30 @@ def _render_jpeg(job):
     return _jpeg_bytes(render(scene, size))
 
 
-#: below this many images a dataset is rendered in this process (a worker costs ~0.5 s to start)
+#: below this many images a dataset is rendered in this process (a worker pool costs ~0.5 s to start)
 PARALLEL_RENDER_MIN = 400
 
 
-def _render_worker():
-    """A render worker's main (``python -c``): pickled ``[(scene, size), ...]`` on stdin, the pickled list of
-    their JPEG bytes on stdout. Only the parent, which made the input, unpickles what a worker writes."""
-    jobs = pickle.load(sys.stdin.buffer)
-    pickle.dump([_render_jpeg(job) for job in jobs], sys.stdout.buffer, protocol=pickle.HIGHEST_PROTOCOL)
-
-
 def _render_all(scenes, size):
-    """The JPEG bytes of ``scenes`` in order, rendered over the CPUs this process may use: each worker is a
-    fresh torch-free ``python`` that renders a contiguous share (each image depends only on its scene, so the
-    bytes are those of a sequential render). Fresh processes rather than fork or multiprocessing's spawn:
-    a fork of a process that has started torch's thread pools is unsafe, and spawn re-runs the caller's main
-    module (``train.py`` imports torch). Small datasets and 1 CPU render here."""
+    """The JPEG bytes of ``scenes`` in order: over the CPUs this process may use (each image depends only on
+    its scene, so the bytes are those of a sequential render); sequentially for small datasets, on 1 CPU,
+    and in a process that has loaded torch."""
     jobs = [(scene, size) for scene in scenes]
     try:
         n_cpu = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         n_cpu = os.cpu_count() or 1
-    workers = min(n_cpu, 8, max(1, len(jobs) // max(1, PARALLEL_RENDER_MIN // 2)))
-    if workers < 2 or len(jobs) < PARALLEL_RENDER_MIN:
-        return [_render_jpeg(job) for job in jobs]
-    import subprocess
+    workers = min(n_cpu, 8)
+    # fork (POSIX) copies this process without re-running its main module (spawn would re-import a user's
+    # script or fail on stdin); not after torch is loaded, whose thread pools do not survive a fork
+    fork = hasattr(os, "fork") and "torch" not in sys.modules
+    if not fork or workers < 2 or len(jobs) < PARALLEL_RENDER_MIN:
+        yield from map(_render_jpeg, jobs)
+        return
+    import multiprocessing
 
-    bounds = [len(jobs) * w // workers for w in range(workers + 1)]
-    env = dict(os.environ)
-    here = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))  # the folder that holds vlprompt/
-    env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    cmd = [sys.executable, "-c", "from vlprompt.toy.data import _render_worker; _render_worker()"]
-    procs = []
-    try:
-        for _ in range(workers):  # all start (and import) at once, then each gets its share
-            procs.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, env=env))
-        for w, proc in enumerate(procs):
-            proc.stdin.write(pickle.dumps(jobs[bounds[w]:bounds[w + 1]], protocol=pickle.HIGHEST_PROTOCOL))
-            proc.stdin.close()
-        out = []
-        for proc in procs:
-            data, err = proc.stdout.read(), proc.stderr.read()
-            if proc.wait() != 0:
-                raise RuntimeError(f"a toy-image render worker failed (exit {proc.returncode}): "
-                                   f"{err.decode(errors='replace').strip()}")
-            out.extend(pickle.loads(data))
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    if len(out) != len(jobs):
-        raise RuntimeError(f"the render workers returned {len(out)} images for {len(jobs)} scenes")
-    return out
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        yield from pool.imap(_render_jpeg, jobs, chunksize=max(1, min(64, len(jobs) // (4 * workers))))
 
 
 def _write_dataset(spec, target, log):
