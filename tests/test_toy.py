@@ -221,26 +221,6 @@ def test_interrupted_and_partial_builds_are_rebuilt(tmp_path, monkeypatch):
     assert verify_toy_dataset(TOY_DATASETS[spec.name], target)[0]
 
 
-def test_parallel_render_gives_the_sequential_bytes():
-    """A torch-free builder (the demo) renders over worker processes; the JPEG bytes are those of the
-    sequential render, in the same order (this process has torch loaded, so it renders sequentially)."""
-    import hashlib
-    import subprocess
-    import sys
-
-    spec = _tiny_spec(n_train=6, n_val=2, n_test=4)
-    scenes = [sc for part in ("train", "val", "test") for _, sc, _ in toy_data.dataset_scenes(spec, part)]
-    want = [hashlib.sha256(b).hexdigest() for b in toy_data._render_all(scenes, spec.image_size)]
-    code = ("import hashlib, json, sys; import vlprompt.toy.data as D; from vlprompt.toy.data import ToySpec; "
-            "D.PARALLEL_RENDER_MIN = 0; assert 'torch' not in sys.modules; "
-            f"spec = ToySpec(**{dataclasses.asdict(spec)!r}); "
-            "sc = [s for p in ('train', 'val', 'test') for _, s, _ in D.dataset_scenes(spec, p)]; "
-            "print(json.dumps([hashlib.sha256(b).hexdigest() for b in D._render_all(sc, spec.image_size)]))")
-    env = dict(os.environ, PYTHONPATH=osp.dirname(osp.dirname(osp.abspath(__file__))))
-    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    assert json.loads(got.stdout) == want and len(want) == 4 * 12
-
-
 def test_unwritable_root_gives_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(TOY_DATASETS, "ToyTiny", _tiny_spec())
     blocker = tmp_path / "a_file"
