@@ -11,6 +11,10 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 torch.set_num_threads(1)
+# ... and so do the processes the tests start (``python train.py``, the sweep's jobs): with two xdist workers,
+# a 2-thread child beside the other worker puts 3-4 busy threads on 2 cores, and a run of many small kernels
+# then waits at every parallel region for the thread that lost its core
+os.environ["OMP_NUM_THREADS"] = "1"
 
 
 @pytest.fixture(autouse=True, scope="session")

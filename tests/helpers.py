@@ -240,3 +240,37 @@ def method_model(trainer_name, clip_model, classnames, dataset="", **node_overri
         setattr(node, key, value)
     cfg.DATASET.NAME = dataset
     return cls.custom_clip(cfg, classnames, clip_model)
+
+
+def crash_copy_and_resume(run, common, full, killed, trainer_cls, monkeypatch, epoch=1):
+    """The uninterrupted run and a killed-then-resumed run of one command, for two runs' cost instead of three.
+
+    ``run(argv)`` runs train.py's command line on ``["--output-dir", full] + common``; at the start of epoch
+    ``epoch`` its output folder is copied to ``killed`` (without the lock file) -- exactly what a run of the same
+    command killed at that moment leaves on disk, since a SIGKILL runs nothing after it (the process side of a
+    kill is tested with real processes and signals in test_engine_checkpoints.py and test_reliability.py). The
+    same command is then run again on ``killed``, which resumes from that copy.
+    """
+    import shutil
+
+    from vlprompt.engine import LAST_CHECKPOINT
+    from vlprompt.utils.lock import LOCK_NAME
+
+    original = trainer_cls.run_epoch
+    copied = []
+
+    def run_epoch_copying_first(self):
+        if self.epoch == epoch and not copied:
+            shutil.copytree(full, killed, ignore=shutil.ignore_patterns(LOCK_NAME))
+            copied.append(epoch)
+        return original(self)
+
+    monkeypatch.setattr(trainer_cls, "run_epoch", run_epoch_copying_first)
+    try:
+        assert run(["--output-dir", str(full), *common]) == 0
+    finally:
+        monkeypatch.setattr(trainer_cls, "run_epoch", original)
+    assert copied == [epoch], f"the run never reached epoch {epoch}"
+    resume_point = [d for d, _, files in os.walk(killed) if LAST_CHECKPOINT in files]
+    assert resume_point, f"no per-epoch resume point in the folder at the start of epoch {epoch}"
+    assert run(["--output-dir", str(killed), *common]) == 0

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import train as train_mod
-from tests.helpers import card_fixture_opts, make_cfg, make_image_folder, write_user_descriptions
+from tests.helpers import card_fixture_opts, crash_copy_and_resume, make_cfg, make_image_folder, write_user_descriptions
 from vlprompt.engine import LAST_CHECKPOINT, TRAINER_REGISTRY, build_trainer
 from vlprompt.engine.methods import load_plugins, method_specs
 from vlprompt.utils import load_checkpoint, restore_stdout
@@ -122,10 +122,6 @@ def test_checkpoint_loads_onto_another_class_list(spec, data_root, tmp_path):
         assert other.model_inference(_batch(2)["img"]).shape == (2, 3)
 
 
-class _Stop(Exception):
-    pass
-
-
 def _run(argv):
     try:
         return train_mod.cli(argv)
@@ -147,23 +143,7 @@ def test_kill_and_resume_equals_uninterrupted(spec, data_root, tmp_path, monkeyp
               "OPTIM.WARMUP_EPOCH", "0", "TEST.NO_TEST", "True", "INPUT.SIZE", "(224, 224)",
               *_opts(spec), *card_fixture_opts(spec.name, data_root)]
     full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
-    assert _run(["--output-dir", full, *common]) == 0
-
-    cls = TRAINER_REGISTRY.get(spec.name)
-    original = cls.run_epoch
-
-    def run_epoch_then_stop(self):
-        if self.epoch == 1:
-            raise _Stop()
-        return original(self)
-
-    monkeypatch.setattr(cls, "run_epoch", run_epoch_then_stop)
-    with pytest.raises(_Stop):
-        _run(["--output-dir", killed, *common])
-    restore_stdout()
-    assert osp.exists(osp.join(killed, spec.model_name, LAST_CHECKPOINT)), "no per-epoch resume point"
-    monkeypatch.setattr(cls, "run_epoch", original)
-    assert _run(["--output-dir", killed, *common]) == 0
+    crash_copy_and_resume(_run, common, full, killed, TRAINER_REGISTRY.get(spec.name), monkeypatch)
     assert not osp.exists(osp.join(killed, spec.model_name, LAST_CHECKPOINT)), "resume point left after the run"
     a, b = _learned(full, spec.model_name), _learned(killed, spec.model_name)
     for k in a["state_dict"]:

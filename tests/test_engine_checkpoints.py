@@ -61,11 +61,11 @@ def run_process(args):
     return done.stdout
 
 
-def test_sigkill_mid_epoch_then_resume_is_bit_identical(data_root, tmp_path):
-    # every run in its own process, as users run them (thread pools and allocator state of the test
-    # process do not leak into the numbers)
-    reference = tmp_path / "reference"
-    run_process(argv(data_root, reference))
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(data_root, uninterrupted, tmp_path):
+    # the killed run and its resume each in their own process, as users run them; the reference is the
+    # uninterrupted run of the same command in this process (one thread here and in the children: the suite
+    # sets OMP_NUM_THREADS=1, tests/conftest.py)
+    reference = uninterrupted
     out = tmp_path / "killed"
     cmd = [sys.executable, osp.join(ROOT, "train.py"), *argv(data_root, out)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import train as train_mod
-from tests.helpers import make_cfg, make_image_folder
+from tests.helpers import crash_copy_and_resume, make_cfg, make_image_folder
 from vlprompt.engine import LAST_CHECKPOINT, TRAINER_REGISTRY, build_trainer
 from vlprompt.engine.methods import load_plugins, method_spec
 from vlprompt.engine.plugins import PluginError, composed_declarations, forget_composed, supported_pairs
@@ -316,9 +316,6 @@ def test_dept_on_every_supported_host(host, data_root, tmp_path):
 # (PromptSRC's prompt aggregation) beside DePT's state, and the stored-feature batch source (CLIP-Adapter)
 @pytest.mark.parametrize("host", ["CoOp", "MaPLe", "PromptSRC", "CLIP_Adapter"])
 def test_kill_and_resume_equals_uninterrupted(host, data_root, tmp_path, monkeypatch):
-    class _Stop(Exception):
-        pass
-
     def run(argv):
         try:
             return train_mod.cli(argv)
@@ -334,22 +331,8 @@ def test_kill_and_resume_equals_uninterrupted(host, data_root, tmp_path, monkeyp
               "OPTIM.WARMUP_EPOCH", "0", "TEST.NO_TEST", "True", "INPUT.SIZE", "(224, 224)",
               f"TRAINER.{card.cfg_node}.PREC", "fp32"]
     full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
-    assert run(["--output-dir", full, *common]) == 0
-    cls = TRAINER_REGISTRY.get(name)
-    original = cls.run_epoch
-
-    def run_epoch_then_stop(self):
-        if self.epoch == 1:
-            raise _Stop()
-        return original(self)
-
-    monkeypatch.setattr(cls, "run_epoch", run_epoch_then_stop)
-    with pytest.raises(_Stop):
-        run(["--output-dir", killed, *common])
-    restore_stdout()
-    assert osp.exists(osp.join(killed, "DePT", LAST_CHECKPOINT))
-    monkeypatch.setattr(cls, "run_epoch", original)
-    assert run(["--output-dir", killed, *common]) == 0
+    crash_copy_and_resume(run, common, full, killed, TRAINER_REGISTRY.get(name), monkeypatch)
+    assert not osp.exists(osp.join(killed, "DePT", LAST_CHECKPOINT))  # the resumed run finished
     for folder in (card.model_name, "DePT"):
         a = load_checkpoint(osp.join(full, folder, "model.pth.tar-2"))
         b = load_checkpoint(osp.join(killed, folder, "model.pth.tar-2"))
