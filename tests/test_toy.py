@@ -221,6 +221,26 @@ def test_interrupted_and_partial_builds_are_rebuilt(tmp_path, monkeypatch):
     assert verify_toy_dataset(TOY_DATASETS[spec.name], target)[0]
 
 
+def test_parallel_render_gives_the_sequential_bytes():
+    """A torch-free builder (the demo) renders over worker processes; the JPEG bytes are those of the
+    sequential render, in the same order (this process has torch loaded, so it renders sequentially)."""
+    import hashlib
+    import subprocess
+    import sys
+
+    spec = _tiny_spec(n_train=6, n_val=2, n_test=4)
+    scenes = [sc for part in ("train", "val", "test") for _, sc, _ in toy_data.dataset_scenes(spec, part)]
+    want = [hashlib.sha256(b).hexdigest() for b in toy_data._render_all(scenes, spec.image_size)]
+    code = ("import hashlib, json, sys; import vlprompt.toy.data as D; from vlprompt.toy.data import ToySpec; "
+            "D.PARALLEL_RENDER_MIN = 0; assert 'torch' not in sys.modules; "
+            f"spec = ToySpec(**{dataclasses.asdict(spec)!r}); "
+            "sc = [s for p in ('train', 'val', 'test') for _, s, _ in D.dataset_scenes(spec, p)]; "
+            "print(json.dumps([hashlib.sha256(b).hexdigest() for b in D._render_all(sc, spec.image_size)]))")
+    env = dict(os.environ, PYTHONPATH=osp.dirname(osp.dirname(osp.abspath(__file__))))
+    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert json.loads(got.stdout) == want and len(want) == 4 * 12
+
+
 def test_unwritable_root_gives_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(TOY_DATASETS, "ToyTiny", _tiny_spec())
     blocker = tmp_path / "a_file"
@@ -511,3 +531,53 @@ def test_pretraining_is_reproducible_and_writes_the_shipped_format(tmp_path):
     init = token_embedding_init(TOY_CLIP_CFG["text_cfg"]["vocab_size"], TOY_CLIP_CFG["text_cfg"]["width"])
     changed = (a.token_embedding.weight != init).any(dim=1).sum().item()
     assert 0 < changed <= meta_a["vocab_rows"] < 200
+
+
+def test_demo_starts_the_dataset_build_beside_the_imports_and_waits_for_it(tmp_path, monkeypatch, toy_root):
+    """``python train.py`` (the demo) starts a torch-free child building ToyShapes before it imports torch;
+    run_demo waits for that child, then checks the dataset itself (so errors still come from the demo)."""
+    import subprocess
+    import sys
+
+    from vlprompt.toy import demo
+
+    started = []
+
+    class FakeChild:
+        def __init__(self, cmd, **kw):
+            started.append((cmd, kw))
+            self.waited = False
+
+        def poll(self):
+            return None
+
+        def wait(self):
+            self.waited = True
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", FakeChild)
+    monkeypatch.setattr(demo, "_prepare_first_run", lambda: started.append("prepared"))
+    child = demo.start_background_build(["--root", str(tmp_path / "data"), "--quiet"])
+    assert isinstance(child, FakeChild) and len(started) == 1
+    cmd, kw = started[0]
+    assert cmd[0] == sys.executable and cmd[1] == "-c" and cmd[3:] == ["ToyShapes", str(tmp_path / "data")]
+    assert "import torch" not in cmd[2] and "ensure_toy_dataset" in cmd[2]
+    assert kw["stdout"] == subprocess.DEVNULL and kw["stderr"] == subprocess.DEVNULL
+    # a built dataset starts nothing; --help starts nothing
+    assert demo.start_background_build([f"--root={toy_root}"]) is None
+    assert demo.start_background_build(["--help"]) is None
+    assert len(started) == 1
+    # run_demo waits for the child (using the time for the first run's imports), then verifies the data itself
+    demo._BACKGROUND_BUILD = child
+    lines = []
+    with pytest.raises(demo.DemoError):  # no train.py command line given: stops right after the data step
+        demo.run_demo(root=str(toy_root), output_dir=str(tmp_path / "out"), log=lines.append,
+                      cli=lambda argv: 2)
+    assert child.waited and demo._BACKGROUND_BUILD is None and started[-1] == "prepared"
+    assert any("finishing the build started beside the imports" in m for m in lines)
+    # the child program itself: quiet, and never a traceback whatever goes wrong (the demo reports)
+    code = cmd[2]
+    monkeypatch.undo()
+    bad = subprocess.run([sys.executable, "-c", code, "NoSuchToySet", str(tmp_path / "d")], capture_output=True,
+                         text=True, cwd=osp.dirname(osp.dirname(osp.abspath(__file__))))
+    assert bad.returncode == 0 and bad.stdout == "" and bad.stderr == ""

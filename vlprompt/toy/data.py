@@ -28,6 +28,7 @@ import json
 import os
 import os.path as osp
 import shutil
+import sys
 import time
 
 from .world import COLOURS, SHAPES, classname, render, sample_scene, scene_rng
@@ -146,28 +147,58 @@ def _sha256_bytes(data):
     return hashlib.sha256(data).hexdigest()
 
 
+def _render_jpeg(job):
+    """One image's JPEG bytes (a worker's task: ``job`` = (scene, size); rendering is deterministic)."""
+    scene, size = job
+    return _jpeg_bytes(render(scene, size))
+
+
+#: below this many images a dataset is rendered in this process (a worker pool costs ~0.5 s to start)
+PARALLEL_RENDER_MIN = 400
+
+
+def _render_all(scenes, size):
+    """The JPEG bytes of ``scenes`` in order: over the CPUs this process may use (each image depends only on
+    its scene, so the bytes are those of a sequential render); sequentially for small datasets, on 1 CPU,
+    and in a process that has loaded torch."""
+    jobs = [(scene, size) for scene in scenes]
+    try:
+        n_cpu = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        n_cpu = os.cpu_count() or 1
+    workers = min(n_cpu, 8)
+    # fork (POSIX) copies this process without re-running its main module (spawn would re-import a user's
+    # script or fail on stdin); not after torch is loaded, whose thread pools do not survive a fork
+    fork = hasattr(os, "fork") and "torch" not in sys.modules
+    if not fork or workers < 2 or len(jobs) < PARALLEL_RENDER_MIN:
+        yield from map(_render_jpeg, jobs)
+        return
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        yield from pool.imap(_render_jpeg, jobs, chunksize=max(1, min(64, len(jobs) // (4 * workers))))
+
+
 def _write_dataset(spec, target, log):
     """Render every image of ``spec`` into ``target`` (a fresh folder) and write split + marker."""
     image_dir = osp.join(target, "images")
     files = {}
-    split = {}
+    split = {"train": [], "val": [], "test": []}
     t0 = time.time()
-    total = spec.num_classes * (spec.n_train + spec.n_val + spec.n_test)
+    items = [(part, label, scene, rel) for part in ("train", "val", "test")
+             for label, scene, rel in dataset_scenes(spec, part)]
+    total = len(items)
     done = 0
-    for part in ("train", "val", "test"):
-        entries = []
-        for label, scene, rel in dataset_scenes(spec, part):
-            fpath = osp.join(image_dir, rel)
-            os.makedirs(osp.dirname(fpath), exist_ok=True)
-            data = _jpeg_bytes(render(scene, spec.image_size))
-            with open(fpath, "wb") as f:
-                f.write(data)
-            files["images/" + rel] = _sha256_bytes(data)
-            entries.append([rel, label, classname(scene.colour, scene.shape)])
-            done += 1
-            if log and (done % 1000 == 0 or done == total):
-                log(f"  {spec.name}: {done}/{total} images ({time.time() - t0:.1f}s)")
-        split[part] = entries
+    for (part, label, scene, rel), data in zip(items, _render_all([it[2] for it in items], spec.image_size)):
+        fpath = osp.join(image_dir, rel)
+        os.makedirs(osp.dirname(fpath), exist_ok=True)
+        with open(fpath, "wb") as f:
+            f.write(data)
+        files["images/" + rel] = _sha256_bytes(data)
+        split[part].append([rel, label, classname(scene.colour, scene.shape)])
+        done += 1
+        if log and (done % 1000 == 0 or done == total):
+            log(f"  {spec.name}: {done}/{total} images ({time.time() - t0:.1f}s)")
     split_name = split_file_name(spec.name)
     data = json.dumps(split, indent=4, separators=(",", ": ")).encode()
     with open(osp.join(target, split_name), "wb") as f:
