@@ -29,9 +29,66 @@ sys.path.insert(0, HERE)
 from bench_trainers import CASES  # noqa: E402
 from common import ab, build, sync, write_json  # noqa: E402
 
-#: small batches keep a 2-core CPU run within minutes (every prompt learner at 4 images, CoCoOp at 1); the
-#: real configs' batch sizes (KgCoOp 128, ProGrad / TCP / CLIP-LoRA / CoOp 32) are the default on CUDA
+#: ``--small-batch``: the training batches of the rows measured before stop 7 (every prompt learner at 4 images,
+#: CoCoOp at 1), kept as a labelled extra; the default is the config's own batch (CoOp / ProGrad / TCP /
+#: CLIP-LoRA 32, KgCoOp 128, the base-to-novel configs of the other prompt learners 4, CoCoOp 1)
 CPU_BATCH = {"CoOp": 4, "CoCoOp": 1, "KgCoOp": 4, "ProGrad": 4, "TCP": 4, "CLIPLoRA": 4}
+
+#: ``--background``: a steady job started before a row and stopped after it, so the row measures both arms
+#: on a busy machine. ``busy``: one core spinning in pure Python (one core taken by other work);
+#: ``torch``: another 2-thread torch process running small matrix products in a loop (a second training
+#: job on the same node: its OpenMP threads compete with both arms' threads for the cores)
+BACKGROUND = {
+    "none": None,
+    "busy": "while True: pass",
+    "torch": ("import torch\ntorch.set_num_threads(2)\nx = torch.randn(64, 512)\nw = torch.randn(512, 512)\n"
+              "while True: y = (x @ w).relu().sum()"),
+}
+
+
+def load_average():
+    import os
+
+    return os.getloadavg()[0]
+
+
+def wait_for_load(max_load, max_wait_s, log=print, poll_s=10.0):
+    """Wait until the 1-minute load average is below ``max_load`` (at most ``max_wait_s``); the load reached.
+    Raises ``RuntimeError`` when the machine stays busy, so a row is never taken on a loaded machine."""
+    t0 = time.time()
+    while True:
+        load = load_average()
+        if load < max_load:
+            return load
+        if time.time() - t0 >= max_wait_s:
+            raise RuntimeError(f"the 1-minute load average stayed at {load:.2f} (>= --max-load {max_load}) for "
+                               f"{max_wait_s:.0f} s: run the benchmark on an idle machine or raise --max-load")
+        log(f"[ref] load average {load:.2f} >= {max_load}: waiting ...")
+        time.sleep(poll_s)
+
+
+class background:
+    """``with background("torch"):`` runs the steady job of ``BACKGROUND[kind]`` for the block's duration."""
+
+    def __init__(self, kind):
+        if kind not in BACKGROUND:
+            raise ValueError(f"unknown background {kind!r}; one of {', '.join(BACKGROUND)}")
+        self.kind, self.proc = kind, None
+
+    def __enter__(self):
+        import subprocess
+
+        if BACKGROUND[self.kind]:
+            self.proc = subprocess.Popen([sys.executable, "-c", BACKGROUND[self.kind]],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(2.0)  # its imports done, it runs steadily before the first timing
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+        return False
 
 
 def _snapshot(tr):
@@ -70,13 +127,16 @@ def _stats(ts):
 
 
 def bench_one(trainer, n_classes, device, reps, eval_batches, eval_batch, data_root, batch_size=None, log=print,
-              official_train_max=None, backbone=None):
+              official_train_max=None, backbone=None, bg="none", max_load=None, max_wait_s=1800.0, small_batch=False):
     """One row: ``trainer`` at ``n_classes`` classes, both arms timed and compared. ``backbone``: a
-    ``MODEL.BACKBONE.NAME`` other than the config's (the tests use a tiny one)."""
+    ``MODEL.BACKBONE.NAME`` other than the config's (the tests use a tiny one). ``batch_size`` /
+    ``eval_batch`` None or 0: the config's ``DATALOADER.TRAIN_X.BATCH_SIZE`` / ``DATALOADER.TEST.BATCH_SIZE``
+    (``small_batch``: the small CPU batch of ``CPU_BATCH`` instead of the config's training batch). ``bg``: a
+    ``BACKGROUND`` job running during the row; ``max_load``: wait for the load average to fall below it
+    first (the row records the load average before and after)."""
     import torch
 
-    from reference import official_way
-
+    
     from vlprompt.engine.methods import method_spec
 
     opts = ["MODEL.BACKBONE.NAME", backbone] if backbone else []
@@ -85,12 +145,27 @@ def bench_one(trainer, n_classes, device, reps, eval_batches, eval_batch, data_r
         # fp32 on a CPU: the configs' amp / bf16 would run as bf16 autocast on a CPU with native bf16, and
         # the arms are compared to float rounding (fp16 falls back to fp32 on a CPU anyway)
         opts += [f"TRAINER.{node}.PREC", "fp32"]
-    bs = batch_size or (CPU_BATCH.get(trainer) if device == "cpu" else None)
+    bs = batch_size or (CPU_BATCH.get(trainer) if small_batch else None)
     if bs:
         opts += ["DATALOADER.TRAIN_X.BATCH_SIZE", str(bs)]
     torch.manual_seed(0)
     tr = build(trainer, CASES[trainer], n_classes, device=device, opts=opts, data_root=data_root)
     batch = next(iter(tr.train_loader_x))
+    eval_batch = eval_batch or int(tr.cfg.DATALOADER.TEST.BATCH_SIZE)
+    load_before = wait_for_load(max_load, max_wait_s, log) if max_load is not None else load_average()
+    with background(bg):
+        row = _timed_row(tr, batch, trainer, n_classes, device, reps, eval_batches, eval_batch, log,
+                         official_train_max)
+    row.update(background=bg, load_before=load_before, load_after=load_average(),
+               batch_source="small CPU batch" if bs else "config")
+    return row
+
+
+def _timed_row(tr, batch, trainer, n_classes, device, reps, eval_batches, eval_batch, log, official_train_max):
+    import torch
+
+    from reference import official_way
+
     tr.epoch, tr.batch_idx, tr.num_batches = 0, 0, 10**9
     snap = _snapshot(tr)
 
@@ -169,17 +244,20 @@ def _e(v):
 
 
 def table(rows):
-    lines = ["| trainer | K | train official (s) | train vlprompt (s) | train ratio | eval official (s) | "
-             "eval vlprompt (s) | eval ratio | max loss diff | max logit diff | commit |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| trainer | K | batch | eval batch | background | load | train official (s) | train vlprompt (s) | "
+             "train ratio | eval official (s) | eval vlprompt (s) | eval ratio | max loss diff | max logit diff | "
+             "commit |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r.get("train_official"):
             t_off = f"{r['train_official']['median_s']:.2f}"
             t_ratio = f"{r['train_ratio_median']:.2f}x (min {r['train_ratio_min']:.2f}x)"
         else:
             t_off, t_ratio = "not run (memory)", "-"
+        load = (f"{r['load_before']:.1f} / {r['load_after']:.1f}" if r.get("load_before") is not None else "-")
         lines.append(
-            f"| {r['trainer']} | {r['classes']} | {t_off} | {r['train_ours']['median_s']:.2f} | {t_ratio} | "
+            f"| {r['trainer']} | {r['classes']} | {r.get('batch', '-')} | {r.get('eval_batch', '-')} | "
+            f"{r.get('background', 'none')} | {load} | {t_off} | {r['train_ours']['median_s']:.2f} | {t_ratio} | "
             f"{r['eval_official']['median_s']:.2f} | {r['eval_ours']['median_s']:.2f} | "
             f"{r['eval_ratio_median']:.2f}x (min {r['eval_ratio_min']:.2f}x) | "
             f"{_e(r.get('max_loss_diff'))} | {r['max_logit_diff']:.1e} | {r.get('commit') or '-'} |")
@@ -229,9 +307,17 @@ def main(argv=None):
     p.add_argument("--trainers", nargs="+", default=list(CASES), choices=list(CASES))
     p.add_argument("--classes", nargs="+", type=int, default=[50])
     p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--eval-batches", type=int, default=2)
-    p.add_argument("--eval-batch", type=int, default=4)
-    p.add_argument("--batch-size", type=int, default=0, help="training batch (0: config, or the small CPU batch)")
+    p.add_argument("--eval-batches", type=int, default=1)
+    p.add_argument("--eval-batch", type=int, default=0,
+                   help="images per evaluation batch (0: the config's DATALOADER.TEST.BATCH_SIZE, 100 in the configs)")
+    p.add_argument("--batch-size", type=int, default=0, help="training batch (0: the config's)")
+    p.add_argument("--small-batch", action="store_true",
+                   help="the small training batches of the earlier CPU rows (prompt learners 4, CoCoOp 1)")
+    p.add_argument("--background", default="none", choices=list(BACKGROUND),
+                   help="a steady job during each row: busy (one core spinning), torch (a 2-thread torch loop)")
+    p.add_argument("--max-load", type=float, default=None, metavar="X",
+                   help="before each row, wait until the 1-minute load average is below X (and record it)")
+    p.add_argument("--max-wait", type=float, default=1800.0, metavar="S", help="give up waiting after S seconds")
     p.add_argument("--official-train-max-classes", type=int, default=None, metavar="K",
                    help="above K classes, time only vlprompt's training step (the official one does not fit in memory)")
     p.add_argument("--out", default="")
@@ -259,7 +345,9 @@ def main(argv=None):
     for t in args.trainers:
         for k in args.classes:
             rows.append(bench_one(t, k, args.device, args.reps, args.eval_batches, args.eval_batch, data_root,
-                                  args.batch_size or None, log, args.official_train_max_classes))
+                                  args.batch_size or None, log, args.official_train_max_classes,
+                                  bg=args.background, max_load=args.max_load, max_wait_s=args.max_wait,
+                                  small_batch=args.small_batch))
             if args.out:
                 write_json(rows, args.out)
     print(table(rows))

@@ -18,7 +18,7 @@ import reference  # noqa: E402
                                      "PromptSRC", "TCP", "MMRL", "CLIPLoRA", "CLIP_Adapter", "TipAdapterF"])
 def test_reference_arm_agrees_with_vlprompt(trainer, tmp_path):
     row = bench_reference.bench_one(trainer, 3, "cpu", reps=1, eval_batches=1, eval_batch=2, data_root=str(tmp_path),
-                                    log=lambda m: None, backbone="test-vit-tiny")
+                                    log=lambda m: None, backbone="test-vit-tiny", small_batch=True)
     assert row["max_logit_diff"] < 1e-4
     # APLe's three stages update the weights within one step: a rounding difference of the first stage's
     # update reaches the later stages' losses (docs/BENCHMARKS.md)
@@ -57,3 +57,36 @@ def test_reference_arm_runs_the_full_text_pass_and_the_official_block(tmp_path, 
     assert len(blocks) > 0
     assert prompted.FAST_PATHS is True  # restored after the block
     torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-5)
+
+
+def test_rows_record_their_batches_load_and_background(tmp_path, monkeypatch):
+    loads = iter([0.3, 0.4])
+    monkeypatch.setattr(bench_reference, "load_average", lambda: next(loads))
+    started = []
+    real_enter = bench_reference.background.__enter__
+
+    def enter(self):
+        real_enter(self)
+        started.append((self.kind, self.proc.poll()))  # the job runs while the row is timed
+        return self
+
+    monkeypatch.setattr(bench_reference.background, "__enter__", enter)
+    row = bench_reference.bench_one("CoOp", 3, "cpu", reps=1, eval_batches=1, eval_batch=0, data_root=str(tmp_path),
+                                    log=lambda m: None, backbone="test-vit-tiny", small_batch=True, bg="busy",
+                                    max_load=1.0)
+    assert started == [("busy", None)]
+    assert row["background"] == "busy" and row["load_before"] == 0.3 and row["load_after"] == 0.4
+    assert row["batch"] == 4 and row["batch_source"] == "small CPU batch"
+    assert row["eval_batch"] == 100  # 0: the config's DATALOADER.TEST.BATCH_SIZE
+    line = bench_reference.table([row]).splitlines()[2]
+    assert line.startswith("| CoOp | 3 | 4 | 100 | busy | 0.3 / 0.4 |")
+
+
+def test_a_loaded_machine_is_waited_for_and_then_refused(monkeypatch):
+    monkeypatch.setattr(bench_reference, "load_average", lambda: 3.5)
+    monkeypatch.setattr(bench_reference.time, "sleep", lambda s: None)
+    said = []
+    with pytest.raises(RuntimeError, match=r"stayed at 3.50 \(>= --max-load 0.5\)"):
+        bench_reference.wait_for_load(0.5, 0.0, log=said.append)
+    monkeypatch.setattr(bench_reference, "load_average", lambda: 0.2)
+    assert bench_reference.wait_for_load(0.5, 0.0) == 0.2
