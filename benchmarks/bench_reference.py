@@ -52,18 +52,41 @@ def load_average():
     return os.getloadavg()[0]
 
 
+def busy_cores(window_s=3.0):
+    """CPU cores kept busy by all processes over the next ``window_s`` seconds (from /proc/stat; None where it
+    does not exist). Unlike the 1-minute load average it does not remember the previous row for a minute."""
+    def snap():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        idle = v[3] + (v[4] if len(v) > 4 else 0)
+        return sum(v), idle
+
+    try:
+        t0, i0 = snap()
+        time.sleep(window_s)
+        t1, i1 = snap()
+    except (OSError, ValueError, IndexError):
+        return None
+    import os
+
+    n = os.cpu_count() or 1
+    return n * (1.0 - (i1 - i0) / max(1, t1 - t0))
+
+
 def wait_for_load(max_load, max_wait_s, log=print, poll_s=10.0):
-    """Wait until the 1-minute load average is below ``max_load`` (at most ``max_wait_s``); the load reached.
-    Raises ``RuntimeError`` when the machine stays busy, so a row is never taken on a loaded machine."""
+    """Wait until the machine is idle: the cores busy over 3 s (``busy_cores``; the 1-minute load average where
+    /proc/stat is missing) below ``max_load``, at most ``max_wait_s``; returns the value reached. Raises
+    ``RuntimeError`` when the machine stays busy, so a row is never taken on a loaded machine."""
     t0 = time.time()
     while True:
-        load = load_average()
+        busy = busy_cores()
+        load = busy if busy is not None else load_average()
         if load < max_load:
             return load
         if time.time() - t0 >= max_wait_s:
-            raise RuntimeError(f"the 1-minute load average stayed at {load:.2f} (>= --max-load {max_load}) for "
+            raise RuntimeError(f"the machine stayed busy ({load:.2f} >= --max-load {max_load}) for "
                                f"{max_wait_s:.0f} s: run the benchmark on an idle machine or raise --max-load")
-        log(f"[ref] load average {load:.2f} >= {max_load}: waiting ...")
+        log(f"[ref] {load:.2f} cores busy (>= {max_load}): waiting ...")
         time.sleep(poll_s)
 
 
@@ -152,11 +175,12 @@ def bench_one(trainer, n_classes, device, reps, eval_batches, eval_batch, data_r
     tr = build(trainer, CASES[trainer], n_classes, device=device, opts=opts, data_root=data_root)
     batch = next(iter(tr.train_loader_x))
     eval_batch = eval_batch or int(tr.cfg.DATALOADER.TEST.BATCH_SIZE)
-    load_before = wait_for_load(max_load, max_wait_s, log) if max_load is not None else load_average()
+    busy_before = wait_for_load(max_load, max_wait_s, log) if max_load is not None else busy_cores()
+    load_before = load_average()
     with background(bg):
         row = _timed_row(tr, batch, trainer, n_classes, device, reps, eval_batches, eval_batch, log,
                          official_train_max)
-    row.update(background=bg, load_before=load_before, load_after=load_average(),
+    row.update(background=bg, busy_cores_before=busy_before, load_before=load_before, load_after=load_average(),
                batch_source="small CPU batch" if bs else "config")
     return row
 
@@ -316,7 +340,8 @@ def main(argv=None):
     p.add_argument("--background", default="none", choices=list(BACKGROUND),
                    help="a steady job during each row: busy (one core spinning), torch (a 2-thread torch loop)")
     p.add_argument("--max-load", type=float, default=None, metavar="X",
-                   help="before each row, wait until the 1-minute load average is below X (and record it)")
+                   help="before each row, wait until fewer than X cores are busy (over 3 s, /proc/stat) and record "
+                        "that and the 1-minute load average")
     p.add_argument("--max-wait", type=float, default=1800.0, metavar="S", help="give up waiting after S seconds")
     p.add_argument("--official-train-max-classes", type=int, default=None, metavar="K",
                    help="above K classes, time only vlprompt's training step (the official one does not fit in memory)")

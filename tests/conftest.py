@@ -29,6 +29,16 @@ def _feature_store_in_a_temp_dir(tmp_path_factory):
         os.environ["VLPROMPT_FEATURE_CACHE"] = old
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _shared_toy_root(tmp_path_factory):
+    """Where tests.helpers.shared_toy_root builds the toy datasets once for the whole run: beside the workers'
+    own temp folders under xdist (one folder per run, removed with pytest's old temp folders)."""
+    base = tmp_path_factory.getbasetemp()
+    os.environ["VLPROMPT_TEST_TOY_ROOT"] = str((base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base)
+                                               / "toydata_shared")
+    yield
+
+
 @pytest.fixture(autouse=True)
 def _restore_stdout():
     yield

@@ -274,3 +274,35 @@ def crash_copy_and_resume(run, common, full, killed, trainer_cls, monkeypatch, e
     resume_point = [d for d, _, files in os.walk(killed) if LAST_CHECKPOINT in files]
     assert resume_point, f"no per-epoch resume point in the folder at the start of epoch {epoch}"
     assert run(["--output-dir", str(killed), *common]) == 0
+
+
+_TOY_BUILT = set()
+
+
+def shared_toy_root(*names):
+    """A data root holding the toy datasets ``names`` (default ToyShapes), shared by every test of the run.
+
+    All xdist workers of one run use the same folder (``VLPROMPT_TEST_TOY_ROOT``, set by tests/conftest.py
+    under pytest's base temp folder of the run) and each dataset is built there once: in a torch-free child
+    process, which renders over a fork pool (a worker has torch loaded and would render on one core), under
+    the dataset's own build lock, so a second worker waits for the first and then reuses its build. Tests
+    must not modify it (a test that needs its own copy builds one under its tmp_path)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from vlprompt.toy.data import TOY_DATASETS, verify_toy_dataset
+
+    names = names or ("ToyShapes",)
+    root = os.environ.get("VLPROMPT_TEST_TOY_ROOT")
+    if not root:
+        root = os.environ["VLPROMPT_TEST_TOY_ROOT"] = tempfile.mkdtemp(prefix="vlprompt_toy_")
+    todo = [n for n in names if (root, n) not in _TOY_BUILT and not verify_toy_dataset(
+        TOY_DATASETS[n], osp.join(root, TOY_DATASETS[n].dirname), check_content=False)[0]]
+    if todo:
+        code = ("import sys\nfrom vlprompt.toy.data import ensure_toy_dataset\n"
+                "for name in sys.argv[2:]:\n    ensure_toy_dataset(name, sys.argv[1], log=None)\n")
+        repo = osp.dirname(osp.dirname(osp.abspath(__file__)))
+        subprocess.run([sys.executable, "-c", code, root, *todo], cwd=repo, check=True)
+    _TOY_BUILT.update((root, n) for n in names)
+    return root

@@ -71,7 +71,6 @@ def test_the_extending_example_runs_through_registry_sweep_and_results(tmp_path,
     from vlprompt.results.records import collect
     from vlprompt.results.render import to_markdown
     from vlprompt.sweep.protocols import expand
-    from vlprompt.toy.data import ensure_toy_dataset
 
     card = method_card("TinyReg")
     assert card.all_recipes() == {p: {"config": "CoOp/toy"} for p in
@@ -83,8 +82,9 @@ def test_the_extending_example_runs_through_registry_sweep_and_results(tmp_path,
     assert "CLIP ResNet" in describe_support(method_support(registry_specs()["TinyReg"])[0])
     assert "TinyReg" in [c.name for c in method_cards()]  # the sweep, results and contract tests see it
 
-    data = tmp_path / "data"
-    ensure_toy_dataset("ToyShapes", str(data), log=None)
+    from tests.helpers import shared_toy_root
+
+    data = shared_toy_root("ToyShapes")
     out = tmp_path / "output"
     runs = expand("TinyReg", "base2new", ["toy_shapes"], seeds=[1], output_root=str(out), shots=2,
                   opts=["OPTIM.MAX_EPOCH", "1", "OPTIM.WARMUP_EPOCH", "0"])
@@ -136,7 +136,6 @@ def test_a_protocol_defined_here_is_planned_run_and_tabulated(tmp_path, monkeypa
     from vlprompt.results.cli import main as results_main
     from vlprompt.results.records import collect
     from vlprompt.sweep.protocols import expand
-    from vlprompt.toy.data import ensure_toy_dataset
 
     from vlprompt.engine.methods import load_plugins
 
@@ -147,8 +146,9 @@ def test_a_protocol_defined_here_is_planned_run_and_tabulated(tmp_path, monkeypa
         assert method_card("TinyReg").recipe("reeval") == {"config": "CoOp/toy"}  # the card's default config
         assert method_card("CLIPLoRA").recipe("reeval") is None  # a card that lists its protocols keeps them
 
-        data = tmp_path / "data"
-        ensure_toy_dataset("ToyShapes", str(data), log=None)
+        from tests.helpers import shared_toy_root
+
+        data = shared_toy_root("ToyShapes")
         out = tmp_path / "output"
         runs = expand("TinyReg", "reeval", None, seeds=[1], output_root=str(out),
                       opts=["OPTIM.MAX_EPOCH", "1", "OPTIM.WARMUP_EPOCH", "0"])

@@ -13,11 +13,10 @@ OPTS = ["DATASET.NUM_SHOTS", "16", "DATASET.SUBSAMPLE_CLASSES", "base"]
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     from tests.test_toy import _run_trainer
-    from vlprompt.toy.data import ensure_toy_dataset
+    from tests.helpers import shared_toy_root
 
     base = tmp_path_factory.mktemp("featuretoy")
-    root = str(base / "data")
-    ensure_toy_dataset("ToyShapes", root, log=None)
+    root = shared_toy_root("ToyShapes")
     store = str(base / "store")
     opts = OPTS + ["FEATURES.DIR", store]
     zs, tr = _run_trainer("ZeroshotCLIP", root, base / "zs", opts=opts)

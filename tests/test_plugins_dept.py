@@ -348,12 +348,10 @@ def test_kill_and_resume_equals_uninterrupted(host, data_root, tmp_path, monkeyp
 
 
 @pytest.fixture(scope="module")
-def toy_root(tmp_path_factory):
-    from vlprompt.toy.data import ensure_toy_dataset
+def toy_root():
+    from tests.helpers import shared_toy_root
 
-    root = str(tmp_path_factory.mktemp("toydata_plugins"))
-    ensure_toy_dataset("ToyShapes", root, log=None)
-    return root
+    return shared_toy_root("ToyShapes")
 
 
 def test_train_py_coop_dept_on_the_toy_world(toy_root, tmp_path):

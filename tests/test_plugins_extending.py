@@ -74,7 +74,6 @@ def test_the_plugin_example_runs_through_registry_sweep_and_results(tmp_path, mo
     from vlprompt.results.records import collect
     from vlprompt.results.render import to_markdown
     from vlprompt.sweep.protocols import expand
-    from vlprompt.toy.data import ensure_toy_dataset
 
     load_plugins()
     try:
@@ -84,8 +83,9 @@ def test_the_plugin_example_runs_through_registry_sweep_and_results(tmp_path, mo
         assert spec.recipe("base2new") == host.recipe("base2new") and spec.config_folder == "CoOp"
         assert spec.order == host.order + 1
 
-        data = tmp_path / "data"
-        ensure_toy_dataset("ToyShapes", str(data), log=None)
+        from tests.helpers import shared_toy_root
+
+        data = shared_toy_root("ToyShapes")
         out = tmp_path / "output"
         runs = expand("CoOp+Temp:CoOp/toy", "base2new", ["toy_shapes"], seeds=[1], output_root=str(out), shots=2,
                       opts=["OPTIM.MAX_EPOCH", "2"])

@@ -62,6 +62,7 @@ def test_reference_arm_runs_the_full_text_pass_and_the_official_block(tmp_path, 
 def test_rows_record_their_batches_load_and_background(tmp_path, monkeypatch):
     loads = iter([0.3, 0.4])
     monkeypatch.setattr(bench_reference, "load_average", lambda: next(loads))
+    monkeypatch.setattr(bench_reference, "busy_cores", lambda: 0.1)
     started = []
     real_enter = bench_reference.background.__enter__
 
@@ -76,6 +77,7 @@ def test_rows_record_their_batches_load_and_background(tmp_path, monkeypatch):
                                     max_load=1.0)
     assert started == [("busy", None)]
     assert row["background"] == "busy" and row["load_before"] == 0.3 and row["load_after"] == 0.4
+    assert row["busy_cores_before"] == 0.1
     assert row["batch"] == 4 and row["batch_source"] == "small CPU batch"
     assert row["eval_batch"] == 100  # 0: the config's DATALOADER.TEST.BATCH_SIZE
     line = bench_reference.table([row]).splitlines()[2]
@@ -83,10 +85,28 @@ def test_rows_record_their_batches_load_and_background(tmp_path, monkeypatch):
 
 
 def test_a_loaded_machine_is_waited_for_and_then_refused(monkeypatch):
-    monkeypatch.setattr(bench_reference, "load_average", lambda: 3.5)
+    monkeypatch.setattr(bench_reference, "busy_cores", lambda: 1.5)
     monkeypatch.setattr(bench_reference.time, "sleep", lambda s: None)
     said = []
-    with pytest.raises(RuntimeError, match=r"stayed at 3.50 \(>= --max-load 0.5\)"):
+    with pytest.raises(RuntimeError, match=r"stayed busy \(1.50 >= --max-load 0.5\)"):
         bench_reference.wait_for_load(0.5, 0.0, log=said.append)
-    monkeypatch.setattr(bench_reference, "load_average", lambda: 0.2)
+    monkeypatch.setattr(bench_reference, "busy_cores", lambda: 0.2)
     assert bench_reference.wait_for_load(0.5, 0.0) == 0.2
+    # where /proc/stat is missing, the 1-minute load average decides
+    monkeypatch.setattr(bench_reference, "busy_cores", lambda: None)
+    monkeypatch.setattr(bench_reference, "load_average", lambda: 0.3)
+    assert bench_reference.wait_for_load(0.5, 0.0) == 0.3
+
+
+def test_busy_cores_sees_a_spinning_process():
+    import subprocess
+
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        import time
+
+        time.sleep(0.5)
+        assert bench_reference.busy_cores(window_s=1.0) >= 0.8
+    finally:
+        spin.kill()
+        spin.wait()

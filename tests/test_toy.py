@@ -43,11 +43,10 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 @pytest.fixture(scope="session")
 def toy_root(tmp_path_factory):
-    """A data root holding ToyShapes and ToyShapesNight (built once per test session)."""
-    root = tmp_path_factory.mktemp("toydata")
-    ensure_toy_dataset("ToyShapes", str(root), log=None)
-    ensure_toy_dataset("ToyShapesNight", str(root), log=None)
-    return str(root)
+    """A data root holding ToyShapes and ToyShapesNight (built once per test run, shared by the workers)."""
+    from tests.helpers import shared_toy_root
+
+    return shared_toy_root("ToyShapes", "ToyShapesNight")
 
 
 def _tiny_spec(name="ToyTiny", **kw):
@@ -135,7 +134,10 @@ def test_class_order_is_colour_major():
 def test_materialised_layout_and_split_json(toy_root):
     spec = TOY_DATASETS["ToyShapes"]
     d = osp.join(toy_root, spec.dirname)
-    assert sorted(os.listdir(d)) == sorted(["images", split_file_name("ToyShapes"), MARKER])
+    # what the build wrote; the shared root may also hold the few-shot caches of the runs of other tests
+    listing = set(os.listdir(d))
+    assert {"images", split_file_name("ToyShapes"), MARKER} <= listing
+    assert listing - {"images", split_file_name("ToyShapes"), MARKER} <= {"split_fewshot"}
     with open(osp.join(d, "split_zhou_ToyShapes.json")) as f:
         split = json.load(f)
     assert set(split) == {"train", "val", "test"}
@@ -464,39 +466,43 @@ def test_every_trainer_runs_end_to_end_on_the_toy_world(trainer, toy_root, tmp_p
 
 
 def test_demo_runs_train_py_base_to_novel(toy_root, tmp_path):
-    """The demo's plumbing with a 1-epoch, 2-shot APLe: the CoOp output tree and the printed table."""
+    """The demo as users run it (APLe's toy recipe, 16 shots): the CoOp output tree, the printed table, and
+    learned prompts that beat zero-shot CLIP clearly on the base classes.
+
+    The headroom is real, not staged: the toy CLIP was pretrained on biased data (each shape mostly in one size
+    and on one background), so its zero-shot prompts carry that bias; prompts learnt on the unbiased toy
+    dataset remove part of it (APLe, measured: +4.2 to +4.7 base points for seeds 1-3)."""
     from train import cli as train_cli
     from vlprompt.toy.demo import run_demo
 
     lines = []
     out = tmp_path / "demo"
-    res = run_demo(root=toy_root, output_dir=str(out), shots=2, quiet=True, log=lines.append, cli=train_cli,
-                   opts=["OPTIM.MAX_EPOCH", "1", "OPTIM.WARMUP_EPOCH", "0"])
+    res = run_demo(root=toy_root, output_dir=str(out), quiet=True, log=lines.append, cli=train_cli)
     assert set(res) == {"ZeroshotCLIP", "APLe"}
     for accs in res.values():
         assert set(accs) == {"base", "novel", "hm"} and all(0 <= v <= 100 for v in accs.values())
-    # the trailing option is part of the config folder, so the variant never lands in the default run's folder
-    tail = ("toy_shapes", "shots_2", "APLe", "toy_max_epoch1_warmup_epoch0", "seed1")
+    assert res["APLe"]["base"] >= res["ZeroshotCLIP"]["base"] + 3.0, res
+    tail = ("toy_shapes", "shots_16", "APLe", "toy", "seed1")
     assert osp.isfile(osp.join(out, "base2new", "train_base", *tail, "results.json"))
     assert osp.isfile(osp.join(out, "base2new", "test_new", *tail, "results.json"))
     assert osp.isfile(osp.join(out, "base2new", "train_base", *tail, "log.txt"))
     table = "\n".join(lines)
     assert "ZeroshotCLIP" in table and "HM" in table
-    # A second call reuses the finished runs.
+    # A second call reuses the finished runs; a trailing option is part of the config folder, so a variant
+    # never lands in the default run's folder.
     lines.clear()
-    again = run_demo(root=toy_root, output_dir=str(out), shots=2, quiet=True, log=lines.append, cli=train_cli,
-                     opts=["OPTIM.MAX_EPOCH", "1", "OPTIM.WARMUP_EPOCH", "0"])
-    assert again == res and sum("already done" in m for m in lines) == 4
+    assert run_demo(root=toy_root, output_dir=str(out), quiet=True, log=lines.append, cli=train_cli) == res
+    assert sum("already done" in m for m in lines) == 4
+    from vlprompt.sweep.protocols import Method, expand
+
+    variant = expand(Method("APLe", "toy"), "base2new", ["toy_shapes"], [1], output_root=str(out), root=ROOT,
+                     shots=16, opts=["OPTIM.MAX_EPOCH", "1", "OPTIM.WARMUP_EPOCH", "0"])
+    assert variant[0].output_dir.endswith(osp.join("APLe", "toy_max_epoch1_warmup_epoch0", "seed1"))
 
 
-@pytest.mark.parametrize("trainer", ["CoOp", "APLe"])
+@pytest.mark.parametrize("trainer", ["CoOp"])  # APLe: the demo test above
 def test_learned_prompts_beat_zero_shot_on_base_classes(trainer, toy_root, tmp_path):
-    """16-shot base-class training with the toy recipe (5 epochs) beats zero-shot CLIP clearly.
-
-    The headroom is real, not staged: the toy CLIP was pretrained on biased data (each shape mostly
-    in one size and on one background), so its zero-shot prompts carry that bias; prompts learnt on
-    the unbiased toy dataset remove part of it (measured: +4 to +5 points for seeds 1-3).
-    """
+    """16-shot base-class training with the toy recipe beats zero-shot CLIP clearly (see the demo test)."""
     opts = ["DATASET.NUM_SHOTS", "16", "DATASET.SUBSAMPLE_CLASSES", "base"]
     zs, _ = _run_trainer("ZeroshotCLIP", toy_root, tmp_path / "zs", opts=opts)
     from vlprompt.utils import restore_stdout
