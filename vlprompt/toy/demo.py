@@ -64,7 +64,8 @@ def _demo_root(argv):
 
 def start_background_build(argv):
     """Start building the demo's toy dataset in a child process, if it is not built yet; called by ``train.py``
-    before it imports torch, so the rendering (one core, ~5 s) runs beside the imports (~7 s) instead of after.
+    before it imports torch, so the rendering (~7 s of CPU, over a fork pool: the child is torch-free) runs beside
+    the imports (~7 s) instead of after them.
 
     Torch-free (this module and :mod:`vlprompt.toy.data` import numpy and PIL only). The child is quiet and
     exits 0 whatever happens: ``run_demo`` waits for it, then checks (and if needed builds) the dataset
@@ -101,7 +102,7 @@ def start_background_build(argv):
 def _prepare_first_run():
     """What the first run would do first anyway, done while the dataset build finishes: import open_clip (the
     toy CLIP is an open_clip model; ~1.7 s with timm) and collect the environment report every run logs
-    (cached per process; ~1.4 s of subprocesses)."""
+    (once per process)."""
     from vlprompt.utils import collect_env_info
 
     import open_clip  # noqa: F401
