@@ -24,6 +24,7 @@ __all__ = [
     "clean_cfg",
     "register_cfg_extension",
     "register_trainer_node",
+    "add_cfg_node",
     "extend_cfg",
     "flatten_cfg",
     "merge_from_file",
@@ -135,18 +136,25 @@ def register_cfg_extension(fn):
     return fn
 
 
+def add_cfg_node(parent, node, defaults):
+    """Add ``parent.<node>`` (a config node) with ``defaults`` (a dict), keeping keys that already exist;
+    returns the node. Safe to call any number of times."""
+    from yacs.config import CfgNode as CN
+
+    if node not in parent:
+        setattr(parent, node, CN())
+    for key, value in defaults.items():
+        if key not in parent[node]:
+            setattr(parent[node], key, value)
+    return parent[node]
+
+
 def add_trainer_cfg(cfg, node, defaults):
     """Add ``cfg.TRAINER.<node>`` with ``defaults`` (a dict), keeping keys that already exist.
 
     Safe to call any number of times; used by the config extensions that trainers register.
     """
-    from yacs.config import CfgNode as CN
-
-    if node not in cfg.TRAINER:
-        setattr(cfg.TRAINER, node, CN())
-    for key, value in defaults.items():
-        if key not in cfg.TRAINER[node]:
-            setattr(cfg.TRAINER[node], key, value)
+    add_cfg_node(cfg.TRAINER, node, defaults)
     return cfg
 
 

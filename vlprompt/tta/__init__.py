@@ -11,7 +11,7 @@ The procedures themselves are one file each in ``trainers/tta/`` (TPT, C-TPT, TD
 ``TTA`` (``TTA.METHOD`` empty: no test-time adaptation, the plain test) is added here; each procedure's own keys go
 under ``TTA.<NODE>``.
 """
-from vlprompt.config import register_cfg_extension
+from vlprompt.config import add_cfg_node, register_cfg_extension
 
 from .base import (
     TTA_REGISTRY,
@@ -44,19 +44,9 @@ TTA_DEFAULTS = dict(
 
 @register_cfg_extension
 def extend_cfg_tta(cfg):
-    from yacs.config import CfgNode as CN
-
-    if "TTA" not in cfg:
-        cfg.TTA = CN()
-    for k, v in TTA_DEFAULTS.items():
-        if k not in cfg.TTA:
-            setattr(cfg.TTA, k, v)
+    tta = add_cfg_node(cfg, "TTA", TTA_DEFAULTS)
     for node, defaults in TTA_NODES.items():
-        if node not in cfg.TTA:
-            setattr(cfg.TTA, node, CN())
-        for k, v in defaults.items():
-            if k not in cfg.TTA[node]:
-                setattr(cfg.TTA[node], k, v)
+        add_cfg_node(tta, node, defaults)
     return cfg
 
 
