@@ -14,6 +14,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from vlprompt.data.integrity import file_digest
 from vlprompt.errors import UserError
 
 __all__ = ["DownloadError", "fetch_url", "USER_AGENT", "DEFAULT_TIMEOUT"]
@@ -26,12 +27,8 @@ class DownloadError(UserError, RuntimeError):
     pass
 
 
-def _md5(path, chunk=1 << 20):
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+def _md5(path):
+    return file_digest(path, "md5")
 
 
 def _reason(err):

@@ -21,11 +21,11 @@ Only the rows of the token embedding that pretraining touched are stored (all ot
 initial values, which :func:`token_embedding_init` regenerates), so the file stays small. A
 ``<file>.sha256`` beside the shipped file guards against truncated or corrupt copies.
 """
-import hashlib
 import os.path as osp
 
 import numpy as np
 import torch
+from vlprompt.data.integrity import file_digest
 from vlprompt.errors import UserError
 
 __all__ = [
@@ -63,12 +63,8 @@ class ToyWeightsError(UserError, RuntimeError):
     """The toy CLIP weight file is missing, corrupt or of the wrong format."""
 
 
-def file_sha256(fpath, chunk=1 << 20):
-    h = hashlib.sha256()
-    with open(fpath, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+def file_sha256(fpath):
+    return file_digest(fpath, "sha256")
 
 
 def token_embedding_init(vocab_size, width, seed=TOKEN_INIT_SEED, std=TOKEN_INIT_STD):
