@@ -235,8 +235,12 @@ def test_log_of_a_killed_run_ends_at_its_last_line(tmp_path, data_root, dataset_
 @pytest.mark.parametrize("sig,rc,name", [(signal.SIGINT, 130, "Ctrl-C / SIGINT"), (signal.SIGTERM, 143, "SIGTERM")])
 def test_interrupted_run_says_one_line_and_unwinds(tmp_path, data_root, dataset_yaml, method_yaml, sig, rc, name):
     out = tmp_path / "run"
-    proc = spawn(args_for(data_root, dataset_yaml, method_yaml, out, "TRAIN.CHECKPOINT_FREQ", "1"), delay=0.3)
-    read_until(proc, "epoch [2/3] batch [1/3]")
+    # six epochs: the run is stopped in the second, and the four after it (~4 s of paced batches) keep it alive
+    # even when this process reads the line late on a loaded machine (with three epochs the run once finished
+    # first and exited 0)
+    proc = spawn(args_for(data_root, dataset_yaml, method_yaml, out, "TRAIN.CHECKPOINT_FREQ", "1",
+                          "OPTIM.MAX_EPOCH", "6"), delay=0.3)
+    read_until(proc, "epoch [2/6] batch [1/3]")
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == rc, err
