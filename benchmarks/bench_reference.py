@@ -159,7 +159,6 @@ def bench_one(trainer, n_classes, device, reps, eval_batches, eval_batch, data_r
     first (the row records the load average before and after)."""
     import torch
 
-    
     from vlprompt.engine.methods import method_spec
 
     opts = ["MODEL.BACKBONE.NAME", backbone] if backbone else []

@@ -15,6 +15,12 @@ torch.set_num_threads(1)
 # a 2-thread child beside the other worker puts 3-4 busy threads on 2 cores, and a run of many small kernels
 # then waits at every parallel region for the thread that lost its core
 os.environ["OMP_NUM_THREADS"] = "1"
+# Bytecode caches on, here and in those processes, even where PYTHONDONTWRITEBYTECODE is set (as on the
+# development and CI machines): otherwise every worker re-rewrites every test module's asserts on each run
+# (~10 s of a worker's collection) and every started process compiles the project's modules again. The
+# caches go to the __pycache__ folders git ignores.
+sys.dont_write_bytecode = False
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -52,7 +52,10 @@ def test_ddp_matches_single_process_with_same_global_batch(tmp_path):
     finally:
         restore_stdout()
     ddp = tmp_path / "ddp"
-    mp.spawn(_worker, args=(2, _free_port(), _args(tmp_path / "d", str(ds), str(m), ddp, 4)), nprocs=2, join=True)
+    # forked, not spawned: the two ranks start from this process's imports instead of importing torch, the
+    # engine and open_clip again (~6 s each); gloo on CPU needs nothing that fork would break
+    mp.start_processes(_worker, args=(2, _free_port(), _args(tmp_path / "d", str(ds), str(m), ddp, 4)), nprocs=2,
+                       join=True, start_method="fork")
 
     a = load_checkpoint(str(single / "head" / "model.pth.tar-3"))["state_dict"]
     b = load_checkpoint(str(ddp / "head" / "model.pth.tar-3"))["state_dict"]

@@ -54,17 +54,10 @@ def uninterrupted(data_root, tmp_path_factory):
     return out
 
 
-def run_process(args):
-    cmd = [sys.executable, osp.join(ROOT, "train.py"), *args]
-    done = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:]
-    return done.stdout
-
-
-def test_sigkill_mid_epoch_then_resume_is_bit_identical(data_root, uninterrupted, tmp_path):
-    # the killed run and its resume each in their own process, as users run them; the reference is the
-    # uninterrupted run of the same command in this process (one thread here and in the children: the suite
-    # sets OMP_NUM_THREADS=1, tests/conftest.py)
+def test_sigkill_mid_epoch_then_resume_is_bit_identical(data_root, uninterrupted, tmp_path, capsys):
+    # the killed run in its own process, as users run it; its resume and the uninterrupted reference run of the
+    # same command in this process (one thread here and in the child: the suite sets OMP_NUM_THREADS=1,
+    # tests/conftest.py)
     reference = uninterrupted
     out = tmp_path / "killed"
     cmd = [sys.executable, osp.join(ROOT, "train.py"), *argv(data_root, out)]
@@ -83,7 +76,9 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(data_root, uninterrupted
     assert (folder / LAST_CHECKPOINT).exists(), "no per-epoch resume point after epoch 1"
     assert load_checkpoint(str(folder / LAST_CHECKPOINT))["epoch"] == 1
     assert not (out / "results.json").exists()
-    log = run_process(argv(data_root, out))
+    capsys.readouterr()
+    assert run(argv(data_root, out)) == 0
+    log = capsys.readouterr().out
     assert "Found checkpoint" in log and "Previous epoch: 1" in log
     assert torch.equal(ctx(out), ctx(reference))
     assert sorted(os.listdir(folder)) == sorted(os.listdir(reference / "prompt_learner"))

@@ -277,6 +277,8 @@ def test_second_writer_is_refused_and_a_dead_ones_lock_is_taken_over(tmp_path, d
     first = spawn(args_for(data_root, dataset_yaml, method_yaml, out, *opts), delay=0.3)
     try:
         read_until(first, "epoch [2/3] batch [1/3]")
+        # stopped, not dead: it holds the lock and cannot save epoch 2's checkpoint while the second run tries
+        first.send_signal(signal.SIGSTOP)
         before = sorted(os.listdir(out))
         rc = run_cli(args_for(data_root, dataset_yaml, method_yaml, out, *opts))
         err = capsys.readouterr().err
@@ -289,9 +291,12 @@ def test_second_writer_is_refused_and_a_dead_ones_lock_is_taken_over(tmp_path, d
     # a partial write left by an interrupted save: the next run in the folder removes it
     stale = out / "head" / ".model.pth.tar-2.k3j4h5g6.tmp"
     stale.write_bytes(b"partial")
-    second = spawn(args_for(data_root, dataset_yaml, method_yaml, out, *opts), delay=0)
-    stdout, stderr = second.communicate(timeout=300)
-    assert second.returncode == 0, stderr
+    from vlprompt.utils.tools import PROCESS_START
+
+    # written before this process started, as a dead run's partial write is (the next run is this process)
+    os.utime(stale, (PROCESS_START - 1, PROCESS_START - 1))
+    assert run_cli(args_for(data_root, dataset_yaml, method_yaml, out, *opts)) == 0
+    stdout = capsys.readouterr().out
     assert f"Taking over the stale lock {out / '.vlprompt.lock'} of process {first.pid}" in stdout
     assert "Previous epoch: 1" in stdout  # resumed from the dead run's checkpoint
     assert not stale.exists()

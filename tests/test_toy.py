@@ -452,17 +452,10 @@ def test_every_trainer_runs_end_to_end_on_the_toy_world(trainer, toy_root, tmp_p
     if trainer in EVAL_ONLY:
         assert acc > 50.0  # zero-shot toy CLIP on 15 photo classes
         return
-    # The learned prompts reload for the novel classes (base-to-novel evaluation).
-    from vlprompt.engine import build_trainer
-    from vlprompt.utils import restore_stdout
-
-    restore_stdout()
-    new_opts = [v if v != "base" else "new" for v in opts]
-    tr2 = build_trainer(_toy_cfg(trainer, toy_root, tmp_path / "new", opts=new_opts))
-    tr2.load_model(str(tmp_path / "base"), epoch=1)
-    acc_new = tr2.test()
-    assert tr2.num_classes == 15 and 0.0 <= acc_new <= 100.0
-    assert set(tr2.dm.dataset.classnames).isdisjoint(tr.dm.dataset.classnames)
+    # The saved model is the one trained here (reloading it onto the novel classes is the contract suite's
+    # test_checkpoint_loads_onto_another_class_list, for every trainer; the demo test does it on the toy world).
+    for name in tr.get_model_names():  # none for the training-free ones (GDA, Tip-Adapter, the linear probe)
+        assert osp.isfile(osp.join(str(tmp_path / "base"), name, "model.pth.tar-1")), name
 
 
 def test_demo_runs_train_py_base_to_novel(toy_root, tmp_path):
