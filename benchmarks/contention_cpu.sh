@@ -7,6 +7,8 @@
 # CoCoOp's evaluation encodes B x K image-conditioned prompts in both arms (the official way loops over
 # the B images), so its ratio does not depend on B; 10 images keep the official arm at ~20 s per call.
 #   bash benchmarks/contention_cpu.sh [OUT_JSON] [BACKGROUNDS...]   (default: none busy torch)
+#   TRAINERS="APLe MuDPT" CLASSES=1000 bash benchmarks/contention_cpu.sh OUT none   (other trainers / K;
+#   above K = 300 only vlprompt's training step is timed: the official one does not fit in 24 GiB)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-benchmarks/results/reference_config_cpu.json}
@@ -14,12 +16,17 @@ shift || true
 backgrounds=${*:-"none busy torch"}
 max_load=${MAX_LOAD:-1.0}
 reps=${REPS:-3}
+trainers=${TRAINERS:-"CoOp MaPLe CoCoOp"}
+classes=${CLASSES:-50}
 for bg in $backgrounds; do
-  for t in CoOp MaPLe CoCoOp; do
-    eval_batch=0
-    [ "$t" = CoCoOp ] && eval_batch=10
-    python benchmarks/bench_reference.py --trainers "$t" --classes 50 --reps "$reps" --eval-batches 1 \
-      --eval-batch "$eval_batch" --background "$bg" --max-load "$max_load" --append --out "$out"
+  for k in $classes; do
+    for t in $trainers; do
+      eval_batch=0
+      [ "$t" = CoCoOp ] && eval_batch=10
+      python benchmarks/bench_reference.py --trainers "$t" --classes "$k" --reps "$reps" --eval-batches 1 \
+        --eval-batch "$eval_batch" --background "$bg" --max-load "$max_load" --official-train-max-classes 300 \
+        --append --out "$out"
+    done
   done
 done
 python benchmarks/bench_reference.py --table "$out"
