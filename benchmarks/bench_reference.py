@@ -267,10 +267,10 @@ def _e(v):
 
 
 def table(rows):
-    lines = ["| trainer | K | batch | eval batch | background | load | train official (s) | train vlprompt (s) | "
-             "train ratio | eval official (s) | eval vlprompt (s) | eval ratio | max loss diff | max logit diff | "
-             "commit |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| trainer | K | batch | eval batch | background | busy before | load before / after | "
+             "train official (s) | train vlprompt (s) | train ratio | eval official (s) | eval vlprompt (s) | "
+             "eval ratio | max loss diff | max logit diff | commit |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r.get("train_official"):
             t_off = f"{r['train_official']['median_s']:.2f}"
@@ -278,9 +278,10 @@ def table(rows):
         else:
             t_off, t_ratio = "not run (memory)", "-"
         load = (f"{r['load_before']:.1f} / {r['load_after']:.1f}" if r.get("load_before") is not None else "-")
+        busy = f"{r['busy_cores_before']:.2f}" if r.get("busy_cores_before") is not None else "-"
         lines.append(
             f"| {r['trainer']} | {r['classes']} | {r.get('batch', '-')} | {r.get('eval_batch', '-')} | "
-            f"{r.get('background', 'none')} | {load} | {t_off} | {r['train_ours']['median_s']:.2f} | {t_ratio} | "
+            f"{r.get('background', 'none')} | {busy} | {load} | {t_off} | {r['train_ours']['median_s']:.2f} | {t_ratio} | "
             f"{r['eval_official']['median_s']:.2f} | {r['eval_ours']['median_s']:.2f} | "
             f"{r['eval_ratio_median']:.2f}x (min {r['eval_ratio_min']:.2f}x) | "
             f"{_e(r.get('max_loss_diff'))} | {r['max_logit_diff']:.1e} | {r.get('commit') or '-'} |")

@@ -85,7 +85,7 @@ def test_rows_record_their_batches_load_and_background(tmp_path, monkeypatch):
     assert row["batch"] == 4 and row["batch_source"] == "small CPU batch"
     assert row["eval_batch"] == 100  # 0: the config's DATALOADER.TEST.BATCH_SIZE
     line = bench_reference.table([row]).splitlines()[2]
-    assert line.startswith("| CoOp | 3 | 4 | 100 | busy | 0.3 / 0.4 |")
+    assert line.startswith("| CoOp | 3 | 4 | 100 | busy | 0.10 | 0.3 / 0.4 |")
 
 
 def test_a_loaded_machine_is_waited_for_and_then_refused(monkeypatch):
