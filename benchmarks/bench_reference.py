@@ -46,6 +46,17 @@ BACKGROUND = {
 }
 
 
+#: trainers that have a config case but whose official way the reference arm does not restate yet: asked for,
+#: they are refused with this reason (never a TypeError halfway through a batch of rows)
+NO_REFERENCE_ARM = {
+    "RPO": "its text pass runs with an attention mask (the read-only prompts) that the official-way 77-token pass "
+           "(benchmarks/reference.py) does not take yet",
+    "MMA": "its adapters add to each block's residual, which the official-way 77-token pass "
+           "(benchmarks/reference.py) does not take yet",
+    "CoPrompt": "its training reads class descriptions, which the benchmark's fabricated dataset does not have",
+}
+
+
 def load_average():
     import os
 
@@ -328,7 +339,8 @@ def plot(rows, out_png):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--trainers", nargs="+", default=list(CASES), choices=list(CASES))
+    p.add_argument("--trainers", nargs="+", default=[t for t in CASES if t not in NO_REFERENCE_ARM],
+                   choices=list(CASES), help="default: every trainer with a reference arm")
     p.add_argument("--classes", nargs="+", type=int, default=[50])
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--eval-batches", type=int, default=1)
@@ -361,6 +373,10 @@ def main(argv=None):
         return 0
     if args.reps < 1:
         p.error("--reps must be >= 1")
+    refused = [t for t in args.trainers if t in NO_REFERENCE_ARM]
+    if refused:
+        print(f"Error: no reference arm for {refused[0]}: {NO_REFERENCE_ARM[refused[0]]}", file=sys.stderr)
+        return 2
     rows = []
     if args.append and args.out and osp.exists(args.out):
         with open(args.out) as f:

@@ -15,7 +15,8 @@ import reference  # noqa: E402
 
 
 @pytest.mark.parametrize("trainer", ["CoOp", "CoCoOp", "VPT", "IVLP", "MaPLe", "MuDPT", "APLe", "KgCoOp", "ProGrad",
-                                     "PromptSRC", "TCP", "MMRL", "CLIPLoRA", "CLIP_Adapter", "TipAdapterF"])
+                                     "PromptSRC", "TCP", "MMRL", "CLIPLoRA", "CLIP_Adapter", "TipAdapterF", "UMuDPT",
+                                     "PromptKD", "LPPP", "TaskRes", "CLAP", "ProLIP", "TwoSFS"])
 def test_reference_arm_agrees_with_vlprompt(trainer, tmp_path, monkeypatch):
     # a row samples the busy cores before it starts (3 s); a short window keeps that without the wait
     real_busy = bench_reference.busy_cores
@@ -114,3 +115,11 @@ def test_busy_cores_sees_a_spinning_process():
     finally:
         spin.kill()
         spin.wait()
+
+
+def test_trainers_without_a_reference_arm_are_refused_with_the_reason(capsys):
+    assert set(bench_reference.NO_REFERENCE_ARM) <= set(bench_reference.CASES)
+    assert bench_reference.main(["--trainers", "CoOp", "RPO", "--classes", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Error: no reference arm for RPO: its text pass runs with an attention mask")
+    assert err.count("\n") == 1
