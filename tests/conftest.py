@@ -50,3 +50,4 @@ def _restore_stdout():
     yield
     from vlprompt.utils import restore_stdout
     restore_stdout()
+
