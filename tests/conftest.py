@@ -50,4 +50,3 @@ def _restore_stdout():
     yield
     from vlprompt.utils import restore_stdout
     restore_stdout()
-
