@@ -452,7 +452,7 @@ def test_every_trainer_runs_end_to_end_on_the_toy_world(trainer, toy_root, tmp_p
     if trainer in EVAL_ONLY:
         assert acc > 50.0  # zero-shot toy CLIP on 15 photo classes
         return
-    # The saved model is the one trained here (reloading it onto the novel classes is the contract suite's
+    # The run saved its learned state (reloading it onto the novel classes is the contract suite's
     # test_checkpoint_loads_onto_another_class_list, for every trainer; the demo test does it on the toy world).
     for name in tr.get_model_names():  # none for the training-free ones (GDA, Tip-Adapter, the linear probe)
         assert osp.isfile(osp.join(str(tmp_path / "base"), name, "model.pth.tar-1")), name
