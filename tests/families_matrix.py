@@ -116,7 +116,7 @@ def shipped_switches(spec):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = {}
     for path in sorted(glob.glob(os.path.join(root, "configs", "trainers", spec.config_folder, "*.yaml"))):
-        node = (_trainer_node(path) or {}).get(spec.cfg_node) or {}
+        node = _trainer_node(path).get(spec.cfg_node) or {}
         switches = {k: v for k, v in node.items() if k != "PREC" and k in defaults
                     and isinstance(defaults[k], (str, bool)) and v != defaults[k]}
         if switches:
