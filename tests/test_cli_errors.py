@@ -2,12 +2,12 @@
 environment dump, and a refused run leaves nothing in its output folder (issue 12, item 7)."""
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
 import train as train_mod
+from tests import procs
 from tests.helpers import METHOD_YAML, make_image_folder, register_linear_probe, write_method_yaml
 from vlprompt.utils import restore_stdout
 
@@ -190,9 +190,9 @@ def test_debug_flag_shows_the_traceback(tmp_path, data_root, dataset_yaml, metho
 def test_real_command_line_prints_one_line(tmp_path, data_root, dataset_yaml, method_yaml):
     """The real ``python train.py``: exit 2 and a one-line stderr, nothing on stdout."""
     out = tmp_path / "o"
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--root", str(data_root),
-                        "--trainer", "CoOpp", "--dataset-config-file", dataset_yaml, "--config-file", method_yaml,
-                        "--output-dir", str(out)], capture_output=True, text=True, cwd=str(tmp_path), timeout=120)
+    p = procs.run([os.path.join(ROOT, "train.py"), "--root", str(data_root), "--trainer", "CoOpp",
+                   "--dataset-config-file", dataset_yaml, "--config-file", method_yaml, "--output-dir", str(out)],
+                  capture_output=True, text=True, cwd=str(tmp_path), timeout=120)
     assert p.returncode == 2, p.stderr
     assert p.stdout == ""
     assert p.stderr.count("\n") == 1 and p.stderr.startswith("Error: ") and "'CoOp'" in p.stderr
@@ -380,7 +380,7 @@ def test_every_command_line_spells_errors_the_same(tmp_path):
          "--dry-run"],
     ]
     for c in cmds:
-        p = subprocess.run([sys.executable, *c], capture_output=True, text=True, cwd=ROOT, timeout=120)
+        p = procs.run(c, capture_output=True, text=True, cwd=ROOT, timeout=120)
         assert p.returncode == 2, (c, p.stderr)
         assert p.stderr.startswith("Error: ") and p.stderr.count("Error:") == 1, (c, p.stderr)
         assert "Traceback" not in p.stderr and "error:" not in p.stderr, (c, p.stderr)

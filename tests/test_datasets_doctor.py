@@ -3,13 +3,12 @@ import dataclasses
 import json
 import os
 import os.path as osp
-import subprocess
-import sys
 
 import pytest
 
 from dataset_fixtures import MINIS, build_dataset
 
+from tests import procs
 from vlprompt.data import catalog, doctor
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -177,8 +176,8 @@ def test_unknown_dataset_name(tmp_path, capsys):
 
 def test_module_entry_point(tmp_path):
     MINIS["EuroSAT"](str(tmp_path))
-    proc = subprocess.run(
-        [sys.executable, "-m", "vlprompt.data.doctor", "--root", str(tmp_path), "--dataset", "eurosat", "--quick"],
+    proc = procs.run(
+        ["-m", "vlprompt.data.doctor", "--root", str(tmp_path), "--dataset", "eurosat", "--quick"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr

@@ -5,7 +5,6 @@ import os
 import os.path as osp
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -13,6 +12,7 @@ import torch
 
 import train as train_mod
 import trainers  # noqa: F401  (registers the trainers)
+from tests import procs
 from tests.helpers import make_image_folder
 from vlprompt.engine import LAST_CHECKPOINT, TRAINER_REGISTRY
 from vlprompt.utils import load_checkpoint, restore_stdout
@@ -60,8 +60,8 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(data_root, uninterrupted
     # tests/conftest.py)
     reference = uninterrupted
     out = tmp_path / "killed"
-    cmd = [sys.executable, osp.join(ROOT, "train.py"), *argv(data_root, out)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = procs.popen([osp.join(ROOT, "train.py"), *argv(data_root, out)], cwd=ROOT, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True)
     killed_at = None
     deadline = time.time() + 120
     for line in proc.stdout:

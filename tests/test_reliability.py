@@ -8,12 +8,12 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 
 import pytest
 import torch
 
 import train as train_mod
+from tests import procs
 from tests.helpers import METHOD_YAML, make_image_folder, register_linear_probe, write_method_yaml
 from vlprompt.utils import (
     CheckpointError,
@@ -83,8 +83,8 @@ def args_for(root, ds, m, out, *opts):
 
 def spawn(argv, delay):
     env = dict(os.environ, PROBE_DELAY=str(delay), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-c", RUNNER] + argv, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    return procs.popen(["-c", RUNNER, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                       env=env)
 
 
 def read_until(proc, needle):
@@ -376,7 +376,7 @@ def test_partial_write_of_a_killed_process_is_cleaned_up(tmp_path):
             "from vlprompt.utils import atomic_write\n"
             f"with atomic_write({str(d / 'model.pth.tar-3')!r}, 'wb') as f:\n"
             "    f.write(b'x' * 1000); f.flush(); print('writing', flush=True); time.sleep(60)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = procs.popen(["-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         read_until(proc, "writing")
     finally:
