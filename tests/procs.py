@@ -32,6 +32,7 @@ import threading
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 # PYTHON* variables whose effect the child reproduces at fork time; any other difference falls back
 _EMULATED = {"PYTHONPATH", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"}
+SOCKET_ENV = "VLPROMPT_TEST_FORKSERVER"
 _PRELOAD = ("torch", "torchvision", "open_clip", "vlprompt.engine", "vlprompt.sweep", "vlprompt.results")
 
 
@@ -40,10 +41,21 @@ _PRELOAD = ("torch", "torchvision", "open_clip", "vlprompt.engine", "vlprompt.sw
 # ------------------------------------------------------------------------------------------------
 
 
-class _Server:
-    """The fork server of this process (started on first use, stopped when this process exits)."""
+def _acts_at_start(key):
+    """An environment variable the interpreter reads at start-up (``PYTHON*``; not a script's ``PYTHON=``)."""
+    return key.startswith("PYTHON") and key != "PYTHON"
 
-    def __init__(self):
+
+class _Server:
+    """The fork server of this process (started on first use, stopped when this process exits); its socket's
+    path is exported as ``VLPROMPT_TEST_FORKSERVER`` for the ``--exec`` command (:func:`command`)."""
+
+    def __init__(self, path=None):
+        if path is not None:  # a server that another process started (the --exec command)
+            self.path, self.proc = path, None
+            with open(osp.join(osp.dirname(path), "env.json")) as f:
+                self.env = json.load(f)
+            return
         self.dir = tempfile.mkdtemp(prefix="vlprompt_forkserver_")
         self.path = osp.join(self.dir, "sock")
         self.env = dict(os.environ)
@@ -53,11 +65,14 @@ class _Server:
         line = self.proc.stdout.readline()
         if line.strip() != "ready":
             raise RuntimeError(f"the test fork server did not start (it said {line!r}, status {self.proc.poll()})")
+        with open(osp.join(self.dir, "env.json"), "w") as f:
+            json.dump({k: v for k, v in self.env.items() if _acts_at_start(k)}, f)
+        os.environ[SOCKET_ENV] = self.path
 
     def can_serve(self, args, env):
         if not args or (args[0].startswith("-") and args[0] not in ("-c", "-m")):
             return False
-        keys = {k for k in set(env) | set(self.env) if k.startswith("PYTHON")} - _EMULATED
+        keys = {k for k in set(env) | set(self.env) if _acts_at_start(k)} - _EMULATED
         return all(env.get(k) == self.env.get(k) for k in keys)
 
     def stop(self):
@@ -69,6 +84,7 @@ class _Server:
 
 
 _server = None
+_executable_dir = None
 _server_lock = threading.Lock()
 
 
@@ -162,13 +178,14 @@ class ForkedProcess:
         self.wait()
 
 
-def popen(args, *, cwd=None, env=None, stdin=None, stdout=None, stderr=None, text=False, start_new_session=False):
+def popen(args, *, cwd=None, env=None, stdin=None, stdout=None, stderr=None, text=False, start_new_session=False,
+          _server_obj=None):
     """``subprocess.Popen([sys.executable, *args], ...)`` through the fork server (see the module's text).
     ``stdout``/``stderr``: None (inherit), ``subprocess.PIPE``, ``subprocess.DEVNULL``, ``subprocess.STDOUT``
     (stderr only) or a file object."""
     args = [str(a) for a in args]
     env = dict(os.environ if env is None else env)
-    server = None if os.environ.get("VLPROMPT_TEST_NO_FORKSERVER") else _get_server()
+    server = None if os.environ.get("VLPROMPT_TEST_NO_FORKSERVER") else (_server_obj or _get_server())
     if server is None or not server.can_serve(args, env):
         return subprocess.Popen([sys.executable, *args], cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr,
                                 text=text, start_new_session=start_new_session)
@@ -219,6 +236,47 @@ def run(args, *, cwd=None, env=None, capture_output=False, text=False, timeout=N
     if check:
         cp.check_returncode()
     return cp
+
+
+def command():
+    """An interpreter command (a list: ``[sys.executable, procs.py, "--exec"]``) that runs its arguments as
+    ``python ARGS`` would, through this process's fork server, for commands that the code under test starts
+    itself (a sweep's ``--command``): it forwards the signals it gets to the child and exits as the child did.
+    Only for tests that do not SIGKILL it: the child would outlive it."""
+    if not os.environ.get("VLPROMPT_TEST_NO_FORKSERVER"):
+        _get_server()
+    return [sys.executable, osp.abspath(__file__), "--exec"]
+
+
+def executable():
+    """:func:`command` as one executable file (for a ``PYTHON=`` interpreter variable, as scripts/run.sh takes)."""
+    import shlex
+
+    global _executable_dir
+    if _executable_dir is None:
+        _executable_dir = tempfile.mkdtemp(prefix="vlprompt_forkserver_exec_")
+    path = osp.join(_executable_dir, "python-forkserver")
+    with open(path, "w") as f:
+        f.write(f'#!/bin/sh\nexec {shlex.join(command())} "$@"\n')
+    os.chmod(path, 0o755)
+    return path
+
+
+def _exec(args):
+    """The ``--exec`` command: run ``args`` in a child of the fork server named by the environment (a plain
+    ``python`` where there is none, or where it cannot reproduce the request), forward signals, exit as it did."""
+    path = os.environ.get(SOCKET_ENV)
+    server = _Server(path) if path and osp.exists(path) else None
+    if server is None or os.environ.get("VLPROMPT_TEST_NO_FORKSERVER") or not server.can_serve(args, os.environ):
+        os.execv(sys.executable, [sys.executable, *args])
+    p = popen(args, _server_obj=server)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, lambda s, _frame: p.send_signal(s))
+    rc = p.wait()
+    if rc < 0:
+        signal.signal(-rc, signal.SIG_DFL)
+        os.kill(os.getpid(), -rc)
+    sys.exit(rc)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -361,9 +419,10 @@ def _serve(path):
         for key, _ in sel.select():
             if key.fileobj is sys.stdin:
                 if not os.read(sys.stdin.fileno(), 4096):
+                    import shutil
+
                     listener.close()
-                    os.unlink(path)
-                    os.rmdir(osp.dirname(path))
+                    shutil.rmtree(osp.dirname(path), ignore_errors=True)
                     return
                 continue
             conn, _ = listener.accept()
@@ -397,4 +456,7 @@ def _serve(path):
 
 
 if __name__ == "__main__":
-    _serve(sys.argv[1])
+    if sys.argv[1] == "--exec":
+        _exec(sys.argv[2:])
+    else:
+        _serve(sys.argv[1])

@@ -686,7 +686,9 @@ def test_fp16_weights_and_autocast_precisions(tiny_clip, data_root, tmp_path):
 def test_scripts_follow_the_coop_output_tree():
     import subprocess
 
-    env = dict(os.environ, DRY_RUN="1")
+    from tests import procs
+
+    env = dict(os.environ, DRY_RUN="1", PYTHON=procs.executable())  # the sweep's planner, forked (tests/procs.py)
 
     def dry(*args):
         out = subprocess.run(["bash", *args], cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout

@@ -560,7 +560,9 @@ def scratch_root(tmp_path):
 
 
 def _script(root, name, *args, env=None):
-    e = dict(os.environ, DRY_RUN="1")
+    from tests import procs
+
+    e = dict(os.environ, DRY_RUN="1", PYTHON=procs.executable())  # the sweep's planner, forked (tests/procs.py)
     e.update(env or {})
     p = subprocess.run(["bash", osp.join(ROOT, "scripts", "mudpt", name), *args], cwd=root, env=e,
                        capture_output=True, text=True)

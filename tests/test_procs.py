@@ -4,10 +4,15 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 from tests import procs
+
+# the two tests of the server's own processes mean nothing when every request runs as a plain subprocess
+serverless = pytest.mark.skipif(bool(os.environ.get("VLPROMPT_TEST_NO_FORKSERVER")),
+                                reason="VLPROMPT_TEST_NO_FORKSERVER: no fork server")
 
 CASES = {
     "argv and exit status": (["-c", "import sys; print(sys.argv); sys.exit(3)", "a", "b c"], {}),
@@ -19,8 +24,6 @@ CASES = {
                                        {}),
     "cwd, environment, sys.path[0]": (["-c", "import os, sys; print(os.getcwd(), os.environ['PROCS_X'], "
                                        "repr(sys.path[0]), __name__)"], {"PROCS_X": "42"}),
-    "torch threads from OMP_NUM_THREADS": (["-c", "import torch; print(torch.get_num_threads())"],
-                                           {"OMP_NUM_THREADS": "1"}),
 }
 
 
@@ -42,6 +45,37 @@ def test_a_forked_process_behaves_as_python_does(case, tmp_path):
         assert ours.returncode == 1 and 'File "<string>", line 2, in <module>' in ours.stderr
 
 
+def test_torch_threads_follow_omp_num_threads():
+    # a fresh python with OMP_NUM_THREADS=2 runs torch on 2 threads; the server started with the suite's 1
+    code = "import torch; print(torch.get_num_threads())"
+    for n in ("2", "1"):
+        assert procs.run(["-c", code], env=dict(os.environ, OMP_NUM_THREADS=n), capture_output=True,
+                         text=True, check=True).stdout == n + "\n"
+
+
+@serverless
+def test_the_exec_command_forwards_signals_and_exits_as_its_child(tmp_path):
+    """What a sweep's --command gets: a process that runs the child through the server and dies as it did."""
+    pidfile = tmp_path / "pid"
+    code = f"import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    p = subprocess.Popen([*procs.command(), "-c", code])
+    for _ in range(600):
+        if pidfile.exists() and pidfile.read_text():
+            break
+        time.sleep(0.05)
+    child = int(pidfile.read_text())
+    assert child != p.pid
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=30) == -signal.SIGTERM
+    with pytest.raises(ProcessLookupError):
+        for _ in range(200):
+            os.kill(child, 0)
+            time.sleep(0.05)
+    done = subprocess.run([*procs.command(), "-c", "import sys; print('out'); sys.exit(5)"], capture_output=True,
+                          text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (5, "out\n")
+
+
 def test_scripts_and_modules_with_pythonpath(tmp_path):
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "mod.py").write_text("import sys\nprint(__name__, sys.argv[1:], __file__)\n")
@@ -55,6 +89,7 @@ def test_scripts_and_modules_with_pythonpath(tmp_path):
         assert (ours.stdout, ours.stderr) == (real.stdout, real.stderr)
 
 
+@serverless
 def test_a_real_process_that_signals_reach(tmp_path):
     p = procs.popen(["-c", "import os, time; print(os.getpid(), flush=True); time.sleep(60)"],
                     stdout=subprocess.PIPE, text=True)

@@ -18,6 +18,7 @@ from vlprompt.sweep import DATASETS_11, DG_TARGETS, Runner, SweepError, cpu_slot
 from vlprompt.sweep.cli import grid_variants, main as sweep_main
 from vlprompt.sweep.protocols import family_config, parse_method, read_max_epoch, registry_specs, route_datasets
 from vlprompt.sweep.slurm import SlurmOptions, submit, write_slurm
+from tests import procs
 from tests.helpers import assert_golden
 
 
@@ -516,7 +517,7 @@ def test_sweep_runs_real_train_py_and_results_reads_it(tmp_path, capsys):
     data = tmp_path / "data"
     make_dtd(str(data))
     out = str(tmp_path / "out")
-    cmd = shlex.join([sys.executable, osp.join(repo_root, "train.py")])
+    cmd = shlex.join([*procs.command(), osp.join(repo_root, "train.py")])  # train.py, forked (tests/procs.py)
     rc = sweep_main(["--methods", "CoOp:tiny", "--protocol", "base2new", "--datasets", "dtd", "--seeds", "1",
                      "--root", str(data), "--output-root", out, "--repo-root", str(repo), "--command", cmd,
                      "--poll", "0.1"])
@@ -661,7 +662,7 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
 def _bash(*args, env=None):
-    e = dict(os.environ, DRY_RUN="1")
+    e = dict(os.environ, DRY_RUN="1", PYTHON=procs.executable())  # the sweep's planner, forked (tests/procs.py)
     e.update(env or {})
     p = subprocess.run(["bash", *args], cwd=ROOT, env=e, capture_output=True, text=True)
     return p.returncode, p.stdout.splitlines(), p.stderr
@@ -974,7 +975,7 @@ def test_sweep_backbone_axis_end_to_end_on_a_tiny_siglip(tmp_path, capsys):
     data = tmp_path / "data"
     make_dtd(str(data))
     out = str(tmp_path / "out")
-    cmd = shlex.join([sys.executable, osp.join(repo_root, "train.py")])
+    cmd = shlex.join([*procs.command(), osp.join(repo_root, "train.py")])  # train.py, forked (tests/procs.py)
     rc = sweep_main(["--methods", "CoOp:tiny", "--protocol", "base2new", "--datasets", "dtd", "--seeds", "1",
                      "--root", str(data), "--output-root", out, "--repo-root", str(repo), "--command", cmd,
                      "--poll", "0.1", "--backbones", "test-siglip-tiny", "--only", "train"])  # the training run only (time)
