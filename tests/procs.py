@@ -17,6 +17,12 @@ environment whose ``PYTHON*`` variables differ from the server's in a way that a
 runs every request as a plain subprocess (to check that a test does not depend on the server).
 The one difference that remains: the child's parent is the server, not the test (a test signals it by pid
 and learns its exit status through the socket, as ``subprocess.Popen`` would).
+
+For processes that the code under test starts itself (a sweep's jobs, scripts/run.sh's planner), :func:`command`
+/ :func:`executable` give an interpreter command that runs its arguments the same way: a small process that
+forwards the signals it gets to the child and exits as the child did (a SIGKILL of it would leave the child
+running: not for tests that kill jobs). Tests that check what a fresh interpreter has imported (that a module
+does not pull in torch) keep plain subprocesses. ``tests/test_procs.py`` compares the two ways.
 """
 import json
 import os
@@ -59,12 +65,16 @@ class _Server:
         self.dir = tempfile.mkdtemp(prefix="vlprompt_forkserver_")
         self.path = osp.join(self.dir, "sock")
         self.env = dict(os.environ)
-        # stdin is the server's lifeline: it exits when this process closes the pipe (or dies)
-        self.proc = subprocess.Popen([sys.executable, osp.abspath(__file__), self.path], cwd=ROOT, env=self.env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        # stdin is the server's lifeline: it exits when this process closes the pipe (or dies); its own stderr
+        # goes to a file (not to whatever the test that started it was capturing)
+        log = osp.join(self.dir, "server.log")
+        with open(log, "w") as err:
+            self.proc = subprocess.Popen([sys.executable, osp.abspath(__file__), self.path], cwd=ROOT, env=self.env,
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True)
         line = self.proc.stdout.readline()
         if line.strip() != "ready":
-            raise RuntimeError(f"the test fork server did not start (it said {line!r}, status {self.proc.poll()})")
+            with open(log) as f:
+                raise RuntimeError(f"the test fork server did not start (status {self.proc.poll()}):\n{f.read()}")
         with open(osp.join(self.dir, "env.json"), "w") as f:
             json.dump({k: v for k, v in self.env.items() if _acts_at_start(k)}, f)
         os.environ[SOCKET_ENV] = self.path
