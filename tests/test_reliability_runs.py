@@ -246,7 +246,8 @@ def test_results_record_what_the_run_cost(tmp_path, data_root, dataset_yaml, met
     row = next(ln for ln in cost_part.splitlines() if ln.startswith("| TestLinearProbe"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert float(cells[-8]) == pytest.approx(cost["train_time_s"], abs=0.01)
-    assert float(cells[-1]) == cost["total_params"] and cells[-3] == "–"  # no CUDA on a CPU run
+    assert cells[-1] == str(cost["total_params"]) and cells[-3] == "–"  # no CUDA on a CPU run
+    assert cells[-2] == str(cost["trainable_params"])  # counts print as integers, not "123.00"
 
     # an evaluation-only run records no training cost
     ev = tmp_path / "eval"

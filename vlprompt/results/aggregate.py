@@ -82,6 +82,7 @@ class Cell:
     missing: Tuple[int, ...] = ()
     marks: str = ""
     published: bool = False
+    digits: Optional[int] = None  # decimals when shown (None: the table's; 0 for counts)
 
     @property
     def empty(self):

@@ -38,13 +38,13 @@ def _cost_of(record):
     return cost if isinstance(cost, dict) else None
 
 
-def _cell(values):
+def _cell(values, field):
     values = [float(v) for v in values if isinstance(v, (int, float))]
     if not values:
         return Cell(None)
     mean = sum(values) / len(values)
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
-    return Cell(mean, std, n=len(values))
+    return Cell(mean, std, n=len(values), digits=0 if field.endswith("_params") else None)  # counts as integers
 
 
 def cost_table(records):
@@ -66,7 +66,7 @@ def cost_table(records):
     table = Table(name="cost", title="Cost per run (mean ± std over seeds)", columns=columns,
                   numeric=[False] * 7 + [True] * len(COST_COLUMNS))
     for key, costs in groups.items():
-        table.add(list(key) + [str(len(costs))] + [_cell([c.get(f) for c in costs]) for _, f in COST_COLUMNS])
+        table.add(list(key) + [str(len(costs))] + [_cell([c.get(f) for c in costs], f) for _, f in COST_COLUMNS])
     table.notes.append("Times in seconds of this process (a resumed run: from its resume point); train s "
                        "includes per-epoch validation; images/s per process; peak RSS of the whole process.")
     if without:

@@ -13,14 +13,19 @@ def _num(v, digits):
     return f"{v:.{digits}f}"
 
 
+def _digits(c, digits):
+    """A cell's own number of decimals (counts: 0) where it has one, else the table's."""
+    return digits if c.digits is None else c.digits
+
+
 def _cell_text(c, digits, std, pm="±", marks=True):
     if not isinstance(c, Cell):
         return str(c)
     if c.empty:
         return "–"
-    s = _num(c.mean, digits)
+    s = _num(c.mean, _digits(c, digits))
     if std and c.std is not None:
-        s += f" {pm} {_num(c.std, digits)}"
+        s += f" {pm} {_num(c.std, _digits(c, digits))}"
     if marks and c.marks:
         s += f" {c.marks}"
     return s
@@ -64,7 +69,8 @@ def to_csv(table, digits=4):
         for i, (c, isnum) in enumerate(zip(row["cells"], numeric)):
             if isnum:
                 if isinstance(c, Cell) and not c.empty:
-                    line += [_num(c.mean, digits), "" if c.std is None else _num(c.std, digits),
+                    d = _digits(c, digits)
+                    line += [_num(c.mean, d), "" if c.std is None else _num(c.std, d),
                              "" if c.n is None else c.n, c.marks]
                 else:
                     line += ["", "", "", ""]
@@ -112,9 +118,9 @@ def to_latex(table, digits=2, std=True):
                 if c.empty:
                     txt = "--"
                 else:
-                    txt = _num(c.mean, digits)
+                    txt = _num(c.mean, _digits(c, digits))
                     if std and c.std is not None:
-                        txt += f" $\\pm$ {_num(c.std, digits)}"
+                        txt += f" $\\pm$ {_num(c.std, _digits(c, digits))}"
                     if c.marks:
                         txt += _tex(c.marks)
                     if c.published:
