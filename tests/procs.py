@@ -130,25 +130,24 @@ class ForkedProcess:
         line, self._buf = self._buf.split(b"\n", 1)
         return line.decode()
 
-    def poll(self):
+    def _status(self, timeout):
+        """The child's exit status (read once from the socket); ``socket.timeout`` while it runs."""
         if self.returncode is None:
-            try:
-                status = int(self._line(0.0))
-            except (BlockingIOError, socket.timeout):
-                return None
-            self.returncode = os.waitstatus_to_exitcode(status)
+            self.returncode = os.waitstatus_to_exitcode(int(self._line(timeout)))
             self._conn.close()
         return self.returncode
 
+    def poll(self):
+        try:
+            return self._status(0.0)
+        except (BlockingIOError, socket.timeout):
+            return None
+
     def wait(self, timeout=None):
-        if self.returncode is None:
-            try:
-                status = int(self._line(timeout))
-            except socket.timeout:
-                raise subprocess.TimeoutExpired(self.args, timeout) from None
-            self.returncode = os.waitstatus_to_exitcode(status)
-            self._conn.close()
-        return self.returncode
+        try:
+            return self._status(timeout)
+        except socket.timeout:
+            raise subprocess.TimeoutExpired(self.args, timeout) from None
 
     def send_signal(self, sig):
         if self.returncode is None:
@@ -156,9 +155,6 @@ class ForkedProcess:
 
     def kill(self):
         self.send_signal(signal.SIGKILL)
-
-    def terminate(self):
-        self.send_signal(signal.SIGTERM)
 
     def communicate(self, timeout=None):
         got = {}
@@ -177,15 +173,6 @@ class ForkedProcess:
             if f is not None:
                 f.close()
         return got.get("stdout"), got.get("stderr")
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        for f in (self.stdout, self.stderr):
-            if f is not None:
-                f.close()
-        self.wait()
 
 
 def popen(args, *, cwd=None, env=None, stdin=None, stdout=None, stderr=None, text=False, start_new_session=False,
